@@ -1,0 +1,59 @@
+"""Ancestral sampling, as the tutorial's p_sample / p_sample_loop, as one compiled lax.scan.
+
+Quirk kept from the tutorial: noise sigma_t z with sigma_t = sqrt(beta_t) is added at every step,
+the last one (t = 0) included; the DDPM paper adds none there.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jax_ddpm.model import apply_model
+from jax_ddpm.schedule import Schedule
+
+
+def p_sample(params: dict, schedule: Schedule, x: jax.Array, t: jax.Array, z: jax.Array) -> jax.Array:
+    """x_{t-1} = (x_t - (1 - alpha_t) / sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(alpha_t) + sqrt(beta_t) z
+    (DDPM Algorithm 2), for one integer step t and x (N, 2)."""
+    t = jnp.asarray(t, jnp.int32).reshape(1)
+    alpha_t = schedule.alphas[t]
+    eps_factor = (1 - alpha_t) / schedule.one_minus_alphas_bar_sqrt[t]
+    eps_theta = apply_model(params, x, t)
+    mean = (1 / jnp.sqrt(alpha_t)) * (x - eps_factor * eps_theta)
+    sigma_t = jnp.sqrt(schedule.betas[t])
+    return mean + sigma_t * z
+
+
+def _run_chain(params: dict, schedule: Schedule, x_T: jax.Array, noise_at) -> jax.Array:
+    """Steps T-1 .. 0 from x_T, with z = noise_at(k, x) at the k-th step; (T + 1, N, 2), x_T first."""
+
+    def body(x, k_t):
+        k, t = k_t
+        x = p_sample(params, schedule, x, t, noise_at(k, x))
+        return x, x
+
+    steps = (jnp.arange(schedule.num_steps), jnp.arange(schedule.num_steps - 1, -1, -1))
+    _, xs = jax.lax.scan(body, x_T, steps)
+    return jnp.concatenate([x_T[None], xs])
+
+
+def p_sample_loop(params: dict, schedule: Schedule, x_T: jax.Array, zs: jax.Array) -> jax.Array:
+    """Run the chain from x_T (N, 2) with injected noise zs (T, N, 2), zs[k] used at step T-1-k.
+
+    Returns all T + 1 states (T + 1, N, 2), x_T first, like the tutorial's x_seq.
+    """
+    return _run_chain(params, schedule, x_T, lambda k, x: zs[k])
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int) -> jax.Array:
+    """Draw x_T ~ N(0, I) of shape (n, 2) and run the whole chain; (T + 1, n, 2), x_T first.
+
+    The step noise is drawn inside the scan (fold_in(key, k + 1)), so no (T, n, 2) array is built.
+    """
+    x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
+    return _run_chain(params, schedule, x_T,
+                      lambda k, x: jax.random.normal(jax.random.fold_in(key, k + 1), x.shape, x.dtype))
