@@ -1,6 +1,7 @@
 """Train state, optimizer, EMA and the scan-fused training loop.
 
-One pure `train_step(state, x_0) -> (state, loss)`; `train_epoch` shuffles with a fresh
+One pure `train_step(state, x_0) -> (state, loss)` (randomness drawn from the state's keys;
+`update_step` takes it injected); `train_epoch` shuffles with a fresh
 permutation and scans over the full batches, then takes the short last batch as the tutorial
 does; `make_train_chunk` compiles several epochs into one program, optionally vmapped over seeds
 (`Config.seeds`) and with each batch split across devices (`Config.devices`). Per-step keys come
@@ -74,19 +75,25 @@ def make_loss_fn(loss: str = "noise") -> Callable:
     return losses[loss]
 
 
-def train_step(state: TrainState, x_0: jax.Array, *, schedule: Schedule,
-               optimizer: optax.GradientTransformation, ema_decay: float,
-               loss_fn: Callable = noise_estimation_loss) -> tuple[TrainState, jax.Array]:
-    """One optimizer step on batch x_0 (B, 2): draw antithetic t and noise e, clip, Adam, EMA."""
-    k_t, k_e = jax.random.split(jax.random.fold_in(state.noise_key, state.step))
-    t = antithetic_timesteps(k_t, x_0.shape[0], schedule.num_steps)
-    e = jax.random.normal(k_e, x_0.shape, x_0.dtype)
+def update_step(state: TrainState, x_0: jax.Array, t: jax.Array, e: jax.Array, *, schedule: Schedule,
+                optimizer: optax.GradientTransformation, ema_decay: float,
+                loss_fn: Callable = noise_estimation_loss) -> tuple[TrainState, jax.Array]:
+    """One optimizer step on batch x_0 (B, 2) with given steps t (B,) and noise e (B, 2):
+    loss and gradients, clip + Adam, then the EMA update (the tutorial's inner-loop body)."""
     loss, grads = jax.value_and_grad(loss_fn)(state.params, schedule, x_0, t, e)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                           ema_params=ema_update(state.ema_params, params, ema_decay))
     return state, loss
+
+
+def train_step(state: TrainState, x_0: jax.Array, **step_kwargs) -> tuple[TrainState, jax.Array]:
+    """`update_step` with antithetic t and noise e drawn from fold_in(noise_key, step)."""
+    k_t, k_e = jax.random.split(jax.random.fold_in(state.noise_key, state.step))
+    t = antithetic_timesteps(k_t, x_0.shape[0], step_kwargs["schedule"].num_steps)
+    e = jax.random.normal(k_e, x_0.shape, x_0.dtype)
+    return update_step(state, x_0, t, e, **step_kwargs)
 
 
 def train_epoch(state: TrainState, data: jax.Array, *, batch_size: int, step_fn: Callable,
