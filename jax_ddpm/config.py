@@ -72,6 +72,11 @@ class Config:
     """Skip the pictures and the GIF."""
 
     @property
+    def parameterization(self) -> str:
+        """What the model predicts, for the sampler: "eps" (noise loss) or "mean_logvar" (variational)."""
+        return {"noise": "eps", "variational": "mean_logvar"}[self.loss]
+
+    @property
     def n_outputs(self) -> int:
         """2 for the tutorial's noise model; 4 (mean and log-variance) for the variational loss."""
         return 2 if self.loss == "noise" else 4
