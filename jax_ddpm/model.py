@@ -49,7 +49,9 @@ class ConditionalLinear(nnx.Module):
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
         # x (B, num_in), t (B,) or (1,) -> (B, num_out)
-        return self.embed(t) * self.lin(x)
+        # Look the table up directly: nnx.Embed casts it to the dtype it was built with (float32
+        # in the cached graphdef), which would silently round float64 parameters.
+        return jnp.take(self.embed.embedding[...], t, axis=0) * self.lin(x)
 
 
 class ConditionalModel(nnx.Module):
