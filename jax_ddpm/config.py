@@ -46,8 +46,10 @@ class Config:
     """Clip gradients to this global norm before each step (0 disables clipping)."""
     ema_decay: float = 0.9
     """EMA decay mu: shadow = (1 - mu) * param + mu * shadow, after every step."""
-    loss: Literal["noise", "variational"] = "noise"
-    """Training loss: the tutorial's noise estimation, or its variational bound (trains a 4-output model: mean and log-variance)."""
+    loss: Literal["noise", "variational", "hybrid"] = "noise"
+    """Training loss: the tutorial's noise estimation; its variational bound (trains a 4-output model: mean and log-variance); or Improved DDPM's hybrid, noise loss + hybrid_lambda * bound (a 4-output model: noise and log-variance)."""
+    hybrid_lambda: float = 0.001
+    """Weight lambda of the bound in --loss hybrid: L_simple + lambda * L_vlb, with L_vlb the bound summed over all T steps (Improved DDPM uses 0.001)."""
     sample_with: Literal["raw", "ema"] = "raw"
     """Parameters used for the final samples (the tutorial samples with the raw ones)."""
     n_samples: int = 10_000
@@ -73,12 +75,13 @@ class Config:
 
     @property
     def parameterization(self) -> str:
-        """What the model predicts, for the sampler: "eps" (noise loss) or "mean_logvar" (variational)."""
-        return {"noise": "eps", "variational": "mean_logvar"}[self.loss]
+        """What the model predicts, for the sampler: "eps" (noise loss), "mean_logvar" (variational)
+        or "eps_logvar" (hybrid)."""
+        return {"noise": "eps", "variational": "mean_logvar", "hybrid": "eps_logvar"}[self.loss]
 
     @property
     def n_outputs(self) -> int:
-        """2 for the tutorial's noise model; 4 (mean and log-variance) for the variational loss."""
+        """2 for the tutorial's noise model; 4 (mean or noise, and log-variance) for the variational and hybrid losses."""
         return 2 if self.loss == "noise" else 4
 
 
@@ -99,6 +102,8 @@ def validate(config: Config) -> Config:
             value = getattr(config, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
+    if config.hybrid_lambda < 0:
+        raise ConfigError(f"--hybrid-lambda must be >= 0, got {config.hybrid_lambda}")
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
     if config.clip_norm < 0:

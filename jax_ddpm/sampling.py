@@ -2,7 +2,8 @@
 
 Quirk kept from the tutorial: noise sigma_t z is added at every step, the last one (t = 0)
 included; the DDPM paper adds none there. `parameterization` says what the model predicts: "eps"
-(the tutorial's noise model) or "mean_logvar" (the 4-output model of the variational loss).
+(the tutorial's noise model), "mean_logvar" (the 4-output model of the variational loss) or
+"eps_logvar" (the 4-output model of the hybrid loss: noise and log-variance).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jax_ddpm.losses import eps_to_mean, model_mean_logvar
 from jax_ddpm.model import apply_model
 from jax_ddpm.schedule import Schedule
 
@@ -22,20 +24,16 @@ def p_sample(params: dict, schedule: Schedule, x: jax.Array, t: jax.Array, z: ja
 
     "eps" (the tutorial's model): x_{t-1} = (x_t - (1 - alpha_t) / sqrt(1 - abar_t) eps_theta(x_t, t))
     / sqrt(alpha_t) + sqrt(beta_t) z (DDPM Algorithm 2). "mean_logvar" (the 4-output model the
-    variational loss trains): x_{t-1} = mean_theta + exp(log_var_theta / 2) z.
+    variational loss trains): x_{t-1} = mean_theta + exp(log_var_theta / 2) z. "eps_logvar" (the
+    hybrid loss's model): the mean from eps_theta as for "eps", the learned variance as for "mean_logvar".
     """
     t = jnp.asarray(t, jnp.int32).reshape(1)
-    out = apply_model(params, x, t)
-    if parameterization == "mean_logvar":
-        mean, log_var = jnp.split(out, 2, axis=-1)
-        return mean + jnp.exp(0.5 * log_var) * z
-    if parameterization != "eps":
-        raise ValueError(f"unknown parameterization {parameterization!r}")
-    alpha_t = schedule.alphas[t]
-    eps_factor = (1 - alpha_t) / schedule.one_minus_alphas_bar_sqrt[t]
-    mean = (1 / jnp.sqrt(alpha_t)) * (x - eps_factor * out)
-    sigma_t = jnp.sqrt(schedule.betas[t])
-    return mean + sigma_t * z
+    if parameterization == "eps":
+        mean = eps_to_mean(schedule, x, t, apply_model(params, x, t))
+        sigma_t = jnp.sqrt(schedule.betas[t])
+        return mean + sigma_t * z
+    mean, log_var = model_mean_logvar(params, schedule, x, t, parameterization)
+    return mean + jnp.exp(0.5 * log_var) * z
 
 
 def _run_chain(params: dict, schedule: Schedule, x_T: jax.Array, noise_at, parameterization: str) -> jax.Array:

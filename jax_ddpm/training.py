@@ -22,7 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_ddpm.config import Config
-from jax_ddpm.losses import antithetic_timesteps, noise_estimation_loss, variational_loss
+from jax_ddpm.losses import antithetic_timesteps, hybrid_loss, noise_estimation_loss, variational_loss
 from jax_ddpm.model import init_params
 from jax_ddpm.schedule import Schedule
 
@@ -67,9 +67,10 @@ def init_train_state(seed: int, n_steps: int, n_outputs: int,
                       order_key=keys["order"], noise_key=keys["noise"])
 
 
-def make_loss_fn(loss: str = "noise") -> Callable:
-    """loss(params, schedule, x_0, t, e) for --loss noise | variational."""
-    losses = {"noise": noise_estimation_loss, "variational": variational_loss}
+def make_loss_fn(loss: str = "noise", hybrid_lambda: float = 0.001) -> Callable:
+    """loss(params, schedule, x_0, t, e) for --loss noise | variational | hybrid."""
+    losses = {"noise": noise_estimation_loss, "variational": variational_loss,
+              "hybrid": functools.partial(hybrid_loss, hybrid_lambda=hybrid_lambda)}
     if loss not in losses:
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(losses)}")
     return losses[loss]
@@ -128,7 +129,7 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
     """
     step_fn = functools.partial(train_step, schedule=schedule, optimizer=optimizer,
                                 ema_decay=config.ema_decay,
-                                loss_fn=make_loss_fn(config.loss))
+                                loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
     batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None else None
     epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, step_fn=step_fn,
                                  batch_sharding=batch_sharding)
