@@ -70,6 +70,8 @@ class Config:
     """Print the last-batch loss every this many epochs (the tutorial prints every 100)."""
     eval_every: int = 0
     """Evaluate sample quality every this many epochs (0: only at the end)."""
+    n_eval: int = 2000
+    """Points sampled (with the raw and with the EMA parameters) for each sample-quality evaluation."""
     no_plots: bool = False
     """Skip the pictures and the GIF."""
 
@@ -88,7 +90,7 @@ class Config:
 def validate(config: Config) -> Config:
     """Raise ConfigError naming the first impossible hyper-parameter; return the config otherwise."""
     positive_ints = ("n_points", "num_steps", "epochs", "batch_size", "n_samples", "seeds",
-                     "devices", "checkpoint_every", "log_every")
+                     "devices", "checkpoint_every", "log_every", "n_eval")
     for name in positive_ints:
         value = getattr(config, name)
         if value < 1:

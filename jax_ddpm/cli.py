@@ -1,0 +1,60 @@
+"""What every command line of the project shares: parsing with tyro, and bad input as one line.
+
+A known error (bad option, bad data, unusable run folder or checkpoint, diverged training) becomes
+one line on stderr, `error: <what and what to do>`, and exit status 2 for usage errors or 1 for
+runtime errors; never a traceback. tyro's own boxed messages are folded into that one line too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from typing import Callable, Sequence, Type, TypeVar
+
+import tyro
+
+T = TypeVar("T")
+BOX_CHARS = "╭╮╰╯│─ "
+
+
+def fold_box(text: str) -> str:
+    """The message inside tyro's error box, as one line ("" when there is none)."""
+    words = []
+    for line in text.splitlines()[1:]:  # the first line is the box's title bar
+        body = line.strip().strip("│").strip()
+        if not body or not body.strip(BOX_CHARS):
+            break  # the rule under the message: helptext follows
+        words.append(body)
+    return " ".join(words)
+
+
+def parse(cls: Type[T], argv: Sequence[str] | None, prog: str) -> T:
+    """tyro.cli(cls) on argv; a parse error exits 2 with one stderr line (--help prints as usual)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(cls, args=argv, prog=prog)
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            message = fold_box(captured.getvalue()) or "invalid arguments"
+            print(f"error: {message} (see {prog} --help)", file=sys.stderr)
+        raise
+
+
+def run(main: Callable[[], object], usage_errors: tuple[type, ...], runtime_errors: tuple[type, ...]) -> int:
+    """Call `main()`, turning the known errors into one stderr line; the process exit status
+    (2 for `usage_errors`, 1 for `runtime_errors`; usage is checked first, so a usage error may
+    subclass a runtime one)."""
+    try:
+        main()
+    except usage_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except runtime_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; resume with --resume and the same --out-dir", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,169 @@
+"""The run folder and its plain files, shared by the JAX and the PyTorch training CLIs.
+
+Framework-free on purpose (json and numpy only), so both CLIs write the same `config.json`,
+`metrics.jsonl`, `samples.npy` and `summary.json` and two runs compare line for line. Files are
+replaced atomically (write a temporary file, then rename), so a killed run never leaves a
+half-written one, and an existing run folder is never reused without --resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from jax_ddpm.config import Config
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.npy"
+SUMMARY_FILE = "summary.json"
+
+
+class RunDirError(ValueError):
+    """A run folder that cannot be used as asked; the message says why and what to do."""
+
+
+def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
+    """runs/<dataset>-<timestamp>, the dataset named by its file stem when it is a path."""
+    name = Path(config.dataset).stem
+    return Path(root) / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def open_run_dir(config: Config) -> Path:
+    """The run folder of `config`: a new one, or with --resume the existing one.
+
+    Refuses to reuse an existing folder without --resume (earlier results are never overwritten)
+    and to resume a folder that holds no run.
+    """
+    run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(config)
+    if config.resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise RunDirError(f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
+                              "give the --out-dir of an earlier run, or drop --resume")
+        return run_dir
+    if run_dir.exists():
+        raise RunDirError(f"{str(run_dir)!r} already exists; add --resume to continue that run, "
+                          "or choose another --out-dir (earlier results are never overwritten)")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one rename, so readers see the old or the new file, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def write_config(run_dir: Path, config: Config, framework: str) -> None:
+    """config.json: every Config field, plus which implementation ran."""
+    write_json(run_dir / CONFIG_FILE, dict(dataclasses.asdict(config), framework=framework))
+
+
+def read_config(run_dir: Path) -> Config:
+    """The Config saved in a run folder's config.json."""
+    fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    names = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in fields.items() if k in names})
+
+
+def save_samples(run_dir: Path, samples: np.ndarray) -> None:
+    """samples.npy: (n, 2) for one seed, (seeds, n, 2) for several."""
+    tmp = run_dir / (SAMPLES_FILE + ".tmp.npy")
+    np.save(tmp, np.asarray(samples, np.float32))
+    os.replace(tmp, run_dir / SAMPLES_FILE)
+
+
+def per_seed(values) -> float | list[float]:
+    """A float for one seed, a list of floats for several (the layout of metrics.jsonl)."""
+    values = np.asarray(values, np.float64)
+    return float(values) if values.ndim == 0 else [float(v) for v in values]
+
+
+def epoch_record(epoch: int, step: int, losses, last_losses, wall_s: float, **extra) -> dict:
+    """One metrics.jsonl line: epochs done, optimizer steps done, the epoch's mean batch loss,
+    its last-batch loss (the tutorial's print), seconds of training so far, and any extras."""
+    return dict(epoch=int(epoch), step=int(step), loss=per_seed(losses), last_loss=per_seed(last_losses),
+                wall_s=round(float(wall_s), 4), **extra)
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl, flushed after every write."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS_FILE
+
+    def truncate_after(self, epoch: int) -> list[dict]:
+        """Keep the lines up to `epoch` (the checkpoint a run resumes from); return them."""
+        kept = [r for r in self.read() if r["epoch"] <= epoch]
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return kept
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def append(self, records: Iterable[dict]) -> None:
+        with self.path.open("a") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+
+
+def summarize(records: list[dict], *, framework: str, config: Config, run_dir: Path, train_s: float,
+              steps_per_s: Optional[float], compile_s: Optional[float] = None,
+              evaluation: Optional[dict] = None) -> dict:
+    """summary.json: time, speed, final losses (mean and spread over seeds) and where things are.
+
+    train_s is the wall time of the training loop in this session; steps_per_s counts optimizer
+    steps (each advances every seed's model) per second of training compute.
+    """
+    last = records[-1]
+    final = np.atleast_1d(np.asarray(last["loss"], np.float64))
+    summary = dict(framework=framework, dataset=config.dataset, epochs=last["epoch"], steps=last["step"],
+                   seeds=config.seeds, train_s=round(train_s, 3),
+                   compile_s=None if compile_s is None else round(compile_s, 3),
+                   steps_per_s=None if steps_per_s is None else round(steps_per_s, 1),
+                   final_loss=float(final.mean()), final_loss_std=float(final.std()),
+                   final_losses=[float(v) for v in final],
+                   final_last_loss=per_seed(last["last_loss"]), run_dir=str(run_dir))
+    if evaluation:
+        summary["evaluation"] = evaluation
+    return summary
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_json(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def summary_paragraph(summary: dict) -> str:
+    """The final one-paragraph report printed by both CLIs."""
+    loss = f"{summary['final_loss']:.4f}"
+    if summary["seeds"] > 1:
+        loss += f" +- {summary['final_loss_std']:.4f} over {summary['seeds']} seeds"
+    compile_part = "" if summary["compile_s"] is None else f" (+ {summary['compile_s']:.1f} s compile)"
+    speed = "" if summary["steps_per_s"] is None else f" at {summary['steps_per_s']:,.0f} steps/s"
+    text = (f"Trained {summary['framework']} on {summary['dataset']} for {summary['epochs']} epochs "
+            f"({summary['steps']:,} steps) in {summary['train_s']:.1f} s{compile_part}{speed}; "
+            f"final mean epoch loss {loss}.")
+    for params, values in (summary.get("evaluation") or {}).items():
+        shown = ", ".join(f"{k} {format_metric(v)}" for k, v in values.items()) or "samples hold NaN or inf"
+        text += f" Sample quality ({params} params): {shown}."
+    return text + f" Outputs in {summary['run_dir']}/."
+
+
+
+def format_metric(value) -> str:
+    """A metric (or its per-seed list) for people: the mean over seeds; "diverged" for None."""
+    finite = [v for v in np.atleast_1d(np.asarray(value, dtype=object)) if v is not None]
+    return f"{float(np.mean(finite)):.4g}" if finite else "diverged"

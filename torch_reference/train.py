@@ -1,0 +1,118 @@
+"""`python -m torch_reference.train [OPTIONS]`: the tutorial's eager PyTorch loop as a command line.
+
+Same options (jax_ddpm's Config), same dataset draw, and the same run-folder files as
+`python -m jax_ddpm.train` (config.json, metrics.jsonl, samples.npy, summary.json and the
+pictures), so the two compare run for run. Randomness is torch's, seeded with
+torch.manual_seed(seed), so the numbers match the JAX run in distribution, not bit for bit.
+Supported: the noise loss, schedules linear/quad/sigmoid/constant, one seed, one device, no resume.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from jax_ddpm.cli import parse, run
+from jax_ddpm.config import Config, ConfigError, validate
+from jax_ddpm.data import DataError, get_dataset
+from jax_ddpm.experiment import describe_setup, held_out_reference, picture_noise, tutorial_datasets
+from jax_ddpm.metrics import evaluate
+from jax_ddpm.outputs import (MetricsLog, RunDirError, epoch_record, open_run_dir, save_samples, summarize,
+                              summary_paragraph, write_config, write_summary)
+from jax_ddpm.plots import draw_run_pictures
+from torch_reference.data import as_dataset
+from torch_reference.model import ConditionalModel
+from torch_reference.sampling import p_sample_loop
+from torch_reference.schedule import make_schedule, q_sample
+from torch_reference.training import train
+
+
+def check_supported(config: Config) -> None:
+    """Refuse the options only the JAX implementation has."""
+    unsupported = {"loss": ("noise", "the reference trains the noise loss only"),
+                   "seeds": (1, "train seeds one by one with --seed"),
+                   "devices": (1, "the eager loop runs on one device"),
+                   "resume": (False, "the reference writes no checkpoints")}
+    for name, (allowed, why) in unsupported.items():
+        if getattr(config, name) != allowed:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)} is not supported by "
+                              f"torch_reference.train ({why}); use python -m jax_ddpm.train")
+    if config.schedule == "cosine":
+        raise ConfigError("--schedule cosine is not in the tutorial; torch_reference.train supports "
+                          "linear, quad, sigmoid and constant")
+
+
+def sample_chain(model, schedule, n: int, num_steps: int) -> np.ndarray:
+    """The tutorial's p_sample_loop from x_T ~ N(0, I): (T + 1, n, 2), x_T first."""
+    with torch.no_grad():  # the tutorial samples with autograd on; the numbers are the same
+        x_seq = p_sample_loop(model, (n, 2), num_steps, schedule.alphas, schedule.betas,
+                              schedule.one_minus_alphas_bar_sqrt)
+    return torch.stack(x_seq).numpy()
+
+
+def train_reference(config: Config) -> dict:
+    """Train the tutorial's model with its eager loop, write the run folder, return the summary."""
+    validate(config)
+    check_supported(config)
+    torch.manual_seed(config.seed)
+    points = get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    for line in describe_setup(config, points, schedule):
+        print(line)
+    run_dir = open_run_dir(config)
+    write_config(run_dir, config, framework="torch")
+    metrics = MetricsLog(run_dir)
+    dataset = as_dataset(points)
+    model = ConditionalModel(config.num_steps)
+    steps_per_epoch = -(-len(points) // config.batch_size)
+    records = []
+
+    with tqdm(total=config.epochs, unit="epoch", file=sys.stdout, dynamic_ncols=True) as bar:
+        def on_epoch(epoch, losses, wall_s):
+            record = epoch_record(epoch + 1, (epoch + 1) * steps_per_epoch, np.mean(losses), losses[-1], wall_s)
+            records.append(record)
+            metrics.append([record])
+            if (epoch + 1) % config.log_every == 0:
+                bar.write(f"epoch {epoch + 1}: last-batch loss {losses[-1]:.4f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", **{"steps/s": f"{record['step'] / wall_s:,.0f}"})
+
+        start = time.perf_counter()
+        model, ema, _ = train(model, dataset, schedule, config.num_steps, epochs=config.epochs,
+                              batch_size=config.batch_size, lr=config.lr, clip_norm=config.clip_norm,
+                              ema_mu=config.ema_decay, on_epoch=on_epoch)
+        train_s = time.perf_counter() - start
+
+    reference = held_out_reference(config, points, config.n_eval)
+    evaluation = {"raw": evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)}
+    x_seq = sample_chain(model, schedule, config.n_samples, config.num_steps) if config.sample_with == "raw" else None
+    ema.ema(model)  # the tutorial's EMA.ema: copy the shadow parameters into the model
+    evaluation["ema"] = evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)
+    if x_seq is None:
+        x_seq = sample_chain(model, schedule, config.n_samples, config.num_steps)
+    save_samples(run_dir, x_seq[-1])
+    if not config.no_plots:
+        noise = torch.from_numpy(picture_noise(config, points.shape))
+        forward = torch.stack([q_sample(dataset, torch.full((len(points),), t), schedule.alphas_bar_sqrt,
+                                        schedule.one_minus_alphas_bar_sqrt, noise[t])
+                               for t in range(config.num_steps)]).numpy()
+        draw_run_pictures(run_dir, tutorial_datasets(config), forward, x_seq, records)
+    summary = summarize(records, framework="torch", config=config, run_dir=run_dir, train_s=train_s,
+                        steps_per_s=config.epochs * steps_per_epoch / train_s, evaluation=evaluation)
+    write_summary(run_dir, summary)
+    print(summary_paragraph(summary))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse(Config, argv, prog="python -m torch_reference.train")
+    return run(lambda: train_reference(config), (ConfigError, DataError, RunDirError), (OSError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
