@@ -85,7 +85,8 @@ def flax_to_torch(params: dict) -> dict:
     state_dict = {}
     for path, key in by_path.items():
         _, shape, transposed = layout[key]
+        # Checked in the Flax layout, so the message names the shape the caller passed.
+        _check_shape(".".join(path), flat[path].shape, shape[::-1] if transposed else shape)
         value = flat[path].T if transposed else flat[path]
-        _check_shape(".".join(path), value.shape, shape)
         state_dict[key] = torch.from_numpy(np.ascontiguousarray(value).copy())
     return state_dict
