@@ -42,12 +42,19 @@ def parse(cls: Type[T], argv: Sequence[str] | None, prog: str) -> T:
         raise
 
 
-def run(main: Callable[[], object], usage_errors: tuple[type, ...], runtime_errors: tuple[type, ...]) -> int:
-    """Call `main()`, turning the known errors into one stderr line; the process exit status
-    (2 for `usage_errors`, 1 for `runtime_errors`; usage is checked first, so a usage error may
-    subclass a runtime one)."""
+def run(cls: Type[T], argv: Sequence[str] | None, prog: str, body: Callable[[T], object],
+        usage_errors: tuple[type, ...], runtime_errors: tuple[type, ...]) -> int:
+    """Parse argv into `cls`, call `body` on it; the process exit status.
+
+    The known errors become one stderr line: exit 2 for parse errors and `usage_errors`, 1 for
+    `runtime_errors` (usage is checked first, so a usage error may subclass a runtime one).
+    """
     try:
-        main()
+        args = parse(cls, argv, prog)
+    except SystemExit as exit_:  # --help (0) or a parse error (2, already reported)
+        return exit_.code or 0
+    try:
+        body(args)
     except usage_errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -55,6 +62,6 @@ def run(main: Callable[[], object], usage_errors: tuple[type, ...], runtime_erro
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; resume with --resume and the same --out-dir", file=sys.stderr)
+        print("error: interrupted; continue with --resume and the same --out-dir", file=sys.stderr)
         return 130
     return 0

@@ -151,7 +151,8 @@ def train_and_evaluate(config: Config) -> dict:
               + (f" with {', '.join(changes)}" if changes else ""))
     metrics = MetricsLog(run_dir)
     records = metrics.truncate_after(start_epoch)  # drop what a killed run logged past its checkpoint
-    write_config(run_dir, config, framework="jax")
+    if not config.resume:  # a resumed run's config.json is replaced only once it has succeeded
+        write_config(run_dir, config, framework="jax")
 
     steps_per_epoch = -(-data.shape[0] // config.batch_size)
     n_chunk = chunk_epochs(config, steps_per_epoch, start_epoch)
@@ -210,6 +211,7 @@ def train_and_evaluate(config: Config) -> dict:
                         steps_per_s=steps_trained / compute_s if compute_s else None, compile_s=compile_s,
                         evaluation=evaluation)
     write_summary(run_dir, summary)
+    write_config(run_dir, config, framework="jax")
     print(summary_paragraph(summary))
     return summary
 

@@ -105,8 +105,10 @@ class MetricsLog:
 
     def truncate_after(self, epoch: int) -> list[dict]:
         """Keep the lines up to `epoch` (the checkpoint a run resumes from); return them."""
-        kept = [r for r in self.read() if r["epoch"] <= epoch]
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        records = self.read()
+        kept = [r for r in records if r["epoch"] <= epoch]
+        if len(kept) < len(records) or not self.path.exists():
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
     def read(self) -> list[dict]:

@@ -15,7 +15,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from jax_ddpm.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError
-from jax_ddpm.cli import parse, run
+from jax_ddpm.cli import run
 from jax_ddpm.config import ConfigError, validate
 from jax_ddpm.experiment import sample_states
 from jax_ddpm.outputs import CONFIG_FILE, RunDirError, read_config
@@ -63,9 +63,9 @@ def sample_run(args: SampleArgs) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse(SampleArgs, argv, prog="python -m jax_ddpm.sample")
-    return run(lambda: sample_run(args), (ConfigError, RunDirError, IncompatibleCheckpointError),
-               (CheckpointError, OSError))
+    """Parse argv (default: sys.argv[1:]) and sample; the exit status."""
+    return run(SampleArgs, argv, "python -m jax_ddpm.sample", sample_run,
+               (ConfigError, RunDirError, IncompatibleCheckpointError), (CheckpointError, OSError))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError
-from jax_ddpm.cli import parse, run
+from jax_ddpm.cli import run
 from jax_ddpm.config import Config, ConfigError
 from jax_ddpm.data import DataError
 from jax_ddpm.experiment import TrainingDiverged, train_and_evaluate
@@ -22,8 +22,7 @@ RUNTIME_ERRORS = (CheckpointError, TrainingDiverged, OSError)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv (default: sys.argv[1:]) into a Config and train; the exit status."""
-    config = parse(Config, argv, prog="python -m jax_ddpm.train")
-    return run(lambda: train_and_evaluate(config), USAGE_ERRORS, RUNTIME_ERRORS)
+    return run(Config, argv, "python -m jax_ddpm.train", train_and_evaluate, USAGE_ERRORS, RUNTIME_ERRORS)
 
 
 if __name__ == "__main__":

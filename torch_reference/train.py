@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jax_ddpm.cli import parse, run
+from jax_ddpm.cli import run
 from jax_ddpm.config import Config, ConfigError, validate
 from jax_ddpm.data import DataError, get_dataset
 from jax_ddpm.experiment import describe_setup, held_out_reference, picture_noise, tutorial_datasets
@@ -110,8 +110,9 @@ def train_reference(config: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse(Config, argv, prog="python -m torch_reference.train")
-    return run(lambda: train_reference(config), (ConfigError, DataError, RunDirError), (OSError,))
+    """Parse argv (default: sys.argv[1:]) and train the reference; the exit status."""
+    return run(Config, argv, "python -m torch_reference.train", train_reference,
+               (ConfigError, DataError, RunDirError), (OSError,))
 
 
 if __name__ == "__main__":
