@@ -83,9 +83,10 @@ def plot_loss(records: Sequence[dict], path: Path) -> None:
         plt.close(fig)
 
 
-# Pixel offsets of a point's grey edge (a disc of radius ~2.2) and white core (3 x 3).
-_EDGE = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if dy * dy + dx * dx <= 5]
-_CORE = [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2)]
+# Pixel offsets of a point's grey edge (its four neighbours) and white core (one pixel): small,
+# like the tutorial's s=5 markers, so 10,000 points keep their texture instead of merging.
+_EDGE = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+_CORE = [(0, 0)]
 
 
 def frame_limits(frames: np.ndarray, margin: float = 0.1) -> tuple[float, float, float]:
@@ -103,7 +104,7 @@ def rasterize(points: np.ndarray, limits: tuple[float, float, float], size: int)
     col = np.round((points[:, 0] - cx + half) / (2 * half) * (size - 1)).astype(np.int64)
     row = np.round((cy + half - points[:, 1]) / (2 * half) * (size - 1)).astype(np.int64)
     image = np.zeros((size, size), np.uint8)
-    for offsets, value in ((_EDGE, 128), (_CORE, 255)):
+    for offsets, value in ((_EDGE, 110), (_CORE, 255)):
         for dy, dx in offsets:
             r, c = row + dy, col + dx
             inside = (r >= 0) & (r < size) & (c >= 0) & (c < size)

@@ -101,13 +101,15 @@ def test_another_seed_other_numbers(tiny_run, tmp_path):
 
 def test_two_seeds_write_per_seed_outputs(tmp_path):
     run_dir = tmp_path / "seeds"
-    assert train_main(tiny_argv(run_dir, "--seeds", "2", "--epochs", "10", "--no-plots")) == 0
+    assert train_main(tiny_argv(run_dir, "--seeds", "2", "--epochs", "10", "--eval-every", "5", "--no-plots")) == 0
     samples = np.load(run_dir / "samples.npy")
     assert samples.shape == (2, 128, 2) and not np.array_equal(samples[0], samples[1])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(len(r["loss"]) == 2 and len(r["last_loss"]) == 2 for r in records)
     assert records[-1]["loss"][0] != records[-1]["loss"][1]
-    assert len(records[-1]["raw_mmd2"]) == 2
+    # --eval-every 5: raw and EMA sample quality per seed at epochs 5 and 10, nowhere else.
+    assert [r["epoch"] for r in records if "raw_mmd2" in r] == [5, 10]
+    assert len(records[4]["ema_sliced_w2"]) == 2 and records[4]["raw_mmd2"] != records[-1]["raw_mmd2"]
     summary = json.loads((run_dir / "summary.json").read_text())
     np.testing.assert_allclose(summary["final_loss"], np.mean(records[-1]["loss"]), rtol=1e-12)
     np.testing.assert_allclose(summary["final_loss_std"], np.std(records[-1]["loss"]), rtol=1e-12)
