@@ -146,6 +146,9 @@ def train_and_evaluate(config: Config) -> dict:
     if config.resume and checkpointer.latest_epoch() is not None:
         state, record = checkpointer.restore(state, config)
         start_epoch, wall_before = record["epoch"], record["wall_s"]
+        if start_epoch > config.epochs:
+            raise ConfigError(f"the checkpoint in {run_dir} is at epoch {start_epoch}, past --epochs {config.epochs}; "
+                              f"give --epochs {start_epoch} or more")
         changes = changed_options(record["config"], config)
         print(f"resuming {run_dir} from the checkpoint of epoch {start_epoch}"
               + (f" with {', '.join(changes)}" if changes else ""))

@@ -103,6 +103,13 @@ def test_incompatible_checkpoint_is_a_usage_error(earlier_run, capsys):
     assert snapshot(earlier_run) == before
 
 
+def test_resume_with_fewer_epochs_than_done_is_refused(earlier_run, capsys):
+    before = snapshot(earlier_run)
+    assert train_main(tiny_argv(earlier_run, "--resume", "--epochs", "15")) == 2
+    assert "at epoch 20, past --epochs 15" in one_error_line(capsys)
+    assert snapshot(earlier_run) == before
+
+
 def test_unreadable_checkpoint_is_a_runtime_error(earlier_run, capsys):
     for path in (earlier_run / "checkpoints" / "20" / "state").rglob("*"):
         if path.is_file():
