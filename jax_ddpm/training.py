@@ -89,30 +89,45 @@ def update_step(state: TrainState, x_0: jax.Array, t: jax.Array, e: jax.Array, *
     return state, loss
 
 
+def step_noise(noise_key: jax.Array, step: jax.Array, shape: tuple[int, int],
+               n_steps: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """Antithetic steps t (B,) and noise e (B, D) of optimizer step `step`, from fold_in(noise_key, step)."""
+    k_t, k_e = jax.random.split(jax.random.fold_in(noise_key, step))
+    return antithetic_timesteps(k_t, shape[0], n_steps), jax.random.normal(k_e, shape, dtype)
+
+
 def train_step(state: TrainState, x_0: jax.Array, **step_kwargs) -> tuple[TrainState, jax.Array]:
-    """`update_step` with antithetic t and noise e drawn from fold_in(noise_key, step)."""
-    k_t, k_e = jax.random.split(jax.random.fold_in(state.noise_key, state.step))
-    t = antithetic_timesteps(k_t, x_0.shape[0], step_kwargs["schedule"].num_steps)
-    e = jax.random.normal(k_e, x_0.shape, x_0.dtype)
+    """`update_step` with antithetic t and noise e drawn by `step_noise` for `state.step`."""
+    t, e = step_noise(state.noise_key, state.step, x_0.shape, step_kwargs["schedule"].num_steps, x_0.dtype)
     return update_step(state, x_0, t, e, **step_kwargs)
 
 
-def train_epoch(state: TrainState, data: jax.Array, *, batch_size: int, step_fn: Callable,
-                batch_sharding: Optional[NamedSharding] = None) -> tuple[TrainState, dict]:
-    """One pass over `data` (N, 2) in a fresh random order; returns the mean and last-batch loss."""
-    n = data.shape[0]
+def train_epoch(state: TrainState, data: jax.Array, *, batch_size: int, update_fn: Callable,
+                num_steps: int, batch_sharding: Optional[NamedSharding] = None) -> tuple[TrainState, dict]:
+    """One pass over `data` (N, 2) in a fresh random order; returns the mean and last-batch loss.
+
+    `update_fn(state, x_0, t, e)` is `update_step` with its keywords bound. Every step gets the t
+    and e `train_step` would draw, but the full batches' draws are made in one vectorised call
+    before the scan: drawn step by step, threefry's small loops cost about 70 us of a ~450 us
+    step on CPU.
+    """
+    n, dim = data.shape
     n_full, rest = divmod(n, batch_size)
     perm = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), n)
     shuffled = data[perm]
     losses = []
     if n_full:
-        batches = shuffled[: n_full * batch_size].reshape(n_full, batch_size, data.shape[1])
+        batches = shuffled[: n_full * batch_size].reshape(n_full, batch_size, dim)
+        steps = state.step + jnp.arange(n_full)
+        t, e = jax.vmap(lambda s: step_noise(state.noise_key, s, (batch_size, dim), num_steps, data.dtype))(steps)
+        xs = (batches, t, e)  # (n_full, B, 2), (n_full, B), (n_full, B, 2)
         if batch_sharding is not None:
-            batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
-        state, full_losses = jax.lax.scan(step_fn, state, batches)
+            xs = jax.lax.with_sharding_constraint(xs, batch_sharding)
+        state, full_losses = jax.lax.scan(lambda s, x_t_e: update_fn(s, *x_t_e), state, xs)
         losses.append(full_losses)
     if rest:  # the tutorial keeps the short last batch
-        state, last = step_fn(state, shuffled[n_full * batch_size:])
+        t, e = step_noise(state.noise_key, state.step, (rest, dim), num_steps, data.dtype)
+        state, last = update_fn(state, shuffled[n_full * batch_size:], t, e)
         losses.append(last[None])
     losses = jnp.concatenate(losses)
     # The tutorial's mean epoch loss weights batches equally, as it prints single-batch losses.
@@ -127,12 +142,12 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
     With `config.seeds > 1` the state carries a leading seed axis and the program is vmapped over
     it (data shared). With a `mesh` (axis 'data'), each batch is split across its devices.
     """
-    step_fn = functools.partial(train_step, schedule=schedule, optimizer=optimizer,
-                                ema_decay=config.ema_decay,
-                                loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
+    update_fn = functools.partial(update_step, schedule=schedule, optimizer=optimizer,
+                                  ema_decay=config.ema_decay,
+                                  loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
     batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None else None
-    epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, step_fn=step_fn,
-                                 batch_sharding=batch_sharding)
+    epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, update_fn=update_fn,
+                                 num_steps=schedule.num_steps, batch_sharding=batch_sharding)
 
     def chunk(state, data):
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=n_epochs)
