@@ -39,10 +39,9 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """x (B, in) @ kernel (in, out) + bias (out,), with a backward pass tuned for XLA:CPU.
 
     Same gradients as autodiff up to float rounding; only the kernel gradient x^T g is computed
-    differently: XLA:CPU
-    runs a dot that contracts both operands' leading axis as a slow generic loop (~60 us for
-    128^3 here), but a materialised x^T times g as a fast row-major matmul (~30 us, copy
-    included). Forward and the other gradients are the plain matmuls.
+    differently: XLA:CPU runs a dot that contracts both operands' leading axis as a slow generic
+    loop (~60 us for 128^3 here), but a materialised x^T times g as a fast row-major matmul
+    (~30 us, copy included). Forward and the other gradients are the plain matmuls.
     """
     return x @ kernel + bias
 
