@@ -1,0 +1,113 @@
+"""JAX variants: the jitted step from a Python loop, scan-fused epochs (`make_train_chunk`)
+over seeds and devices, the sampling chain, and a large matmul for the roofline.
+
+Run as a module it measures one scan-fused configuration and prints JSON: `benchmarks.run`
+starts it in a subprocess for `--devices N` on CPU, whose host devices must be requested with
+XLA_FLAGS before jax is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.timing import measure, rates
+from jax_ddpm.config import Config
+from jax_ddpm.data import get_dataset
+from jax_ddpm.sampling import sample_chain
+from jax_ddpm.schedule import make_schedule
+from jax_ddpm.training import (init_states, make_mesh, make_optimizer, make_train_chunk, run_keys,
+                               train_step)
+
+
+def _parts(config: Config):
+    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    data = jnp.asarray(get_dataset(config.dataset, config.n_points, config.data_noise, config.seed), jnp.float32)
+    return schedule, data, make_optimizer(config.lr, config.clip_norm)
+
+
+def steps_per_epoch(config: Config) -> int:
+    return math.ceil(config.n_points / config.batch_size)
+
+
+def chunk_runner(config: Config, n_epochs: int):
+    """`n_epochs` scan-fused epochs of `config` (seeds vmapped, batch split over config.devices)
+    from the same initial state each call; work = model-steps (steps x seeds)."""
+    schedule, data, optimizer = _parts(config)
+    mesh = make_mesh(config.devices)
+    chunk = make_train_chunk(config, schedule, optimizer, n_epochs, mesh)
+    state = init_states(config, optimizer)
+    if mesh is not None:  # parameters and optimizer state replicated on every device
+        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+    def run():
+        jax.block_until_ready(chunk(state, data))
+
+    return run, n_epochs * steps_per_epoch(config) * config.seeds
+
+
+def python_loop_runner(config: Config, n_steps: int):
+    """The jitted `train_step` called once per batch from Python; work = steps."""
+    schedule, data, optimizer = _parts(config)
+    step = jax.jit(functools.partial(train_step, schedule=schedule, optimizer=optimizer,
+                                     ema_decay=config.ema_decay))
+    initial = init_states(config, optimizer)
+    n_full = config.n_points // config.batch_size
+    perm = np.random.default_rng(0).permutation(config.n_points)[: n_full * config.batch_size]
+    batches = list(data[perm].reshape(n_full, config.batch_size, 2))
+
+    def run():
+        state = initial
+        for i in range(n_steps):
+            state, _ = step(state, batches[i % n_full])
+        jax.block_until_ready(state)
+
+    return run, n_steps
+
+
+def sampling_runner(n_points: int, config: Config = Config()):
+    """`sample_chain` of n_points over the whole schedule (one compiled lax.scan)."""
+    schedule, _, optimizer = _parts(config)
+    params = init_states(config, optimizer).params
+    key = run_keys(config.seed)["sample"]
+
+    def run():
+        jax.block_until_ready(sample_chain(params, schedule, key, n_points))
+
+    return run, 1
+
+
+def matmul_runner(size: int):
+    """A large float32 matmul (2 size^3 FLOPs) at the current default precision."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+
+    def run():
+        jax.block_until_ready(matmul(a, b))
+
+    return run, 2.0 * size ** 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Measure one scan-fused configuration; print JSON.")
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    config = dataclasses.replace(Config(), devices=args.devices, seeds=args.seeds)
+    run, work = chunk_runner(config, args.epochs)
+    print(json.dumps(dict(devices=[str(d) for d in jax.devices()[: args.devices]],
+                          **rates(measure(run, args.repeats), work))))
+
+
+if __name__ == "__main__":
+    main()

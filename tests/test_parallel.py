@@ -1,0 +1,108 @@
+"""--seeds K equals K separate runs; --devices N equals one device (tiny configs, CPU).
+
+The device test runs in a subprocess: host devices exist only if
+XLA_FLAGS=--xla_force_host_platform_device_count is set before jax is imported, and setting it for
+the whole pytest session (a conftest) would make every other test run on 4 simulated devices
+that split this machine's 2 cores, which is not the configuration those tests mean to check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_ddpm.config import Config
+from jax_ddpm.data import get_dataset
+from jax_ddpm.schedule import make_schedule
+from jax_ddpm.training import init_states, make_mesh, make_optimizer, make_train_chunk
+
+# 100 points in batches of 16: 6 full batches and a short one of 4 per epoch.
+TINY = Config(n_points=100, batch_size=16, epochs=3, seed=5)
+# vmap and batch splitting only reorder float32 sums (batched matmuls, per-device partial
+# gradients then an all-reduce); after 21 Adam steps those round-off differences stay ~1e-6.
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def tiny_data(config: Config = TINY) -> jax.Array:
+    return jnp.asarray(get_dataset(config.dataset, config.n_points, config.data_noise, config.seed), jnp.float32)
+
+
+def compile_tiny(config: Config, mesh=None):
+    """`config.epochs` epochs as one compiled chunk, and its inputs: the initial state and the
+    data set of TINY.seed (a run draws its data from its first seed; its K models share it)."""
+    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    optimizer = make_optimizer(config.lr, config.clip_norm)
+    state, data = init_states(config, optimizer), tiny_data()
+    return make_train_chunk(config, schedule, optimizer, config.epochs, mesh).lower(state, data).compile(), state, data
+
+
+def train_tiny(config: Config, mesh=None):
+    """(final state, per-epoch metrics) of the compiled chunk."""
+    compiled, state, data = compile_tiny(config, mesh)
+    return compiled(state, data)
+
+
+def max_relative_gap(actual, desired) -> float:
+    """Largest |a - d| / (ATOL + RTOL |d|) over two pytrees: <= 1 means allclose."""
+    gaps = jax.tree.map(lambda a, d: float(np.max(np.abs(np.asarray(a) - np.asarray(d))
+                                                   / (ATOL + RTOL * np.abs(np.asarray(d))))), actual, desired)
+    return max(jax.tree.leaves(gaps))
+
+
+def test_each_seed_equals_a_separate_single_seed_run():
+    k = 3
+    stacked, stacked_metrics = train_tiny(dataclasses.replace(TINY, seeds=k))
+    single_chunk, _, data = compile_tiny(TINY)  # the seed only sets the initial state's values
+    optimizer = make_optimizer(TINY.lr, TINY.clip_norm)
+    for i in range(k):
+        single, single_metrics = single_chunk(init_states(dataclasses.replace(TINY, seed=TINY.seed + i), optimizer), data)
+        ith = jax.tree.map(lambda x: x[i], (stacked, stacked_metrics))
+        assert int(ith[0].step) == int(single.step) == TINY.epochs * 7
+        assert max_relative_gap(ith, (single, single_metrics)) <= 1.0, f"seed {TINY.seed + i} differs"
+    # Different seeds really are different models.
+    first = np.asarray(stacked.params["lin2"]["lin"]["kernel"])
+    assert not np.allclose(first[0], first[1], rtol=RTOL, atol=ATOL)
+
+
+def devices_check() -> dict:
+    """Run in the subprocess (4 host devices): --devices 1, 2, 4, and seeds 2 x devices 2."""
+    assert len(jax.devices()) == 4, jax.devices()
+    reference, reference_metrics = train_tiny(TINY)
+    report = {}
+    for n in (2, 4):
+        compiled, state, data = compile_tiny(dataclasses.replace(TINY, devices=n), make_mesh(n))
+        state, metrics = compiled(state, data)
+        report[f"gap_devices_{n}"] = max_relative_gap((state, metrics), (reference, reference_metrics))
+        kernel = state.params["lin2"]["lin"]["kernel"]
+        report[f"params_replicated_{n}"] = kernel.sharding.is_fully_replicated and len(kernel.sharding.device_set) == n
+        report[f"all_reduce_{n}"] = compiled.as_text().count("all-reduce(")
+    seeds_reference = train_tiny(dataclasses.replace(TINY, seeds=2))
+    seeds_split = train_tiny(dataclasses.replace(TINY, seeds=2, devices=2), make_mesh(2))
+    report["gap_seeds_2_devices_2"] = max_relative_gap(seeds_split, seeds_reference)
+    return report
+
+
+def test_devices_equal_one_device_in_a_subprocess_with_4_host_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for n in (2, 4):
+        assert report[f"gap_devices_{n}"] <= 1.0, report
+        assert report[f"params_replicated_{n}"], report  # parameters live whole on every device
+        assert report[f"all_reduce_{n}"] >= 1, report  # XLA reduces the per-device gradients
+    assert report["gap_seeds_2_devices_2"] <= 1.0, report
+
+
+if __name__ == "__main__":
+    print(json.dumps(devices_check()))
