@@ -65,12 +65,10 @@ def select_platform(device: str) -> str:
     if device == "cpu":
         jax.config.update("jax_platforms", "cpu")
         return "cpu"
-    if device == "gpu":
-        jax.config.update("jax_platforms", "cuda")
-    try:
-        return "gpu" if jax.default_backend() == "gpu" else "cpu"
-    except RuntimeError as error:
-        raise SystemExit(f"error: --device gpu asked for, but JAX finds no GPU ({error}); use --device cpu")
+    backend = jax.default_backend()
+    if device == "gpu" and backend != "gpu":
+        raise SystemExit(f"error: --device gpu asked for, but JAX runs on {backend} (no GPU found); use --device cpu")
+    return "gpu" if backend == "gpu" else "cpu"
 
 
 def machine(kind: str, torch) -> dict:
