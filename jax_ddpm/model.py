@@ -109,7 +109,7 @@ class ConditionalModel(nnx.Module):
 def init_params(key: jax.Array, n_steps: int, n_outputs: int = 2) -> dict:
     """Fresh parameters as a nested dict, with the reference's initial distributions."""
     model = ConditionalModel(n_steps, n_outputs, rngs=nnx.Rngs(params=key))
-    return nnx.state(model, nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 @functools.lru_cache(maxsize=None)
