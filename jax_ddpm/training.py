@@ -102,6 +102,30 @@ def train_step(state: TrainState, x_0: jax.Array, **step_kwargs) -> tuple[TrainS
     return update_step(state, x_0, t, e, **step_kwargs)
 
 
+def epoch_permutation(key: jax.Array, n: int) -> jax.Array:
+    """A uniform random permutation of range(n) (int32), about 3x faster on CPU than
+    `jax.random.permutation`.
+
+    XLA:CPU sorts a lone uint32 array several times faster than key-value pairs, so each round
+    sorts random bits with the position packed into the low bits (all keys distinct: no ties to
+    break) and applies the order it finds. Together the rounds order the items by the
+    concatenation of their random bits, at least 3 log2(n) of them as `jax.random.permutation`
+    draws, so two items tie on all of them with probability below 1/n per call. Falls back to
+    `jax.random.permutation` when n leaves fewer than 8 random bits a round.
+    """
+    index_bits = max(1, (n - 1).bit_length())
+    random_bits = 32 - index_bits
+    if random_bits < 8:
+        return jax.random.permutation(key, n)
+    low = jnp.uint32((1 << index_bits) - 1)
+    positions = jnp.arange(n, dtype=jnp.uint32)
+    perm = positions
+    for round_key in jax.random.split(key, -(-3 * index_bits // random_bits)):
+        packed = (jax.random.bits(round_key, (n,), jnp.uint32) & ~low) | positions
+        perm = perm[jnp.sort(packed) & low]
+    return perm.astype(jnp.int32)
+
+
 def train_epoch(state: TrainState, data: jax.Array, *, batch_size: int, update_fn: Callable,
                 num_steps: int, batch_sharding: Optional[NamedSharding] = None) -> tuple[TrainState, dict]:
     """One pass over `data` (N, 2) in a fresh random order; returns the mean and last-batch loss.
@@ -113,7 +137,7 @@ def train_epoch(state: TrainState, data: jax.Array, *, batch_size: int, update_f
     """
     n, dim = data.shape
     n_full, rest = divmod(n, batch_size)
-    perm = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), n)
+    perm = epoch_permutation(jax.random.fold_in(state.order_key, state.epoch), n)
     shuffled = data[perm]
     losses = []
     if n_full:
