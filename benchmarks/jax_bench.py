@@ -38,14 +38,13 @@ def steps_per_epoch(config: Config) -> int:
 
 
 def chunk_runner(config: Config, n_epochs: int):
-    """`n_epochs` scan-fused epochs of `config` (seeds vmapped, batch split over config.devices)
-    from the same initial state each call; work = model-steps (steps x seeds)."""
+    """`n_epochs` scan-fused epochs of `config` (seeds vmapped; over config.devices the seeds
+    split, or one seed's batches) from the same initial state each call; work = model-steps
+    (steps x seeds)."""
     schedule, data, optimizer = _parts(config)
     mesh = make_mesh(config.devices)
     chunk = make_train_chunk(config, schedule, optimizer, n_epochs, mesh)
-    state = init_states(config, optimizer)
-    if mesh is not None:  # parameters and optimizer state replicated on every device
-        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    state = init_states(config, optimizer, mesh)
 
     def run():
         jax.block_until_ready(chunk(state, data))

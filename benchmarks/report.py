@@ -44,9 +44,14 @@ def _scaling_tables(results: dict) -> list[str]:
         cells = [f"{_fmt(v[batch]['median'])} steps/s ({_fmt(v[batch]['median'] * int(batch))} points/s)"
                  for v in results["batch_scaling"].values()]
         lines.append(f"| {batch} | " + " | ".join(cells) + " |")
-    lines += ["", "| seeds K | model-steps/s median | per model | of roofline |", "|---|---|---|---|"]
+    on_devices = results.get("seed_scaling_2_devices", {})
+    lines += ["", "| seeds K | model-steps/s median | per model | of roofline | --devices 2 (seeds split) | of roofline |",
+              "|---|---|---|---|---|---|"]
     for k, r in results["seed_scaling"].items():
-        lines.append(f"| {k} | {_fmt(r['median'])} | {_fmt(r['median'] / int(k))} | {100 * r['roofline_fraction']:.1f}% |")
+        split = on_devices.get(k)
+        split_cells = (f"{_fmt(split['median'])} | {100 * split['roofline_fraction']:.1f}%" if split else "- | -")
+        lines.append(f"| {k} | {_fmt(r['median'])} | {_fmt(r['median'] / int(k))} | "
+                     f"{100 * r['roofline_fraction']:.1f}% | {split_cells} |")
     return lines
 
 
@@ -99,6 +104,10 @@ def write_chart(results: dict, path: Path) -> None:
     ax_b.legend()
     ks = [int(k) for k in results["seed_scaling"]]
     ax_k.plot(ks, [r["median"] for r in results["seed_scaling"].values()], "o-", label="JAX vmap over seeds")
+    on_devices = results.get("seed_scaling_2_devices", {})
+    if on_devices:
+        ax_k.plot([int(k) for k in on_devices], [r["median"] for r in on_devices.values()], "s-",
+                  label="JAX seeds split over 2 devices")
     ax_k.axhline(results["roofline"]["train_steps_per_s"], color="gray", ls="--", label="roofline")
     ax_k.axhline(results["training"]["torch eager (tutorial)"]["median"], color="C3", ls=":", label="torch eager, 1 model")
     ax_k.set(xscale="log", yscale="log", xlabel="seeds K (models trained at once)", ylabel="model-steps / s",

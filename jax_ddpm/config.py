@@ -59,7 +59,10 @@ class Config:
     seeds: int = 1
     """Train this many independent models (seeds seed, seed+1, ...) at once with vmap."""
     devices: int = 1
-    """Split every batch across this many devices (data parallel, parameters replicated)."""
+    """Spread training over this many devices. With --seeds 1, every batch is split across them
+    (data parallel, parameters replicated, gradients all-reduced each step); with --seeds K > 1
+    (K divisible by N), each device trains K / N whole models, with no communication. On CPU,
+    create host devices first: XLA_FLAGS=--xla_force_host_platform_device_count=N."""
     out_dir: Optional[str] = None
     """Run folder; by default runs/<dataset>-<timestamp>."""
     resume: bool = False
@@ -112,6 +115,9 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--clip-norm must be >= 0 (0 disables clipping), got {config.clip_norm}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay must lie in [0, 1), got {config.ema_decay}")
-    if config.batch_size % config.devices:
+    if config.seeds > 1 and config.seeds % config.devices:
+        raise ConfigError(f"--seeds {config.seeds} is not divisible by --devices {config.devices} "
+                          "(several seeds are split across the devices)")
+    if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
     return config

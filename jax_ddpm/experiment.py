@@ -138,7 +138,7 @@ def train_and_evaluate(config: Config) -> dict:
         mesh = make_mesh(config.devices)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    state = init_states(config, optimizer)
+    state = init_states(config, optimizer, mesh)
 
     run_dir = open_run_dir(config)
     checkpointer = Checkpointer(run_dir)

@@ -1,12 +1,13 @@
 """Train state, optimizer, EMA and the scan-fused training loop.
 
 One pure `train_step(state, x_0) -> (state, loss)` (randomness drawn from the state's keys;
-`update_step` takes it injected); `train_epoch` shuffles with a fresh
-permutation and scans over the full batches, then takes the short last batch as the tutorial
-does; `make_train_chunk` compiles several epochs into one program, optionally vmapped over seeds
-(`Config.seeds`) and with each batch split across devices (`Config.devices`). Per-step keys come
-from `fold_in(key, step)` and per-epoch keys from `fold_in(key, epoch)`, so the state at any epoch
-boundary (plus the config) determines the rest of the run: that is what makes resume exact.
+`update_step` takes it injected); `train_epoch` shuffles with a fresh permutation and scans over
+the full batches, then takes the short last batch as the tutorial does; `make_train_chunk`
+compiles several epochs into one program, optionally vmapped over seeds (`Config.seeds`) and
+spread over devices (`Config.devices`: the seeds split across them, or one seed's batches).
+Per-step keys come from `fold_in(key, step)` and per-epoch keys from `fold_in(key, epoch)`, so
+the state at any epoch boundary (plus the config) determines the rest of the run: that is what
+makes resume exact.
 """
 
 from __future__ import annotations
@@ -164,12 +165,15 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
     """Compile `n_epochs` epochs into one program: (state, data) -> (state, per-epoch metrics).
 
     With `config.seeds > 1` the state carries a leading seed axis and the program is vmapped over
-    it (data shared). With a `mesh` (axis 'data'), each batch is split across its devices.
+    it (data shared). With a `mesh` (axis 'data'), one seed has each batch split across its
+    devices (parameters replicated, gradients all-reduced every step); several seeds are split
+    instead (`shard_map`: each device trains seeds / devices whole models, no communication).
     """
     update_fn = functools.partial(update_step, schedule=schedule, optimizer=optimizer,
                                   ema_decay=config.ema_decay,
                                   loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
-    batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None else None
+    seeds_on_devices = mesh is not None and config.seeds > 1
+    batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None and not seeds_on_devices else None
     epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, update_fn=update_fn,
                                  num_steps=schedule.num_steps, batch_sharding=batch_sharding)
 
@@ -178,16 +182,26 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
 
     if config.seeds > 1:
         chunk = jax.vmap(chunk, in_axes=(0, None))
+    if seeds_on_devices:
+        chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"))
     return jax.jit(chunk)
 
 
-def init_states(config: Config, optimizer: optax.GradientTransformation) -> TrainState:
-    """The initial state of a run: one seed, or `config.seeds` stacked on a leading axis."""
+def state_sharding(config: Config, mesh: Mesh) -> NamedSharding:
+    """Where a run's state lives on `mesh`: seeds split along it, or one seed's replicated."""
+    return NamedSharding(mesh, P("data") if config.seeds > 1 else P())
+
+
+def init_states(config: Config, optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None) -> TrainState:
+    """The initial state of a run: one seed, or `config.seeds` stacked on a leading axis; placed
+    on `mesh` as `make_train_chunk` uses it when one is given."""
     if config.seeds == 1:
-        return init_train_state(config.seed, config.num_steps, config.n_outputs, optimizer)
-    states = [init_train_state(config.seed + i, config.num_steps, config.n_outputs, optimizer)
-              for i in range(config.seeds)]
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+        state = init_train_state(config.seed, config.num_steps, config.n_outputs, optimizer)
+    else:
+        states = [init_train_state(config.seed + i, config.num_steps, config.n_outputs, optimizer)
+                  for i in range(config.seeds)]
+        state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+    return state if mesh is None else jax.device_put(state, state_sharding(config, mesh))
 
 
 def make_mesh(n_devices: int) -> Optional[Mesh]:

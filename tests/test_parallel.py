@@ -1,4 +1,6 @@
-"""--seeds K equals K separate runs; --devices N equals one device (tiny configs, CPU).
+"""--seeds K equals K separate runs; --devices N equals one device, both ways it spreads work:
+one seed's batches split (gradients all-reduced) or K seeds split (no communication). Tiny
+configs, CPU.
 
 The device test runs in a subprocess: host devices exist only if
 XLA_FLAGS=--xla_force_host_platform_device_count is set before jax is imported, and setting it for
@@ -18,8 +20,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jax_ddpm.config import Config
+from jax_ddpm.config import Config, ConfigError, validate
 from jax_ddpm.data import get_dataset
 from jax_ddpm.schedule import make_schedule
 from jax_ddpm.training import init_states, make_mesh, make_optimizer, make_train_chunk
@@ -28,6 +31,7 @@ from jax_ddpm.training import init_states, make_mesh, make_optimizer, make_train
 TINY = Config(n_points=100, batch_size=16, epochs=3, seed=5)
 # vmap and batch splitting only reorder float32 sums (batched matmuls, per-device partial
 # gradients then an all-reduce); after 21 Adam steps those round-off differences stay ~1e-6.
+COLLECTIVES = ("all-reduce(", "all-gather(", "all-to-all(", "collective-permute(", "reduce-scatter(")
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -40,7 +44,7 @@ def compile_tiny(config: Config, mesh=None):
     data set of TINY.seed (a run draws its data from its first seed; its K models share it)."""
     schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
     optimizer = make_optimizer(config.lr, config.clip_norm)
-    state, data = init_states(config, optimizer), tiny_data()
+    state, data = init_states(config, optimizer, mesh), tiny_data()
     return make_train_chunk(config, schedule, optimizer, config.epochs, mesh).lower(state, data).compile(), state, data
 
 
@@ -72,8 +76,17 @@ def test_each_seed_equals_a_separate_single_seed_run():
     assert not np.allclose(first[0], first[1], rtol=RTOL, atol=ATOL)
 
 
+def test_seeds_split_across_devices_must_divide():
+    with pytest.raises(ConfigError, match="--seeds 3 is not divisible by --devices 2"):
+        validate(Config(seeds=3, devices=2))
+    validate(Config(seeds=4, devices=2, batch_size=127))  # whole models per device: any batch size
+    with pytest.raises(ConfigError, match="--batch-size 127 is not divisible by --devices 2"):
+        validate(Config(devices=2, batch_size=127))
+
+
 def devices_check() -> dict:
-    """Run in the subprocess (4 host devices): --devices 1, 2, 4, and seeds 2 x devices 2."""
+    """Run in the subprocess (4 host devices): one seed on --devices 2 and 4 (batch split), and
+    4 seeds on --devices 2 and 4 (seeds split)."""
     assert len(jax.devices()) == 4, jax.devices()
     reference, reference_metrics = train_tiny(TINY)
     report = {}
@@ -84,9 +97,15 @@ def devices_check() -> dict:
         kernel = state.params["lin2"]["lin"]["kernel"]
         report[f"params_replicated_{n}"] = kernel.sharding.is_fully_replicated and len(kernel.sharding.device_set) == n
         report[f"all_reduce_{n}"] = compiled.as_text().count("all-reduce(")
-    seeds_reference = train_tiny(dataclasses.replace(TINY, seeds=2))
-    seeds_split = train_tiny(dataclasses.replace(TINY, seeds=2, devices=2), make_mesh(2))
-    report["gap_seeds_2_devices_2"] = max_relative_gap(seeds_split, seeds_reference)
+    seeds_reference = train_tiny(dataclasses.replace(TINY, seeds=4))
+    for n in (2, 4):
+        compiled, state, data = compile_tiny(dataclasses.replace(TINY, seeds=4, devices=n), make_mesh(n))
+        state, metrics = compiled(state, data)
+        report[f"gap_seeds_4_devices_{n}"] = max_relative_gap((state, metrics), seeds_reference)
+        kernel = state.params["lin2"]["lin"]["kernel"]  # (4, 128, 128)
+        report[f"seeds_per_device_{n}"] = sorted({shard.data.shape[0] for shard in kernel.addressable_shards})
+        report[f"devices_used_{n}"] = len(kernel.sharding.device_set)
+        report[f"collectives_seeds_{n}"] = sum(compiled.as_text().count(c) for c in COLLECTIVES)
     return report
 
 
@@ -101,7 +120,10 @@ def test_devices_equal_one_device_in_a_subprocess_with_4_host_devices():
         assert report[f"gap_devices_{n}"] <= 1.0, report
         assert report[f"params_replicated_{n}"], report  # parameters live whole on every device
         assert report[f"all_reduce_{n}"] >= 1, report  # XLA reduces the per-device gradients
-    assert report["gap_seeds_2_devices_2"] <= 1.0, report
+    for n in (2, 4):
+        assert report[f"gap_seeds_4_devices_{n}"] <= 1.0, report
+        assert report[f"seeds_per_device_{n}"] == [4 // n] and report[f"devices_used_{n}"] == n, report
+        assert report[f"collectives_seeds_{n}"] == 0, report  # each device trains its own models
 
 
 if __name__ == "__main__":
