@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jax_ddpm import cpu_options
 from jax_ddpm.losses import eps_to_mean, model_mean_logvar
 from jax_ddpm.model import apply_model
 from jax_ddpm.schedule import Schedule
@@ -58,28 +59,20 @@ def p_sample_loop(params: dict, schedule: Schedule, x_T: jax.Array, zs: jax.Arra
     return _run_chain(params, schedule, x_T, lambda k, x: zs[k], parameterization)
 
 
-# On CPU the chain is compiled with YNNPACK's fused element-wise kernels (DebugOptions'
-# LibraryFusionType ELTWISE = 2): the gains, softplus and posterior arithmetic over n x 128 values
-# a step then take about half the time (10,000 points x 100 steps: 0.27 s instead of 0.53 s on
-# the 2-core machine), with results equal up to float rounding. The small training step gets
-# slower with it (20-25%), so it is set for this program only, not in XLA_FLAGS.
-CPU_SAMPLING_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "2"}
-
-
 def sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int,
                  parameterization: str = "eps") -> jax.Array:
     """Draw x_T ~ N(0, I) of shape (n, 2) and run the whole chain; (T + 1, n, 2), x_T first.
 
     The step noise is drawn inside the scan (fold_in(key, k + 1)), so no (T, n, 2) array is built.
-    Jitted, with `CPU_SAMPLING_COMPILER_OPTIONS` when JAX runs on CPU.
+    Jitted, with `cpu_options.SAMPLING` when JAX runs on CPU.
     """
-    return _jitted_chain(jax.default_backend())(params, schedule, key, n=n, parameterization=parameterization)
+    return _jitted_chain()(params, schedule, key, n=n, parameterization=parameterization)
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_chain(platform: str):
-    options = CPU_SAMPLING_COMPILER_OPTIONS if platform == "cpu" else None
-    return jax.jit(_sample_chain, static_argnames=("n", "parameterization"), compiler_options=options)
+def _jitted_chain():
+    return jax.jit(_sample_chain, static_argnames=("n", "parameterization"),
+                   compiler_options=cpu_options.on_cpu(cpu_options.SAMPLING))
 
 
 def _sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int, parameterization: str) -> jax.Array:

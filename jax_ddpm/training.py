@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jax_ddpm import cpu_options
 from jax_ddpm.config import Config
 from jax_ddpm.losses import antithetic_timesteps, hybrid_loss, noise_estimation_loss, variational_loss
 from jax_ddpm.model import init_params
@@ -184,7 +185,7 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
         chunk = jax.vmap(chunk, in_axes=(0, None))
     if seeds_on_devices:
         chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"))
-    return jax.jit(chunk)
+    return jax.jit(chunk, compiler_options=cpu_options.on_cpu(cpu_options.TRAINING))
 
 
 def state_sharding(config: Config, mesh: Mesh) -> NamedSharding:
