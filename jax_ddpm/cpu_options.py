@@ -12,9 +12,11 @@ from typing import Optional
 import jax
 
 # The scan-fused training chunk: 512-bit vectors for the element-wise fusions (softplus, Adam,
-# EMA) and YNNPACK's reductions (DebugOptions LibraryFusionType REDUCE = 3): ~13% more steps/s
-# for one model, ~6% for 8 vmapped ones. YNNPACK's dots (types 1, 4) were 15% slower.
-TRAINING = {"xla_cpu_prefer_vector_width": 512, "xla_cpu_experimental_ynn_fusion_type": "3"}
+# EMA): ~6% more steps/s for one model. YNNPACK's reductions (LibraryFusionType REDUCE = 3) added
+# ~7% more on an idle machine, but keep a pool thread spinning (process CPU 1.75x wall for one
+# model): when the other core is busy (--seeds K --devices 2, a neighbour) that halved the rate.
+# YNNPACK's dots (types 1, 4) were 15% slower.
+TRAINING = {"xla_cpu_prefer_vector_width": 512}
 # The sampling chain: YNNPACK's fused element-wise kernels (ELTWISE = 2) run the gains, softplus
 # and posterior arithmetic over n x 128 values about twice as fast (10,000 points x 100 steps:
 # 0.28 s instead of 0.54 s); the small training step is 20-25% slower with them.
