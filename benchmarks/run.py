@@ -247,24 +247,24 @@ def main(argv: list[str] | None = None) -> int:
 
 # Why a CPU target can be missed, from profiles of this code on the 2-core machine (jax.profiler
 # per-op times; process CPU time against wall time).
-_SERIAL_STEP = ("one model's step is a serial chain of ~70 small kernels (per step: 128x128 matmuls ~150 us, "
-                "softplus ~50 us, the epoch permutation's sorts ~40 us amortised, ~40 small Adam/EMA/loss "
-                "fusions ~100 us) that XLA:CPU runs on one thread (CPU utilisation measured 1.00), so one "
-                "model uses one core; splitting each batch over 2 host devices adds an all-reduce rendezvous "
+_SERIAL_STEP = ("one model's step is a serial chain of ~70 small kernels (per step, profiled: 128x128 matmuls ~150 us, "
+                "softplus ~50 us, ~40 small Adam/EMA/loss fusions ~100 us; the epoch permutation, now packed uint32 "
+                "sorts, ~14 us amortised) that XLA:CPU runs on one thread (process CPU time / wall time 1.2), so "
+                "one model uses one core; splitting each batch over 2 host devices adds an all-reduce rendezvous "
                 "per step that costs more than the halved matmuls (the --devices 2 row).")
 CPU_MISS_REASONS = {
     "single model >= 5x torch eager": _SERIAL_STEP,
     "single model >= 2x best torch": _SERIAL_STEP,
     "multi-seed total >= 50% of roofline": (
-        "one model already runs at one core's compute rate (little per-step overhead left to amortise), "
-        "and the K vmapped models run as batched 128-row matmuls on that same single thread, so K models "
-        "cost about K times one; the roofline counts both cores at large-matmul speed (AVX-512). Putting "
-        "the seeds on 2 host devices (no communication needed) measured 1.27x for K = 8 on the loaded "
-        "machine and is not yet wired into --devices."),
+        "the K vmapped models run as batched 128-row matmuls on one thread per device, at roughly one "
+        "core's small-matmul rate (~100 GFLOP/s, about half a core's large-matmul rate), with the "
+        "element-wise and optimizer work on top; the roofline counts both cores at large-matmul speed "
+        "(AVX-512). Splitting the seeds over 2 host devices (--seeds K --devices 2, no communication) "
+        "puts the second core to work and is the best multi-seed row."),
     "sampling >= 1.5x torch no_grad": (
-        "the JAX chain already keeps both cores busy (process CPU time / wall time 1.95) at about a "
-        "quarter of the matmul roofline; the rest is element-wise work (gains, softplus exp + log1p over "
-        "10,000 x 128 per layer and step) that torch also runs on both cores. Not profiled further."),
+        "the JAX chain keeps both cores busy (process CPU time / wall time 1.95), with YNNPACK's "
+        "element-wise fusion on CPU (jax_ddpm/cpu_options.py); the rest is element-wise work (gains, "
+        "softplus exp + log1p over 10,000 x 128 per layer and step) that torch also runs on both cores."),
     "default run in about 30 s or less, compile included": (
         "the wall time includes JAX start-up, compilation, sampling and the sample-quality evaluation "
         "besides the 79,000 training steps."),
