@@ -22,13 +22,13 @@ from benchmarks.timing import measure, rates
 from jax_ddpm.config import Config
 from jax_ddpm.data import get_dataset
 from jax_ddpm.sampling import sample_chain
-from jax_ddpm.schedule import make_schedule
+from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import (init_states, make_mesh, make_optimizer, make_train_chunk, run_keys,
                                train_step)
 
 
 def _parts(config: Config):
-    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    schedule = schedule_for(config)
     data = jnp.asarray(get_dataset(config.dataset, config.n_points, config.data_noise, config.seed), jnp.float32)
     return schedule, data, make_optimizer(config.lr, config.clip_norm)
 

@@ -32,7 +32,7 @@ from jax_ddpm.config import Config
 from jax_ddpm.data import get_dataset
 from jax_ddpm.elbo import negative_elbo
 from jax_ddpm.sampling import p_sample_loop, sample_chain
-from jax_ddpm.schedule import Schedule, make_schedule, q_sample
+from jax_ddpm.schedule import q_sample, schedule_for
 from jax_ddpm.training import init_states, make_optimizer, make_train_chunk, run_keys
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,16 +40,12 @@ REFERENCE_SEED_OFFSET = 10_000
 """The held-out reference is the dataset drawn with seed + REFERENCE_SEED_OFFSET (never trained on)."""
 
 
-def jax_schedule(config: Config) -> Schedule:
-    return make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
-
-
 def train_jax(config: Config, data: np.ndarray) -> list[dict]:
     """Train `config.seeds` models at once (vmapped); the final parameters of each seed (raw or EMA,
     as config.sample_with says)."""
     optimizer = make_optimizer(config.lr, config.clip_norm)
     state = init_states(config, optimizer)
-    chunk = make_train_chunk(config, jax_schedule(config), optimizer, config.epochs)
+    chunk = make_train_chunk(config, schedule_for(config), optimizer, config.epochs)
     state, _ = chunk(state, jnp.asarray(data))
     params = state.ema_params if config.sample_with == "ema" else state.params
     if config.seeds == 1:
@@ -59,7 +55,7 @@ def train_jax(config: Config, data: np.ndarray) -> list[dict]:
 
 def sample_jax(params: dict, config: Config, seed: int, n: int, x_T=None) -> np.ndarray:
     """n final samples of the ancestral chain, from N(0, I) or from the given x_T (n, 2)."""
-    schedule, key = jax_schedule(config), run_keys(seed)["sample"]
+    schedule, key = schedule_for(config), run_keys(seed)["sample"]
     if x_T is None:
         return np.asarray(sample_chain(params, schedule, key, n, config.parameterization)[-1])
     zs = jax.random.normal(key, (config.num_steps,) + x_T.shape)
@@ -128,7 +124,7 @@ def true_x_T(config: Config, n: int, seed: int) -> np.ndarray:
     a sampler can only start there when it has the data)."""
     x_0 = get_dataset(config.dataset, n, config.data_noise, config.seed + 2 * REFERENCE_SEED_OFFSET + seed)
     noise = jax.random.normal(jax.random.PRNGKey(seed), x_0.shape)
-    return np.asarray(q_sample(jax_schedule(config), jnp.asarray(x_0), jnp.full((n,), config.num_steps - 1), noise))
+    return np.asarray(q_sample(schedule_for(config), jnp.asarray(x_0), jnp.full((n,), config.num_steps - 1), noise))
 
 
 def run_jax(name: str, config: Config, data, reference, n: int, log, x_T_from_data: bool = False) -> dict:
@@ -157,7 +153,7 @@ def run_torch(config: Config, data, reference, n: int, log) -> dict:
 
 def elbo_rows(run: dict, points: np.ndarray) -> dict[str, tuple[float, float]]:
     """Negative ELBO (bits/dim, mean +- std over seeds) with both decoders, and the prior term."""
-    config, schedule = run["config"], jax_schedule(run["config"])
+    config, schedule = run["config"], schedule_for(run["config"])
     rows = {}
     for decoder in ("discretized", "gaussian"):
         values = [negative_elbo(p, schedule, points, jax.random.PRNGKey(i), config.parameterization, decoder)
@@ -168,7 +164,7 @@ def elbo_rows(run: dict, points: np.ndarray) -> dict[str, tuple[float, float]]:
 
 
 def alpha_bar_T(config: Config) -> float:
-    return float(jax_schedule(config).alphas_prod[-1])
+    return float(schedule_for(config).alphas_prod[-1])
 
 
 def draw(panels: list[tuple[str, np.ndarray]], path: Path) -> None:
@@ -198,7 +194,7 @@ def write_report(path: Path, base: Config, calib: dict, runs: dict, elbos: dict,
     head = "| run | setting | sliced W2 | MMD^2 | energy |\n|---|---|---|---|---|"
     calib_rows = [f"| floor: two draws of the data | n = {base.n_samples} | "
                   + " | ".join(f"{calib['floor'][k]:.5f}" for k in METRICS) + " |",
-                  f"| ceiling: N(0, I) vs data | | " + " | ".join(f"{calib['ceiling'][k]:.5f}" for k in METRICS) + " |"]
+                  "| ceiling: N(0, I) vs data | | " + " | ".join(f"{calib['ceiling'][k]:.5f}" for k in METRICS) + " |"]
     tut, torch_run = runs["tutorial"], runs["torch"]
     lines = [
         "# Sample quality: measured, not eyeballed",

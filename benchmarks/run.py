@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Literal
 
 import jax
-import numpy as np
 import tyro
 
 from benchmarks import flops

@@ -27,7 +27,7 @@ from jax_ddpm.outputs import (MetricsLog, epoch_record, format_metric, open_run_
                               summary_paragraph, write_config, write_summary)
 from jax_ddpm.plots import draw_run_pictures
 from jax_ddpm.sampling import sample_chain
-from jax_ddpm.schedule import Schedule, make_schedule, q_sample
+from jax_ddpm.schedule import Schedule, q_sample, schedule_for
 from jax_ddpm.training import init_states, make_mesh, make_optimizer, make_train_chunk, run_keys
 
 # A chunk holds at most this many optimizer steps (summed over seeds), so the progress bar moves
@@ -130,7 +130,7 @@ def train_and_evaluate(config: Config) -> dict:
     """Train (or resume) a run, write its outputs and return its summary (also in summary.json)."""
     validate(config)
     data = get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
-    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    schedule = schedule_for(config)
     for line in describe_setup(config, data, schedule):
         print(line)
     optimizer = make_optimizer(config.lr, config.clip_norm)

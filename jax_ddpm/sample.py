@@ -19,7 +19,7 @@ from jax_ddpm.cli import run
 from jax_ddpm.config import ConfigError, validate
 from jax_ddpm.experiment import sample_states
 from jax_ddpm.outputs import CONFIG_FILE, RunDirError, read_config
-from jax_ddpm.schedule import make_schedule
+from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import init_states, make_optimizer
 
 
@@ -53,7 +53,7 @@ def sample_run(args: SampleArgs) -> Path:
     config = validate(read_config(run_dir))
     optimizer = make_optimizer(config.lr, config.clip_norm)
     state, record = Checkpointer(run_dir).restore(init_states(config, optimizer), config)
-    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    schedule = schedule_for(config)
     params = state.ema_params if args.params == "ema" else state.params
     sampling_config = config if args.seed is None else dataclasses.replace(config, seed=args.seed)
     samples = sample_states(params, schedule, sampling_config, args.n)[..., -1, :, :]

@@ -95,6 +95,11 @@ def make_schedule(schedule: str = "sigmoid", n_timesteps: int = 100, start: floa
     return Schedule(**{k: jnp.asarray(v) for k, v in schedule_arrays(betas).items()})
 
 
+def schedule_for(config) -> Schedule:
+    """The schedule a run's `Config` asks for (--schedule, --num-steps, --beta-start, --beta-end)."""
+    return make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+
+
 def extract(a: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
     """Gather `a` at integer steps `t` (B,) and reshape to (B, 1, ..., 1) to broadcast against `x`."""
     t = jnp.asarray(t).reshape(-1)

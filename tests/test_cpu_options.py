@@ -14,7 +14,7 @@ from jax_ddpm.config import Config
 from jax_ddpm.data import get_dataset
 from jax_ddpm.model import init_params
 from jax_ddpm.sampling import p_sample_loop, sample_chain
-from jax_ddpm.schedule import make_schedule
+from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import init_states, make_loss_fn, make_optimizer, make_train_chunk, train_epoch, update_step
 
 # Other fused kernels for exp, log1p and the sums only round differently: after 100 steps the
@@ -24,7 +24,7 @@ RTOL, ATOL = 1e-4, 1e-4
 
 def test_training_chunk_equals_epochs_jitted_without_options():
     config = Config(n_points=200, batch_size=32, epochs=2, seed=7)  # 6 full batches and one of 8
-    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    schedule = schedule_for(config)
     optimizer = make_optimizer(config.lr, config.clip_norm)
     data = jnp.asarray(get_dataset(config.dataset, config.n_points, config.data_noise, config.seed))
     state = init_states(config, optimizer)
@@ -45,7 +45,7 @@ def test_training_chunk_equals_epochs_jitted_without_options():
 
 def test_sample_chain_equals_p_sample_loop_with_the_same_noise():
     config, n = Config(), 500
-    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    schedule = schedule_for(config)
     params = init_params(jax.random.PRNGKey(3), config.num_steps)
     key = jax.random.PRNGKey(11)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))

@@ -24,7 +24,7 @@ import pytest
 
 from jax_ddpm.config import Config, ConfigError, validate
 from jax_ddpm.data import get_dataset
-from jax_ddpm.schedule import make_schedule
+from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import init_states, make_mesh, make_optimizer, make_train_chunk
 
 # 100 points in batches of 16: 6 full batches and a short one of 4 per epoch.
@@ -42,7 +42,7 @@ def tiny_data(config: Config = TINY) -> jax.Array:
 def compile_tiny(config: Config, mesh=None):
     """`config.epochs` epochs as one compiled chunk, and its inputs: the initial state and the
     data set of TINY.seed (a run draws its data from its first seed; its K models share it)."""
-    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    schedule = schedule_for(config)
     optimizer = make_optimizer(config.lr, config.clip_norm)
     state, data = init_states(config, optimizer, mesh), tiny_data()
     return make_train_chunk(config, schedule, optimizer, config.epochs, mesh).lower(state, data).compile(), state, data
