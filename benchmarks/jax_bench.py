@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import measure, rates
-from jax_ddpm.config import Config
-from jax_ddpm.data import get_dataset
+from ddpm_harness.config import Config, dataset_for
+
 from jax_ddpm.sampling import sample_chain
 from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import (init_states, make_mesh, make_optimizer, make_train_chunk, run_keys,
@@ -29,7 +29,7 @@ from jax_ddpm.training import (init_states, make_mesh, make_optimizer, make_trai
 
 def _parts(config: Config):
     schedule = schedule_for(config)
-    data = jnp.asarray(get_dataset(config.dataset, config.n_points, config.data_noise, config.seed), jnp.float32)
+    data = jnp.asarray(dataset_for(config), jnp.float32)
     return schedule, data, make_optimizer(config.lr, config.clip_norm)
 
 

@@ -4,7 +4,7 @@ Writes benchmarks/results/quality.md (tables) and quality_samples.png (samples s
 1. statistical parity: the tutorial's config (moons, 10,000 points, 1000 epochs) trained with
    jax_ddpm (seeds vmapped) and with torch_reference.training.train (seeds one after another),
    metrics of the final samples against a held-out draw, mean +- std per side, beside the floor and
-   the ceiling of `jax_ddpm.metrics.calibrate`;
+   the ceiling of `ddpm_harness.metrics.calibrate`;
 2. the tutorial's weakness: its schedule ends at alpha_bar_T ~ 0.78, yet sampling starts from
    N(0, I). The same models sampled from the true q(x_T) (a diagnostic: data pushed through
    q_sample at T - 1), and models trained with the cosine schedule and a linear schedule to a larger
@@ -12,7 +12,9 @@ Writes benchmarks/results/quality.md (tables) and quality_samples.png (samples s
 3. the variational bound: 4-output models trained with --loss variational and --loss hybrid, their
    negative ELBO in bits/dim and their sample metrics (JAX).
 
-The helpers (train and sample on either side) are shared with tests/test_statistical_parity.py.
+Training and sampling on either side use the library (jax_ddpm.experiment.train_models /
+final_samples, torch_reference.train.train_model / final_samples), as tests/test_statistical_parity.py
+does; the held-out reference is ddpm_harness.config.held_out_for.
 """
 
 from __future__ import annotations
@@ -27,83 +29,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ddpm import metrics
-from jax_ddpm.config import Config
-from jax_ddpm.data import get_dataset
+from ddpm_harness import metrics
+from ddpm_harness.config import Config, dataset_for, held_out_for
+from ddpm_harness.data import held_out_points
 from jax_ddpm.elbo import negative_elbo
-from jax_ddpm.sampling import p_sample_loop, sample_chain
+from jax_ddpm.experiment import final_samples, train_models
 from jax_ddpm.schedule import q_sample, schedule_for
-from jax_ddpm.training import init_states, make_optimizer, make_train_chunk, run_keys
 
 RESULTS = Path(__file__).parent / "results"
-REFERENCE_SEED_OFFSET = 10_000
-"""The held-out reference is the dataset drawn with seed + REFERENCE_SEED_OFFSET (never trained on)."""
-
-
-def train_jax(config: Config, data: np.ndarray) -> list[dict]:
-    """Train `config.seeds` models at once (vmapped); the final parameters of each seed (raw or EMA,
-    as config.sample_with says)."""
-    optimizer = make_optimizer(config.lr, config.clip_norm)
-    state = init_states(config, optimizer)
-    chunk = make_train_chunk(config, schedule_for(config), optimizer, config.epochs)
-    state, _ = chunk(state, jnp.asarray(data))
-    params = state.ema_params if config.sample_with == "ema" else state.params
-    if config.seeds == 1:
-        return [params]
-    return [jax.tree_util.tree_map(lambda a, i=i: a[i], params) for i in range(config.seeds)]
-
-
-def sample_jax(params: dict, config: Config, seed: int, n: int, x_T=None) -> np.ndarray:
-    """n final samples of the ancestral chain, from N(0, I) or from the given x_T (n, 2)."""
-    schedule, key = schedule_for(config), run_keys(seed)["sample"]
-    if x_T is None:
-        return np.asarray(sample_chain(params, schedule, key, n, config.parameterization)[-1])
-    zs = jax.random.normal(key, (config.num_steps,) + x_T.shape)
-    return np.asarray(p_sample_loop(params, schedule, jnp.asarray(x_T), zs, config.parameterization)[-1])
 
 
 def train_torch(config: Config, data: np.ndarray, seed: int):
-    """The reference's model trained by the tutorial's eager loop, seeded with torch.manual_seed(seed).
-
-    Runs torch on one thread: on this shared 2-core machine, with JAX's thread pool in the same
-    process, two torch threads ran 15-60x slower than one (measured 15 vs 260 steps/s).
-    """
+    """torch_reference.train.train_model on one thread: with JAX's thread pool in the same process,
+    two torch threads ran 15-60x slower than one on a shared 2-core machine."""
     import torch
+
+    from torch_reference.train import train_model
 
     torch.set_num_threads(1)
-    from torch_reference import schedule as ref_schedule
-    from torch_reference.model import ConditionalModel
-    from torch_reference.training import train
-
-    torch.manual_seed(seed)
-    model = ConditionalModel(config.num_steps)
-    schedule = ref_schedule.make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
-    model, ema, _ = train(model, torch.from_numpy(np.array(data, np.float32)), schedule, config.num_steps,
-                          epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                          clip_norm=config.clip_norm, ema_mu=config.ema_decay)
-    if config.sample_with == "ema":
-        ema.ema(model)
-    return model
-
-
-def sample_torch(model, config: Config, seed: int, n: int) -> np.ndarray:
-    """n final samples of the reference's p_sample_loop from x_T ~ N(0, I), seeded with seed."""
-    import torch
-
-    from torch_reference import schedule as ref_schedule
-    from torch_reference.sampling import p_sample_loop as ref_p_sample_loop
-
-    schedule = ref_schedule.make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        x_seq = ref_p_sample_loop(model, (n, 2), config.num_steps, schedule.alphas, schedule.betas,
-                                  schedule.one_minus_alphas_bar_sqrt)
-    return x_seq[-1].numpy()
-
-
-def reference_points(config: Config, n: int) -> np.ndarray:
-    """A held-out draw of the training distribution (a fresh seed)."""
-    return get_dataset(config.dataset, n, config.data_noise, config.seed + REFERENCE_SEED_OFFSET)
+    return train_model(config, data, seed)
 
 
 METRICS = ("sliced_w2", "mmd2", "energy")
@@ -122,30 +66,32 @@ def fmt(mean_std: tuple[float, float], digits: int = 4) -> str:
 def true_x_T(config: Config, n: int, seed: int) -> np.ndarray:
     """x_T ~ q(x_T) itself: a fresh data draw pushed through q_sample at step T - 1 (a diagnostic:
     a sampler can only start there when it has the data)."""
-    x_0 = get_dataset(config.dataset, n, config.data_noise, config.seed + 2 * REFERENCE_SEED_OFFSET + seed)
+    x_0 = held_out_points(config.dataset, n, config.data_noise, config.seed, draw=2 + seed)
     noise = jax.random.normal(jax.random.PRNGKey(seed), x_0.shape)
     return np.asarray(q_sample(schedule_for(config), jnp.asarray(x_0), jnp.full((n,), config.num_steps - 1), noise))
 
 
 def run_jax(name: str, config: Config, data, reference, n: int, log, x_T_from_data: bool = False) -> dict:
     start = time.perf_counter()
-    params = train_jax(config, data)
-    samples = [sample_jax(p, config, config.seed + i, n) for i, p in enumerate(params)]
+    params = train_models(config, data)
+    samples = [final_samples(p, config, config.seed + i, n) for i, p in enumerate(params)]
     out = dict(name=name, config=config, params=params, samples=samples,
                metrics=summarize([metrics.evaluate(x, reference) for x in samples]))
     if x_T_from_data:
-        from_q = [sample_jax(p, config, config.seed + i, n, true_x_T(config, n, i)) for i, p in enumerate(params)]
+        from_q = [final_samples(p, config, config.seed + i, n, true_x_T(config, n, i)) for i, p in enumerate(params)]
         out["from_q"] = dict(samples=from_q, metrics=summarize([metrics.evaluate(x, reference) for x in from_q]))
     log(f"{name}: {time.perf_counter() - start:.0f} s, {out['metrics']}")
     return out
 
 
 def run_torch(config: Config, data, reference, n: int, log) -> dict:
+    from torch_reference.train import final_samples as torch_final_samples
+
     samples = []
     for i in range(config.seeds):
         start = time.perf_counter()
         model = train_torch(config, data, config.seed + i)
-        samples.append(sample_torch(model, config, config.seed + i, n))
+        samples.append(torch_final_samples(model, config, config.seed + i, n))
         log(f"torch seed {config.seed + i}: {time.perf_counter() - start:.0f} s")
     return dict(name="PyTorch reference", samples=samples,
                 metrics=summarize([metrics.evaluate(x, reference) for x in samples]))
@@ -202,7 +148,7 @@ def write_report(path: Path, base: Config, calib: dict, runs: dict, elbos: dict,
         f"`python -m benchmarks.quality` (this file: {base.epochs} epochs, {base.n_points} moons points, batch "
         f"{base.batch_size}, {base.seeds} seeds per side, {base.n_samples} samples per seed scored against a "
         f"held-out draw of {base.n_samples} points; {seconds / 60:.0f} min on the shared 2-core CPU). "
-        "Metrics: `jax_ddpm.metrics.evaluate` (sliced W2 over 64 fixed directions; unbiased MMD^2, RBF "
+        "Metrics: `ddpm_harness.metrics.evaluate` (sliced W2 over 64 fixed directions; unbiased MMD^2, RBF "
         "kernel, median-heuristic bandwidth; squared energy distance). Mean +- std over seeds "
         "(sample std, ddof 1). Lower is better; read each value against the floor and the ceiling.",
         "",
@@ -256,8 +202,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
     base = Config(epochs=args.epochs, seeds=args.seeds, n_points=args.n_points, n_samples=args.n_points)
-    data = get_dataset(base.dataset, base.n_points, base.data_noise, base.seed)
-    reference = reference_points(base, base.n_samples)
+    data = dataset_for(base)
+    reference = held_out_for(base, base.n_samples)
     calib = metrics.calibrate(base.dataset, base.n_samples, base.data_noise, base.seed)
     n = base.n_samples
     runs = dict(tutorial=run_jax("jax tutorial", base, data, reference, n, log, x_T_from_data=True))

@@ -98,7 +98,7 @@ def devices_subprocess(n: int, sizes: Sizes, kind: str, seeds: int = 1, epochs: 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def end_to_end(out_tmp: Path) -> tuple[dict, list[str]]:
+def end_to_end(out_tmp: Path) -> dict:
     """The default CLIs as subprocesses (wall time, --no-plots). The reference's 1000 epochs take
     minutes, so it runs 50 and 100 epochs and the line through them is extrapolated."""
     def wall(cmd: list[str]) -> float:
@@ -113,7 +113,7 @@ def end_to_end(out_tmp: Path) -> tuple[dict, list[str]]:
     results["python -m torch_reference.train --epochs 100"] = dict(wall_s=short[100], note="measured")
     results["python -m torch_reference.train (1000 epochs, extrapolated)"] = dict(
         wall_s=short[100] + 900 * per_epoch, note=f"from 50 and 100 epochs: {per_epoch:.3f} s an epoch")
-    return results, []
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # after jax is configured
 
     from benchmarks import jax_bench, torch_bench
-    from jax_ddpm.config import Config
-    from jax_ddpm.data import get_dataset
+    from ddpm_harness.config import Config, dataset_for
 
     torch_device = "cuda" if kind == "gpu" else "cpu"
     if kind == "gpu":
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     sizes = Sizes.of(args.quick, kind == "gpu")
     config = Config()
-    data = get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+    data = dataset_for(config)
     results = dict(command="python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
                    quick=args.quick, machine=machine(kind, torch), notes=[])
     log = lambda msg: print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)  # noqa: E731
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     for batch in sizes.batches:
         n_points = batch * max(8, config.n_points // batch)
         cfg = dataclasses.replace(config, batch_size=batch, n_points=n_points)
-        batch_data = get_dataset(cfg.dataset, n_points, cfg.data_noise, cfg.seed)
+        batch_data = dataset_for(dataclasses.replace(cfg, n_points=n_points))
         run, work = jax_bench.chunk_runner(cfg, 1)
         batch_scaling["JAX scan-fused"][str(batch)] = rates(measure(run, sizes.repeats), work)
         run, work = torch_bench.tutorial_train_runner(batch_data, batch, n_points // batch, torch_device)
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
-            results["end_to_end"], _ = end_to_end(Path(tmp))
+            results["end_to_end"] = end_to_end(Path(tmp))
         log("end to end: " + ", ".join(f"{k}: {v['wall_s']:.1f} s" for k, v in results["end_to_end"].items()))
 
     results["targets"] = targets(results, kind)

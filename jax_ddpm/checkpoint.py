@@ -17,7 +17,9 @@ from typing import Optional
 import jax
 import orbax.checkpoint as ocp
 
-from jax_ddpm.config import Config
+from ddpm_harness.config import Config, validate
+from ddpm_harness.runs import CONFIG_FILE, RunDirError, read_config
+from jax_ddpm.training import init_states, optimizer_for
 
 CHECKPOINT_DIR = "checkpoints"
 # Options that may change when a run resumes: these never touch the trajectory (--devices only
@@ -108,3 +110,18 @@ class Checkpointer:
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def restore_run(run_dir) -> tuple[Config, object, dict]:
+    """(config, state, record) of the newest checkpoint of a run folder written by
+    `python -m jax_ddpm.train`: what sampling, evaluating and exporting a run start from.
+
+    Raises RunDirError when the folder holds no run, CheckpointError when its checkpoint is unreadable.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE}); "
+                          "give a folder written by python -m jax_ddpm.train")
+    config = validate(read_config(run_dir))
+    state, record = Checkpointer(run_dir).restore(init_states(config, optimizer_for(config)), config)
+    return config, state, record

@@ -1,13 +1,19 @@
-"""One training run: `train_and_evaluate(config) -> summary`.
+"""One training run: `train_and_evaluate(config) -> summary`, in three phases that read top to bottom.
 
-The data flows one way: config -> data -> schedule -> train state -> compiled chunks of epochs ->
-checkpoint and samples -> metrics and pictures. Epochs run in chunks of a fixed length that
-divides the logging, checkpoint and evaluation periods, so the chunk program is compiled once
-(ahead of time, timed apart) and Python only runs between chunks.
+1. `set_up`: data, schedule, optimizer, devices, the run folder, and the initial state or the one
+   restored from the newest checkpoint (`--resume`).
+2. `train`: compile one chunk of epochs (ahead of time, timed apart) and run it until the last
+   epoch, logging, evaluating and checkpointing between chunks. The chunk length divides the
+   logging, checkpoint and evaluation periods, so the program is compiled once.
+3. `finish`: sample with the chosen parameters, evaluate, draw the pictures, write the summary.
+
+`train_models` and `final_samples` are the same machinery for benchmarks and tests that need
+trained parameters without a run folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -19,28 +25,57 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, validate
+from ddpm_harness.metrics import evaluate
+from ddpm_harness.plots import draw_run_pictures
+from ddpm_harness.runs import (
+    MetricsLog,
+    describe_setup,
+    epoch_record,
+    format_metric,
+    open_run_dir,
+    picture_noise,
+    save_samples,
+    summarize,
+    summary_paragraph,
+    tutorial_datasets,
+    write_config,
+    write_summary,
+)
 from jax_ddpm.checkpoint import Checkpointer, changed_options
-from jax_ddpm.config import Config, ConfigError, validate
-from jax_ddpm.data import GENERATORS, get_dataset
-from jax_ddpm.metrics import evaluate
-from jax_ddpm.outputs import (MetricsLog, epoch_record, format_metric, open_run_dir, save_samples, summarize,
-                              summary_paragraph, write_config, write_summary)
-from jax_ddpm.plots import draw_run_pictures
-from jax_ddpm.sampling import sample_chain
+from jax_ddpm.sampling import p_sample_loop, sample_chain
 from jax_ddpm.schedule import Schedule, q_sample, schedule_for
-from jax_ddpm.training import init_states, make_mesh, make_optimizer, make_train_chunk, run_keys
+from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
 
 # A chunk holds at most this many optimizer steps (summed over seeds), so the progress bar moves
 # every couple of seconds on a 2-core CPU.
 MAX_CHUNK_STEPS = 4000
-# The held-out reference of the evaluation is a fresh draw of the dataset with seed + this.
-HELD_OUT_SEED_OFFSET = 1_000_003
-ALPHA_BAR_T_WARNING = 0.05
-TUTORIAL_DATASETS = ("swiss_roll", "moons", "s_curve")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message names the epoch and the checkpoint kept."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the phases of one run share."""
+
+    config: Config
+    run_dir: Path
+    data: np.ndarray  # (N, 2) float32
+    schedule: Schedule
+    optimizer: object
+    mesh: object
+    state: object  # TrainState, seeds stacked on a leading axis when config.seeds > 1
+    checkpointer: Checkpointer
+    metrics: MetricsLog
+    records: list[dict]  # metrics.jsonl lines so far
+    start_epoch: int = 0
+    wall_before: float = 0.0  # training wall time of earlier sessions (resume)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.data.shape[0] // self.config.batch_size)
 
 
 def chunk_epochs(config: Config, steps_per_epoch: int, start_epoch: int = 0) -> int:
@@ -50,19 +85,6 @@ def chunk_epochs(config: Config, steps_per_epoch: int, start_epoch: int = 0) -> 
     period = math.gcd(*periods, config.eval_every)
     steps = steps_per_epoch * config.seeds
     return max(d for d in range(1, period + 1) if period % d == 0 and (d == 1 or d * steps <= MAX_CHUNK_STEPS))
-
-
-def describe_setup(config: Config, data: np.ndarray, schedule: Schedule) -> list[str]:
-    """The opening lines: dataset, schedule and how far from N(0, I) its forward process ends."""
-    alpha_bar_T = float(schedule.alphas_prod[-1])
-    lines = [f"dataset: {config.dataset}, {data.shape[0]:,} points",
-             f"schedule: {config.schedule}, T = {config.num_steps}, betas {float(schedule.betas[0]):.3g} .. "
-             f"{float(schedule.betas[-1]):.3g}, alpha_bar_T = {alpha_bar_T:.4f}"]
-    if alpha_bar_T > ALPHA_BAR_T_WARNING:
-        lines.append(f"warning: alpha_bar_T = {alpha_bar_T:.3f} > {ALPHA_BAR_T_WARNING}: the forward process ends "
-                     "far from N(0, I): samples start from a distribution the model never saw; "
-                     "consider --schedule cosine or a larger --beta-end")
-    return lines
 
 
 def sample_states(params: dict, schedule: Schedule, config: Config, n: int, fold: Optional[int] = None) -> np.ndarray:
@@ -82,13 +104,6 @@ def sample_states(params: dict, schedule: Schedule, config: Config, n: int, fold
     return np.asarray(jax.vmap(chain)(params, jnp.stack(keys)))
 
 
-def held_out_reference(config: Config, data: np.ndarray, n: int) -> np.ndarray:
-    """A fresh draw of a built-in dataset (another data seed); a user's file is its own reference."""
-    if config.dataset in GENERATORS:
-        return get_dataset(config.dataset, n, config.data_noise, config.seed + HELD_OUT_SEED_OFFSET)
-    return data
-
-
 def sample_quality(samples: np.ndarray, reference: np.ndarray) -> dict:
     """`metrics.evaluate` of samples (n, 2), or (seeds, n, 2) with a list per metric; a seed whose
     samples hold NaN or inf (the sampler diverged) gets None for every metric."""
@@ -100,24 +115,15 @@ def sample_quality(samples: np.ndarray, reference: np.ndarray) -> dict:
 
 def evaluate_state(state, schedule: Schedule, config: Config, reference: np.ndarray, epoch: int) -> dict:
     """Sample quality of the raw and the EMA parameters: {"raw": {metric: value}, "ema": {...}}."""
-    return {name: sample_quality(sample_states(params, schedule, config, config.n_eval, fold=epoch)[..., -1, :, :],
-                                 reference)
-            for name, params in (("raw", state.params), ("ema", state.ema_params))}
+    return {
+        name: sample_quality(sample_states(params, schedule, config, config.n_eval, fold=epoch)[..., -1, :, :], reference)
+        for name, params in (("raw", state.params), ("ema", state.ema_params))
+    }
 
 
 def flat_evaluation(evaluation: dict) -> dict:
     """{"raw": {"mmd2": v}} -> {"raw_mmd2": v}, the metrics.jsonl layout."""
     return {f"{params}_{k}": v for params, values in evaluation.items() for k, v in values.items()}
-
-
-def tutorial_datasets(config: Config) -> dict[str, np.ndarray]:
-    """The three datasets of the tutorial's first picture, drawn as this run draws its data."""
-    return {name: get_dataset(name, config.n_points, config.data_noise, config.seed) for name in TUTORIAL_DATASETS}
-
-
-def picture_noise(config: Config, shape: tuple[int, ...]) -> np.ndarray:
-    """Noise (T, *shape) for the forward-process pictures; numpy, so training keys stay untouched."""
-    return np.random.default_rng(config.seed).standard_normal((config.num_steps,) + shape).astype(np.float32)
 
 
 def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -126,97 +132,143 @@ def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> n
     return np.asarray(jax.vmap(lambda t, e: q_sample(schedule, data, jnp.full(data.shape[:1], t), e))(steps, noise))
 
 
-def train_and_evaluate(config: Config) -> dict:
-    """Train (or resume) a run, write its outputs and return its summary (also in summary.json)."""
+# ---- 1. set up, or restore -------------------------------------------------------------------
+
+
+def set_up(config: Config) -> Run:
+    """Validate, draw the data, build the schedule, optimizer, devices and run folder; restore the
+    newest checkpoint with --resume."""
     validate(config)
-    data = get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+    data = dataset_for(config)
     schedule = schedule_for(config)
     for line in describe_setup(config, data, schedule):
         print(line)
-    optimizer = make_optimizer(config.lr, config.clip_norm)
+    optimizer = optimizer_for(config)
     try:
         mesh = make_mesh(config.devices)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     state = init_states(config, optimizer, mesh)
-
     run_dir = open_run_dir(config)
-    checkpointer = Checkpointer(run_dir)
-    start_epoch, wall_before = 0, 0.0
-    if config.resume and checkpointer.latest_epoch() is not None:
-        state, record = checkpointer.restore(state, config)
-        start_epoch, wall_before = record["epoch"], record["wall_s"]
-        if start_epoch > config.epochs:
-            raise ConfigError(f"the checkpoint in {run_dir} is at epoch {start_epoch}, past --epochs {config.epochs}; "
-                              f"give --epochs {start_epoch} or more")
-        changes = changed_options(record["config"], config)
-        print(f"resuming {run_dir} from the checkpoint of epoch {start_epoch}"
-              + (f" with {', '.join(changes)}" if changes else ""))
-    metrics = MetricsLog(run_dir)
-    records = metrics.truncate_after(start_epoch)  # drop what a killed run logged past its checkpoint
+    run = Run(config, run_dir, data, schedule, optimizer, mesh, state, Checkpointer(run_dir), MetricsLog(run_dir), [])
+    if config.resume and run.checkpointer.latest_epoch() is not None:
+        _restore(run)
+    run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
     if not config.resume:  # a resumed run's config.json is replaced only once it has succeeded
         write_config(run_dir, config, framework="jax")
+    return run
 
-    steps_per_epoch = -(-data.shape[0] // config.batch_size)
-    n_chunk = chunk_epochs(config, steps_per_epoch, start_epoch)
-    chunk_fn = make_train_chunk(config, schedule, optimizer, n_chunk, mesh)
-    data = jnp.asarray(data)
+
+def _restore(run: Run) -> None:
+    state, record = run.checkpointer.restore(run.state, run.config)
+    run.state, run.start_epoch, run.wall_before = state, record["epoch"], record["wall_s"]
+    if run.start_epoch > run.config.epochs:
+        raise ConfigError(
+            f"the checkpoint in {run.run_dir} is at epoch {run.start_epoch}, past --epochs {run.config.epochs}; "
+            f"give --epochs {run.start_epoch} or more"
+        )
+    changes = changed_options(record["config"], run.config)
+    print(
+        f"resuming {run.run_dir} from the checkpoint of epoch {run.start_epoch}"
+        + (f" with {', '.join(changes)}" if changes else "")
+    )
+
+
+# ---- 2. train in compiled chunks -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Trained:
+    """What the training phase measured."""
+
+    evaluation: dict  # the last evaluation ({} when nothing was trained)
+    train_s: float  # wall time of the training loop in this session
+    compute_s: float  # of which in the compiled chunks
+    compile_s: float
+    steps: int  # optimizer steps trained in this session
+
+
+def train(run: Run) -> Trained:
+    """Compile one chunk of epochs, run it to --epochs; log, evaluate and checkpoint between chunks."""
+    config, steps_per_epoch = run.config, run.steps_per_epoch
+    n_chunk = chunk_epochs(config, steps_per_epoch, run.start_epoch)
+    chunk_fn = make_train_chunk(config, run.schedule, run.optimizer, n_chunk, run.mesh)
+    data = jnp.asarray(run.data)
     compile_start = time.perf_counter()
-    compiled = chunk_fn.lower(state, data).compile()
+    compiled = chunk_fn.lower(run.state, data).compile()
     compile_s = time.perf_counter() - compile_start
     print(f"compiled a chunk of {n_chunk} epochs ({n_chunk * steps_per_epoch:,} steps) in {compile_s:.2f} s")
 
-    reference = held_out_reference(config, np.asarray(data), config.n_eval)
-    evaluation = {}
-    compute_s, epoch = 0.0, start_epoch
+    reference = held_out_for(config, config.n_eval)
+    evaluation, compute_s, epoch = {}, 0.0, run.start_epoch
     loop_start = time.perf_counter()
-    with tqdm(total=config.epochs, initial=start_epoch, unit="epoch", file=sys.stdout, dynamic_ncols=True) as bar:
+    with tqdm(total=config.epochs, initial=epoch, unit="epoch", file=sys.stdout, dynamic_ncols=True) as bar:
         while epoch < config.epochs:
             chunk_start = time.perf_counter()
-            state, chunk_metrics = compiled(state, data)
+            run.state, chunk_metrics = compiled(run.state, data)
             losses = np.asarray(chunk_metrics["loss"]).reshape(config.seeds, n_chunk).T  # (n_chunk, seeds)
             last_losses = np.asarray(chunk_metrics["last_loss"]).reshape(config.seeds, n_chunk).T
             compute_s += time.perf_counter() - chunk_start
-            wall_s = wall_before + time.perf_counter() - loop_start
-            new = [epoch_record(epoch + i + 1, (epoch + i + 1) * steps_per_epoch, losses[i].squeeze(),
-                                last_losses[i].squeeze(), wall_s) for i in range(n_chunk)]
+            wall_s = run.wall_before + time.perf_counter() - loop_start
+            new = [
+                epoch_record(epoch + i + 1, (epoch + i + 1) * steps_per_epoch, losses[i].squeeze(),
+                             last_losses[i].squeeze(), wall_s)
+                for i in range(n_chunk)
+            ]
             finite = np.isfinite(losses).all(axis=1) & np.isfinite(last_losses).all(axis=1)
             if not finite.all():
                 bad = int(np.argmin(finite))
-                metrics.append(new[:bad])
-                raise TrainingDiverged(_divergence_message(epoch + bad + 1, checkpointer, run_dir))
+                run.metrics.append(new[:bad])
+                raise TrainingDiverged(_divergence_message(epoch + bad + 1, run))
             epoch += n_chunk
             if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
-                evaluation = evaluate_state(state, schedule, config, reference, epoch)
+                evaluation = evaluate_state(run.state, run.schedule, config, reference, epoch)
                 new[-1].update(flat_evaluation(evaluation))
-            metrics.append(new)
-            records += new
+            run.metrics.append(new)
+            run.records += new
             for r in new:
                 if r["epoch"] % config.log_every == 0:
                     bar.write(f"epoch {r['epoch']}: last-batch loss {np.mean(r['last_loss']):.4f}")
             if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
-                checkpointer.save(state, epoch=epoch, wall_s=wall_s, config=config)
+                run.checkpointer.save(run.state, epoch=epoch, wall_s=wall_s, config=config)
             bar.update(n_chunk)
-            bar.set_postfix(_postfix(records[-1], evaluation, (epoch - start_epoch) * steps_per_epoch / compute_s))
-    checkpointer.close()
-    train_s = time.perf_counter() - loop_start
-    steps_trained = (config.epochs - start_epoch) * steps_per_epoch
-
+            bar.set_postfix(_postfix(run.records[-1], evaluation, (epoch - run.start_epoch) * steps_per_epoch / compute_s))
+    run.checkpointer.close()
     if not evaluation:  # a finished run resumed: nothing trained, evaluate what it holds
-        evaluation = evaluate_state(state, schedule, config, reference, config.epochs)
-    params = state.ema_params if config.sample_with == "ema" else state.params
-    x_seq = sample_states(params, schedule, config, config.n_samples)
-    save_samples(run_dir, x_seq[..., -1, :, :])
+        evaluation = evaluate_state(run.state, run.schedule, config, reference, config.epochs)
+    return Trained(evaluation, time.perf_counter() - loop_start, compute_s, compile_s,
+                   (config.epochs - run.start_epoch) * steps_per_epoch)
+
+
+# ---- 3. finish: sample, draw, summarise ------------------------------------------------------
+
+
+def finish(run: Run, trained: Trained) -> dict:
+    """Sample with the chosen parameters, draw the pictures, write summary.json and config.json."""
+    config = run.config
+    params = run.state.ema_params if config.sample_with == "ema" else run.state.params
+    x_seq = sample_states(params, run.schedule, config, config.n_samples)
+    save_samples(run.run_dir, x_seq[..., -1, :, :])
     if not config.no_plots:
-        forward = forward_frames(schedule, data, picture_noise(config, data.shape))
-        draw_run_pictures(run_dir, tutorial_datasets(config), forward, x_seq if config.seeds == 1 else x_seq[0], records)
-    summary = summarize(records, framework="jax", config=config, run_dir=run_dir, train_s=train_s,
-                        steps_per_s=steps_trained / compute_s if compute_s else None, compile_s=compile_s,
-                        evaluation=evaluation)
-    write_summary(run_dir, summary)
-    write_config(run_dir, config, framework="jax")
+        forward = forward_frames(run.schedule, run.data, picture_noise(config, run.data.shape))
+        draw_run_pictures(run.run_dir, tutorial_datasets(config), forward, x_seq if config.seeds == 1 else x_seq[0],
+                          run.records)
+    summary = summarize(
+        run.records, framework="jax", config=config, run_dir=run.run_dir, train_s=trained.train_s,
+        steps_per_s=trained.steps / trained.compute_s if trained.compute_s else None,
+        compile_s=trained.compile_s, evaluation=trained.evaluation,
+    )
+    write_summary(run.run_dir, summary)
+    write_config(run.run_dir, config, framework="jax")
     print(summary_paragraph(summary))
     return summary
+
+
+def train_and_evaluate(config: Config) -> dict:
+    """Train (or resume) a run, write its outputs and return its summary (also in summary.json)."""
+    run = set_up(config)
+    trained = train(run)
+    return finish(run, trained)
 
 
 def _postfix(record: dict, evaluation: dict, steps_per_s: float) -> dict:
@@ -227,9 +279,36 @@ def _postfix(record: dict, evaluation: dict, steps_per_s: float) -> dict:
     return postfix
 
 
-def _divergence_message(epoch: int, checkpointer: Checkpointer, run_dir: Path) -> str:
-    kept = checkpointer.latest_epoch()
-    where = (f"the last good checkpoint (epoch {kept}) is kept in {checkpointer.directory}" if kept is not None
+def _divergence_message(epoch: int, run: Run) -> str:
+    kept = run.checkpointer.latest_epoch()
+    where = (f"the last good checkpoint (epoch {kept}) is kept in {run.checkpointer.directory}" if kept is not None
              else "no checkpoint had been written yet")
     return (f"the loss became NaN or inf at epoch {epoch}; training stopped and {where}, with metrics up to "
-            f"epoch {epoch - 1} in {run_dir}/metrics.jsonl; continue from it with --resume and a lower --lr")
+            f"epoch {epoch - 1} in {run.run_dir}/metrics.jsonl; continue from it with --resume and a lower --lr")
+
+
+# ---- the same machinery without a run folder (benchmarks, tests) -----------------------------
+
+
+def train_models(config: Config, data: Optional[np.ndarray] = None) -> list[dict]:
+    """Train `config.seeds` models at once (vmapped) in one chunk of `config.epochs` epochs; the
+    final parameters of each seed (raw or EMA, as config.sample_with says)."""
+    data = dataset_for(config) if data is None else data
+    optimizer = optimizer_for(config)
+    state = init_states(config, optimizer)
+    chunk = make_train_chunk(config, schedule_for(config), optimizer, config.epochs)
+    state, _ = chunk(state, jnp.asarray(data))
+    params = state.ema_params if config.sample_with == "ema" else state.params
+    if config.seeds == 1:
+        return [params]
+    return [jax.tree_util.tree_map(lambda a, i=i: a[i], params) for i in range(config.seeds)]
+
+
+def final_samples(params: dict, config: Config, seed: int, n: int, x_T: Optional[np.ndarray] = None) -> np.ndarray:
+    """n final samples (n, 2) of the ancestral chain with seed's sampling key: from x_T ~ N(0, I),
+    or from the given x_T (n, 2) with the step noise drawn from the same key."""
+    schedule, key = schedule_for(config), run_keys(seed)["sample"]
+    if x_T is None:
+        return np.asarray(sample_chain(params, schedule, key, n, config.parameterization)[-1])
+    zs = jax.random.normal(key, (config.num_steps,) + x_T.shape)
+    return np.asarray(p_sample_loop(params, schedule, jnp.asarray(x_T), zs, config.parameterization)[-1])

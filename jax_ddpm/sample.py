@@ -14,13 +14,12 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
-from jax_ddpm.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError
-from jax_ddpm.cli import run
-from jax_ddpm.config import ConfigError, validate
+from ddpm_harness.cli import run
+from ddpm_harness.config import ConfigError
+from ddpm_harness.runs import RunDirError
+from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
 from jax_ddpm.experiment import sample_states
-from jax_ddpm.outputs import CONFIG_FILE, RunDirError, read_config
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import init_states, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,17 +41,12 @@ class SampleArgs:
 def sample_run(args: SampleArgs) -> Path:
     """Restore the run, sample, write the .npy file; its path."""
     run_dir = Path(args.run)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise RunDirError(f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE}); "
-                          "give a folder written by python -m jax_ddpm.train")
     if args.n < 1:
         raise ConfigError(f"--n must be a positive integer, got {args.n}")
     out = Path(args.out) if args.out else run_dir / f"samples_{args.params}_{args.n}.npy"
     if out.exists():
         raise RunDirError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")
-    config = validate(read_config(run_dir))
-    optimizer = make_optimizer(config.lr, config.clip_norm)
-    state, record = Checkpointer(run_dir).restore(init_states(config, optimizer), config)
+    config, state, record = restore_run(run_dir)
     schedule = schedule_for(config)
     params = state.ema_params if args.params == "ema" else state.params
     sampling_config = config if args.seed is None else dataclasses.replace(config, seed=args.seed)

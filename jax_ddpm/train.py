@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+from ddpm_harness.cli import run
+from ddpm_harness.config import Config, ConfigError
+from ddpm_harness.data import DataError
+from ddpm_harness.runs import RunDirError
 from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError
-from jax_ddpm.cli import run
-from jax_ddpm.config import Config, ConfigError
-from jax_ddpm.data import DataError
 from jax_ddpm.experiment import TrainingDiverged, train_and_evaluate
-from jax_ddpm.outputs import RunDirError
 
 USAGE_ERRORS = (ConfigError, DataError, RunDirError, IncompatibleCheckpointError)
 RUNTIME_ERRORS = (CheckpointError, TrainingDiverged, OSError)

@@ -23,7 +23,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_ddpm import cpu_options
-from jax_ddpm.config import Config
+from ddpm_harness.config import Config
 from jax_ddpm.losses import antithetic_timesteps, hybrid_loss, noise_estimation_loss, variational_loss
 from jax_ddpm.model import init_params
 from jax_ddpm.schedule import Schedule
@@ -52,6 +52,11 @@ def make_optimizer(lr: float = 1e-3, clip_norm: float = 1.0) -> optax.GradientTr
     """Global-norm clipping then Adam, as the tutorial's clip_grad_norm_ + optim.Adam."""
     adam = optax.adam(lr)
     return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
+
+
+def optimizer_for(config: Config) -> optax.GradientTransformation:
+    """The optimizer a config asks for (--lr, --clip-norm)."""
+    return make_optimizer(config.lr, config.clip_norm)
 
 
 def ema_update(ema_params: dict, params: dict, mu: float) -> dict:

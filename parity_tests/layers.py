@@ -20,11 +20,11 @@ import torch_reference.losses as ref_losses
 import torch_reference.sampling as ref_sampling
 import torch_reference.schedule as ref_schedule
 import torch_reference.training as ref_training
+from ddpm_harness.data import make_dataset
 from jax_ddpm import losses, sampling, schedule, training
 from jax_ddpm.convert import torch_to_flax
 from jax_ddpm.model import apply_model
 from parity_tests.compare import Pairs, Precision, flat_params, flat_torch, to_numpy, tree_pairs
-from torch_reference.data import moons
 from torch_reference.ema import EMA
 from torch_reference.model import ConditionalModel
 
@@ -77,7 +77,7 @@ def antithetic_t(rng: np.random.Generator, batch_size: int, n_steps: int = N_STE
 def inputs(p: Precision, batch_size: int, seed: int = 0):
     """A moons batch x_0 (B, 2), antithetic t (B,) and noise e (B, 2), all made in numpy."""
     rng = np.random.default_rng(seed)
-    x_0 = moons(batch_size, random_state=seed).astype(p.np_dtype)
+    x_0 = make_dataset("moons", batch_size, 0.1, seed).astype(p.np_dtype)
     return x_0, antithetic_t(rng, batch_size), rng.standard_normal((batch_size, 2)).astype(p.np_dtype)
 
 
@@ -289,7 +289,7 @@ def chain_pairs(p: Precision, n_points: int = 500) -> Pairs:
 def training_batches(p: Precision, n_steps: int, batch_size: int = 128):
     """n_steps (x_0, t, e) batches: moons drawn in fresh permutations, antithetic t, normal e."""
     rng = np.random.default_rng(5)
-    data = moons(1000, random_state=5).astype(p.np_dtype)
+    data = make_dataset("moons", 1000, 0.1, 5).astype(p.np_dtype)
     return [(data[rng.permutation(len(data))[:batch_size]], antithetic_t(rng, batch_size),
              rng.standard_normal((batch_size, 2)).astype(p.np_dtype)) for _ in range(n_steps)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_ddpm.config import Config
+from ddpm_harness.config import Config
 from jax_ddpm.train import main as train_main
 from tests.conftest import snapshot, tiny_argv
 
@@ -86,7 +86,7 @@ def earlier_run(tiny_run, tmp_path) -> Path:
 def test_existing_out_dir_without_resume_is_refused(earlier_run, capsys):
     before = snapshot(earlier_run)
     assert train_main(tiny_argv(earlier_run)) == 2
-    assert "already exists; add --resume" in one_error_line(capsys)
+    assert "already exists and is not empty; add --resume" in one_error_line(capsys)
     assert snapshot(earlier_run) == before
 
 
@@ -150,3 +150,11 @@ def test_help_lists_every_option_with_its_default(capsys):
     for field in dataclasses.fields(Config):
         assert f"--{field.name.replace('_', '-')}" in text, field.name
     assert "(default: moons)" in text and "(default: sigmoid)" in text and "(default: 1000)" in text
+
+
+def test_an_existing_empty_out_dir_is_used(tmp_path):
+    """An empty folder (say from mktemp -d) holds no results to protect: the run writes into it."""
+    empty = tmp_path / "made-by-mktemp"
+    empty.mkdir()
+    assert train_main(tiny_argv(empty, "--no-plots")) == 0
+    assert (empty / "summary.json").is_file() and (empty / "samples.npy").is_file()

@@ -11,7 +11,7 @@ import pytest
 
 from jax_ddpm.checkpoint import (CheckpointError, Checkpointer, IncompatibleCheckpointError, changed_options,
                                  check_compatible)
-from jax_ddpm.config import Config
+from ddpm_harness.config import Config
 from jax_ddpm.training import init_states, make_optimizer
 
 

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ddpm.config import Config
-from jax_ddpm.data import get_dataset
+from ddpm_harness.config import Config, dataset_for
+
 from jax_ddpm.model import init_params
 from jax_ddpm.sampling import p_sample_loop, sample_chain
 from jax_ddpm.schedule import schedule_for
@@ -26,7 +26,7 @@ def test_training_chunk_equals_epochs_jitted_without_options():
     config = Config(n_points=200, batch_size=32, epochs=2, seed=7)  # 6 full batches and one of 8
     schedule = schedule_for(config)
     optimizer = make_optimizer(config.lr, config.clip_norm)
-    data = jnp.asarray(get_dataset(config.dataset, config.n_points, config.data_noise, config.seed))
+    data = jnp.asarray(dataset_for(config))
     state = init_states(config, optimizer)
     chunked, metrics = make_train_chunk(config, schedule, optimizer, config.epochs)(state, data)
     update_fn = functools.partial(update_step, schedule=schedule, optimizer=optimizer, ema_decay=config.ema_decay,

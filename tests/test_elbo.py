@@ -15,7 +15,7 @@ import torch
 
 from jax_ddpm import elbo, losses, sampling
 from jax_ddpm.convert import flax_to_torch
-from jax_ddpm.data import make_dataset
+from ddpm_harness.data import make_dataset
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, schedule_arrays
 from torch_reference import losses as ref_losses

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 from scipy.spatial.distance import cdist, pdist
 
-from jax_ddpm import metrics
+from ddpm_harness import metrics
 
 
 def gaussian(rng, n, mean, std):
@@ -177,3 +177,23 @@ def test_exact_w2_without_pot_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ot", None)
     with pytest.raises(ImportError, match="jax-ddpm\\[quality\\]"):
         metrics.exact_w2(np.zeros((3, 2)), np.ones((3, 2)))
+
+
+def test_collapsed_sets_give_numbers_not_nan(rng):
+    """A sampler that collapses to one point gives a zero median distance (bandwidth 0 would make
+    the kernel 0/0). All equal: every kernel value is 1 whatever the bandwidth, so MMD^2 is exactly
+    0; a collapsed set against a spread one must score the brute force at the fallback bandwidth."""
+    point = np.ones((100, 2), np.float32)
+    same = metrics.evaluate(point, point)
+    assert same == dict(sliced_w2=0.0, mmd2=0.0, energy=0.0, bandwidth=1.0)
+    # 80% of the points at one spot: 64% of the pooled pairs coincide, the median is 0, and the
+    # mean distance takes over.
+    mostly = np.concatenate([np.zeros((160, 2)), gaussian(rng, 40, [2, 0], 0.5)]).astype(np.float32)
+    h = metrics.median_bandwidth(mostly, mostly)
+    assert h == pytest.approx(pdist(np.concatenate([mostly, mostly]).astype(np.float64)).mean(), rel=1e-6)
+    spread = gaussian(rng, 200, [0, 0], 1.0)
+    for x, y in ((point, spread), (mostly, spread), (mostly, mostly)):
+        out = metrics.evaluate(x, y)
+        assert all(np.isfinite(v) for v in out.values()), out
+        mmd2, energy = brute_mmd2_energy(x, y, out["bandwidth"])
+        np.testing.assert_allclose([out["mmd2"], out["energy"]], [mmd2, energy], rtol=1e-4, atol=1e-6)

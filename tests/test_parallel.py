@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_ddpm.config import Config, ConfigError, validate
-from jax_ddpm.data import get_dataset
+from ddpm_harness.config import Config, ConfigError, dataset_for, validate
+
 from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import init_states, make_mesh, make_optimizer, make_train_chunk
 
@@ -36,7 +36,7 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def tiny_data(config: Config = TINY) -> jax.Array:
-    return jnp.asarray(get_dataset(config.dataset, config.n_points, config.data_noise, config.seed), jnp.float32)
+    return jnp.asarray(dataset_for(config), jnp.float32)
 
 
 def compile_tiny(config: Config, mesh=None):

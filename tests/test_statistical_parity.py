@@ -20,15 +20,18 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.quality import METRICS, reference_points, sample_jax, sample_torch, train_jax, train_torch
-from jax_ddpm import metrics
-from jax_ddpm.config import Config
+from ddpm_harness import metrics
+from ddpm_harness.config import Config, dataset_for, held_out_for
 from jax_ddpm.convert import torch_to_flax
-from jax_ddpm.data import get_dataset
+from jax_ddpm.experiment import final_samples, train_models
 from jax_ddpm.sampling import p_sample_loop
-from jax_ddpm.schedule import make_schedule
+from jax_ddpm.schedule import schedule_for
 from torch_reference import schedule as ref_schedule
 from torch_reference.sampling import p_sample_loop as ref_p_sample_loop
+from torch_reference.train import final_samples as torch_final_samples
+from torch_reference.train import train_model as torch_train_model
+
+METRICS = ("sliced_w2", "mmd2", "energy")
 
 CONFIG = Config(n_points=1000, epochs=300, seeds=3)
 N_SAMPLES = 2000
@@ -41,12 +44,14 @@ T_CRIT_SPREAD = 4.604 * np.sqrt(2.0 / 3.0)
 
 @pytest.fixture(scope="module")
 def trained():
-    data = get_dataset(CONFIG.dataset, CONFIG.n_points, CONFIG.data_noise, CONFIG.seed)
-    reference = reference_points(CONFIG, N_SAMPLES)
-    jax_params = train_jax(CONFIG, data)
-    torch_models = [train_torch(CONFIG, data, CONFIG.seed + i) for i in range(CONFIG.seeds)]
-    jax_metrics = [metrics.evaluate(sample_jax(p, CONFIG, i, N_SAMPLES), reference) for i, p in enumerate(jax_params)]
-    torch_metrics = [metrics.evaluate(sample_torch(m, CONFIG, i, N_SAMPLES), reference)
+    data = dataset_for(CONFIG)
+    reference = held_out_for(CONFIG, N_SAMPLES)
+    jax_params = train_models(CONFIG, data)
+    torch.set_num_threads(1)  # beside JAX's thread pool, two torch threads ran 15-60x slower here
+    torch_models = [torch_train_model(CONFIG, data, CONFIG.seed + i) for i in range(CONFIG.seeds)]
+    jax_metrics = [metrics.evaluate(final_samples(p, CONFIG, i, N_SAMPLES), reference)
+                   for i, p in enumerate(jax_params)]
+    torch_metrics = [metrics.evaluate(torch_final_samples(m, CONFIG, i, N_SAMPLES), reference)
                      for i, m in enumerate(torch_models)]
     return dict(torch_models=torch_models, jax_metrics=jax_metrics, torch_metrics=torch_metrics)
 
@@ -68,8 +73,8 @@ def test_same_trained_weights_and_noise_give_the_same_samples(trained):
     rng = np.random.default_rng(0)
     x_T = rng.standard_normal((N_SAMPLES, 2)).astype(np.float32)
     zs = rng.standard_normal((CONFIG.num_steps, N_SAMPLES, 2)).astype(np.float32)
-    schedule = make_schedule(CONFIG.schedule, CONFIG.num_steps, CONFIG.beta_start, CONFIG.beta_end)
-    s = ref_schedule.make_schedule(CONFIG.schedule, CONFIG.num_steps, CONFIG.beta_start, CONFIG.beta_end)
+    schedule = schedule_for(CONFIG)
+    s = ref_schedule.schedule_for(CONFIG)
     for model in trained["torch_models"]:
         params = jax.tree_util.tree_map(jnp.asarray, torch_to_flax(model.state_dict()))
         out_ans = np.asarray(p_sample_loop(params, schedule, jnp.asarray(x_T), jnp.asarray(zs))[-1])

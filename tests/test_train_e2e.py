@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from jax_ddpm.checkpoint import Checkpointer
-from jax_ddpm.config import Config
-from jax_ddpm.outputs import read_config
+from ddpm_harness.config import Config
+from ddpm_harness.runs import read_config
 from jax_ddpm.train import main as train_main
 from jax_ddpm.training import init_states, make_optimizer
 from tests.conftest import STEPS_PER_EPOCH, tiny_argv

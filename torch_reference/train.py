@@ -1,10 +1,12 @@
 """`python -m torch_reference.train [OPTIONS]`: the tutorial's eager PyTorch loop as a command line.
 
-Same options (jax_ddpm's Config), same dataset draw, and the same run-folder files as
+Same options (ddpm_harness's Config), same dataset draw, and the same run-folder files as
 `python -m jax_ddpm.train` (config.json, metrics.jsonl, samples.npy, summary.json and the
 pictures), so the two compare run for run. Randomness is torch's, seeded with
 torch.manual_seed(seed), so the numbers match the JAX run in distribution, not bit for bit.
-Supported: the noise loss, schedules linear/quad/sigmoid/constant, one seed, one device, no resume.
+Supported: the noise loss, schedules linear/quad/sigmoid/constant, one seed, one device, no resume,
+no checkpoints, one evaluation at the end. It imports the framework-free ddpm_harness and never JAX,
+so the oracle runs without the system it checks.
 """
 
 from __future__ import annotations
@@ -17,19 +19,32 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jax_ddpm.cli import run
-from jax_ddpm.config import Config, ConfigError, validate
-from jax_ddpm.data import DataError, get_dataset
-from jax_ddpm.experiment import describe_setup, held_out_reference, picture_noise, tutorial_datasets
-from jax_ddpm.metrics import evaluate
-from jax_ddpm.outputs import (MetricsLog, RunDirError, epoch_record, open_run_dir, save_samples, summarize,
-                              summary_paragraph, write_config, write_summary)
-from jax_ddpm.plots import draw_run_pictures
+from ddpm_harness.cli import run
+from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, validate
+from ddpm_harness.data import DataError
+from ddpm_harness.metrics import evaluate
+from ddpm_harness.plots import draw_run_pictures
+from ddpm_harness.runs import (
+    MetricsLog,
+    RunDirError,
+    describe_setup,
+    epoch_record,
+    open_run_dir,
+    picture_noise,
+    save_samples,
+    summarize,
+    summary_paragraph,
+    tutorial_datasets,
+    write_config,
+    write_summary,
+)
 from torch_reference.data import as_dataset
 from torch_reference.model import ConditionalModel
 from torch_reference.sampling import p_sample_loop
-from torch_reference.schedule import make_schedule, q_sample
+from torch_reference.schedule import q_sample, schedule_for
 from torch_reference.training import train
+
+DEFAULTS = Config()
 
 
 def check_supported(config: Config) -> None:
@@ -37,7 +52,9 @@ def check_supported(config: Config) -> None:
     unsupported = {"loss": ("noise", "the reference trains the noise loss only"),
                    "seeds": (1, "train seeds one by one with --seed"),
                    "devices": (1, "the eager loop runs on one device"),
-                   "resume": (False, "the reference writes no checkpoints")}
+                   "resume": (False, "the reference writes no checkpoints"),
+                   "checkpoint_every": (DEFAULTS.checkpoint_every, "the reference writes no checkpoints"),
+                   "eval_every": (DEFAULTS.eval_every, "the reference evaluates once, at the end")}
     for name, (allowed, why) in unsupported.items():
         if getattr(config, name) != allowed:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)} is not supported by "
@@ -55,13 +72,33 @@ def sample_chain(model, schedule, n: int, num_steps: int) -> np.ndarray:
     return torch.stack(x_seq).numpy()
 
 
+def train_model(config: Config, data: np.ndarray, seed: int):
+    """The reference's model trained by the tutorial's eager loop, seeded with torch.manual_seed(seed),
+    with the EMA parameters copied in when config.sample_with is "ema" (no run folder: for tests and
+    benchmarks)."""
+    torch.manual_seed(seed)
+    model = ConditionalModel(config.num_steps)
+    model, ema, _ = train(model, as_dataset(data), schedule_for(config), config.num_steps, epochs=config.epochs,
+                          batch_size=config.batch_size, lr=config.lr, clip_norm=config.clip_norm,
+                          ema_mu=config.ema_decay)
+    if config.sample_with == "ema":
+        ema.ema(model)
+    return model
+
+
+def final_samples(model, config: Config, seed: int, n: int) -> np.ndarray:
+    """n final samples (n, 2) of the tutorial's chain from x_T ~ N(0, I), seeded with torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return sample_chain(model, schedule_for(config), n, config.num_steps)[-1]
+
+
 def train_reference(config: Config) -> dict:
     """Train the tutorial's model with its eager loop, write the run folder, return the summary."""
     validate(config)
     check_supported(config)
     torch.manual_seed(config.seed)
-    points = get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
-    schedule = make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    points = dataset_for(config)
+    schedule = schedule_for(config)
     for line in describe_setup(config, points, schedule):
         print(line)
     run_dir = open_run_dir(config)
@@ -88,7 +125,7 @@ def train_reference(config: Config) -> dict:
                               ema_mu=config.ema_decay, on_epoch=on_epoch)
         train_s = time.perf_counter() - start
 
-    reference = held_out_reference(config, points, config.n_eval)
+    reference = held_out_for(config, config.n_eval)
     evaluation = {"raw": evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)}
     x_seq = sample_chain(model, schedule, config.n_samples, config.num_steps) if config.sample_with == "raw" else None
     ema.ema(model)  # the tutorial's EMA.ema: copy the shadow parameters into the model

@@ -99,10 +99,28 @@ def load_points(path: str | Path) -> np.ndarray:
     return points.astype(np.float32)
 
 
+def is_builtin(name_or_path: str) -> bool:
+    """True for the name of a built-in dataset, False for a path to a file."""
+    return name_or_path in GENERATORS
+
+
 def get_dataset(name_or_path: str, n_points: int = 10_000, noise: float = 0.1, seed: int = 0) -> np.ndarray:
     """A built-in dataset by name, or the points in a .npy/.csv file."""
-    if name_or_path in GENERATORS:
+    if is_builtin(name_or_path):
         return make_dataset(name_or_path, n_points, noise, seed)
     if name_or_path.endswith((".npy", ".csv")) or "/" in name_or_path:
         return load_points(name_or_path)
     return make_dataset(name_or_path, n_points, noise, seed)  # raises the unknown-dataset error
+
+
+HELD_OUT_SEED_OFFSET = 1_000_003
+"""Held-out draw k of a built-in dataset uses seed + HELD_OUT_SEED_OFFSET + k: never the training draw."""
+
+
+def held_out_points(name_or_path: str, n_points: int, noise: float, seed: int, draw: int = 0) -> np.ndarray:
+    """The one rule for data a model never trained on. Draw 0 is the reference every evaluation
+    scores samples against (the CLIs, the benchmarks, the tests); draw 1 is the independent second
+    sample of `metrics.calibrate`'s floor. A user's file is its own reference (all its points)."""
+    if is_builtin(name_or_path):
+        return make_dataset(name_or_path, n_points, noise, seed + HELD_OUT_SEED_OFFSET + draw)
+    return load_points(name_or_path)

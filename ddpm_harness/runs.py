@@ -1,4 +1,5 @@
-"""The run folder and its plain files, shared by the JAX and the PyTorch training CLIs.
+"""What a run shares between the two implementations: its opening lines, picture inputs, the run
+folder and its plain files.
 
 Framework-free on purpose (json and numpy only), so both CLIs write the same `config.json`,
 `metrics.jsonl`, `samples.npy` and `summary.json` and two runs compare line for line. Files are
@@ -17,7 +18,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from jax_ddpm.config import Config
+from ddpm_harness.config import Config
+from ddpm_harness.data import get_dataset
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -25,8 +27,40 @@ SAMPLES_FILE = "samples.npy"
 SUMMARY_FILE = "summary.json"
 
 
+ALPHA_BAR_T_WARNING = 0.05
+TUTORIAL_DATASETS = ("swiss_roll", "moons", "s_curve")
+
+
 class RunDirError(ValueError):
     """A run folder that cannot be used as asked; the message says why and what to do."""
+
+
+def describe_setup(config: Config, data: np.ndarray, schedule) -> list[str]:
+    """The opening lines: dataset, schedule and how far from N(0, I) its forward process ends
+    (`schedule` of either framework: its betas and alphas_prod are read)."""
+    betas, alpha_bar_T = schedule.betas, float(schedule.alphas_prod[-1])
+    lines = [
+        f"dataset: {config.dataset}, {data.shape[0]:,} points",
+        f"schedule: {config.schedule}, T = {config.num_steps}, betas {float(betas[0]):.3g} .. "
+        f"{float(betas[-1]):.3g}, alpha_bar_T = {alpha_bar_T:.4f}",
+    ]
+    if alpha_bar_T > ALPHA_BAR_T_WARNING:
+        lines.append(
+            f"warning: alpha_bar_T = {alpha_bar_T:.3f} > {ALPHA_BAR_T_WARNING}: the forward process ends "
+            "far from N(0, I): samples start from a distribution the model never saw; "
+            "consider --schedule cosine or a larger --beta-end"
+        )
+    return lines
+
+
+def tutorial_datasets(config: Config) -> dict[str, np.ndarray]:
+    """The three datasets of the tutorial's first picture, drawn as this run draws its data."""
+    return {name: get_dataset(name, config.n_points, config.data_noise, config.seed) for name in TUTORIAL_DATASETS}
+
+
+def picture_noise(config: Config, shape: tuple[int, ...]) -> np.ndarray:
+    """Noise (T, *shape) for the forward-process pictures; numpy, so training keys stay untouched."""
+    return np.random.default_rng(config.seed).standard_normal((config.num_steps,) + shape).astype(np.float32)
 
 
 def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
@@ -38,8 +72,9 @@ def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
 def open_run_dir(config: Config) -> Path:
     """The run folder of `config`: a new one, or with --resume the existing one.
 
-    Refuses to reuse an existing folder without --resume (earlier results are never overwritten)
-    and to resume a folder that holds no run.
+    Refuses to reuse a folder that holds anything without --resume (earlier results are never
+    overwritten; an existing empty folder, say from `mktemp -d`, is used) and to resume a folder
+    that holds no run.
     """
     run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(config)
     if config.resume:
@@ -47,10 +82,10 @@ def open_run_dir(config: Config) -> Path:
             raise RunDirError(f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
                               "give the --out-dir of an earlier run, or drop --resume")
         return run_dir
-    if run_dir.exists():
-        raise RunDirError(f"{str(run_dir)!r} already exists; add --resume to continue that run, "
+    if run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
+        raise RunDirError(f"{str(run_dir)!r} already exists and is not empty; add --resume to continue that run, "
                           "or choose another --out-dir (earlier results are never overwritten)")
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 

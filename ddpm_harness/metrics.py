@@ -1,6 +1,7 @@
 """Sample-quality metrics between two 2D point sets, and their calibration.
 
-`evaluate(samples, reference)` returns three distances, each jitted and chunked over row blocks so
+`evaluate(samples, reference)` returns three distances, in numpy (framework-free, so both
+implementations' command lines score their samples with the same code), chunked over row blocks so
 that 10^5 x 10^5 point sets fit in memory:
 
 - `sliced_w2`: sliced Wasserstein-2 over `N_PROJECTIONS` fixed, evenly spaced directions (no
@@ -8,7 +9,8 @@ that 10^5 x 10^5 point sets fit in memory:
   of any sizes. Same units as the data.
 - `mmd2`: squared maximum mean discrepancy, unbiased estimator (Gretton et al. 2012, eq. 3), RBF
   kernel exp(-|x - y|^2 / (2 h^2)) with h the median pairwise distance of the pooled sets (median
-  heuristic, on a fixed subsample). Can be slightly negative when the sets agree.
+  heuristic, on a fixed subsample; when more than half the pairs coincide, the mean distance, and 1
+  when every point coincides). Can be slightly negative when the sets agree.
 - `energy`: squared energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely and Rizzo), the
   V-statistic (zero for identical sets); scipy.stats.energy_distance returns its square root.
 
@@ -20,10 +22,6 @@ across rows in float64.
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 N_PROJECTIONS = 64
@@ -49,56 +47,50 @@ def projection_directions(n_projections: int = N_PROJECTIONS) -> np.ndarray:
     return np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
 
 
-def _w2_squared_1d(x_sorted: jax.Array, y_sorted: jax.Array) -> jax.Array:
-    """Exact W2^2 between the empirical measures of sorted 1D samples of any sizes n and m.
+def _w2_squared_1d(x_sorted: np.ndarray, y_sorted: np.ndarray) -> np.ndarray:
+    """Exact W2^2 between the empirical measures of sorted 1D samples, column by column: x_sorted
+    (n, P) and y_sorted (m, P) of any sizes n and m give (P,).
 
     W2^2 = int_0^1 (F^-1(u) - G^-1(u))^2 du; both quantile functions are constant between the
     merged breakpoints {i/n} and {j/m}, so the integral is a finite sum.
     """
     n, m = x_sorted.shape[0], y_sorted.shape[0]
-    u = jnp.sort(jnp.concatenate([jnp.arange(1, n + 1) / n, jnp.arange(1, m + 1) / m]))
-    lower = jnp.concatenate([jnp.zeros(1, u.dtype), u[:-1]])
+    u = np.sort(np.concatenate([np.arange(1, n + 1) / n, np.arange(1, m + 1) / m]))
+    lower = np.concatenate([np.zeros(1), u[:-1]])
     mid = 0.5 * (u + lower)
-    x_q = x_sorted[jnp.minimum(jnp.floor(mid * n).astype(jnp.int32), n - 1)]
-    y_q = y_sorted[jnp.minimum(jnp.floor(mid * m).astype(jnp.int32), m - 1)]
-    return jnp.sum((u - lower) * jnp.square(x_q - y_q))
-
-
-@jax.jit
-def _sliced_w2(x: jax.Array, y: jax.Array, directions: jax.Array) -> jax.Array:
-    x_proj = jnp.sort(x @ directions.T, axis=0)  # (n, P)
-    y_proj = jnp.sort(y @ directions.T, axis=0)  # (m, P)
-    per_direction = jax.lax.map(lambda xy: _w2_squared_1d(*xy), (x_proj.T, y_proj.T))
-    return jnp.sqrt(jnp.mean(per_direction))
+    x_q = x_sorted[np.minimum(np.floor(mid * n).astype(np.int64), n - 1)]  # (n + m, P)
+    y_q = y_sorted[np.minimum(np.floor(mid * m).astype(np.int64), m - 1)]
+    return (u - lower) @ np.square(x_q.astype(np.float64) - y_q)
 
 
 def sliced_w2(x, y, n_projections: int = N_PROJECTIONS) -> float:
     """Sliced Wasserstein-2 distance between point sets x (n, 2) and y (m, 2), deterministic."""
     x, y = _as_points(x, "x"), _as_points(y, "y")
-    return float(_sliced_w2(x, y, projection_directions(n_projections)))
+    directions = projection_directions(n_projections)
+    per_direction = _w2_squared_1d(np.sort(x @ directions.T, axis=0), np.sort(y @ directions.T, axis=0))
+    return float(np.sqrt(np.mean(per_direction)))
 
 
-@functools.partial(jax.jit, static_argnames=("block_rows",))
-def _pair_row_sums(x: jax.Array, y: jax.Array, bandwidth: jax.Array, block_rows: int):
-    """For every row x_i: (sum_j |x_i - y_j|, sum_j exp(-|x_i - y_j|^2 / (2 h^2))), each (n,)."""
-    n = x.shape[0]
-    n_blocks = -(-n // block_rows)
-    padded = jnp.zeros((n_blocks * block_rows, 2), x.dtype).at[:n].set(x)
-    scale = -0.5 / jnp.square(bandwidth)
+def _pair_row_sums(x: np.ndarray, y: np.ndarray, bandwidth: float, block_rows: int):
+    """For every row x_i: (sum_j |x_i - y_j|, sum_j exp(-|x_i - y_j|^2 / (2 h^2))), each (n,), float64.
 
-    def block(xb):  # (block_rows, 2) -> two (block_rows,)
-        d2 = jnp.square(xb[:, None, 0] - y[None, :, 0]) + jnp.square(xb[:, None, 1] - y[None, :, 1])
-        return jnp.sum(jnp.sqrt(d2), axis=1), jnp.sum(jnp.exp(scale * d2), axis=1)
-
-    dist, kern = jax.lax.map(block, padded.reshape(n_blocks, block_rows, 2))
-    return dist.reshape(-1)[:n], kern.reshape(-1)[:n]
+    Blocks of `block_rows` rows keep memory at ~block_rows * m; each row's sum is taken in float32
+    (numpy's pairwise summation) and the rows are added in float64 by the caller.
+    """
+    scale = np.float32(-0.5 / bandwidth**2)
+    dist, kern = np.empty(x.shape[0]), np.empty(x.shape[0])
+    for start in range(0, x.shape[0], block_rows):
+        xb = x[start : start + block_rows]
+        d2 = np.square(xb[:, None, 0] - y[None, :, 0]) + np.square(xb[:, None, 1] - y[None, :, 1])
+        dist[start : start + block_rows] = np.sum(np.sqrt(d2), axis=1)
+        kern[start : start + block_rows] = np.sum(np.exp(scale * d2), axis=1)
+    return dist, kern
 
 
 def _pair_means(x: np.ndarray, y: np.ndarray, bandwidth: float, block_rows: int, same: bool):
     """Mean pairwise distance and mean kernel value over pairs (i, j), i != j when `same`."""
-    dist, kern = _pair_row_sums(x, y, jnp.float32(bandwidth), block_rows)
-    dist_sum = np.sum(np.asarray(dist, np.float64))
-    kern_sum = np.sum(np.asarray(kern, np.float64))
+    dist, kern = _pair_row_sums(x, y, bandwidth, block_rows)
+    dist_sum, kern_sum = float(np.sum(dist)), float(np.sum(kern))
     n, m = x.shape[0], y.shape[0]
     if same:  # the diagonal holds distance 0 and kernel exactly exp(0) = 1
         return dist_sum / (n * (n - 1)), (kern_sum - n) / (n * (n - 1)), dist_sum / (n * n)
@@ -111,11 +103,17 @@ def _strided(points: np.ndarray, k: int) -> np.ndarray:
 
 def median_bandwidth(x, y, subsample: int = MEDIAN_SUBSAMPLE) -> float:
     """Median pairwise Euclidean distance (i < j) of the pooled sets, on at most `subsample` evenly
-    strided points of each."""
+    strided points of each. A zero median (more than half the pairs coincide: a collapsed sampler)
+    would make the kernel undefined, so it falls back to the mean distance, and to 1 when all the
+    points coincide (then every kernel value is 1 whatever the bandwidth, and MMD^2 is 0)."""
     pooled = np.concatenate([_strided(_as_points(x, "x"), subsample), _strided(_as_points(y, "y"), subsample)])
     pooled = pooled.astype(np.float64)
     i, j = np.triu_indices(pooled.shape[0], k=1)
-    return float(np.median(np.linalg.norm(pooled[i] - pooled[j], axis=1)))
+    distances = np.linalg.norm(pooled[i] - pooled[j], axis=1)
+    for candidate in (np.median(distances), np.mean(distances)):
+        if candidate > 0:
+            return float(candidate)
+    return 1.0
 
 
 def mmd_and_energy(x, y, bandwidth: float | None = None, block_rows: int = BLOCK_ROWS) -> dict[str, float]:
@@ -156,20 +154,21 @@ def exact_w2(x, y, max_iter: int = 1_000_000) -> float:
 def calibrate(dataset, n_points: int = 10_000, noise: float = 0.1, seed: int = 0) -> dict[str, dict[str, float]]:
     """The scale to read `evaluate` against, for a dataset name or a point array (N, 2).
 
-    floor: two independent draws of the data (seeds seed + 1 and seed + 2 for a built-in dataset;
-    the two halves of a shuffled array otherwise): what a perfect model scores at this sample size.
-    ceiling: N(0, I) against the data: what a model that learned nothing scores.
+    floor: an independent draw of the data scored against the held-out reference a run is scored
+    against (`data.held_out_points`, draws 1 and 0; for a file or an array, the two halves of its
+    shuffled points): what a perfect model scores at this sample size.
+    ceiling: N(0, I) against the same reference: what a model that learned nothing scores.
     """
-    from jax_ddpm.data import get_dataset
+    from ddpm_harness.data import get_dataset, held_out_points, is_builtin
 
     rng = np.random.default_rng(seed)
-    if isinstance(dataset, str) and not dataset.endswith((".npy", ".csv")):
-        first = get_dataset(dataset, n_points, noise, seed + 1)
-        second = get_dataset(dataset, n_points, noise, seed + 2)
+    if isinstance(dataset, str) and is_builtin(dataset):
+        first = held_out_points(dataset, n_points, noise, seed, draw=1)
+        second = held_out_points(dataset, n_points, noise, seed, draw=0)
     else:
         points = get_dataset(dataset) if isinstance(dataset, str) else _as_points(dataset, "dataset")
         points = points[rng.permutation(points.shape[0])]
         half = points.shape[0] // 2
-        first, second = points[:half], points[half: 2 * half]
+        first, second = points[:half], points[half : 2 * half]
     gaussian = rng.standard_normal(first.shape).astype(np.float32)
     return dict(floor=evaluate(first, second), ceiling=evaluate(gaussian, second))

@@ -2,7 +2,9 @@
 
 Defaults reproduce the tutorial exactly (moons, sigmoid schedule 1e-5..5e-3 over 100 steps,
 batch 128, 1000 epochs, Adam 1e-3, clip 1.0, EMA 0.9, sampling with the raw parameters).
-Tests override fields with `dataclasses.replace`.
+Tests override fields with `dataclasses.replace`. Framework-free: both implementations' command
+lines, the benchmarks and the tests read it, and `dataset_for` / `held_out_for` are the one way a
+config's data is drawn.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
+import numpy as np
+
+from ddpm_harness.data import get_dataset, held_out_points
+
 SCHEDULES = ("linear", "quad", "sigmoid", "constant", "cosine")
-BUILTIN_DATASETS = ("moons", "swiss_roll", "s_curve", "circles", "checkerboard", "eight_gaussians")
 
 
 class ConfigError(ValueError):
@@ -27,7 +32,7 @@ class Config:
     n_points: int = 10_000
     """Number of points drawn from a built-in dataset (ignored for a file)."""
     data_noise: float = 0.1
-    """Noise of the scikit-learn generators (the tutorial uses 0.1)."""
+    """Noise of the dataset (the tutorial uses 0.1): the std of scikit-learn's noise for moons, swiss_roll and s_curve (before their scaling); half of it for circles (the tutorial's 0.1 would merge the rings); the std of each of the eight Gaussians; ignored by checkerboard and by a file."""
     schedule: Literal["linear", "quad", "sigmoid", "constant", "cosine"] = "sigmoid"
     """Beta schedule."""
     num_steps: int = 100
@@ -121,3 +126,13 @@ def validate(config: Config) -> Config:
     if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
     return config
+
+
+def dataset_for(config: Config) -> np.ndarray:
+    """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32."""
+    return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+
+
+def held_out_for(config: Config, n: int) -> np.ndarray:
+    """The held-out reference (n, 2) that samples of this config are scored against (`held_out_points`, draw 0)."""
+    return held_out_points(config.dataset, n, config.data_noise, config.seed)
