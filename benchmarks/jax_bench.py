@@ -23,14 +23,14 @@ from ddpm_harness.config import Config, dataset_for
 
 from jax_ddpm.sampling import sample_chain
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import (init_states, make_mesh, make_optimizer, make_train_chunk, run_keys,
+from jax_ddpm.training import (init_states, make_mesh, optimizer_for, make_train_chunk, run_keys,
                                train_step)
 
 
 def _parts(config: Config):
     schedule = schedule_for(config)
     data = jnp.asarray(dataset_for(config), jnp.float32)
-    return schedule, data, make_optimizer(config.lr, config.clip_norm)
+    return schedule, data, optimizer_for(config)
 
 
 def steps_per_epoch(config: Config) -> int:

@@ -12,12 +12,12 @@ import pytest
 from jax_ddpm.checkpoint import (CheckpointError, Checkpointer, IncompatibleCheckpointError, changed_options,
                                  check_compatible)
 from ddpm_harness.config import Config
-from jax_ddpm.training import init_states, make_optimizer
+from jax_ddpm.training import init_states, optimizer_for
 
 
 def test_round_trip_is_bitwise_for_stacked_seeds(tmp_path):
     config = Config(seeds=2, num_steps=10)
-    optimizer = make_optimizer(config.lr, config.clip_norm)
+    optimizer = optimizer_for(config)
     state = init_states(config, optimizer)
     # Make every leaf distinct from a fresh state, so a restore that silently re-initialises fails.
     state = jax.tree_util.tree_map(lambda x: x + 1 if x.dtype.kind == "f" else x, state)
@@ -42,7 +42,7 @@ def test_half_written_checkpoint_is_ignored(tiny_run, tmp_path):
 def test_restore_without_checkpoint_is_an_error(tmp_path):
     config = Config(num_steps=10)
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        Checkpointer(tmp_path).restore(init_states(config, make_optimizer()), config)
+        Checkpointer(tmp_path).restore(init_states(config, optimizer_for(Config())), config)
 
 
 def test_compatibility_names_each_differing_option(tmp_path):

@@ -15,7 +15,7 @@ from ddpm_harness.config import Config, dataset_for
 from jax_ddpm.model import init_params
 from jax_ddpm.sampling import p_sample_loop, sample_chain
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import init_states, make_loss_fn, make_optimizer, make_train_chunk, train_epoch, update_step
+from jax_ddpm.training import init_states, make_loss_fn, optimizer_for, make_train_chunk, train_epoch, update_step
 
 # Other fused kernels for exp, log1p and the sums only round differently: after 100 steps the
 # chains measured ~1e-5 apart on values of order 1.
@@ -25,7 +25,7 @@ RTOL, ATOL = 1e-4, 1e-4
 def test_training_chunk_equals_epochs_jitted_without_options():
     config = Config(n_points=200, batch_size=32, epochs=2, seed=7)  # 6 full batches and one of 8
     schedule = schedule_for(config)
-    optimizer = make_optimizer(config.lr, config.clip_norm)
+    optimizer = optimizer_for(config)
     data = jnp.asarray(dataset_for(config))
     state = init_states(config, optimizer)
     chunked, metrics = make_train_chunk(config, schedule, optimizer, config.epochs)(state, data)

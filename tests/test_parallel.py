@@ -25,7 +25,7 @@ import pytest
 from ddpm_harness.config import Config, ConfigError, dataset_for, validate
 
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import init_states, make_mesh, make_optimizer, make_train_chunk
+from jax_ddpm.training import init_states, make_mesh, optimizer_for, make_train_chunk
 
 # 100 points in batches of 16: 6 full batches and a short one of 4 per epoch.
 TINY = Config(n_points=100, batch_size=16, epochs=3, seed=5)
@@ -43,7 +43,7 @@ def compile_tiny(config: Config, mesh=None):
     """`config.epochs` epochs as one compiled chunk, and its inputs: the initial state and the
     data set of TINY.seed (a run draws its data from its first seed; its K models share it)."""
     schedule = schedule_for(config)
-    optimizer = make_optimizer(config.lr, config.clip_norm)
+    optimizer = optimizer_for(config)
     state, data = init_states(config, optimizer, mesh), tiny_data()
     return make_train_chunk(config, schedule, optimizer, config.epochs, mesh).lower(state, data).compile(), state, data
 
@@ -65,7 +65,7 @@ def test_each_seed_equals_a_separate_single_seed_run():
     k = 3
     stacked, stacked_metrics = train_tiny(dataclasses.replace(TINY, seeds=k))
     single_chunk, _, data = compile_tiny(TINY)  # the seed only sets the initial state's values
-    optimizer = make_optimizer(TINY.lr, TINY.clip_norm)
+    optimizer = optimizer_for(TINY)
     for i in range(k):
         single, single_metrics = single_chunk(init_states(dataclasses.replace(TINY, seed=TINY.seed + i), optimizer), data)
         ith = jax.tree.map(lambda x: x[i], (stacked, stacked_metrics))

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jax_ddpm.checkpoint import Checkpointer
+from jax_ddpm.checkpoint import Checkpointer, restore_run
 from ddpm_harness.config import Config
 from ddpm_harness.runs import read_config
 from jax_ddpm.train import main as train_main
-from jax_ddpm.training import init_states, make_optimizer
+from jax_ddpm.training import init_states, optimizer_for
 from tests.conftest import STEPS_PER_EPOCH, tiny_argv
 
 OUTPUTS = ("config.json", "metrics.jsonl", "samples.npy", "summary.json", "data.png", "forward.png",
@@ -21,9 +21,7 @@ OUTPUTS = ("config.json", "metrics.jsonl", "samples.npy", "summary.json", "data.
 
 def restore(run_dir):
     """The TrainState of a run's newest checkpoint."""
-    config = read_config(run_dir)
-    state, _ = Checkpointer(run_dir).restore(init_states(config, make_optimizer(config.lr, config.clip_norm)), config)
-    return state
+    return restore_run(run_dir)[1]
 
 
 def test_tiny_run_writes_every_output(tiny_run):
@@ -60,7 +58,7 @@ def test_tiny_run_writes_every_output(tiny_run):
 
 def test_training_moves_parameters_and_ema_lags_behind(tiny_run):
     state = restore(tiny_run)
-    init = init_states(Config(n_points=256), make_optimizer())
+    init = init_states(Config(n_points=256), optimizer_for(Config()))
     assert int(state.step) == 20 * STEPS_PER_EPOCH and int(state.epoch) == 20
     moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), state.params,
                                    init.params)
