@@ -82,6 +82,8 @@ class Config:
     """Points sampled (with the raw and with the EMA parameters) for each sample-quality evaluation."""
     no_plots: bool = False
     """Skip the pictures and the GIF."""
+    no_compile_cache: bool = False
+    """Compile every program afresh instead of loading it from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or $JAX_DDPM_CACHE_DIR)."""
 
     @property
     def parameterization(self) -> str:

@@ -8,7 +8,9 @@ flow-model literature) is drawn directly here.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from sklearn import datasets as skd
@@ -111,6 +113,13 @@ def get_dataset(name_or_path: str, n_points: int = 10_000, noise: float = 0.1, s
     if name_or_path.endswith((".npy", ".csv")) or "/" in name_or_path:
         return load_points(name_or_path)
     return make_dataset(name_or_path, n_points, noise, seed)  # raises the unknown-dataset error
+
+
+def file_sha256(name_or_path: str) -> Optional[str]:
+    """sha256 of a data file's bytes (None for a built-in dataset): a resumed run checks its data is unchanged."""
+    if is_builtin(name_or_path):
+        return None
+    return hashlib.sha256(Path(name_or_path).read_bytes()).hexdigest()
 
 
 HELD_OUT_SEED_OFFSET = 1_000_003

@@ -159,11 +159,13 @@ class MetricsLog:
 
 def summarize(records: list[dict], *, framework: str, config: Config, run_dir: Path, train_s: float,
               steps_per_s: Optional[float], compile_s: Optional[float] = None,
-              evaluation: Optional[dict] = None) -> dict:
+              evaluation: Optional[dict] = None, timings: Optional[dict] = None) -> dict:
     """summary.json: time, speed, final losses (mean and spread over seeds) and where things are.
 
     train_s is the wall time of the training loop in this session; steps_per_s counts optimizer
-    steps (each advances every seed's model) per second of training compute.
+    steps (each advances every seed's model) per second of training compute; timings, seconds per
+    phase of this session (imports, set-up, compile, the training loop and the chunks and
+    evaluations inside it, final sampling, pictures).
     """
     last = records[-1]
     final = np.atleast_1d(np.asarray(last["loss"], np.float64))
@@ -176,6 +178,8 @@ def summarize(records: list[dict], *, framework: str, config: Config, run_dir: P
                    final_last_loss=per_seed(last["last_loss"]), run_dir=str(run_dir))
     if evaluation:
         summary["evaluation"] = evaluation
+    if timings:
+        summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return summary
 
 
@@ -196,7 +200,25 @@ def summary_paragraph(summary: dict) -> str:
     for params, values in (summary.get("evaluation") or {}).items():
         shown = ", ".join(f"{k} {format_metric(v)}" for k, v in values.items()) or "samples hold NaN or inf"
         text += f" Sample quality ({params} params): {shown}."
+    if summary.get("timings"):
+        text += " " + time_breakdown(summary["timings"])
     return text + f" Outputs in {summary['run_dir']}/."
+
+
+# The phases of a run in the order they happen; the loop's chunks and evaluations lie inside it.
+PHASES = {"imports": "imports", "set_up": "set-up", "compile": "compile", "training_loop": "training loop",
+          "training_chunks": "of which compiled chunks", "evaluation": "and evaluations",
+          "sampling": "final sampling", "pictures": "pictures and GIF"}
+
+
+def time_breakdown(timings: dict) -> str:
+    """'Time: imports 2.0 s, set-up 0.4 s, ...; 1.21x the training loop.' from summary["timings"]."""
+    parts = [f"{label} {timings[key]:.1f} s" for key, label in PHASES.items() if key in timings]
+    outside = ("training_chunks", "evaluation")  # inside the loop
+    total = sum(v for k, v in timings.items() if k not in outside)
+    ratio = f"; {total:.1f} s in all, {total / timings['training_loop']:.2f}x the training loop" if timings.get(
+        "training_loop") else ""
+    return "Time: " + ", ".join(parts) + ratio + "."
 
 
 

@@ -27,7 +27,7 @@ CHECKPOINT_DIR = "checkpoints"
 # lower --lr after the loss diverged); `changed_options` reports them. Every other option fixes
 # the state's structure, the data or the noise, so a checkpoint only resumes with the same value.
 FREE_FIELDS = ("epochs", "out_dir", "resume", "checkpoint_every", "log_every", "eval_every", "n_eval",
-               "no_plots", "n_samples", "sample_with", "devices")
+               "no_plots", "n_samples", "sample_with", "devices", "no_compile_cache")
 TUNABLE_FIELDS = ("lr", "ema_decay")
 
 
@@ -72,8 +72,11 @@ class Checkpointer:
         """Epoch of the newest complete checkpoint, None when there is none."""
         return self._manager.latest_step()
 
-    def save(self, state, *, epoch: int, wall_s: float, config: Config) -> None:
-        record = dict(epoch=int(epoch), wall_s=float(wall_s), config=dataclasses.asdict(config))
+    def save(self, state, *, epoch: int, wall_s: float, config: Config, data_sha256: Optional[str] = None) -> None:
+        """Write checkpoint `epoch`; the record keeps the config and the data file's hash (None for
+        a built-in dataset), so that --resume can refuse a file changed since."""
+        record = dict(epoch=int(epoch), wall_s=float(wall_s), config=dataclasses.asdict(config),
+                      data_sha256=data_sha256)
         self._manager.save(int(epoch), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                record=ocp.args.JsonSave(record)))
 

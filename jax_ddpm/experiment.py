@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, validate
+from ddpm_harness.data import file_sha256
 from ddpm_harness.metrics import evaluate
 from ddpm_harness.plots import draw_run_pictures
 from ddpm_harness.runs import (
@@ -42,7 +43,8 @@ from ddpm_harness.runs import (
     write_config,
     write_summary,
 )
-from jax_ddpm.checkpoint import Checkpointer, changed_options
+from jax_ddpm.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
+from jax_ddpm.compile_cache import use_compile_cache
 from jax_ddpm.sampling import p_sample_loop, sample_chain
 from jax_ddpm.schedule import Schedule, q_sample, schedule_for
 from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
@@ -72,6 +74,8 @@ class Run:
     records: list[dict]  # metrics.jsonl lines so far
     start_epoch: int = 0
     wall_before: float = 0.0  # training wall time of earlier sessions (resume)
+    timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase of this session
+    data_sha256: Optional[str] = None  # of a data file; None for a built-in dataset
 
     @property
     def steps_per_epoch(self) -> int:
@@ -138,7 +142,9 @@ def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> n
 def set_up(config: Config) -> Run:
     """Validate, draw the data, build the schedule, optimizer, devices and run folder; restore the
     newest checkpoint with --resume."""
+    start = time.perf_counter()
     validate(config)
+    use_compile_cache(not config.no_compile_cache)
     data = dataset_for(config)
     schedule = schedule_for(config)
     for line in describe_setup(config, data, schedule):
@@ -150,12 +156,14 @@ def set_up(config: Config) -> Run:
         raise ConfigError(str(err)) from None
     state = init_states(config, optimizer, mesh)
     run_dir = open_run_dir(config)
-    run = Run(config, run_dir, data, schedule, optimizer, mesh, state, Checkpointer(run_dir), MetricsLog(run_dir), [])
+    run = Run(config, run_dir, data, schedule, optimizer, mesh, state, Checkpointer(run_dir), MetricsLog(run_dir), [],
+              data_sha256=file_sha256(config.dataset))
     if config.resume and run.checkpointer.latest_epoch() is not None:
         _restore(run)
     run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
     if not config.resume:  # a resumed run's config.json is replaced only once it has succeeded
         write_config(run_dir, config, framework="jax")
+    run.timings["set_up"] = time.perf_counter() - start
     return run
 
 
@@ -166,6 +174,11 @@ def _restore(run: Run) -> None:
         raise ConfigError(
             f"the checkpoint in {run.run_dir} is at epoch {run.start_epoch}, past --epochs {run.config.epochs}; "
             f"give --epochs {run.start_epoch} or more"
+        )
+    if record.get("data_sha256") != run.data_sha256:
+        raise IncompatibleCheckpointError(
+            f"the data file {run.config.dataset!r} changed since the checkpoint in {run.run_dir} was written "
+            "(its sha256 differs); restore the file, or start a new --out-dir"
         )
     changes = changed_options(record["config"], run.config)
     print(
@@ -200,7 +213,7 @@ def train(run: Run) -> Trained:
     print(f"compiled a chunk of {n_chunk} epochs ({n_chunk * steps_per_epoch:,} steps) in {compile_s:.2f} s")
 
     reference = held_out_for(config, config.n_eval)
-    evaluation, compute_s, epoch = {}, 0.0, run.start_epoch
+    evaluation, compute_s, evaluate_s, epoch = {}, 0.0, 0.0, run.start_epoch
     loop_start = time.perf_counter()
     with tqdm(total=config.epochs, initial=epoch, unit="epoch", file=sys.stdout, dynamic_ncols=True) as bar:
         while epoch < config.epochs:
@@ -222,22 +235,28 @@ def train(run: Run) -> Trained:
                 raise TrainingDiverged(_divergence_message(epoch + bad + 1, run))
             epoch += n_chunk
             if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
+                evaluate_start = time.perf_counter()
                 evaluation = evaluate_state(run.state, run.schedule, config, reference, epoch)
                 new[-1].update(flat_evaluation(evaluation))
+                evaluate_s += time.perf_counter() - evaluate_start
             run.metrics.append(new)
             run.records += new
             for r in new:
                 if r["epoch"] % config.log_every == 0:
                     bar.write(f"epoch {r['epoch']}: last-batch loss {np.mean(r['last_loss']):.4f}")
             if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
-                run.checkpointer.save(run.state, epoch=epoch, wall_s=wall_s, config=config)
+                run.checkpointer.save(run.state, epoch=epoch, wall_s=wall_s, config=config, data_sha256=run.data_sha256)
             bar.update(n_chunk)
             bar.set_postfix(_postfix(run.records[-1], evaluation, (epoch - run.start_epoch) * steps_per_epoch / compute_s))
     run.checkpointer.close()
+    train_s = time.perf_counter() - loop_start
     if not evaluation:  # a finished run resumed: nothing trained, evaluate what it holds
+        evaluate_start = time.perf_counter()
         evaluation = evaluate_state(run.state, run.schedule, config, reference, config.epochs)
-    return Trained(evaluation, time.perf_counter() - loop_start, compute_s, compile_s,
-                   (config.epochs - run.start_epoch) * steps_per_epoch)
+        evaluate_s += time.perf_counter() - evaluate_start
+    run.timings.update(compile=compile_s, training_chunks=compute_s, evaluation=evaluate_s,
+                       training_loop=train_s)
+    return Trained(evaluation, train_s, compute_s, compile_s, (config.epochs - run.start_epoch) * steps_per_epoch)
 
 
 # ---- 3. finish: sample, draw, summarise ------------------------------------------------------
@@ -246,17 +265,21 @@ def train(run: Run) -> Trained:
 def finish(run: Run, trained: Trained) -> dict:
     """Sample with the chosen parameters, draw the pictures, write summary.json and config.json."""
     config = run.config
+    start = time.perf_counter()
     params = run.state.ema_params if config.sample_with == "ema" else run.state.params
     x_seq = sample_states(params, run.schedule, config, config.n_samples)
     save_samples(run.run_dir, x_seq[..., -1, :, :])
+    run.timings["sampling"] = time.perf_counter() - start
     if not config.no_plots:
+        start = time.perf_counter()
         forward = forward_frames(run.schedule, run.data, picture_noise(config, run.data.shape))
         draw_run_pictures(run.run_dir, tutorial_datasets(config), forward, x_seq if config.seeds == 1 else x_seq[0],
                           run.records)
+        run.timings["pictures"] = time.perf_counter() - start
     summary = summarize(
         run.records, framework="jax", config=config, run_dir=run.run_dir, train_s=trained.train_s,
         steps_per_s=trained.steps / trained.compute_s if trained.compute_s else None,
-        compile_s=trained.compile_s, evaluation=trained.evaluation,
+        compile_s=trained.compile_s, evaluation=trained.evaluation, timings=run.timings,
     )
     write_summary(run.run_dir, summary)
     write_config(run.run_dir, config, framework="jax")
@@ -264,9 +287,12 @@ def finish(run: Run, trained: Trained) -> dict:
     return summary
 
 
-def train_and_evaluate(config: Config) -> dict:
-    """Train (or resume) a run, write its outputs and return its summary (also in summary.json)."""
+def train_and_evaluate(config: Config, imports_s: Optional[float] = None) -> dict:
+    """Train (or resume) a run, write its outputs and return its summary (also in summary.json).
+    `imports_s`, the command line's import time, joins the summary's time breakdown."""
     run = set_up(config)
+    if imports_s is not None:
+        run.timings = {"imports": imports_s, **run.timings}
     trained = train(run)
     return finish(run, trained)
 

@@ -8,11 +8,18 @@ well under one.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from jax_ddpm.compile_cache import CACHE_DIR_ENV
 from jax_ddpm.train import main as train_main
+
+# The runs of the test session (in process and in subprocesses) share one compilation cache of
+# their own, never the user's ~/.cache.
+os.environ.setdefault(CACHE_DIR_ENV, tempfile.mkdtemp(prefix="jax_ddpm_test_cache_"))
 
 TINY = ["--n-points", "256", "--batch-size", "32", "--epochs", "20", "--checkpoint-every", "10",
         "--log-every", "10", "--n-samples", "128", "--n-eval", "128"]

@@ -158,3 +158,20 @@ def test_an_existing_empty_out_dir_is_used(tmp_path):
     empty.mkdir()
     assert train_main(tiny_argv(empty, "--no-plots")) == 0
     assert (empty / "summary.json").is_file() and (empty / "samples.npy").is_file()
+
+
+def test_resume_refuses_a_data_file_changed_since(tmp_path, capsys):
+    """Only the path was compared before: the file's sha256 is recorded with every checkpoint."""
+    points = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
+    data = write_file(tmp_path, "points.npy", points)
+    run_dir = tmp_path / "run"
+    argv = tiny_argv(run_dir, "--dataset", data, "--no-plots", "--epochs", "10")
+    assert train_main(argv) == 0
+    np.save(data, points + 1)  # same path, same shape, other points
+    before = snapshot(run_dir)
+    assert train_main(tiny_argv(run_dir, "--dataset", data, "--no-plots", "--epochs", "20", "--resume")) == 2
+    line = one_error_line(capsys)
+    assert "points.npy" in line and "changed since the checkpoint" in line
+    assert snapshot(run_dir) == before
+    np.save(data, points)  # the original file back: the run resumes
+    assert train_main(tiny_argv(run_dir, "--dataset", data, "--no-plots", "--epochs", "20", "--resume")) == 0

@@ -77,7 +77,8 @@ def test_same_seed_same_numbers_and_chunk_compiles_once(tiny_run, tmp_path):
 
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:
-        assert train_main(tiny_argv(tmp_path / "again", "--no-plots")) == 0
+        # The persistent cache off: a cache hit would (rightly) compile nothing at all.
+        assert train_main(tiny_argv(tmp_path / "again", "--no-plots", "--no-compile-cache")) == 0
     finally:
         jax.monitoring.unregister_event_duration_listener(on_event)
     # Two chunks of 10 epochs ran; the chunk program was compiled once (ahead of time).
