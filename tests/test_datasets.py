@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_moons, make_s_curve, make_swiss_roll
 
-from jax_ddpm.data import get_dataset
+from ddpm_harness.data import get_dataset
 
 N = 10**4  # the tutorial's count
 

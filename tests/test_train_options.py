@@ -13,16 +13,15 @@ import numpy as np
 import optax
 import pytest
 
-from jax_ddpm.checkpoint import Checkpointer
-from jax_ddpm.data import get_dataset
+from ddpm_harness.data import get_dataset
+from jax_ddpm.checkpoint import restore_run
 from jax_ddpm.losses import noise_estimation_loss
 from jax_ddpm.model import apply_model, init_params
-from jax_ddpm.outputs import read_config
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sampling import sample_chain
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, schedule_arrays
 from jax_ddpm.train import main as train_main
-from jax_ddpm.training import init_states, init_train_state, make_optimizer, run_keys, train_epoch
+from jax_ddpm.training import init_train_state, run_keys, train_epoch
 from tests.conftest import tiny_argv
 
 QUICK = ("--no-plots", "--epochs", "10", "--n-eval", "64")  # 80 optimizer steps, one small evaluation
@@ -31,8 +30,7 @@ QUICK = ("--no-plots", "--epochs", "10", "--n-eval", "64")  # 80 optimizer steps
 def train(run_dir, *extra: str):
     """Run the training CLI on the tiny config; (config, restored TrainState, metrics.jsonl records)."""
     assert train_main(tiny_argv(run_dir, *QUICK, *extra)) == 0
-    config = read_config(run_dir)
-    state, _ = Checkpointer(run_dir).restore(init_states(config, make_optimizer(config.lr, config.clip_norm)), config)
+    config, state, _ = restore_run(run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return config, state, records
 
