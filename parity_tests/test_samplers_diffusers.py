@@ -33,6 +33,10 @@ from parity_tests.compare import FLOAT64, assert_pairs_close
 
 T = 100  # the tutorial's number of diffusion steps
 N = 64
+# Chains: K dependent steps of a few roundings each (eps prediction divides by sqrt(abar_T) = 0.007
+# at the first step of the linear schedule); measured <= 8.6 eps of max|x| in float64 and <= 7.6 eps
+# in float32 over every chain below (K up to 100). Allow 64 eps: 1.4e-14 (float64), 7.6e-6 (float32).
+CHAIN_RTOL = 64
 PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 _rng = np.random.default_rng(9)
 W = _rng.normal(size=(2, 2)) * 0.8
@@ -182,6 +186,157 @@ def test_ddpm_chain_matches_diffusers(precision, variance, prediction, spacing, 
     ours = samplers.ddpm(fake_model_jax, our_schedule(betas), jnp.asarray(x_T), jnp.asarray(noise), sample_steps=k,
                          timestep_spacing=spacing, variance=variance, prediction=prediction, trajectory=True)
     assert int(ours.nfe) == k
-    # K dependent steps, each a few roundings; eps prediction divides by sqrt(abar_T) = 0.007 at the
-    # first step. Measured: see the report; allow 1e-5 (float32), 1e-12 (float64) of max|x|.
-    assert_pairs_close(trajectory_pairs(states, ours), rel=1e-5 if precision.np_dtype == np.float32 else 1e-12)
+    assert_pairs_close(trajectory_pairs(states, ours), rel=CHAIN_RTOL * precision.eps)
+
+
+# --- DDIM -------------------------------------------------------------------------------------
+
+
+def run_diffusers_ddim(sched, x_T, noise, k: int, eta: float):
+    """diffusers' DDIM chain, variance_noise = noise[i] at step i."""
+    sched.set_timesteps(k)
+    x, states = torch.tensor(x_T), [torch.tensor(x_T)]
+    for i, t in enumerate(sched.timesteps):
+        x = sched.step(fake_model_torch(x, int(t)), t, x, eta=eta, variance_noise=torch.tensor(noise[i])).prev_sample
+        states.append(x)
+    return states
+
+
+def numpy_ddim_chain(betas, x_T, noise, timesteps, eta, prediction):
+    """DDIM, Song et al. 2021 eq. 12 and 16, written out in numpy on the sequence tau (next timestep
+    of the sequence, alpha_bar = 1 after the last), with fake_model in float64 through torch."""
+    abar = np.cumprod(1 - betas.astype(np.float64))
+    x, states = x_T.astype(np.float64), [x_T.astype(np.float64)]
+    for i, t in enumerate(timesteps):
+        a_t, a_prev = abar[t], (abar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0)
+        out = fake_model_torch(torch.tensor(x), int(t)).numpy()
+        eps = {"eps": out, "v": np.sqrt(a_t) * out + np.sqrt(1 - a_t) * x,
+               "x0": (x - np.sqrt(a_t) * out) / np.sqrt(1 - a_t)}[prediction]
+        x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+        sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps + sigma * noise[i]
+        states.append(x)
+    return np.stack(states)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+@pytest.mark.parametrize("spacing", samplers.SPACINGS)
+def test_ddim_step_matches_diffusers(precision, spacing, eta):
+    # Single steps at the first, a middle and the last timestep of K = 10, each to diffusers' own
+    # previous step t - T // K (for linspace not the next timestep of the sequence: see the docstring).
+    betas = betas_for("linear", precision.np_dtype)
+    sched = diffusers_scheduler(DDIMScheduler, betas, timestep_spacing=spacing, prediction_type="v_prediction")
+    sched.set_timesteps(10)
+    schedule = our_schedule(betas)
+    x_t, (out, z) = inputs(precision.np_dtype, 2, seed=2)
+    pairs = {}
+    for t in (int(sched.timesteps[0]), int(sched.timesteps[5]), int(sched.timesteps[-1])):
+        out_ref = sched.step(torch.tensor(out), t, torch.tensor(x_t), eta=eta, variance_noise=torch.tensor(z))
+        out_ans = samplers.ddim_step(schedule, jnp.asarray(out), jnp.asarray(x_t), t, t - T // 10, jnp.asarray(z),
+                                     eta=eta, prediction="v")
+        pairs[f"t={t}"] = (out_ref.prev_sample.numpy(), np.asarray(out_ans))
+    # A few roundings of O(1) terms; measured <= 1 eps of max|x|.
+    assert_pairs_close(pairs, rel=8 * precision.eps)
+
+
+@pytest.mark.parametrize("prediction, eta, spacing, k", [
+    ("eps", 0.0, "leading", 10),
+    ("eps", 0.7, "leading", 10),
+    ("v", 0.0, "trailing", 10),
+    ("v", 1.0, "leading", 50),
+    ("x0", 0.0, "trailing", 5),
+    ("x0", 0.3, "leading", 5),
+])
+def test_ddim_chain_matches_diffusers(precision, prediction, eta, spacing, k):
+    betas = betas_for("linear", precision.np_dtype)
+    sched = diffusers_scheduler(DDIMScheduler, betas, timestep_spacing=spacing, prediction_type=PREDICTION_TYPE[prediction])
+    x_T, noise = inputs(precision.np_dtype, k)
+    states = run_diffusers_ddim(sched, x_T, noise, k, eta)
+    ours = samplers.ddim(fake_model_jax, our_schedule(betas), jnp.asarray(x_T), jnp.asarray(noise), sample_steps=k,
+                         eta=eta, timestep_spacing=spacing, prediction=prediction, trajectory=True)
+    assert int(ours.nfe) == k
+    assert_pairs_close(trajectory_pairs(states, ours), rel=CHAIN_RTOL * precision.eps)
+
+
+@pytest.mark.parametrize("prediction, eta, k", [("eps", 0.0, 10), ("v", 0.5, 5)])
+def test_ddim_linspace_chain_against_numpy(precision, prediction, eta, k):
+    # On purpose unlike diffusers (its DDIMScheduler steps to t - T // K, not the next timestep of its
+    # linspace sequence): our chain against the DDIM equations in numpy (float64); diffusers' differs.
+    betas = betas_for("linear", precision.np_dtype)
+    x_T, noise = inputs(precision.np_dtype, k)
+    timesteps = samplers.ddim_timesteps(T, k, "linspace")
+    out_ref = numpy_ddim_chain(betas, x_T, noise, timesteps, eta, prediction).astype(precision.np_dtype)
+    ours = samplers.ddim(fake_model_jax, our_schedule(betas), jnp.asarray(x_T), jnp.asarray(noise), sample_steps=k,
+                         eta=eta, timestep_spacing="linspace", prediction=prediction, trajectory=True)
+    assert_pairs_close({"trajectory": (out_ref, np.asarray(ours.trajectory))},
+                       rel=CHAIN_RTOL * precision.eps)
+    sched = diffusers_scheduler(DDIMScheduler, betas, timestep_spacing="linspace",
+                                prediction_type=PREDICTION_TYPE[prediction])
+    theirs = run_diffusers_ddim(sched, x_T, noise, k, eta)[-1].numpy()
+    assert np.abs(theirs - out_ref[-1]).max() > 1e-3
+
+
+# --- DPM-Solver++(2M) -------------------------------------------------------------------------
+
+
+def run_diffusers_dpm_solver(sched, x_T, k: int):
+    """diffusers' DPM-Solver++(2M) chain: step() in float32; in float64 its own update functions,
+    chosen as step() chooses them (first and last step first order, the others second order),
+    with sigmas recomputed in float64 (step() casts the sample to float32, set_timesteps the sigmas)."""
+    sched.set_timesteps(k)
+    x, states = torch.tensor(x_T), [torch.tensor(x_T)]
+    if x.dtype == torch.float32:
+        for t in sched.timesteps:
+            x = sched.step(fake_model_torch(x, int(t)), t, x).prev_sample
+            states.append(x)
+        return states
+    ac = sched.alphas_cumprod.numpy()
+    sigmas = np.interp(sched.timesteps.numpy(), np.arange(T), ((1 - ac) / ac) ** 0.5)
+    sched.sigmas = torch.tensor(np.append(sigmas, 0.0))
+    for i, t in enumerate(sched.timesteps):
+        sched._step_index = i
+        m0 = sched.convert_model_output(fake_model_torch(x, int(t)), sample=x)
+        if i == 0 or i == k - 1:
+            x = sched.dpm_solver_first_order_update(m0, sample=x)
+        else:
+            x = sched.multistep_dpm_solver_second_order_update([m1, m0], sample=x)
+        m1 = m0
+        states.append(x)
+    return states
+
+
+@pytest.mark.parametrize("prediction, spacing, k, schedule, zero_snr", [
+    ("eps", "linspace", 5, "linear", False),
+    ("eps", "linspace", 10, "tutorial", False),
+    ("eps", "linspace", 50, "linear", False),
+    ("v", "leading", 10, "linear", False),
+    ("x0", "trailing", 10, "linear", False),
+    ("v", "linspace", 10, "linear", True),  # zero terminal SNR: alpha_bar_{T-1} = 2^-24 on both sides
+])
+def test_dpm_solver_chain_matches_diffusers(precision, prediction, spacing, k, schedule, zero_snr):
+    betas = betas_for(schedule, precision.np_dtype)
+    sched = diffusers_scheduler(DPMSolverMultistepScheduler, betas, zero_snr=zero_snr, timestep_spacing=spacing,
+                                prediction_type=PREDICTION_TYPE[prediction], algorithm_type="dpmsolver++",
+                                solver_order=2)
+    x_T, _ = inputs(precision.np_dtype, k)
+    states = run_diffusers_dpm_solver(sched, x_T, k)
+    ours = samplers.dpm_solver_pp(fake_model_jax, our_schedule(betas, zero_snr), jnp.asarray(x_T), sample_steps=k,
+                                  timestep_spacing=spacing, prediction=prediction, trajectory=True)
+    assert int(ours.nfe) == k
+    assert_pairs_close(trajectory_pairs(states, ours), rel=CHAIN_RTOL * precision.eps)
+
+
+@pytest.mark.parametrize("prediction", samplers.PREDICTIONS)
+def test_ddim_zero_terminal_snr_matches_diffusers(precision, prediction):
+    # rescale_betas_zero_snr=True on diffusers' side, our rescale_zero_terminal_snr on ours; eps is
+    # refused by our registry (x_0 = (x_T - eps) / 0) but its x0/v conversions are what this checks.
+    if prediction == "eps":
+        pytest.skip("eps prediction cannot be sampled with zero terminal SNR")
+    betas = betas_for("linear", precision.np_dtype)
+    sched = diffusers_scheduler(DDIMScheduler, betas, zero_snr=True, timestep_spacing="trailing",
+                                prediction_type=PREDICTION_TYPE[prediction])
+    x_T, noise = inputs(precision.np_dtype, 10)
+    states = run_diffusers_ddim(sched, x_T, noise, 10, 0.5)
+    ours = samplers.ddim(fake_model_jax, our_schedule(betas, True), jnp.asarray(x_T), jnp.asarray(noise),
+                         sample_steps=10, eta=0.5, timestep_spacing="trailing", prediction=prediction, trajectory=True)
+    assert_pairs_close(trajectory_pairs(states, ours), rel=CHAIN_RTOL * precision.eps)
