@@ -19,7 +19,7 @@ marginal as `prior_logp` where it is known (the tests do for Gaussian data).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import diffrax
 import flax.struct
@@ -78,7 +78,7 @@ def _nll(model_fn, schedule, x_0, *, prediction, prior_logp, rtol, atol, max_ste
 
 
 def nll_bits_per_dim(model_fn: samplers.ModelFn, schedule: Schedule, x_0: jax.Array, *, prediction: str = "eps",
-                     prior_logp: Optional[Callable[[jax.Array], jax.Array]] = None, rtol: float = samplers.ODE_RTOL,
+                     prior_logp: Callable[[jax.Array], jax.Array] | None = None, rtol: float = samplers.ODE_RTOL,
                      atol: float = samplers.ODE_ATOL, max_steps: int = 4096) -> Likelihood:
     """Negative log-likelihood of points x_0 (N, 2) in bits per dimension under the probability-flow ODE.
 

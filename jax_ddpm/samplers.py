@@ -26,7 +26,7 @@ when its timestep is > 0 ("trailing"). The tutorial's own sampler, noise at t = 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import diffrax
 import flax.struct
@@ -60,7 +60,7 @@ class Samples:
     asked for), and the number of model evaluations (NFE, an int32 scalar)."""
 
     x_0: jax.Array
-    trajectory: Optional[jax.Array]
+    trajectory: jax.Array | None
     nfe: jax.Array
 
 
@@ -171,7 +171,8 @@ def dpm_solver_timesteps(num_steps: int, sample_steps: int, spacing: str = "lins
 def _alpha_prod(schedule: Schedule, t) -> jax.Array:
     """alpha_bar at integer steps t (any shape); 1 where t < 0 (diffusers' set_alpha_to_one=True)."""
     t = jnp.asarray(t)
-    return jnp.where(t >= 0, jnp.take(schedule.alphas_prod, jnp.maximum(t, 0)), jnp.ones((), schedule.alphas_prod.dtype))
+    one = jnp.ones((), schedule.alphas_prod.dtype)
+    return jnp.where(t >= 0, jnp.take(schedule.alphas_prod, jnp.maximum(t, 0)), one)
 
 
 def _step_noise(noise, key, i, x):
@@ -242,8 +243,8 @@ def _ddpm(model_fn, schedule, x_T, noise, key, *, timesteps, variance, predictio
     return Samples(x_0, traj, jnp.asarray(len(ts), jnp.int32))
 
 
-def ddpm(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, noise: Optional[jax.Array] = None,
-         key: Optional[jax.Array] = None, *, sample_steps: Optional[int] = None, timestep_spacing: str = "leading",
+def ddpm(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, noise: jax.Array | None = None,
+         key: jax.Array | None = None, *, sample_steps: int | None = None, timestep_spacing: str = "leading",
          variance: str = "beta", prediction: str = "eps", trajectory: bool = False) -> Samples:
     """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2) on K = sample_steps of the T steps
     (default all T: 99, 98, ..., 0), from x_T (N, 2); noise (K, N, 2) injected (noise[i] at step i,
@@ -256,7 +257,7 @@ def ddpm(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, noise: Optional[
 # --- DDIM ---------------------------------------------------------------------------------------
 
 
-def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t, t_prev, z: Optional[jax.Array],
+def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t, t_prev, z: jax.Array | None,
               *, eta: float = 0.0, prediction: str = "eps") -> jax.Array:
     """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12), abar_prev = 1 when t_prev < 0.
 
@@ -298,8 +299,8 @@ def _ddim(model_fn, schedule, x_T, noise, key, *, timesteps, eta, prediction, tr
     return Samples(x_0, traj, jnp.asarray(len(ts), jnp.int32))
 
 
-def ddim(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, noise: Optional[jax.Array] = None,
-         key: Optional[jax.Array] = None, *, sample_steps: Optional[int] = None, eta: float = 0.0,
+def ddim(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, noise: jax.Array | None = None,
+         key: jax.Array | None = None, *, sample_steps: int | None = None, eta: float = 0.0,
          timestep_spacing: str = "leading", prediction: str = "eps", trajectory: bool = False) -> Samples:
     """DDIM (Song et al. 2021, eq. 12) on the K = sample_steps steps of `ddim_timesteps` (default all
     T), each step to the next one of the sequence and the last to alpha_bar = 1 (diffusers'
@@ -421,7 +422,7 @@ def _ode_eps(model_fn, schedule, prediction):
 
 def _nfe(solution) -> jax.Array:
     # Tsit5 under diffrax's PIDController with dt0=None: one evaluation to start (shared with the
-    # initial step-size choice) and 6 per attempted step, accepted or rejected (tests/test_ode.py
+    # initial step-size choice) and 6 per attempted step, accepted or rejected (tests/test_ode_likelihood.py
     # counts the calls).
     return (6 * solution.stats["num_steps"] + 1).astype(jnp.int32)
 
@@ -461,8 +462,8 @@ def ode(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, *, prediction: st
 # --- the tutorial's sampler, the registry -------------------------------------------------------
 
 
-def tutorial(params: dict, schedule: Schedule, x_T: Optional[jax.Array] = None, noise: Optional[jax.Array] = None,
-             key: Optional[jax.Array] = None, *, n: Optional[int] = None, trajectory: bool = False) -> Samples:
+def tutorial(params: dict, schedule: Schedule, x_T: jax.Array | None = None, noise: jax.Array | None = None,
+             key: jax.Array | None = None, *, n: int | None = None, trajectory: bool = False) -> Samples:
     """The tutorial's ancestral sampler, unchanged (`jax_ddpm.sampling`, noise at t = 0 included).
 
     x_T None: `sampling.sample_chain(params, schedule, key, n)`, bit for bit today's default; x_T given:
@@ -478,7 +479,7 @@ def tutorial(params: dict, schedule: Schedule, x_T: Optional[jax.Array] = None, 
     return Samples(states[-1], states if trajectory else None, jnp.asarray(schedule.num_steps, jnp.int32))
 
 
-def default_sample_steps(name: str, num_steps: int) -> Optional[int]:
+def default_sample_steps(name: str, num_steps: int) -> int | None:
     """K when not given: all T steps for ddpm and ddim, 20 for dpm-solver++ (diffusers' usual), none
     for the tutorial (always T) and the ODE (adaptive)."""
     return {"ddpm": num_steps, "ddim": num_steps, "dpm-solver++": min(20, num_steps)}.get(name)
@@ -491,8 +492,8 @@ def sampler_timesteps(name: str, num_steps: int, sample_steps: int, spacing: str
     return ddim_timesteps(num_steps, sample_steps, spacing)
 
 
-def validate(name: str, schedule: Schedule, *, sample_steps: Optional[int] = None, prediction: str = "eps",
-             eta: float = 0.0, variance: str = "beta", timestep_spacing: Optional[str] = None) -> None:
+def validate(name: str, schedule: Schedule, *, sample_steps: int | None = None, prediction: str = "eps",
+             eta: float = 0.0, variance: str = "beta", timestep_spacing: str | None = None) -> None:
     """Raise ValueError, one sentence saying what to do, for options no sampler can run."""
     num_steps = schedule.num_steps
     if name not in SAMPLERS:
@@ -526,10 +527,10 @@ def validate(name: str, schedule: Schedule, *, sample_steps: Optional[int] = Non
                              f"K = {sample_steps} of T = {num_steps}: choose a smaller K or another spacing.")
 
 
-def sample(name: str, model_fn: Optional[ModelFn], schedule: Schedule, x_T: Optional[jax.Array] = None, *,
-           key: Optional[jax.Array] = None, noise: Optional[jax.Array] = None, n: Optional[int] = None,
-           params: Optional[dict] = None, sample_steps: Optional[int] = None, prediction: str = "eps",
-           eta: float = 0.0, variance: str = "beta", timestep_spacing: Optional[str] = None,
+def sample(name: str, model_fn: ModelFn | None, schedule: Schedule, x_T: jax.Array | None = None, *,
+           key: jax.Array | None = None, noise: jax.Array | None = None, n: int | None = None,
+           params: dict | None = None, sample_steps: int | None = None, prediction: str = "eps",
+           eta: float = 0.0, variance: str = "beta", timestep_spacing: str | None = None,
            rtol: float = ODE_RTOL, atol: float = ODE_ATOL, trajectory: bool = False) -> Samples:
     """Run sampler `name` (one of SAMPLERS) after `validate`.
 

@@ -53,7 +53,8 @@ def exact_ode_sample(schedule, x_T):
     return MU + (y_min - MU) * S ** 2 / (S ** 2 + sigma_min2)  # y - sigma eps*(y) at sigma_min
 
 
-@pytest.mark.parametrize("precision, name", [(FLOAT64, "tutorial"), (FLOAT32, "linear")], ids=lambda p: getattr(p, "name", p))
+@pytest.mark.parametrize("precision, name", [(FLOAT64, "tutorial"), (FLOAT32, "linear")],
+                         ids=lambda p: getattr(p, "name", p))
 def test_ode_sample_is_the_exact_flow_for_gaussian_data(precision, name):
     with precision.context():
         schedule = schedules(precision.np_dtype)[name]

@@ -25,15 +25,15 @@ def tutorial_setup():
 
 @pytest.mark.parametrize("name, options, message", [
     ("ddim2", {}, "unknown sampler 'ddim2': choose one of tutorial, ddpm, ddim, dpm-solver\\+\\+, ode."),
-    ("ddim", dict(sample_steps=0), "--sample-steps is 0, but it must be between 1 and T = 100."),
-    ("ddpm", dict(sample_steps=101), "--sample-steps is 101, but it must be between 1 and T = 100."),
-    ("ddim", dict(eta=-0.1), "--eta is -0.1, but it must be >= 0"),
-    ("ddim", dict(prediction="score"), "unknown prediction 'score'"),
-    ("ddpm", dict(variance="large"), "unknown variance 'large'"),
-    ("ddim", dict(timestep_spacing="uniform"), "unknown timestep spacing 'uniform'"),
-    ("ode", dict(sample_steps=10), "--sample-steps does not apply to the ode sampler"),
-    ("tutorial", dict(prediction="v"), "the tutorial sampler runs the tutorial's eps model only"),
-    ("dpm-solver++", dict(sample_steps=100), "gives repeated or missing steps for K = 100 of T = 100"),
+    ("ddim", {"sample_steps": 0}, "--sample-steps is 0, but it must be between 1 and T = 100."),
+    ("ddpm", {"sample_steps": 101}, "--sample-steps is 101, but it must be between 1 and T = 100."),
+    ("ddim", {"eta": -0.1}, "--eta is -0.1, but it must be >= 0"),
+    ("ddim", {"prediction": "score"}, "unknown prediction 'score'"),
+    ("ddpm", {"variance": "large"}, "unknown variance 'large'"),
+    ("ddim", {"timestep_spacing": "uniform"}, "unknown timestep spacing 'uniform'"),
+    ("ode", {"sample_steps": 10}, "--sample-steps does not apply to the ode sampler"),
+    ("tutorial", {"prediction": "v"}, "the tutorial sampler runs the tutorial's eps model only"),
+    ("dpm-solver++", {"sample_steps": 100}, "gives repeated or missing steps for K = 100 of T = 100"),
 ])
 def test_bad_options_get_one_sentence(name, options, message):
     with pytest.raises(ValueError, match=message):
@@ -42,7 +42,8 @@ def test_bad_options_get_one_sentence(name, options, message):
 
 @pytest.mark.parametrize("name", ["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"])
 def test_eps_prediction_with_zero_terminal_snr_is_refused(name):
-    schedule = samplers.schedule_from_betas(samplers.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02)))
+    betas = samplers.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
+    schedule = samplers.schedule_from_betas(betas)
     assert samplers.has_zero_terminal_snr(schedule)
     with pytest.raises(ValueError, match="use --prediction v or x0"):
         samplers.sample(name, None, schedule, jnp.zeros((4, 2)))
@@ -84,7 +85,7 @@ def test_ddpm_with_beta_variance_is_the_tutorials_chain_without_its_last_noise()
 def test_noise_from_a_key_is_the_same_noise_injected(tutorial_setup, name):
     _, schedule, model_fn = tutorial_setup
     key = jax.random.key(5)
-    options = dict(sample_steps=10, eta=1.0) if name == "ddim" else dict(sample_steps=10)
+    options = {"sample_steps": 10, "eta": 1.0} if name == "ddim" else {"sample_steps": 10}
     drawn = samplers.sample(name, model_fn, schedule, key=key, n=32, **options)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (32, 2))
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(key, i + 1), (32, 2)) for i in range(10)])
