@@ -1,0 +1,95 @@
+"""The sampler registry: validation, the tutorial default kept bit for bit, DDPM against the tutorial's
+chain, and noise drawn from a key equal to the same noise injected."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_ddpm import samplers, sampling
+from jax_ddpm.model import apply_model, init_params
+from jax_ddpm.schedule import make_beta_schedule, make_schedule
+
+T = 100
+
+
+@pytest.fixture(scope="module")
+def tutorial_setup():
+    params = init_params(jax.random.key(0), T)
+    return params, make_schedule(), functools.partial(apply_model, params)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("ddim2", {}, "unknown sampler 'ddim2': choose one of tutorial, ddpm, ddim, dpm-solver\\+\\+, ode."),
+    ("ddim", {"sample_steps": 0}, "--sample-steps is 0, but it must be between 1 and T = 100."),
+    ("ddpm", {"sample_steps": 101}, "--sample-steps is 101, but it must be between 1 and T = 100."),
+    ("ddim", {"eta": -0.1}, "--eta is -0.1, but it must be >= 0"),
+    ("ddim", {"prediction": "score"}, "unknown prediction 'score'"),
+    ("ddpm", {"variance": "large"}, "unknown variance 'large'"),
+    ("ddim", {"timestep_spacing": "uniform"}, "unknown timestep spacing 'uniform'"),
+    ("ode", {"sample_steps": 10}, "--sample-steps does not apply to the ode sampler"),
+    ("tutorial", {"prediction": "v"}, "the tutorial sampler runs the tutorial's eps model only"),
+    ("dpm-solver++", {"sample_steps": 100}, "gives repeated or missing steps for K = 100 of T = 100"),
+])
+def test_bad_options_get_one_sentence(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        samplers.sample(name, None, make_schedule(), jnp.zeros((4, 2)), **options)
+
+
+@pytest.mark.parametrize("name", ["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"])
+def test_eps_prediction_with_zero_terminal_snr_is_refused(name):
+    betas = samplers.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
+    schedule = samplers.schedule_from_betas(betas)
+    assert samplers.has_zero_terminal_snr(schedule)
+    with pytest.raises(ValueError, match="use --prediction v or x0"):
+        samplers.sample(name, None, schedule, jnp.zeros((4, 2)))
+
+
+def test_tutorial_entry_is_todays_sampler_bit_for_bit(tutorial_setup):
+    params, schedule, _ = tutorial_setup
+    key = jax.random.key(3)
+    out_ref = sampling.sample_chain(params, schedule, key, 64)
+    out = samplers.sample("tutorial", None, schedule, key=key, n=64, params=params, trajectory=True)
+    np.testing.assert_array_equal(np.asarray(out.trajectory), np.asarray(out_ref))
+    np.testing.assert_array_equal(np.asarray(out.x_0), np.asarray(out_ref[-1]))
+    assert int(out.nfe) == T
+    # From a given x_T, with the noise sample_chain draws from the key: the same chain (up to the
+    # per-program compiler options sample_chain runs with, which change float rounding only).
+    x_T = jax.random.normal(jax.random.fold_in(key, 0), (64, 2))
+    out = samplers.sample("tutorial", None, schedule, x_T, key=key, params=params)
+    np.testing.assert_allclose(np.asarray(out.x_0), np.asarray(out_ref[-1]), rtol=0, atol=1e-5)
+
+
+def test_ddpm_with_beta_variance_is_the_tutorials_chain_without_its_last_noise():
+    # Ho et al. Algorithm 2 on all T steps with sigma_t^2 = beta_t is the tutorial's p_sample_loop,
+    # except that the tutorial adds noise at t = 0 too: give it z = 0 there. Our steps follow
+    # diffusers (beta_t = 1 - abar_t / abar_prev), which cancels for the tutorial's betas of 1e-5:
+    # relative error ~ eps / beta = 1e5 eps (measured 2.8e-4 in float32, as diffusers would have).
+    # So float64, where that is 2e-11: measured 1.1e-12 of max|x| over all 101 states; allow 1e-10.
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), init_params(jax.random.key(0), T))
+        schedule = make_schedule(dtype=np.float64)
+        rng = np.random.default_rng(0)
+        x_T, zs = jnp.asarray(rng.normal(size=(64, 2))), jnp.asarray(rng.normal(size=(T, 64, 2)))
+        out_ref = sampling.p_sample_loop(params, schedule, x_T, zs.at[-1].set(0))
+        out = samplers.ddpm(functools.partial(apply_model, params), schedule, x_T, zs, variance="beta", trajectory=True)
+        err = np.abs(np.asarray(out.trajectory) - np.asarray(out_ref)).max() / np.abs(np.asarray(out_ref)).max()
+    assert err <= 1e-10, err
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_noise_from_a_key_is_the_same_noise_injected(tutorial_setup, name):
+    _, schedule, model_fn = tutorial_setup
+    key = jax.random.key(5)
+    options = {"sample_steps": 10, "eta": 1.0} if name == "ddim" else {"sample_steps": 10}
+    drawn = samplers.sample(name, model_fn, schedule, key=key, n=32, **options)
+    x_T = jax.random.normal(jax.random.fold_in(key, 0), (32, 2))
+    noise = jnp.stack([jax.random.normal(jax.random.fold_in(key, i + 1), (32, 2)) for i in range(10)])
+    injected = samplers.sample(name, model_fn, schedule, x_T, noise=noise, **options)
+    # Two compiled programs (noise drawn inside the scan or read from an array) round differently:
+    # measured 1 ulp; allow 1e-6.
+    np.testing.assert_allclose(np.asarray(drawn.x_0), np.asarray(injected.x_0), rtol=1e-6, atol=1e-6)
