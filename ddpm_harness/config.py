@@ -138,3 +138,34 @@ def dataset_for(config: Config) -> np.ndarray:
 def held_out_for(config: Config, n: int) -> np.ndarray:
     """The held-out reference (n, 2) that samples of this config are scored against (`held_out_points`, draw 0)."""
     return held_out_points(config.dataset, n, config.data_noise, config.seed)
+
+
+# Bytes per point that a run holds at once: the dataset (float64 and float32 copies, shuffled and
+# on the device) and the final samples (float32, plus the chain's working copies).
+DATA_BYTES_PER_POINT = 64
+SAMPLE_BYTES_PER_POINT = 32
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Memory available to a new allocation (Linux MemAvailable), None when unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits_in_memory(config: Config) -> None:
+    """Refuse, before any work, a request whose data or samples alone would not fit in memory."""
+    available = available_memory_bytes()
+    if available is None:
+        return
+    for name, n, per_point in (("n_points", config.n_points, DATA_BYTES_PER_POINT),
+                               ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT)):
+        needed = n * per_point
+        if needed > available:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
+                              f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
+                              "ask for fewer points")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.npy"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
 
 
 ALPHA_BAR_T_WARNING = 0.05
@@ -70,23 +72,55 @@ def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
 
 
 def open_run_dir(config: Config) -> Path:
-    """The run folder of `config`: a new one, or with --resume the existing one.
+    """The run folder of `config`, locked for this process: a new one, or with --resume the existing one.
 
     Refuses to reuse a folder that holds anything without --resume (earlier results are never
-    overwritten; an existing empty folder, say from `mktemp -d`, is used) and to resume a folder
-    that holds no run.
+    overwritten; an existing empty folder, say from `mktemp -d`, is used), to resume a folder
+    that holds no run, and a folder another process is writing (see `lock_run_dir`). Release the
+    lock with `release_run_dir` when the run ends (the operating system releases it if the
+    process dies).
     """
     run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(config)
     if config.resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise RunDirError(f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
                               "give the --out-dir of an earlier run, or drop --resume")
-        return run_dir
-    if run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
+    elif run_dir.exists() and not (run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}):
         raise RunDirError(f"{str(run_dir)!r} already exists and is not empty; add --resume to continue that run, "
                           "or choose another --out-dir (earlier results are never overwritten)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"cannot create the run folder {str(run_dir)!r} ({err.strerror}); "
+                          "choose a writable --out-dir") from None
+    lock_run_dir(run_dir)
     return run_dir
+
+
+_LOCKS: dict[Path, int] = {}
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take the run folder's lock (an exclusive flock on run_dir/.lock) or refuse: never two writers."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunDirError(f"cannot write in {str(run_dir)!r} ({err.strerror}); choose a writable --out-dir, "
+                          "or make this one writable") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunDirError(f"{str(run_dir)!r} is being written by another process (it holds {LOCK_FILE}); "
+                          "wait for that run to end, or choose another --out-dir") from None
+    _LOCKS[run_dir.resolve()] = fd
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Release the lock taken by `open_run_dir` (a no-op when this process holds none)."""
+    fd = _LOCKS.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -11,6 +11,11 @@ killed mid-save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ddpm_harness.config import Config, validate
-from ddpm_harness.runs import CONFIG_FILE, RunDirError, read_config
+from ddpm_harness.runs import CONFIG_FILE, RunDirError, read_config, write_json
 from jax_ddpm.training import init_states, optimizer_for
 
 CHECKPOINT_DIR = "checkpoints"
@@ -57,11 +62,32 @@ def changed_options(saved: dict, config: Config) -> list[str]:
             if saved.get(n) != current[n]]
 
 
+MANIFEST_DIR = "checkpoint_manifests"
+SET_ASIDE_DIR = "corrupt_checkpoints"
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under folder, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 class Checkpointer:
-    """Save and restore the TrainState of one run folder (keeps the two latest checkpoints)."""
+    """Save and restore the TrainState of one run folder (keeps the two latest checkpoints).
+
+    Each checkpoint gets a manifest (the sha256 of each of its files, run_dir/checkpoint_manifests/
+    <epoch>.json) written once orbax has finished it. A checkpoint whose files do not match its
+    manifest (truncated, partly deleted, garbled), or that has none (the run died between the two
+    writes), or that orbax cannot read, is reported in one warning line, moved aside into
+    run_dir/corrupt_checkpoints/ (never deleted), and the previous one is used.
+    """
 
     def __init__(self, run_dir: Path):
         self.directory = (Path(run_dir) / CHECKPOINT_DIR).absolute()
+        self.manifests = self.directory.parent / MANIFEST_DIR
+        self._open()
+
+    def _open(self) -> None:
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -69,42 +95,102 @@ class Checkpointer:
             raise CheckpointError(f"cannot open checkpoints in {str(self.directory)!r}: {_first_line(err)}") from None
 
     def latest_epoch(self) -> Optional[int]:
-        """Epoch of the newest complete checkpoint, None when there is none."""
+        """Epoch of the newest checkpoint orbax finished, None when there is none."""
         return self._manager.latest_step()
 
     def save(self, state, *, epoch: int, wall_s: float, config: Config, data_sha256: Optional[str] = None) -> None:
-        """Write checkpoint `epoch`; the record keeps the config and the data file's hash (None for
-        a built-in dataset), so that --resume can refuse a file changed since."""
+        """Write checkpoint `epoch`, then its manifest; the record keeps the config and the data
+        file's hash (None for a built-in dataset), so that --resume can refuse a file changed since."""
         record = dict(epoch=int(epoch), wall_s=float(wall_s), config=dataclasses.asdict(config),
                       data_sha256=data_sha256)
-        self._manager.save(int(epoch), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                               record=ocp.args.JsonSave(record)))
+        try:
+            self._manager.save(int(epoch), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                   record=ocp.args.JsonSave(record)))
+        except OSError:
+            raise
+        except Exception as err:  # orbax wraps a full disk or a read-only folder in its own types
+            raise OSError(f"checkpoint {epoch} could not be written: {_first_line(err)}") from None
+        self.manifests.mkdir(exist_ok=True)
+        write_json(self.manifests / f"{int(epoch)}.json", _file_hashes(self.directory / str(int(epoch))))
+        kept = {str(e) for e in self._manager.all_steps()}
+        for manifest in self.manifests.glob("*.json"):  # orbax removed the checkpoints past the two newest
+            if manifest.stem not in kept:
+                manifest.unlink()
 
-    def restore(self, template, config: Config):
-        """(state, record) of the newest checkpoint; `template` is a fresh state of the same shapes.
+    def _verify(self, epoch: int) -> Optional[str]:
+        """Why checkpoint `epoch` cannot be trusted, or None when its files match its manifest."""
+        manifest = self.manifests / f"{epoch}.json"
+        if not manifest.is_file():
+            return "it has no manifest: the run stopped while writing it"
+        try:
+            expected = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            return "its manifest is unreadable"
+        found = _file_hashes(self.directory / str(epoch))
+        missing = sorted(set(expected) - set(found))
+        changed = sorted(k for k in expected if k in found and found[k] != expected[k])
+        if missing:
+            return f"{len(missing)} of its files are missing ({missing[0]}, ...)"
+        if changed:
+            return f"{len(changed)} of its files differ from what was written ({changed[0]}, ...)"
+        return None
 
-        Raises IncompatibleCheckpointError when the checkpoint was written with other trajectory
-        options, CheckpointError when it cannot be read.
-        """
-        epoch = self.latest_epoch()
-        if epoch is None:
-            raise CheckpointError(f"no checkpoint in {str(self.directory)!r}")
+    def _read(self, epoch: int, template, config: Config):
+        problem = self._verify(epoch)
+        if problem:
+            raise CheckpointError(problem)
         try:
             record = self._manager.restore(epoch, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
         except Exception as err:
-            raise CheckpointError(self._unreadable(epoch, err)) from None
+            raise CheckpointError(f"orbax cannot read it ({_first_line(err)})") from None
         check_compatible(record.get("config", {}), config, self.directory)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         try:
             state = self._manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract)))["state"]
         except Exception as err:
-            raise CheckpointError(self._unreadable(epoch, err)) from None
+            raise CheckpointError(f"orbax cannot read it ({_first_line(err)})") from None
         return state, record
 
-    def _unreadable(self, epoch: int, err: Exception) -> str:
-        return (f"checkpoint {epoch} in {str(self.directory)!r} is unreadable ({_first_line(err)}); "
-                "delete that folder to fall back to an earlier checkpoint, or start a new --out-dir")
+    def restore(self, template, config: Config, set_aside: bool = True):
+        """(state, record) of the newest good checkpoint; `template` is a fresh state of the same shapes.
+
+        A bad newest checkpoint is reported in one warning line on stderr and, with `set_aside`
+        (a run that resumes and will write a new one), moved aside; the one before it is used. Raises IncompatibleCheckpointError when a checkpoint was written
+        with other trajectory options, CheckpointError when no checkpoint can be read.
+        """
+        epochs = sorted(self._manager.all_steps(), reverse=True)
+        if not epochs:
+            raise CheckpointError(f"no checkpoint in {str(self.directory)!r}")
+        problems = []
+        for epoch in epochs:
+            try:
+                return self._read(epoch, template, config)
+            except IncompatibleCheckpointError:
+                raise
+            except CheckpointError as err:
+                problems.append(f"checkpoint {epoch}: {err}")
+                earlier = [e for e in epochs if e < epoch]
+                fallback = f"using checkpoint {earlier[0]}" if earlier else "no earlier checkpoint is left"
+                moved = f"; it is moved to {SET_ASIDE_DIR}/" if set_aside else ""
+                print(f"warning: checkpoint {epoch} in {str(self.directory)!r} cannot be trusted ({err}); "
+                      f"{fallback}{moved}", file=sys.stderr)
+                if set_aside:
+                    self._set_aside(epoch)
+        raise CheckpointError(f"no readable checkpoint in {str(self.directory)!r} ({'; '.join(problems)}); "
+                              "start a new --out-dir")
+
+    def _set_aside(self, epoch: int) -> None:
+        """Move a bad checkpoint out of orbax's folder (kept for inspection, never deleted)."""
+        aside = self.directory.parent / SET_ASIDE_DIR
+        aside.mkdir(exist_ok=True)
+        target = aside / f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.directory / str(epoch), target)
+        manifest = self.manifests / f"{epoch}.json"
+        if manifest.is_file():
+            os.replace(manifest, target.with_suffix(".manifest.json"))
+        self._manager.close()
+        self._open()
 
     def close(self) -> None:
         self._manager.close()
@@ -126,5 +212,5 @@ def restore_run(run_dir) -> tuple[Config, object, dict]:
         raise RunDirError(f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE}); "
                           "give a folder written by python -m jax_ddpm.train")
     config = validate(read_config(run_dir))
-    state, record = Checkpointer(run_dir).restore(init_states(config, optimizer_for(config)), config)
+    state, record = Checkpointer(run_dir).restore(init_states(config, optimizer_for(config)), config, set_aside=False)
     return config, state, record

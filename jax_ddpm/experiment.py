@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, validate
+from ddpm_harness.config import Config, ConfigError, check_fits_in_memory, dataset_for, held_out_for, validate
 from ddpm_harness.data import file_sha256
 from ddpm_harness.metrics import evaluate
 from ddpm_harness.plots import draw_run_pictures
@@ -36,6 +36,7 @@ from ddpm_harness.runs import (
     format_metric,
     open_run_dir,
     picture_noise,
+    release_run_dir,
     save_samples,
     summarize,
     summary_paragraph,
@@ -56,6 +57,10 @@ MAX_CHUNK_STEPS = 4000
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message names the epoch and the checkpoint kept."""
+
+
+class RunWriteError(RuntimeError):
+    """The run folder could not be written (disk full, permissions); the message says what is kept."""
 
 
 @dataclasses.dataclass
@@ -144,6 +149,7 @@ def set_up(config: Config) -> Run:
     newest checkpoint with --resume."""
     start = time.perf_counter()
     validate(config)
+    check_fits_in_memory(config)
     use_compile_cache(not config.no_compile_cache)
     data = dataset_for(config)
     schedule = schedule_for(config)
@@ -156,13 +162,17 @@ def set_up(config: Config) -> Run:
         raise ConfigError(str(err)) from None
     state = init_states(config, optimizer, mesh)
     run_dir = open_run_dir(config)
-    run = Run(config, run_dir, data, schedule, optimizer, mesh, state, Checkpointer(run_dir), MetricsLog(run_dir), [],
-              data_sha256=file_sha256(config.dataset))
-    if config.resume and run.checkpointer.latest_epoch() is not None:
-        _restore(run)
-    run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
-    if not config.resume:  # a resumed run's config.json is replaced only once it has succeeded
-        write_config(run_dir, config, framework="jax")
+    try:
+        run = Run(config, run_dir, data, schedule, optimizer, mesh, state, Checkpointer(run_dir), MetricsLog(run_dir),
+                  [], data_sha256=file_sha256(config.dataset))
+        if config.resume and run.checkpointer.latest_epoch() is not None:
+            _restore(run)
+        run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
+        if not config.resume:  # a resumed run's config.json is replaced only once it has succeeded
+            write_config(run_dir, config, framework="jax")
+    except BaseException:
+        release_run_dir(run_dir)
+        raise
     run.timings["set_up"] = time.perf_counter() - start
     return run
 
@@ -293,8 +303,13 @@ def train_and_evaluate(config: Config, imports_s: Optional[float] = None) -> dic
     run = set_up(config)
     if imports_s is not None:
         run.timings = {"imports": imports_s, **run.timings}
-    trained = train(run)
-    return finish(run, trained)
+    try:
+        trained = train(run)
+        return finish(run, trained)
+    except OSError as err:  # disk full, folder made read-only, ...: say what is kept and what to do
+        raise RunWriteError(_write_failure_message(run, err)) from None
+    finally:
+        release_run_dir(run.run_dir)
 
 
 def _postfix(record: dict, evaluation: dict, steps_per_s: float) -> dict:
@@ -303,6 +318,13 @@ def _postfix(record: dict, evaluation: dict, steps_per_s: float) -> dict:
         postfix[k] = format_metric(v)
         break  # the first metric is enough for a progress bar
     return postfix
+
+
+def _write_failure_message(run: Run, err: OSError) -> str:
+    kept = run.checkpointer.latest_epoch()
+    where = f"the last complete checkpoint (epoch {kept}) is intact" if kept is not None else "no checkpoint was written"
+    return (f"writing to {run.run_dir} failed ({err.strerror or err}); {where}; free space or make the folder "
+            "writable, then continue with --resume")
 
 
 def _divergence_message(epoch: int, run: Run) -> str:

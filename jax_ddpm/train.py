@@ -19,12 +19,12 @@ from ddpm_harness.config import Config, ConfigError  # noqa: E402
 from ddpm_harness.data import DataError  # noqa: E402
 from ddpm_harness.runs import RunDirError  # noqa: E402
 from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError  # noqa: E402
-from jax_ddpm.experiment import TrainingDiverged, train_and_evaluate  # noqa: E402
+from jax_ddpm.experiment import RunWriteError, TrainingDiverged, train_and_evaluate  # noqa: E402
 
 IMPORTS_S = time.perf_counter() - _IMPORTS_START
 
 USAGE_ERRORS = (ConfigError, DataError, RunDirError, IncompatibleCheckpointError)
-RUNTIME_ERRORS = (CheckpointError, TrainingDiverged, OSError)
+RUNTIME_ERRORS = (CheckpointError, TrainingDiverged, RunWriteError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

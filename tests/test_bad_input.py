@@ -110,15 +110,24 @@ def test_resume_with_fewer_epochs_than_done_is_refused(earlier_run, capsys):
     assert snapshot(earlier_run) == before
 
 
-def test_unreadable_checkpoint_is_a_runtime_error(earlier_run, capsys):
-    for path in (earlier_run / "checkpoints" / "20" / "state").rglob("*"):
+def garble(folder: Path) -> None:
+    for path in folder.rglob("*"):
         if path.is_file():
             path.write_bytes(b"not a checkpoint")
-    before = snapshot(earlier_run)
+
+
+def test_unreadable_checkpoints_are_a_runtime_error(earlier_run, capsys):
+    """Every checkpoint garbled: nothing to resume from; both are reported and kept aside."""
+    for epoch in ("10", "20"):
+        garble(earlier_run / "checkpoints" / epoch / "state")
     assert train_main(tiny_argv(earlier_run, "--resume", "--epochs", "30")) == 1
-    line = one_error_line(capsys)
-    assert "checkpoint 20" in line and "unreadable" in line
-    assert snapshot(earlier_run) == before
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert [line.split(" ")[0] for line in lines] == ["warning:", "warning:", "error:"], lines
+    assert "checkpoint 20" in lines[0] and "using checkpoint 10" in lines[0]
+    assert "no readable checkpoint" in lines[2]
+    assert len(list((earlier_run / "corrupt_checkpoints").iterdir())) == 4  # two folders, two manifests
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(earlier_run, capsys):

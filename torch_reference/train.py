@@ -31,6 +31,7 @@ from ddpm_harness.runs import (
     epoch_record,
     open_run_dir,
     picture_noise,
+    release_run_dir,
     save_samples,
     summarize,
     summary_paragraph,
@@ -102,6 +103,14 @@ def train_reference(config: Config) -> dict:
     for line in describe_setup(config, points, schedule):
         print(line)
     run_dir = open_run_dir(config)
+    try:
+        return _train_in(run_dir, config, points, schedule)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
+    """The tutorial's loop, its evaluation, samples and pictures, written into the locked run_dir."""
     write_config(run_dir, config, framework="torch")
     metrics = MetricsLog(run_dir)
     dataset = as_dataset(points)
