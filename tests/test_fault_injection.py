@@ -1,0 +1,168 @@
+"""Fault injection: a real training process SIGKILLed at random moments and resumed after each kill
+ends bit for bit where an uninterrupted run ends; resuming with another chunk length (--epochs
+grown, --checkpoint-every changed) does too; a second writer, a full disk and a read-only folder
+get one line and lose nothing.
+
+The number of kills is JAX_DDPM_KILLS (3 by default, for CI; the README's figures come from
+JAX_DDPM_KILLS=25). The moments are drawn from a fixed seed over the length of an uninterrupted
+process, so kills land in imports, compilation, training chunks, checkpoint writes, sampling and
+the summary alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from ddpm_harness.runs import CONFIG_FILE
+from jax_ddpm.checkpoint import restore_run
+from tests.conftest import snapshot, tiny_argv, train_main
+from tests.test_bad_input import one_error_line
+
+REPO = Path(__file__).resolve().parents[1]
+KILLS = int(os.environ.get("JAX_DDPM_KILLS", "3"))
+# 32 steps an epoch, 100 epochs, a checkpoint every 10: training long enough to be hit mid-chunk.
+ARGV = ["--n-points", "256", "--batch-size", "8", "--epochs", "100", "--checkpoint-every", "10", "--log-every", "10",
+        "--n-samples", "64", "--n-eval", "64", "--no-plots"]
+
+
+def start(run_dir: Path) -> subprocess.Popen:
+    resume = ["--resume"] if (run_dir / CONFIG_FILE).is_file() else []
+    return subprocess.Popen([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), *resume],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def assert_same_run(run_dir: Path, whole: Path) -> None:
+    for a, b in zip(jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(whole)[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["loss"], r["last_loss"]) for r in records] == [
+        (r["epoch"], r["loss"], r["last_loss"]) for r in expected]
+    np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), np.load(whole / "samples.npy"))
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+    whole = tmp_path / "whole"
+    began = time.monotonic()
+    proc = start(whole)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    duration = time.monotonic() - began
+
+    rng = np.random.default_rng(2026)
+    killed, tried, survived = tmp_path / "killed", 0, 0
+    for moment in rng.uniform(0.0, duration, KILLS):
+        proc = start(killed)
+        time.sleep(moment)
+        finished = proc.poll() is not None
+        if not finished:
+            os.kill(proc.pid, signal.SIGKILL)
+            tried += 1
+        proc.wait()
+        if finished:
+            assert proc.returncode == 0, proc.stderr.read()
+            break
+        survived += 1
+    while not (killed / "summary.json").is_file() or start_and_wait_needed(killed):
+        proc = start(killed)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    assert_same_run(killed, whole)
+    report = os.environ.get("JAX_DDPM_FAULT_REPORT")
+    if report:
+        Path(report).write_text(json.dumps(dict(kills_tried=tried, kills_survived=survived, seconds=duration)))
+
+
+def start_and_wait_needed(run_dir: Path) -> bool:
+    """A killed run may have left summary.json of an earlier finish? Never: summary.json is written
+    last, once; but a kill after it and before config.json's rewrite leaves a run to finish again."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["epochs"] != 100
+
+
+def test_resume_with_another_chunk_length_equals_an_uninterrupted_run(tmp_path):
+    """20 epochs in chunks of 10, then resumed to 30 with checkpoints every 15 (chunks of 5)."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert train_main(tiny_argv(whole, "--no-plots", "--epochs", "30")) == 0
+    assert train_main(tiny_argv(resumed, "--no-plots", "--epochs", "20")) == 0
+    assert train_main(tiny_argv(resumed, "--no-plots", "--epochs", "30", "--checkpoint-every", "15", "--resume")) == 0
+    assert_same_run(resumed, whole)
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--epochs", "100000",
+                              "--out-dir", str(run_dir)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / CONFIG_FILE).is_file():  # written once the first run holds the lock
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.01)
+        second = subprocess.run([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), "--resume"],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert first.poll() is None, "the first run ended before the second tried"
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is being written by another process" in lines[0], second.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs: enough for the run's first checkpoints, too small for all of them."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    assert done.returncode == 0, f"this test mounts a small tmpfs (as root): {done.stderr}"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(small_disk, capsys):
+    run_dir = small_disk / "run"
+    code = train_main(tiny_argv(run_dir, "--epochs", "200", "--checkpoint-every", "10", "--no-plots"))
+    line = one_error_line(capsys)
+    assert code == 1 and "failed" in line and ("No space left" in line or "space" in line), line
+    assert "--resume" in line
+    # The checkpoint it names is whole: sampling from it works.
+    config, state, record = restore_run(run_dir)
+    assert 10 <= record["epoch"] < 200
+
+
+def test_read_only_folder_is_one_line_and_untouched(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train_main(tiny_argv(run_dir, "--no-plots", "--epochs", "10")) == 0
+    before = snapshot(run_dir)
+    for path in [run_dir, *run_dir.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        if os.access(run_dir, os.W_OK) and os.geteuid() == 0:
+            # root writes through file modes: make the folder read-only with a read-only bind mount instead
+            subprocess.run(["mount", "--bind", "-o", "ro", str(run_dir), str(run_dir)], check=True)
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(run_dir)], check=True)
+        code = train_main(tiny_argv(run_dir, "--no-plots", "--epochs", "20", "--resume"))
+        line = one_error_line(capsys)
+        assert code in (1, 2) and "writ" in line, line
+    finally:
+        subprocess.run(["umount", str(run_dir)], capture_output=True)
+        for path in [run_dir, *run_dir.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("option", ["--n-samples", "--n-points"])
+def test_requests_larger_than_memory_are_refused_before_any_work(tmp_path, capsys, option):
+    assert train_main(tiny_argv(tmp_path / "run", option, "10000000000")) == 2
+    line = one_error_line(capsys)
+    assert f"{option} 10,000,000,000 needs about" in line and "GiB" in line, line
+    assert not (tmp_path / "run").exists()
