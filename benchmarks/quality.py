@@ -31,7 +31,7 @@ from jax_ddpm import metrics
 from jax_ddpm.config import Config
 from jax_ddpm.data import get_dataset
 from jax_ddpm.elbo import negative_elbo
-from jax_ddpm.sampling import p_sample_loop, sample_chain
+from jax_ddpm.sampling import p_sample_for, p_sample_loop, sample_chain
 from jax_ddpm.schedule import q_sample, schedule_for
 from jax_ddpm.training import init_states, make_optimizer, make_train_chunk, run_keys
 
@@ -59,7 +59,9 @@ def sample_jax(params: dict, config: Config, seed: int, n: int, x_T=None) -> np.
     if x_T is None:
         return np.asarray(sample_chain(params, schedule, key, n, config.parameterization)[-1])
     zs = jax.random.normal(key, (config.num_steps,) + x_T.shape)
-    return np.asarray(p_sample_loop(params, schedule, jnp.asarray(x_T), zs, config.parameterization)[-1])
+    return np.asarray(p_sample_loop(params, x_T.shape, config.num_steps, schedule.alphas, schedule.betas,
+                                    schedule.one_minus_alphas_bar_sqrt, x_T=jnp.asarray(x_T), zs=zs,
+                                    p_sample_fn=p_sample_for(schedule, config.parameterization))[-1])
 
 
 def train_torch(config: Config, data: np.ndarray, seed: int):
@@ -124,7 +126,9 @@ def true_x_T(config: Config, n: int, seed: int) -> np.ndarray:
     a sampler can only start there when it has the data)."""
     x_0 = get_dataset(config.dataset, n, config.data_noise, config.seed + 2 * REFERENCE_SEED_OFFSET + seed)
     noise = jax.random.normal(jax.random.PRNGKey(seed), x_0.shape)
-    return np.asarray(q_sample(schedule_for(config), jnp.asarray(x_0), jnp.full((n,), config.num_steps - 1), noise))
+    schedule = schedule_for(config)
+    return np.asarray(q_sample(jnp.asarray(x_0), jnp.full((n,), config.num_steps - 1), schedule.alphas_bar_sqrt,
+                               schedule.one_minus_alphas_bar_sqrt, noise))
 
 
 def run_jax(name: str, config: Config, data, reference, n: int, log, x_T_from_data: bool = False) -> dict:

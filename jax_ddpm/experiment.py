@@ -123,7 +123,8 @@ def picture_noise(config: Config, shape: tuple[int, ...]) -> np.ndarray:
 def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """q(x_t | x_0) for every t = 0 .. T-1 with the given noise (T, N, 2): (T, N, 2)."""
     steps = jnp.arange(schedule.num_steps)
-    return np.asarray(jax.vmap(lambda t, e: q_sample(schedule, data, jnp.full(data.shape[:1], t), e))(steps, noise))
+    return np.asarray(jax.vmap(lambda t, e: q_sample(data, jnp.full(data.shape[:1], t), schedule.alphas_bar_sqrt,
+                                                     schedule.one_minus_alphas_bar_sqrt, e))(steps, noise))
 
 
 def train_and_evaluate(config: Config) -> dict:

@@ -81,3 +81,8 @@ def q_posterior_mean_variance(x_0, x_t, t, posterior_mean_coef_1, posterior_mean
     mean = coef_1 * x_0 + coef_2 * x_t
     var = extract(posterior_log_variance_clipped, t, x_0)
     return mean, var
+
+
+def schedule_for(config) -> Schedule:
+    """The schedule a run's `Config` asks for (--schedule, --num-steps, --beta-start, --beta-end)."""
+    return make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
