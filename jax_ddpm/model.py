@@ -18,29 +18,6 @@ from flax import nnx
 from jax_ddpm.speed import FastLinear
 
 
-def torch_softplus(x):
-    """F.softplus (beta 1, threshold 20): x where x > 20, else log1p(exp(x)); matches the reference at
-    the threshold (jax.nn.softplus does not switch to x there)."""
-    big = x > 20.0
-    return jnp.where(big, x, jnp.log1p(jnp.exp(jnp.where(big, 0.0, x))))
-
-
-def torch_linear_init(fan_in):
-    """nn.Linear's default init: uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)]."""
-    bound = 1.0 / fan_in ** 0.5
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-def linear(num_in, num_out, rngs):
-    """nn.Linear(num_in, num_out): PyTorch's default init, evaluated by speed.FastLinear."""
-    init = torch_linear_init(num_in)
-    return FastLinear(num_in, num_out, kernel_init=init, bias_init=init, rngs=rngs)
-
-
 class ConditionalLinear(nnx.Module):
     def __init__(self, num_in, num_out, n_steps, *, rngs):
         super(ConditionalLinear, self).__init__()
@@ -73,6 +50,29 @@ class ConditionalModel(nnx.Module):
         x = torch_softplus(self.lin2(x, y))
         x = torch_softplus(self.lin3(x, y))
         return self.lin4(x)
+
+
+def torch_softplus(x):
+    """F.softplus (beta 1, threshold 20): x where x > 20, else log1p(exp(x)); matches the reference at
+    the threshold (jax.nn.softplus does not switch to x there)."""
+    big = x > 20.0
+    return jnp.where(big, x, jnp.log1p(jnp.exp(jnp.where(big, 0.0, x))))
+
+
+def torch_linear_init(fan_in):
+    """nn.Linear's default init: uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)]."""
+    bound = 1.0 / fan_in ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def linear(num_in, num_out, rngs):
+    """nn.Linear(num_in, num_out): PyTorch's default init, evaluated by speed.FastLinear."""
+    init = torch_linear_init(num_in)
+    return FastLinear(num_in, num_out, kernel_init=init, bias_init=init, rngs=rngs)
 
 
 def init_params(key: jax.Array, n_steps: int, n_outputs: int = 2) -> dict:
