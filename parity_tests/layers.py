@@ -259,7 +259,8 @@ def variational_pairs(p: Precision) -> Pairs:
     coefs_ans = [getattr(sched_ans, name) for name in ("alphas_bar_sqrt", "one_minus_alphas_bar_sqrt",
                                                        "posterior_mean_coef_1", "posterior_mean_coef_2",
                                                        "posterior_log_variance_clipped")]
-    loss_variational = jax.jit(lambda x_0, t, e: losses.loss_variational(params, x_0, *coefs_ans, N_STEPS, t=t, noise=e))
+    loss_variational = jax.jit(
+        lambda x_0, t, e: losses.loss_variational(params, x_0, *coefs_ans, N_STEPS, t=t, noise=e))
     loss_ans = loss_variational(x0_ans, t_ans, e_ans)
     terms_ans = jnp.stack([loss_variational(x0_ans[i:i + 1], t_ans[i:i + 1], e_ans[i:i + 1])
                            for i in range(x0_ans.shape[0])])

@@ -127,7 +127,8 @@ def test_hybrid_loss_value_and_stop_gradient(x_0):
     s = np_schedule()
     tn, en, xn = np.asarray(t), np.asarray(e, np.float64), x_0[:64].astype(np.float64)
     x_t = np.sqrt(s["alphas_prod"][tn])[:, None] * xn + np.sqrt(1 - s["alphas_prod"][tn])[:, None] * en
-    out = np.asarray(apply_model(params, q_sample(x, t, sched.alphas_bar_sqrt, sched.one_minus_alphas_bar_sqrt, e), t), np.float64)
+    x_t_ans = q_sample(x, t, sched.alphas_bar_sqrt, sched.one_minus_alphas_bar_sqrt, e)
+    out = np.asarray(apply_model(params, x_t_ans, t), np.float64)
     eps, log_var = out[:, :2], out[:, 2:]
     a, ab = s["alphas"][tn][:, None], s["alphas_prod"][tn][:, None]
     mean = (x_t - (1 - a) / np.sqrt(1 - ab) * eps) / np.sqrt(a)
