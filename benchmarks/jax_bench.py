@@ -55,8 +55,8 @@ def chunk_runner(config: Config, n_epochs: int):
 def python_loop_runner(config: Config, n_steps: int):
     """The jitted `train_step` called once per batch from Python; work = steps."""
     schedule, data, optimizer = _parts(config)
-    step = jax.jit(functools.partial(train_step, schedule=schedule, optimizer=optimizer,
-                                     ema_decay=config.ema_decay))
+    step = jax.jit(functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
+                                     n_steps=config.num_steps))
     initial = init_states(config, optimizer)
     n_full = config.n_points // config.batch_size
     perm = np.random.default_rng(0).permutation(config.n_points)[: n_full * config.batch_size]
@@ -65,7 +65,7 @@ def python_loop_runner(config: Config, n_steps: int):
     def run():
         state = initial
         for i in range(n_steps):
-            state, _ = step(state, batches[i % n_full])
+            state, _ = step(state, batch_x=batches[i % n_full])
         jax.block_until_ready(state)
 
     return run, n_steps

@@ -68,7 +68,9 @@ def true_x_T(config: Config, n: int, seed: int) -> np.ndarray:
     a sampler can only start there when it has the data)."""
     x_0 = held_out_points(config.dataset, n, config.data_noise, config.seed, draw=2 + seed)
     noise = jax.random.normal(jax.random.PRNGKey(seed), x_0.shape)
-    return np.asarray(q_sample(schedule_for(config), jnp.asarray(x_0), jnp.full((n,), config.num_steps - 1), noise))
+    schedule = schedule_for(config)
+    return np.asarray(q_sample(jnp.asarray(x_0), jnp.full((n,), config.num_steps - 1), schedule.alphas_bar_sqrt,
+                               schedule.one_minus_alphas_bar_sqrt, noise))
 
 
 def run_jax(name: str, config: Config, data, reference, n: int, log, x_T_from_data: bool = False) -> dict:

@@ -261,7 +261,7 @@ CPU_MISS_REASONS = {
         "puts the second core to work and is the best multi-seed row."),
     "sampling >= 1.5x torch no_grad": (
         "the JAX chain keeps both cores busy (process CPU time / wall time 1.95), with YNNPACK's "
-        "element-wise fusion on CPU (jax_ddpm/cpu_options.py); the rest is element-wise work (gains, "
+        "element-wise fusion on CPU (jax_ddpm/speed.py); the rest is element-wise work (gains, "
         "softplus exp + log1p over 10,000 x 128 per layer and step) that torch also runs on both cores."),
     "default run in about 30 s or less, compile included": (
         "the wall time includes JAX start-up, compilation, sampling and the sample-quality evaluation "

@@ -1,6 +1,6 @@
 """Checkpoints of a run with orbax: the whole TrainState plus a small JSON record.
 
-The TrainState holds the parameters, their EMA, Adam's state, the key streams and the epoch/step
+The TrainState holds the parameters, their EMA, Adam's state, the key streams and the epoch and opt_step
 counters; since per-epoch and per-step keys come from fold_in, the state at an epoch boundary
 determines the rest of the run, so resuming from it reproduces an uninterrupted run bit for bit.
 The JSON record keeps the epoch, the training wall time so far and the config that wrote it.

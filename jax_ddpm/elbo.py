@@ -1,4 +1,11 @@
-"""The negative ELBO of a trained model in bits per dimension, over all T terms.
+"""Beyond the tutorial: models that learn their variance, and the negative ELBO of a trained model.
+
+Learned variance: `model_mean_logvar` reads p(x_{t-1} | x_t) off a model that predicts "eps" (the
+tutorial's), "mean_logvar" (the 4-output model of the tutorial's loss_variational) or "eps_logvar"
+(noise and log-variance, trained by `hybrid_loss`, Improved DDPM); `p_sample_learned` is the
+sampler step of the 4-output models; `vlb_terms` is the bound's term at step t with either decoder.
+
+The negative ELBO, over all T terms:
 
 -ELBO = L_prior + sum_{t=1}^{T-1} L_t + L_0 (DDPM eq. 5, in the tutorial's 0-based step indices):
 L_prior = KL(q(x_T | x_0) || N(0, I)) at the last step, L_t = KL(q(x_{t-1} | x_t, x_0) ||
@@ -25,14 +32,92 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ddpm.losses import model_mean_logvar, normal_kl, vlb_terms
-from jax_ddpm.schedule import Schedule, extract, q_sample, schedule_arrays
+from jax_ddpm.losses import discretized_gaussian_log_likelihood, normal_kl, p_mean_variance
+from jax_ddpm.model import apply_model
+from jax_ddpm.schedule import Schedule, extract, q_posterior_mean_variance, q_sample, schedule_from_betas
+
+
+def gaussian_log_likelihood(x, means, log_scales):
+    """log N(x; means, exp(log_scales)^2), element-wise: a continuous decoder for data that are not
+    8-bit images (the discretized one assumes 255 bins on [-1, 1])."""
+    return -0.5 * (np.log(2.0 * np.pi) + 2.0 * log_scales + jnp.square(x - means) * jnp.exp(-2.0 * log_scales))
+
+
+def eps_to_mean(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+    """Mean of p(x_{t-1} | x_t) from predicted noise: (x_t - (1 - alpha_t) / sqrt(1 - abar_t) eps)
+    / sqrt(alpha_t) (DDPM eq. 11), in the operation order of the tutorial's p_sample."""
+    alpha_t = extract(schedule.alphas, t, x_t)
+    eps_factor = (1 - alpha_t) / extract(schedule.one_minus_alphas_bar_sqrt, t, x_t)
+    return (1 / jnp.sqrt(alpha_t)) * (x_t - eps_factor * eps)
+
+
+def model_mean_logvar(params: dict, schedule: Schedule, x_t: jax.Array, t: jax.Array,
+                      parameterization: str = "mean_logvar"):
+    """Mean and log-variance (each (B, 2)) of p(x_{t-1} | x_t) for a model that predicts
+    "eps" (the tutorial's 2-output model, with the sampler's fixed variance beta_t), "mean_logvar"
+    (the variational loss's 4-output model) or "eps_logvar" (the hybrid loss's: noise and log-variance)."""
+    if parameterization == "mean_logvar":
+        return p_mean_variance(params, x_t, t)
+    out = apply_model(params, x_t, t)
+    if parameterization == "eps":
+        return eps_to_mean(schedule, x_t, t, out), jnp.broadcast_to(jnp.log(extract(schedule.betas, t, x_t)), x_t.shape)
+    if parameterization == "eps_logvar":
+        eps, log_var = jnp.split(out, 2, axis=-1)
+        return eps_to_mean(schedule, x_t, t, eps), log_var
+    raise ValueError(f"unknown parameterization {parameterization!r}; choose eps, mean_logvar or eps_logvar")
+
+
+def p_sample_learned(params: dict, schedule: Schedule, x: jax.Array, t, z: jax.Array,
+                     parameterization: str = "mean_logvar") -> jax.Array:
+    """One reverse step x_t -> x_{t-1} of a 4-output model at integer step t, for x (N, 2):
+    x_{t-1} = mean_theta + exp(log_var_theta / 2) z, the mean read off as `model_mean_logvar` does."""
+    t = jnp.asarray(t, jnp.int32).reshape(1)
+    mean, log_var = model_mean_logvar(params, schedule, x, t, parameterization)
+    return mean + jnp.exp(0.5 * log_var) * z
+
+
+def vlb_terms(schedule: Schedule, x_0: jax.Array, x_t: jax.Array, t: jax.Array, model_mean: jax.Array,
+              model_log_var: jax.Array, decoder: str = "discretized") -> jax.Array:
+    """Per-example term of the bound in bits/dim, shape (B,): KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
+    for t > 0; at t == 0 the decoder NLL -log p(x_0 | x_1), "discretized" (the tutorial's 8-bit
+    one) or "gaussian" (a density, for continuous data)."""
+    batch_size = x_0.shape[0]
+    true_mean, true_var = q_posterior_mean_variance(x_0, x_t, t, schedule.posterior_mean_coef_1,
+                                                    schedule.posterior_mean_coef_2,
+                                                    schedule.posterior_log_variance_clipped)
+    kl = normal_kl(true_mean, true_var, model_mean, model_log_var)
+    kl = jnp.mean(kl.reshape(batch_size, -1), axis=1) / np.log(2.0)
+    if decoder == "discretized":
+        log_likelihood = discretized_gaussian_log_likelihood(x_0, means=model_mean, log_scales=0.5 * model_log_var)
+    elif decoder == "gaussian":
+        log_likelihood = gaussian_log_likelihood(x_0, means=model_mean, log_scales=0.5 * model_log_var)
+    else:
+        raise ValueError(f"unknown decoder {decoder!r}; choose discretized or gaussian")
+    decoder_nll = jnp.mean(-log_likelihood.reshape(batch_size, -1), axis=1) / np.log(2.0)
+    return jnp.where(t == 0, decoder_nll, kl)
+
+
+def hybrid_loss(params: dict, schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array,
+                hybrid_lambda: float = 0.001) -> jax.Array:
+    """Improved DDPM's L_hybrid = L_simple + lambda * L_vlb (Nichol & Dhariwal 2021, sec. 3.1) for a
+    4-output model predicting (eps, log-variance).
+
+    L_simple is the noise MSE; L_vlb = T * E_t[L_t] (the bound summed over steps, estimated from the
+    batch's steps) with the mean derived from stop_gradient(eps), so the bound trains only the
+    variance and L_simple alone trains the mean.
+    """
+    x_t = q_sample(x_0, t, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, e)
+    eps, log_var = jnp.split(apply_model(params, x_t, t), 2, axis=-1)
+    l_simple = jnp.mean(jnp.square(e - eps))
+    frozen_mean = eps_to_mean(schedule, x_t, t, jax.lax.stop_gradient(eps))
+    l_vlb = schedule.num_steps * jnp.mean(vlb_terms(schedule, x_0, x_t, t, frozen_mean, log_var))
+    return l_simple + hybrid_lambda * l_vlb
 
 
 def accurate_schedule(schedule: Schedule) -> Schedule:
     """The same betas, every derived array computed in float64 and rounded once to float32."""
-    arrays = schedule_arrays(np.asarray(schedule.betas, np.float64))
-    return Schedule(**{name: jnp.asarray(value.astype(np.float32)) for name, value in arrays.items()})
+    arrays = schedule_from_betas(np.asarray(schedule.betas, np.float64))
+    return jax.tree_util.tree_map(lambda value: jnp.asarray(value.astype(np.float32)), arrays)
 
 
 def prior_bpd(schedule: Schedule, x_0: jax.Array) -> jax.Array:
@@ -53,7 +138,8 @@ def elbo_terms(params: dict, schedule: Schedule, x_0: jax.Array, key: jax.Array,
 
     def term(t):
         steps = jnp.full((x_0.shape[0],), t)
-        x_t = q_sample(schedule, x_0, steps, jax.random.normal(jax.random.fold_in(key, t), x_0.shape, x_0.dtype))
+        noise = jax.random.normal(jax.random.fold_in(key, t), x_0.shape, x_0.dtype)
+        x_t = q_sample(x_0, steps, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, noise)
         mean, log_var = model_mean_logvar(params, schedule, x_t, steps, parameterization)
         return vlb_terms(schedule, x_0, x_t, steps, mean, log_var, decoder)
 

@@ -46,7 +46,7 @@ from ddpm_harness.runs import (
 )
 from jax_ddpm.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
 from jax_ddpm.compile_cache import use_compile_cache
-from jax_ddpm.sampling import p_sample_loop, sample_chain
+from jax_ddpm.sampling import p_sample_for, p_sample_loop, sample_chain
 from jax_ddpm.schedule import Schedule, q_sample, schedule_for
 from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
 
@@ -138,7 +138,8 @@ def flat_evaluation(evaluation: dict) -> dict:
 def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """q(x_t | x_0) for every t = 0 .. T-1 with the given noise (T, N, 2): (T, N, 2)."""
     steps = jnp.arange(schedule.num_steps)
-    return np.asarray(jax.vmap(lambda t, e: q_sample(schedule, data, jnp.full(data.shape[:1], t), e))(steps, noise))
+    return np.asarray(jax.vmap(lambda t, e: q_sample(data, jnp.full(data.shape[:1], t), schedule.alphas_bar_sqrt,
+                                                     schedule.one_minus_alphas_bar_sqrt, e))(steps, noise))
 
 
 # ---- 1. set up, or restore -------------------------------------------------------------------
@@ -359,4 +360,6 @@ def final_samples(params: dict, config: Config, seed: int, n: int, x_T: Optional
     if x_T is None:
         return np.asarray(sample_chain(params, schedule, key, n, config.parameterization)[-1])
     zs = jax.random.normal(key, (config.num_steps,) + x_T.shape)
-    return np.asarray(p_sample_loop(params, schedule, jnp.asarray(x_T), zs, config.parameterization)[-1])
+    return np.asarray(p_sample_loop(params, x_T.shape, config.num_steps, schedule.alphas, schedule.betas,
+                                    schedule.one_minus_alphas_bar_sqrt, x_T=jnp.asarray(x_T), zs=zs,
+                                    p_sample_fn=p_sample_for(schedule, config.parameterization))[-1])

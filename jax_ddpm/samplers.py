@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_ddpm import sampling
-from jax_ddpm.schedule import Schedule, schedule_arrays
+from jax_ddpm import schedule as tutorial_schedule
+from jax_ddpm.schedule import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -106,7 +107,7 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     shifted to end at 0 and scaled to start where it started. numpy, in the dtype of `betas`."""
     dtype = betas.dtype
     alphas = 1.0 - betas
-    # torch.cumprod accumulates in float64 on the CPU, so does this (as schedule.schedule_arrays).
+    # torch.cumprod accumulates in float64 on the CPU, so does this (as schedule.schedule_from_betas).
     alphas_cumprod = np.cumprod(alphas.astype(np.float64)).astype(dtype)
     alphas_bar_sqrt = np.sqrt(alphas_cumprod)
     # 1. store the old values
@@ -122,8 +123,9 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
 
 
 def schedule_from_betas(betas: np.ndarray) -> Schedule:
-    """A Schedule pytree from any betas (T,), e.g. `rescale_zero_terminal_snr(make_beta_schedule(...))`."""
-    return Schedule(**{k: jnp.asarray(v) for k, v in schedule_arrays(np.asarray(betas)).items()})
+    """A Schedule pytree of JAX arrays from any betas (T,), e.g.
+    `rescale_zero_terminal_snr(make_beta_schedule(...))` (schedule.schedule_from_betas, on the device)."""
+    return jax.tree_util.tree_map(jnp.asarray, tutorial_schedule.schedule_from_betas(np.asarray(betas)))
 
 
 def has_zero_terminal_snr(schedule: Schedule) -> bool:
@@ -475,7 +477,8 @@ def tutorial(params: dict, schedule: Schedule, x_T: jax.Array | None = None, noi
         if noise is None:
             noise = jnp.stack([jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape, x_T.dtype)
                                for k in range(schedule.num_steps)])
-        states = sampling.p_sample_loop(params, schedule, x_T, noise)
+        states = sampling.p_sample_loop(params, x_T.shape, schedule.num_steps, schedule.alphas, schedule.betas,
+                                        schedule.one_minus_alphas_bar_sqrt, x_T=x_T, zs=noise)
     return Samples(states[-1], states if trajectory else None, jnp.asarray(schedule.num_steps, jnp.int32))
 
 

@@ -1,70 +1,71 @@
-"""Ancestral sampling, as the tutorial's p_sample / p_sample_loop, as one compiled lax.scan.
+"""The tutorial's p_sample / p_sample_loop (noise added at every step, t = 0 included).
 
-Quirk kept from the tutorial: noise sigma_t z is added at every step, the last one (t = 0)
-included; the DDPM paper adds none there. `parameterization` says what the model predicts: "eps"
-(the tutorial's noise model), "mean_logvar" (the 4-output model of the variational loss) or
-"eps_logvar" (the 4-output model of the hybrid loss: noise and log-variance).
+JAX twin of torch_reference/sampling.py: the loop is one lax.scan, and the noise comes from `key`
+unless `x_T` / `zs` are given. `sample_chain` is the compiled chain the runs use, for the tutorial's
+model or (elbo.p_sample_learned) a model that learned its variance.
 """
-
-from __future__ import annotations
 
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from jax_ddpm import cpu_options
-from jax_ddpm.losses import eps_to_mean, model_mean_logvar
+from jax_ddpm import speed
+from jax_ddpm.elbo import p_sample_learned
 from jax_ddpm.model import apply_model
-from jax_ddpm.schedule import Schedule
+from jax_ddpm.schedule import Schedule, extract
 
 
-def p_sample(params: dict, schedule: Schedule, x: jax.Array, t: jax.Array, z: jax.Array,
-             parameterization: str = "eps") -> jax.Array:
-    """One reverse step x_t -> x_{t-1} at integer step t, for x (N, 2).
+def p_sample(params, x, t, alphas, betas, one_minus_alphas_bar_sqrt, z):
+    t = jnp.array([t])
+    # Factor to the model output
+    eps_factor = ((1 - extract(alphas, t, x)) / extract(one_minus_alphas_bar_sqrt, t, x))
+    # Model output
+    eps_theta = apply_model(params, x, t)
+    # Final values
+    mean = (1 / jnp.sqrt(extract(alphas, t, x))) * (x - (eps_factor * eps_theta))
+    # Fixed sigma
+    sigma_t = jnp.sqrt(extract(betas, t, x))
+    sample = mean + sigma_t * z
+    return (sample)
 
-    "eps" (the tutorial's model): x_{t-1} = (x_t - (1 - alpha_t) / sqrt(1 - abar_t) eps_theta(x_t, t))
-    / sqrt(alpha_t) + sqrt(beta_t) z (DDPM Algorithm 2). "mean_logvar" (the 4-output model the
-    variational loss trains): x_{t-1} = mean_theta + exp(log_var_theta / 2) z. "eps_logvar" (the
-    hybrid loss's model): the mean from eps_theta as for "eps", the learned variance as for "mean_logvar".
-    """
-    t = jnp.asarray(t, jnp.int32).reshape(1)
+
+def p_sample_loop(params, shape, n_steps, alphas, betas, one_minus_alphas_bar_sqrt, x_T=None, zs=None, key=None,
+                  p_sample_fn=p_sample):
+    """All n_steps + 1 states, x_T first; zs[k] is the noise of the k-th step taken (step n_steps-1-k).
+
+    Drawn from `key` when not given: x_T from fold_in(key, 0), zs[k] from fold_in(key, k + 1), inside the
+    scan (no (T, N, 2) array is built). `p_sample_fn` takes p_sample's arguments (see `p_sample_for`)."""
+    cur_x = jax.random.normal(jax.random.fold_in(key, 0), shape) if x_T is None else x_T
+
+    def body(cur_x, k_i):  # for k, i in enumerate(reversed(range(n_steps)))
+        k, i = k_i
+        z = jax.random.normal(jax.random.fold_in(key, k + 1), cur_x.shape, cur_x.dtype) if zs is None else zs[k]
+        cur_x = p_sample_fn(params, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt,
+                            z=z)
+        return cur_x, cur_x
+
+    _, x_seq = jax.lax.scan(body, cur_x, (jnp.arange(n_steps), jnp.arange(n_steps - 1, -1, -1)))
+    return jnp.concatenate([cur_x[None], x_seq])
+
+
+def p_sample_for(schedule: Schedule, parameterization: str = "eps"):
+    """The reverse step for a model that predicts `parameterization`, with p_sample's arguments: the
+    tutorial's p_sample for "eps", elbo.p_sample_learned for "mean_logvar" and "eps_logvar"."""
     if parameterization == "eps":
-        mean = eps_to_mean(schedule, x, t, apply_model(params, x, t))
-        sigma_t = jnp.sqrt(schedule.betas[t])
-        return mean + sigma_t * z
-    mean, log_var = model_mean_logvar(params, schedule, x, t, parameterization)
-    return mean + jnp.exp(0.5 * log_var) * z
+        return p_sample
 
+    def step(params, x, t, alphas, betas, one_minus_alphas_bar_sqrt, z):
+        return p_sample_learned(params, schedule, x, t, z, parameterization)
 
-def _run_chain(params: dict, schedule: Schedule, x_T: jax.Array, noise_at, parameterization: str) -> jax.Array:
-    """Steps T-1 .. 0 from x_T, with z = noise_at(k, x) at the k-th step; (T + 1, N, 2), x_T first."""
-
-    def body(x, k_t):
-        k, t = k_t
-        x = p_sample(params, schedule, x, t, noise_at(k, x), parameterization)
-        return x, x
-
-    steps = (jnp.arange(schedule.num_steps), jnp.arange(schedule.num_steps - 1, -1, -1))
-    _, xs = jax.lax.scan(body, x_T, steps)
-    return jnp.concatenate([x_T[None], xs])
-
-
-def p_sample_loop(params: dict, schedule: Schedule, x_T: jax.Array, zs: jax.Array,
-                  parameterization: str = "eps") -> jax.Array:
-    """Run the chain from x_T (N, 2) with injected noise zs (T, N, 2), zs[k] used at step T-1-k.
-
-    Returns all T + 1 states (T + 1, N, 2), x_T first, like the tutorial's x_seq.
-    """
-    return _run_chain(params, schedule, x_T, lambda k, x: zs[k], parameterization)
+    return step
 
 
 def sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int,
                  parameterization: str = "eps") -> jax.Array:
-    """Draw x_T ~ N(0, I) of shape (n, 2) and run the whole chain; (T + 1, n, 2), x_T first.
+    """Draw x_T ~ N(0, I) of shape (n, 2) and run the whole chain from `key`; (T + 1, n, 2), x_T first.
 
-    The step noise is drawn inside the scan (fold_in(key, k + 1)), so no (T, n, 2) array is built.
-    Jitted, with `cpu_options.SAMPLING` when JAX runs on CPU.
+    Jitted, with `speed.SAMPLING` when JAX runs on CPU.
     """
     return _jitted_chain()(params, schedule, key, n=n, parameterization=parameterization)
 
@@ -72,11 +73,10 @@ def sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int,
 @functools.lru_cache(maxsize=None)
 def _jitted_chain():
     return jax.jit(_sample_chain, static_argnames=("n", "parameterization"),
-                   compiler_options=cpu_options.on_cpu(cpu_options.SAMPLING))
+                   compiler_options=speed.on_cpu(speed.SAMPLING))
 
 
 def _sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int, parameterization: str) -> jax.Array:
-    x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
-    return _run_chain(params, schedule, x_T,
-                      lambda k, x: jax.random.normal(jax.random.fold_in(key, k + 1), x.shape, x.dtype),
-                      parameterization)
+    return p_sample_loop(params, (n, 2), schedule.num_steps, schedule.alphas, schedule.betas,
+                         schedule.one_minus_alphas_bar_sqrt, key=key,
+                         p_sample_fn=p_sample_for(schedule, parameterization))

@@ -1,11 +1,14 @@
-"""Train state, optimizer, EMA and the scan-fused training loop.
+"""The tutorial's training loop: Adam, clip_grad_norm_(1.), EMA(0.9), fresh permutation each epoch.
 
-One pure `train_step(state, x_0) -> (state, loss)` (randomness drawn from the state's keys;
-`update_step` takes it injected); `train_epoch` shuffles with a fresh permutation and scans over
-the full batches, then takes the short last batch as the tutorial does; `make_train_chunk`
-compiles several epochs into one program, optionally vmapped over seeds (`Config.seeds`) and
-spread over devices (`Config.devices`: the seeds split across them, or one seed's batches).
-Per-step keys come from `fold_in(key, step)` and per-epoch keys from `fold_in(key, epoch)`, so
+JAX twin of torch_reference/training.py. `train_step` is the body of the inner loop, with t and e injectable;
+`train_epoch` is one pass of the loop itself: a fresh permutation, one lax.scan over the full
+batches, then the short last batch as the tutorial takes it. The JAX state is a `TrainState` pytree
+(parameters, their EMA, Adam's state, counters, keys) that every step returns anew.
+
+Beyond the tutorial, below the twin: `make_train_chunk` compiles several epochs into one program,
+optionally vmapped over seeds (`Config.seeds`) and spread over devices (`Config.devices`: the seeds
+split across them, or one seed's batches); `make_loss_fn` picks the loss (--loss). Keys of
+optimizer step s come from `fold_in(noise_key, s)` and of epoch e from `fold_in(order_key, e)`, so
 the state at any epoch boundary (plus the config) determines the rest of the run: that is what
 makes resume exact.
 """
@@ -22,30 +25,65 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jax_ddpm import cpu_options
+from jax_ddpm import speed
 from ddpm_harness.config import Config
-from jax_ddpm.losses import antithetic_timesteps, hybrid_loss, noise_estimation_loss, variational_loss
+from jax_ddpm.elbo import hybrid_loss
+from jax_ddpm.losses import antithetic_timesteps, loss_variational, noise_estimation_loss
 from jax_ddpm.model import init_params
 from jax_ddpm.schedule import Schedule
+from jax_ddpm.speed import epoch_permutation
 
 
 @flax.struct.dataclass
 class TrainState:
     """Everything a run needs to continue: counters, parameters, their EMA, Adam's moments, keys."""
 
-    step: jax.Array  # () int32, optimizer steps taken
+    opt_step: jax.Array  # () int32, optimizer steps taken
     epoch: jax.Array  # () int32, epochs completed
     params: dict
     ema_params: dict
     opt_state: optax.OptState
     order_key: jax.Array  # permutation of epoch e: fold_in(order_key, e)
-    noise_key: jax.Array  # t and e of step s: fold_in(noise_key, s)
+    noise_key: jax.Array  # t and e of optimizer step s: fold_in(noise_key, s)
 
 
-def run_keys(seed: int) -> dict[str, jax.Array]:
-    """The independent key streams of one run, all derived from its seed (raw uint32 keys)."""
-    init, order, noise, sample = jax.random.split(jax.random.PRNGKey(seed), 4)
-    return dict(init=init, order=order, noise=noise, sample=sample)
+def ema_update(ema_params: dict, params: dict, mu: float) -> dict:
+    """shadow = (1 - mu) * param + mu * shadow, the tutorial's EMA.update."""
+    return optax.incremental_update(params, ema_params, 1.0 - mu)
+
+
+def noise_loss(params: dict, batch_x: jax.Array, schedule: Schedule, n_steps: int, t: jax.Array,
+               e: jax.Array) -> jax.Array:
+    """The loss train_step trains with unless told otherwise: the tutorial's, on `schedule`'s arrays."""
+    return noise_estimation_loss(params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt,
+                                 n_steps, t=t, e=e)
+
+
+def train_step(state, optimizer, ema_mu, batch_x, schedule, n_steps, t=None, e=None, loss_fn=noise_loss):
+    """One optimizer step on batch_x (B, 2): loss and gradients, clip + Adam (both in `optimizer`), then
+    the EMA update; returns (new state, loss). Give t (B,) and e (B, 2) both, or neither: then they
+    are drawn by `batch_noise` for `state.opt_step`. `loss_fn(params, batch_x, schedule, n_steps, t, e)`."""
+    if t is None:
+        t, e = batch_noise(state.noise_key, state.opt_step, batch_x.shape, n_steps, batch_x.dtype)
+    # Compute the loss.
+    # Backward pass: compute gradient of the loss with respect to parameters
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch_x, schedule, n_steps, t, e)
+    # Perform gradient clipping (make_optimizer chains it before Adam)
+    # Calling the step function to update the parameters
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # Update the exponential moving average
+    ema_params = ema_update(state.ema_params, params, ema_mu)
+    state = state.replace(opt_step=state.opt_step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    return state, loss
+
+
+def batch_noise(noise_key: jax.Array, opt_step: jax.Array, shape: tuple[int, int],
+                n_steps: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """Antithetic diffusion steps t (B,) and noise e (B, D) of optimizer step `opt_step`, from
+    fold_in(noise_key, opt_step)."""
+    k_t, k_e = jax.random.split(jax.random.fold_in(noise_key, opt_step))
+    return antithetic_timesteps(k_t, shape[0], n_steps), jax.random.normal(k_e, shape, dtype)
 
 
 def make_optimizer(lr: float = 1e-3, clip_norm: float = 1.0) -> optax.GradientTransformation:
@@ -54,14 +92,53 @@ def make_optimizer(lr: float = 1e-3, clip_norm: float = 1.0) -> optax.GradientTr
     return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
 
 
+def train_epoch(state: TrainState, dataset: jax.Array, *, batch_size: int, train_step_fn: Callable,
+                n_steps: int, batch_sharding: Optional[NamedSharding] = None) -> tuple[TrainState, dict]:
+    """One pass of the tutorial's epoch loop over `dataset` (N, 2); returns the mean and last-batch loss.
+
+    `train_step_fn(state, batch_x=, t=, e=)` is `train_step` with its other arguments bound. Every
+    step gets the t and e `batch_noise` draws for it, but the full batches' draws are made in one
+    vectorised call before the scan: drawn step by step, threefry's small loops cost a noticeable
+    part of a step on CPU.
+    """
+    n, dim = dataset.shape
+    n_full, rest = divmod(n, batch_size)
+    permutation = epoch_permutation(jax.random.fold_in(state.order_key, state.epoch), n)
+    shuffled = dataset[permutation]
+    losses = []
+    if n_full:
+        # Retrieve every full batch: (n_full, B, 2), their t (n_full, B) and e (n_full, B, 2)
+        batches = shuffled[: n_full * batch_size].reshape(n_full, batch_size, dim)
+        opt_steps = state.opt_step + jnp.arange(n_full)
+        t, e = jax.vmap(lambda s: batch_noise(state.noise_key, s, (batch_size, dim), n_steps, dataset.dtype))(opt_steps)
+        xs = (batches, t, e)
+        if batch_sharding is not None:
+            xs = jax.lax.with_sharding_constraint(xs, batch_sharding)
+        state, full_losses = jax.lax.scan(lambda s, x_t_e: train_step_fn(s, batch_x=x_t_e[0], t=x_t_e[1], e=x_t_e[2]),
+                                          state, xs)
+        losses.append(full_losses)
+    if rest:  # the tutorial keeps the short last batch
+        t, e = batch_noise(state.noise_key, state.opt_step, (rest, dim), n_steps, dataset.dtype)
+        state, loss = train_step_fn(state, batch_x=shuffled[n_full * batch_size:], t=t, e=e)
+        losses.append(loss[None])
+    losses = jnp.concatenate(losses)
+    # The tutorial's mean epoch loss weights batches equally, as it prints single-batch losses.
+    metrics = dict(loss=jnp.mean(losses), last_loss=losses[-1])
+    return state.replace(epoch=state.epoch + 1), metrics
+
+
+# Beyond the tutorial: the run's compiled program, its losses, seeds and devices.
+
+
 def optimizer_for(config: Config) -> optax.GradientTransformation:
     """The optimizer a config asks for (--lr, --clip-norm)."""
     return make_optimizer(config.lr, config.clip_norm)
 
 
-def ema_update(ema_params: dict, params: dict, mu: float) -> dict:
-    """shadow = (1 - mu) * param + mu * shadow, the tutorial's EMA.update."""
-    return optax.incremental_update(params, ema_params, 1.0 - mu)
+def run_keys(seed: int) -> dict[str, jax.Array]:
+    """The independent key streams of one run, all derived from its seed (raw uint32 keys)."""
+    init, order, noise, sample = jax.random.split(jax.random.PRNGKey(seed), 4)
+    return dict(init=init, order=order, noise=noise, sample=sample)
 
 
 def init_train_state(seed: int, n_steps: int, n_outputs: int,
@@ -69,101 +146,26 @@ def init_train_state(seed: int, n_steps: int, n_outputs: int,
     """Fresh state for one seed: reference-distributed weights, EMA registered as a copy."""
     keys = run_keys(seed)
     params = init_params(keys["init"], n_steps, n_outputs)
-    return TrainState(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32), params=params,
+    return TrainState(opt_step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree_util.tree_map(jnp.array, params), opt_state=optimizer.init(params),
                       order_key=keys["order"], noise_key=keys["noise"])
 
 
 def make_loss_fn(loss: str = "noise", hybrid_lambda: float = 0.001) -> Callable:
-    """loss(params, schedule, x_0, t, e) for --loss noise | variational | hybrid."""
-    losses = {"noise": noise_estimation_loss, "variational": variational_loss,
-              "hybrid": functools.partial(hybrid_loss, hybrid_lambda=hybrid_lambda)}
+    """loss_fn(params, batch_x, schedule, n_steps, t, e) of train_step for --loss noise | variational | hybrid."""
+
+    def variational(params, batch_x, schedule, n_steps, t, e):
+        return loss_variational(params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt,
+                                schedule.posterior_mean_coef_1, schedule.posterior_mean_coef_2,
+                                schedule.posterior_log_variance_clipped, n_steps, t=t, noise=e)
+
+    def hybrid(params, batch_x, schedule, n_steps, t, e):
+        return hybrid_loss(params, schedule, batch_x, t, e, hybrid_lambda)
+
+    losses = {"noise": noise_loss, "variational": variational, "hybrid": hybrid}
     if loss not in losses:
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(losses)}")
     return losses[loss]
-
-
-def update_step(state: TrainState, x_0: jax.Array, t: jax.Array, e: jax.Array, *, schedule: Schedule,
-                optimizer: optax.GradientTransformation, ema_decay: float,
-                loss_fn: Callable = noise_estimation_loss) -> tuple[TrainState, jax.Array]:
-    """One optimizer step on batch x_0 (B, 2) with given steps t (B,) and noise e (B, 2):
-    loss and gradients, clip + Adam, then the EMA update (the tutorial's inner-loop body)."""
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, schedule, x_0, t, e)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                          ema_params=ema_update(state.ema_params, params, ema_decay))
-    return state, loss
-
-
-def step_noise(noise_key: jax.Array, step: jax.Array, shape: tuple[int, int],
-               n_steps: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
-    """Antithetic steps t (B,) and noise e (B, D) of optimizer step `step`, from fold_in(noise_key, step)."""
-    k_t, k_e = jax.random.split(jax.random.fold_in(noise_key, step))
-    return antithetic_timesteps(k_t, shape[0], n_steps), jax.random.normal(k_e, shape, dtype)
-
-
-def train_step(state: TrainState, x_0: jax.Array, **step_kwargs) -> tuple[TrainState, jax.Array]:
-    """`update_step` with antithetic t and noise e drawn by `step_noise` for `state.step`."""
-    t, e = step_noise(state.noise_key, state.step, x_0.shape, step_kwargs["schedule"].num_steps, x_0.dtype)
-    return update_step(state, x_0, t, e, **step_kwargs)
-
-
-def epoch_permutation(key: jax.Array, n: int) -> jax.Array:
-    """A uniform random permutation of range(n) (int32), about 3x faster on CPU than
-    `jax.random.permutation`.
-
-    XLA:CPU sorts a lone uint32 array several times faster than key-value pairs, so each round
-    sorts random bits with the position packed into the low bits (all keys distinct: no ties to
-    break) and applies the order it finds. Together the rounds order the items by the
-    concatenation of their random bits, at least 3 log2(n) of them as `jax.random.permutation`
-    draws, so two items tie on all of them with probability below 1/n per call. Falls back to
-    `jax.random.permutation` when n leaves fewer than 8 random bits a round.
-    """
-    index_bits = max(1, (n - 1).bit_length())
-    random_bits = 32 - index_bits
-    if random_bits < 8:
-        return jax.random.permutation(key, n)
-    low = jnp.uint32((1 << index_bits) - 1)
-    positions = jnp.arange(n, dtype=jnp.uint32)
-    perm = positions
-    for round_key in jax.random.split(key, -(-3 * index_bits // random_bits)):
-        packed = (jax.random.bits(round_key, (n,), jnp.uint32) & ~low) | positions
-        perm = perm[jnp.sort(packed) & low]
-    return perm.astype(jnp.int32)
-
-
-def train_epoch(state: TrainState, data: jax.Array, *, batch_size: int, update_fn: Callable,
-                num_steps: int, batch_sharding: Optional[NamedSharding] = None) -> tuple[TrainState, dict]:
-    """One pass over `data` (N, 2) in a fresh random order; returns the mean and last-batch loss.
-
-    `update_fn(state, x_0, t, e)` is `update_step` with its keywords bound. Every step gets the t
-    and e `train_step` would draw, but the full batches' draws are made in one vectorised call
-    before the scan: drawn step by step, threefry's small loops cost about 70 us of a ~450 us
-    step on CPU.
-    """
-    n, dim = data.shape
-    n_full, rest = divmod(n, batch_size)
-    perm = epoch_permutation(jax.random.fold_in(state.order_key, state.epoch), n)
-    shuffled = data[perm]
-    losses = []
-    if n_full:
-        batches = shuffled[: n_full * batch_size].reshape(n_full, batch_size, dim)
-        steps = state.step + jnp.arange(n_full)
-        t, e = jax.vmap(lambda s: step_noise(state.noise_key, s, (batch_size, dim), num_steps, data.dtype))(steps)
-        xs = (batches, t, e)  # (n_full, B, 2), (n_full, B), (n_full, B, 2)
-        if batch_sharding is not None:
-            xs = jax.lax.with_sharding_constraint(xs, batch_sharding)
-        state, full_losses = jax.lax.scan(lambda s, x_t_e: update_fn(s, *x_t_e), state, xs)
-        losses.append(full_losses)
-    if rest:  # the tutorial keeps the short last batch
-        t, e = step_noise(state.noise_key, state.step, (rest, dim), num_steps, data.dtype)
-        state, last = update_fn(state, shuffled[n_full * batch_size:], t, e)
-        losses.append(last[None])
-    losses = jnp.concatenate(losses)
-    # The tutorial's mean epoch loss weights batches equally, as it prints single-batch losses.
-    metrics = dict(loss=jnp.mean(losses), last_loss=losses[-1])
-    return state.replace(epoch=state.epoch + 1), metrics
 
 
 def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.GradientTransformation,
@@ -175,13 +177,13 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
     devices (parameters replicated, gradients all-reduced every step); several seeds are split
     instead (`shard_map`: each device trains seeds / devices whole models, no communication).
     """
-    update_fn = functools.partial(update_step, schedule=schedule, optimizer=optimizer,
-                                  ema_decay=config.ema_decay,
-                                  loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
+    train_step_fn = functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
+                                      n_steps=schedule.num_steps,
+                                      loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
     seeds_on_devices = mesh is not None and config.seeds > 1
     batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None and not seeds_on_devices else None
-    epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, update_fn=update_fn,
-                                 num_steps=schedule.num_steps, batch_sharding=batch_sharding)
+    epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn,
+                                 n_steps=schedule.num_steps, batch_sharding=batch_sharding)
 
     def chunk(state, data):
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=n_epochs)
@@ -190,7 +192,7 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
         chunk = jax.vmap(chunk, in_axes=(0, None))
     if seeds_on_devices:
         chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"))
-    return jax.jit(chunk, compiler_options=cpu_options.on_cpu(cpu_options.TRAINING))
+    return jax.jit(chunk, compiler_options=speed.on_cpu(speed.TRAINING))
 
 
 def state_sharding(config: Config, mesh: Mesh) -> NamedSharding:

@@ -91,7 +91,7 @@ def q_sample_pairs(p: Precision) -> Pairs:
     (x0_ref, x0_ans), (t_ref, t_ans), (e_ref, e_ans) = both(*inputs(p, 512))
     out_ref = ref_schedule.q_sample(x0_ref, t_ref, sched_ref.alphas_bar_sqrt, sched_ref.one_minus_alphas_bar_sqrt,
                                     noise=e_ref)
-    out_ans = schedule.q_sample(sched_ans, x0_ans, t_ans, e_ans)
+    out_ans = schedule.q_sample(x0_ans, t_ans, sched_ans.alphas_bar_sqrt, sched_ans.one_minus_alphas_bar_sqrt, e_ans)
     return {"x_t": (to_numpy(out_ref), to_numpy(out_ans))}
 
 
@@ -103,7 +103,9 @@ def posterior_pairs(p: Precision) -> Pairs:
     mean_ref, log_var_ref = ref_schedule.q_posterior_mean_variance(
         x0_ref, xt_ref, t_ref, sched_ref.posterior_mean_coef_1, sched_ref.posterior_mean_coef_2,
         sched_ref.posterior_log_variance_clipped)
-    mean_ans, log_var_ans = schedule.q_posterior_mean_variance(sched_ans, x0_ans, xt_ans, t_ans)
+    mean_ans, log_var_ans = schedule.q_posterior_mean_variance(
+        x0_ans, xt_ans, t_ans, sched_ans.posterior_mean_coef_1, sched_ans.posterior_mean_coef_2,
+        sched_ans.posterior_log_variance_clipped)
     return {"mean": (to_numpy(mean_ref), to_numpy(mean_ans)),
             "log_variance": (to_numpy(log_var_ref), to_numpy(log_var_ans))}
 
@@ -126,13 +128,18 @@ def _torch_noise_loss(model, sched_ref, x0_ref, t_ref, e_ref):
                                             sched_ref.one_minus_alphas_bar_sqrt, N_STEPS, t=t_ref, e=e_ref)
 
 
+def _jax_noise_loss(params, sched_ans, x0_ans, t_ans, e_ans):
+    return losses.noise_estimation_loss(params, x0_ans, sched_ans.alphas_bar_sqrt, sched_ans.one_minus_alphas_bar_sqrt,
+                                        N_STEPS, t=t_ans, e=e_ans)
+
+
 def noise_loss_pairs(p: Precision) -> Pairs:
     model, params = ported_model(p)
     sched_ref, sched_ans = tutorial_schedules(p)
     (x0_ref, x0_ans), (t_ref, t_ans), (e_ref, e_ans) = both(*inputs(p, 128))
     with torch.no_grad():
         out_ref = _torch_noise_loss(model, sched_ref, x0_ref, t_ref, e_ref)
-    out_ans = losses.noise_estimation_loss(params, sched_ans, x0_ans, t_ans, e_ans)
+    out_ans = _jax_noise_loss(params, sched_ans, x0_ans, t_ans, e_ans)
     return {"loss": (to_numpy(out_ref), to_numpy(out_ans))}
 
 
@@ -148,7 +155,7 @@ def gradient_pairs(p: Precision) -> Pairs:
     sched_ref, sched_ans = tutorial_schedules(p)
     (x0_ref, x0_ans), (t_ref, t_ans), (e_ref, e_ans) = both(*inputs(p, 128))
     grads_ref = flat_torch(_torch_grads(model, sched_ref, x0_ref, t_ref, e_ref))
-    grads_ans = flat_params(jax.grad(losses.noise_estimation_loss)(params, sched_ans, x0_ans, t_ans, e_ans))
+    grads_ans = flat_params(jax.grad(_jax_noise_loss)(params, sched_ans, x0_ans, t_ans, e_ans))
     return tree_pairs(grads_ref, grads_ans)
 
 
@@ -169,14 +176,14 @@ def clip_pairs(p: Precision, max_norm: float) -> tuple[Pairs, float]:
 
 
 def _jax_state(params: dict, optimizer: optax.GradientTransformation) -> training.TrainState:
-    key = jax.random.PRNGKey(0)  # unused by update_step: t and e are injected
-    return training.TrainState(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32), params=params,
+    key = jax.random.PRNGKey(0)  # unused by train_step: t and e are injected
+    return training.TrainState(opt_step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32), params=params,
                                ema_params=jax.tree_util.tree_map(jnp.array, params),
                                opt_state=optimizer.init(params), order_key=key, noise_key=key)
 
 
 def _train_both(p: Precision, batches, clip_norm: float) -> tuple[Pairs, list[float]]:
-    """Drive torch_reference.training.train_step and jax_ddpm.training.update_step over the same
+    """Drive torch_reference.training.train_step and jax_ddpm.training.train_step over the same
     (x_0, t, e) batches from the same weights. Returns pairs for the parameters, EMA parameters,
     Adam's moments and per-step losses, and torch's pre-clip gradient norm at every step."""
     model, params = ported_model(p)
@@ -186,8 +193,8 @@ def _train_both(p: Precision, batches, clip_norm: float) -> tuple[Pairs, list[fl
     ema.register(model)
     optimizer = training.make_optimizer(LR, clip_norm)
     state = _jax_state(params, optimizer)
-    step = jax.jit(functools.partial(training.update_step, schedule=sched_ans, optimizer=optimizer,
-                                     ema_decay=EMA_DECAY))
+    train_step = jax.jit(functools.partial(training.train_step, optimizer=optimizer, ema_mu=EMA_DECAY,
+                                           schedule=sched_ans, n_steps=N_STEPS))
     losses_ref, losses_ans, norms = [], [], []
     for x_0, t, e in batches:
         (x0_ref, x0_ans), (t_ref, t_ans), (e_ref, e_ans) = both(x_0, t, e)
@@ -195,7 +202,7 @@ def _train_both(p: Precision, batches, clip_norm: float) -> tuple[Pairs, list[fl
             torch.linalg.vector_norm(g) for g in _torch_grads(model, sched_ref, x0_ref, t_ref, e_ref).values()]))))
         losses_ref.append(to_numpy(ref_training.train_step(model, optimizer_ref, ema, x0_ref, sched_ref, N_STEPS,
                                                            clip_norm, t=t_ref, e=e_ref)))
-        state, loss = step(state, x0_ans, t_ans, e_ans)
+        state, loss = train_step(state, batch_x=x0_ans, t=t_ans, e=e_ans)
         losses_ans.append(to_numpy(loss))
     named = dict(model.named_parameters())
     pairs = {"loss": (np.stack(losses_ref), np.stack(losses_ans))}
@@ -249,8 +256,14 @@ def variational_pairs(p: Precision) -> Pairs:
         terms_ref = torch.stack([ref_losses.loss_variational(model, x0_ref[i:i + 1], *coefs, N_STEPS,
                                                              t=t_ref[i:i + 1], noise=e_ref[i:i + 1])
                                  for i in range(x0_ref.shape[0])])
-    loss_ans = losses.variational_loss(params, sched_ans, x0_ans, t_ans, e_ans)
-    terms_ans = losses.variational_terms(params, sched_ans, x0_ans, t_ans, e_ans)
+    coefs_ans = [getattr(sched_ans, name) for name in ("alphas_bar_sqrt", "one_minus_alphas_bar_sqrt",
+                                                       "posterior_mean_coef_1", "posterior_mean_coef_2",
+                                                       "posterior_log_variance_clipped")]
+    loss_variational = jax.jit(
+        lambda x_0, t, e: losses.loss_variational(params, x_0, *coefs_ans, N_STEPS, t=t, noise=e))
+    loss_ans = loss_variational(x0_ans, t_ans, e_ans)
+    terms_ans = jnp.stack([loss_variational(x0_ans[i:i + 1], t_ans[i:i + 1], e_ans[i:i + 1])
+                           for i in range(x0_ans.shape[0])])
     return {"loss": (to_numpy(loss_ref), to_numpy(loss_ans)),
             "terms": (to_numpy(terms_ref), to_numpy(terms_ans))}
 
@@ -267,7 +280,9 @@ def p_sample_pairs(p: Precision) -> Pairs:
         with torch.no_grad():
             out_ref = ref_sampling.p_sample(model, x_ref, t, sched_ref.alphas, sched_ref.betas,
                                             sched_ref.one_minus_alphas_bar_sqrt, z=z_ref)
-        pairs[f"t={t}"] = (to_numpy(out_ref), to_numpy(sampling.p_sample(params, sched_ans, x_ans, t, z_ans)))
+        out_ans = sampling.p_sample(params, x_ans, t, sched_ans.alphas, sched_ans.betas,
+                                    sched_ans.one_minus_alphas_bar_sqrt, z=z_ans)
+        pairs[f"t={t}"] = (to_numpy(out_ref), to_numpy(out_ans))
     return pairs
 
 
@@ -282,7 +297,9 @@ def chain_pairs(p: Precision, n_points: int = 500) -> Pairs:
     with torch.no_grad():
         out_ref = ref_sampling.p_sample_loop(model, x_T.shape, N_STEPS, sched_ref.alphas, sched_ref.betas,
                                              sched_ref.one_minus_alphas_bar_sqrt, x_T=xT_ref, zs=zs_ref)
-    out_ans = jax.jit(sampling.p_sample_loop)(params, sched_ans, xT_ans, zs_ans)
+    out_ans = jax.jit(sampling.p_sample_loop, static_argnums=(1, 2))(
+        params, x_T.shape, N_STEPS, sched_ans.alphas, sched_ans.betas, sched_ans.one_minus_alphas_bar_sqrt,
+        x_T=xT_ans, zs=zs_ans)
     return {"x_seq": (np.stack([to_numpy(x) for x in out_ref]), to_numpy(out_ans))}
 
 

@@ -4,6 +4,7 @@ KL), scipy's normal density; and the cosine schedule against the paper's formula
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -13,11 +14,11 @@ import pytest
 import scipy.stats
 import torch
 
-from jax_ddpm import elbo, losses, sampling
+from jax_ddpm import elbo, losses
 from jax_ddpm.convert import flax_to_torch
 from ddpm_harness.data import make_dataset
 from jax_ddpm.model import apply_model, init_params
-from jax_ddpm.schedule import make_beta_schedule, make_schedule, schedule_arrays
+from jax_ddpm.schedule import make_beta_schedule, make_schedule, q_sample, schedule_from_betas
 from torch_reference import losses as ref_losses
 from torch_reference import schedule as ref_schedule
 from torch_reference.model import ConditionalModel
@@ -31,7 +32,7 @@ def x_0():
 
 
 def np_schedule(kind="sigmoid"):
-    return schedule_arrays(make_beta_schedule(kind, T, 1e-5, 5e-3).astype(np.float64))
+    return dataclasses.asdict(schedule_from_betas(make_beta_schedule(kind, T, 1e-5, 5e-3).astype(np.float64)))
 
 
 def test_terms_equal_reference_variational_loss_at_every_step(x_0):
@@ -109,12 +110,12 @@ def decoder_nll_by_hand(params, s, x_0, key):
 def test_gaussian_decoder_is_the_normal_density(x_0):
     means = x_0 + 0.05
     log_var = np.full_like(x_0, -4.0)
-    out_ans = losses.gaussian_log_likelihood(jnp.asarray(x_0), jnp.asarray(means), 0.5 * jnp.asarray(log_var))
+    out_ans = elbo.gaussian_log_likelihood(jnp.asarray(x_0), jnp.asarray(means), 0.5 * jnp.asarray(log_var))
     out_ref = scipy.stats.norm.logpdf(x_0, loc=means, scale=np.exp(0.5 * log_var))
     np.testing.assert_allclose(np.asarray(out_ans), out_ref, rtol=1e-5)
     steps = jnp.zeros(len(x_0), jnp.int32)
-    term = losses.vlb_terms(make_schedule(), jnp.asarray(x_0), jnp.asarray(x_0), steps, jnp.asarray(means),
-                            jnp.asarray(log_var), decoder="gaussian")
+    term = elbo.vlb_terms(make_schedule(), jnp.asarray(x_0), jnp.asarray(x_0), steps, jnp.asarray(means),
+                          jnp.asarray(log_var), decoder="gaussian")
     np.testing.assert_allclose(np.asarray(term), -out_ref.mean(axis=1) / np.log(2), rtol=1e-5)
 
 
@@ -150,7 +151,8 @@ def test_hybrid_loss_value_and_stop_gradient(x_0):
     s = np_schedule()
     tn, en, xn = np.asarray(t), np.asarray(e, np.float64), x_0[:64].astype(np.float64)
     x_t = np.sqrt(s["alphas_prod"][tn])[:, None] * xn + np.sqrt(1 - s["alphas_prod"][tn])[:, None] * en
-    out = np.asarray(apply_model(params, losses.q_sample(sched, x, t, e), t), np.float64)
+    x_t_ans = q_sample(x, t, sched.alphas_bar_sqrt, sched.one_minus_alphas_bar_sqrt, e)
+    out = np.asarray(apply_model(params, x_t_ans, t), np.float64)
     eps, log_var = out[:, :2], out[:, 2:]
     a, ab = s["alphas"][tn][:, None], s["alphas_prod"][tn][:, None]
     mean = (x_t - (1 - a) / np.sqrt(1 - ab) * eps) / np.sqrt(a)
@@ -162,11 +164,11 @@ def test_hybrid_loss_value_and_stop_gradient(x_0):
     terms = np.where(tn == 0, nll.mean(1), kl.mean(1)) / np.log(2)
     out_ref = np.mean((en - eps) ** 2) + lam * T * terms.mean()
     # float32 forward vs float64 numpy; the t = 0 decoder's bins make it the least smooth term.
-    np.testing.assert_allclose(float(losses.hybrid_loss(params, sched, x, t, e, lam)), out_ref, rtol=1e-4)
+    np.testing.assert_allclose(float(elbo.hybrid_loss(params, sched, x, t, e, lam)), out_ref, rtol=1e-4)
 
     # Gradients: the bound reaches the log-variance outputs only; the eps outputs learn from L_simple.
-    grad_hybrid = jax.grad(losses.hybrid_loss)(params, sched, x, t, e, lam)["lin4"]
-    grad_simple = jax.grad(losses.hybrid_loss)(params, sched, x, t, e, 0.0)["lin4"]
+    grad_hybrid = jax.grad(elbo.hybrid_loss)(params, sched, x, t, e, lam)["lin4"]
+    grad_simple = jax.grad(elbo.hybrid_loss)(params, sched, x, t, e, 0.0)["lin4"]
     np.testing.assert_allclose(grad_hybrid["kernel"][:, :2], grad_simple["kernel"][:, :2], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(grad_hybrid["bias"][:2], grad_simple["bias"][:2], rtol=1e-6, atol=1e-9)
     assert np.all(np.asarray(grad_simple["kernel"][:, 2:]) == 0)
@@ -181,5 +183,5 @@ def test_eps_logvar_sampler_step_uses_eps_mean_and_learned_variance(x_0):
     out = np.asarray(apply_model(params, x, jnp.full((1,), t)), np.float64)
     mean = (x_0 - (1 - s["alphas"][t]) / np.sqrt(1 - s["alphas_prod"][t]) * out[:, :2]) / np.sqrt(s["alphas"][t])
     out_ref = mean + np.exp(0.5 * out[:, 2:]) * z
-    out_ans = sampling.p_sample(params, sched, x, t, jnp.asarray(z), "eps_logvar")
+    out_ans = elbo.p_sample_learned(params, sched, x, t, jnp.asarray(z), "eps_logvar")
     np.testing.assert_allclose(np.asarray(out_ans), out_ref, rtol=1e-5, atol=1e-6)

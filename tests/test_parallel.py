@@ -69,7 +69,7 @@ def test_each_seed_equals_a_separate_single_seed_run():
     for i in range(k):
         single, single_metrics = single_chunk(init_states(dataclasses.replace(TINY, seed=TINY.seed + i), optimizer), data)
         ith = jax.tree.map(lambda x: x[i], (stacked, stacked_metrics))
-        assert int(ith[0].step) == int(single.step) == TINY.epochs * 7
+        assert int(ith[0].opt_step) == int(single.opt_step) == TINY.epochs * 7
         assert max_relative_gap(ith, (single, single_metrics)) <= 1.0, f"seed {TINY.seed + i} differs"
     # Different seeds really are different models.
     first = np.asarray(stacked.params["lin2"]["lin"]["kernel"])

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import scipy.stats
 
-from jax_ddpm.training import epoch_permutation
+from jax_ddpm.speed import epoch_permutation
 
 # Goodness-of-fit tests reject a truly uniform sampler with this probability.
 ALPHA = 1e-3

@@ -77,7 +77,9 @@ def test_same_trained_weights_and_noise_give_the_same_samples(trained):
     s = ref_schedule.schedule_for(CONFIG)
     for model in trained["torch_models"]:
         params = jax.tree_util.tree_map(jnp.asarray, torch_to_flax(model.state_dict()))
-        out_ans = np.asarray(p_sample_loop(params, schedule, jnp.asarray(x_T), jnp.asarray(zs))[-1])
+        out_ans = np.asarray(p_sample_loop(params, x_T.shape, CONFIG.num_steps, schedule.alphas, schedule.betas,
+                                           schedule.one_minus_alphas_bar_sqrt, x_T=jnp.asarray(x_T),
+                                           zs=jnp.asarray(zs))[-1])
         with torch.no_grad():
             out_ref = ref_p_sample_loop(model, (N_SAMPLES, 2), CONFIG.num_steps, s.alphas, s.betas,
                                         s.one_minus_alphas_bar_sqrt, x_T=torch.from_numpy(x_T),

@@ -59,7 +59,7 @@ def test_tiny_run_writes_every_output(tiny_run):
 def test_training_moves_parameters_and_ema_lags_behind(tiny_run):
     state = restore(tiny_run)
     init = init_states(Config(n_points=256), optimizer_for(Config()))
-    assert int(state.step) == 20 * STEPS_PER_EPOCH and int(state.epoch) == 20
+    assert int(state.opt_step) == 20 * STEPS_PER_EPOCH and int(state.epoch) == 20
     moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), state.params,
                                    init.params)
     assert min(jax.tree_util.tree_leaves(moved)) > 0  # every parameter was trained

@@ -19,7 +19,9 @@ from jax_ddpm.losses import noise_estimation_loss
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sampling import sample_chain
-from jax_ddpm.schedule import make_beta_schedule, make_schedule, schedule_arrays
+import dataclasses
+
+from jax_ddpm.schedule import make_beta_schedule, make_schedule, schedule_from_betas
 from jax_ddpm.train import main as train_main
 from jax_ddpm.training import init_train_state, run_keys, train_epoch
 from tests.conftest import tiny_argv
@@ -58,7 +60,7 @@ def test_sample_with_ema_samples_the_ema_parameters(tmp_path):
 def probe():
     """x_0, steps t >= 1 and noise e drawn with numpy (independent of the run's keys), x_t and the true
     posterior q(x_{t-1} | x_t, x_0): mean and log-variance, all float64 from the tutorial's schedule."""
-    s = schedule_arrays(make_beta_schedule("sigmoid", 100, 1e-5, 5e-3).astype(np.float64))
+    s = dataclasses.asdict(schedule_from_betas(make_beta_schedule("sigmoid", 100, 1e-5, 5e-3).astype(np.float64)))
     rng = np.random.default_rng(11)
     x_0 = get_dataset("moons", 256, 0.1, 0).astype(np.float64)
     t = rng.integers(1, 100, len(x_0))
@@ -122,13 +124,14 @@ def reference_run(optimizer: optax.GradientTransformation, epochs: int):
     schedule = make_schedule()
     data = jax.numpy.asarray(get_dataset("moons", 256, 0.1, 0))
 
-    def update(state, x_0, t, e):
-        loss, grads = jax.value_and_grad(noise_estimation_loss)(state.params, schedule, x_0, t, e)
+    def update(state, batch_x, t, e):
+        loss, grads = jax.value_and_grad(noise_estimation_loss)(
+            state.params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, 100, t=t, e=e)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        return state.replace(opt_step=state.opt_step + 1, params=optax.apply_updates(state.params, updates),
                              opt_state=opt_state), loss
 
-    epoch = jax.jit(functools.partial(train_epoch, batch_size=32, update_fn=update, num_steps=100))
+    epoch = jax.jit(functools.partial(train_epoch, batch_size=32, train_step_fn=update, n_steps=100))
     state, losses = init_train_state(0, 100, 2, optimizer), []
     for _ in range(epochs):
         state, metrics = epoch(state, data)

@@ -1,4 +1,4 @@
-"""The per-program XLA:CPU options (jax_ddpm.cpu_options) change speed, not results: the compiled
+"""The per-program XLA:CPU options (jax_ddpm.speed) change speed, not results: the compiled
 training chunk equals the same epochs jitted without options, and `sample_chain` equals
 `p_sample_loop` fed the noise it draws from its key, both up to float rounding."""
 
@@ -15,7 +15,7 @@ from ddpm_harness.config import Config, dataset_for
 from jax_ddpm.model import init_params
 from jax_ddpm.sampling import p_sample_loop, sample_chain
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import init_states, make_loss_fn, optimizer_for, make_train_chunk, train_epoch, update_step
+from jax_ddpm.training import init_states, make_loss_fn, make_train_chunk, optimizer_for, train_epoch, train_step
 
 # Other fused kernels for exp, log1p and the sums only round differently: after 100 steps the
 # chains measured ~1e-5 apart on values of order 1.
@@ -29,15 +29,15 @@ def test_training_chunk_equals_epochs_jitted_without_options():
     data = jnp.asarray(dataset_for(config))
     state = init_states(config, optimizer)
     chunked, metrics = make_train_chunk(config, schedule, optimizer, config.epochs)(state, data)
-    update_fn = functools.partial(update_step, schedule=schedule, optimizer=optimizer, ema_decay=config.ema_decay,
-                                  loss_fn=make_loss_fn(config.loss))
-    epoch = jax.jit(functools.partial(train_epoch, batch_size=config.batch_size, update_fn=update_fn,
-                                      num_steps=config.num_steps))
+    train_step_fn = functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
+                                      n_steps=config.num_steps, loss_fn=make_loss_fn(config.loss))
+    epoch = jax.jit(functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn,
+                                      n_steps=config.num_steps))
     plain, losses = state, []
     for _ in range(config.epochs):
         plain, epoch_metrics = epoch(plain, data)
         losses.append(float(epoch_metrics["loss"]))
-    assert int(chunked.step) == int(plain.step) == 14
+    assert int(chunked.opt_step) == int(plain.opt_step) == 14
     np.testing.assert_allclose(np.asarray(metrics["loss"]), losses, rtol=RTOL)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(plain)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL, atol=ATOL)
@@ -50,7 +50,8 @@ def test_sample_chain_equals_p_sample_loop_with_the_same_noise():
     key = jax.random.PRNGKey(11)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
     zs = jnp.stack([jax.random.normal(jax.random.fold_in(key, k + 1), (n, 2)) for k in range(config.num_steps)])
-    expected = np.asarray(p_sample_loop(params, schedule, x_T, zs))
+    expected = np.asarray(p_sample_loop(params, (n, 2), config.num_steps, schedule.alphas, schedule.betas,
+                                        schedule.one_minus_alphas_bar_sqrt, x_T=x_T, zs=zs))
     actual = np.asarray(sample_chain(params, schedule, key, n))
     assert actual.shape == (config.num_steps + 1, n, 2)
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)

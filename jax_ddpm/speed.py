@@ -1,0 +1,95 @@
+"""The speed tricks: what jax_ddpm does beyond the tutorial's translation only to run faster on XLA:CPU.
+
+- `dense` / `FastLinear`: a linear layer whose backward pass computes the kernel gradient from a
+  materialised transpose, which XLA:CPU runs as a fast row-major matmul.
+- `epoch_permutation`: a uniform random permutation from packed uint32 sorts.
+- `TRAINING` / `SAMPLING` / `on_cpu`: per-program XLA:CPU compiler options.
+
+Each changes results at most by float rounding (tests/test_speed.py). Why each pays, and by how much on
+the machine the project was measured on: benchmarks/results/cpu.md and the README's Speed section.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@jax.custom_vjp
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """x (B, in) @ kernel (in, out) + bias (out,), with a backward pass tuned for XLA:CPU.
+
+    Same gradients as autodiff up to float rounding; only the kernel gradient x^T g is computed
+    differently: XLA:CPU runs a dot that contracts both operands' leading axis as a slow generic
+    loop, but a materialised x^T times g as a fast row-major matmul (copy included, about twice as
+    fast: benchmarks/results/cpu.md). Forward and the other gradients are the plain matmuls.
+    """
+    return x @ kernel + bias
+
+
+def _dense_fwd(x, kernel, bias):
+    return dense(x, kernel, bias), (x, kernel)
+
+
+def _dense_bwd(residuals, g):
+    x, kernel = residuals  # g: (B, out)
+    x_t = jax.lax.optimization_barrier(x.T)  # (in, B), kept as a real transposed copy
+    return g @ kernel.T, x_t @ g, jnp.sum(g, axis=0)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+class FastLinear(nnx.Linear):
+    """nnx.Linear (same parameters, kernel (in, out)) evaluated with `dense`."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return dense(x, self.kernel[...], self.bias[...])
+
+
+def epoch_permutation(key: jax.Array, n: int) -> jax.Array:
+    """A uniform random permutation of range(n) (int32), several times faster on XLA:CPU than
+    `jax.random.permutation` (benchmarks/results/cpu.md).
+
+    XLA:CPU sorts a lone uint32 array several times faster than key-value pairs, so each round
+    sorts random bits with the position packed into the low bits (all keys distinct: no ties to
+    break) and applies the order it finds. Together the rounds order the items by the
+    concatenation of their random bits, at least 3 log2(n) of them as `jax.random.permutation`
+    draws, so two items tie on all of them with probability below 1/n per call. Falls back to
+    `jax.random.permutation` when n leaves fewer than 8 random bits a round.
+    """
+    index_bits = max(1, (n - 1).bit_length())
+    random_bits = 32 - index_bits
+    if random_bits < 8:
+        return jax.random.permutation(key, n)
+    low = jnp.uint32((1 << index_bits) - 1)
+    positions = jnp.arange(n, dtype=jnp.uint32)
+    perm = positions
+    for round_key in jax.random.split(key, -(-3 * index_bits // random_bits)):
+        packed = (jax.random.bits(round_key, (n,), jnp.uint32) & ~low) | positions
+        perm = perm[jnp.sort(packed) & low]
+    return perm.astype(jnp.int32)
+
+
+# Per-program XLA:CPU compiler options, passed to `jax.jit(..., compiler_options=...)` of one
+# program each rather than set in XLA_FLAGS, because what speeds one program up slows the other.
+# Both change results only by float rounding. They are XLA DebugOptions of jax 0.10 (pyproject pins
+# jax < 0.11); other backends get none. Measured effects: benchmarks/results/cpu.md.
+#
+# The scan-fused training chunk: 512-bit vectors for the element-wise fusions (softplus, Adam,
+# EMA). Not YNNPACK's reductions (LibraryFusionType REDUCE = 3): a little faster on an idle machine,
+# but they keep a pool thread spinning, which halves the rate when the other core is busy
+# (--seeds K --devices 2, a neighbour). Not YNNPACK's dots (types 1, 4): slower.
+TRAINING = {"xla_cpu_prefer_vector_width": 512}
+# The sampling chain: YNNPACK's fused element-wise kernels (ELTWISE = 2) run the gains, softplus
+# and posterior arithmetic over n x 128 values about twice as fast; the small training step is
+# slower with them.
+SAMPLING = {"xla_cpu_experimental_ynn_fusion_type": "2"}
+
+
+def on_cpu(options: dict) -> Optional[dict]:
+    """`options` when JAX runs on CPU, else None (jit's default)."""
+    return options if jax.default_backend() == "cpu" else None
