@@ -129,17 +129,26 @@ def write_gif(forward: np.ndarray, reverse: np.ndarray, path: Path, size: int = 
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
 
 
-def draw_run_pictures(run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray, x_seq: np.ndarray,
-                      records: Sequence[dict]) -> None:
-    """All pictures of a run: data.png, forward.png, reverse.png, loss.png and diffusion.gif.
-
-    forward (T, N, 2) holds q(x_t | x_0) samples for t = 0 .. T-1; x_seq (T + 1, n, 2) is one
-    reverse chain, x_T first.
-    """
+def draw_setup_pictures(run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray) -> None:
+    """The pictures known before training: data.png and forward.png (forward: (T, N, 2) samples of
+    q(x_t | x_0) for t = 0 .. T-1)."""
     run_dir = Path(run_dir)
     plot_datasets(datasets, run_dir / "data.png")
     plot_forward([(t, forward[t]) for t in forward_steps(forward.shape[0])], run_dir / "forward.png")
+
+
+def draw_result_pictures(run_dir: Path, forward: np.ndarray, x_seq: np.ndarray, records: Sequence[dict]) -> None:
+    """The pictures of a trained model: reverse.png, loss.png and diffusion.gif (x_seq (T + 1, n, 2):
+    one reverse chain, x_T first)."""
+    run_dir = Path(run_dir)
     plot_reverse(x_seq, run_dir / "reverse.png")
     plot_loss(records, run_dir / "loss.png")
     # Forward frames q(x_0) .. q(x_{T-1}), then chain states 1 .. T (x_{T-1} .. x_0): it ends on the sample.
     write_gif(forward, x_seq[1:], run_dir / "diffusion.gif")
+
+
+def draw_run_pictures(run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray, x_seq: np.ndarray,
+                      records: Sequence[dict]) -> None:
+    """All pictures of a run: data.png, forward.png, reverse.png, loss.png and diffusion.gif."""
+    draw_setup_pictures(run_dir, datasets, forward)
+    draw_result_pictures(run_dir, forward, x_seq, records)

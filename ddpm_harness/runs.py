@@ -242,7 +242,7 @@ def summary_paragraph(summary: dict) -> str:
 # The phases of a run in the order they happen; the loop's chunks and evaluations lie inside it.
 PHASES = {"imports": "imports", "set_up": "set-up", "compile": "compile", "training_loop": "training loop",
           "training_chunks": "of which compiled chunks", "evaluation": "and evaluations",
-          "sampling": "final sampling", "pictures": "pictures and GIF"}
+          "sampling": "final sampling", "pictures": "pictures and GIF (the part not hidden behind training)"}
 
 
 def time_breakdown(timings: dict) -> str:

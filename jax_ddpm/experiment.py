@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,6 @@ from tqdm import tqdm
 from ddpm_harness.config import Config, ConfigError, check_fits_in_memory, dataset_for, held_out_for, validate
 from ddpm_harness.data import file_sha256
 from ddpm_harness.metrics import evaluate
-from ddpm_harness.plots import draw_run_pictures
 from ddpm_harness.runs import (
     MetricsLog,
     describe_setup,
@@ -96,14 +96,18 @@ def chunk_epochs(config: Config, steps_per_epoch: int, start_epoch: int = 0) -> 
     return max(d for d in range(1, period + 1) if period % d == 0 and (d == 1 or d * steps <= MAX_CHUNK_STEPS))
 
 
-def sample_states(params: dict, schedule: Schedule, config: Config, n: int, fold: Optional[int] = None) -> np.ndarray:
+def sample_states(params: dict, schedule: Schedule, config: Config, n: int, fold: Optional[int] = None,
+                  chunk: int = 0) -> np.ndarray:
     """The reverse chains of every seed: (T + 1, n, 2), or (seeds, T + 1, n, 2) for several.
 
-    Seed i samples with run_keys(seed + i)["sample"], folded with `fold` for the evaluations.
+    Seed i samples with run_keys(seed + i)["sample"], folded with `fold` for the evaluations and,
+    for chunk c > 0 of a large draw (`sample_points`), with c.
     """
     keys = [run_keys(config.seed + i)["sample"] for i in range(config.seeds)]
     if fold is not None:
         keys = [jax.random.fold_in(k, fold) for k in keys]
+    if chunk:
+        keys = [jax.random.fold_in(k, chunk) for k in keys]
 
     def chain(p, key):
         return sample_chain(p, schedule, key, n, parameterization=config.parameterization)
@@ -111,6 +115,32 @@ def sample_states(params: dict, schedule: Schedule, config: Config, n: int, fold
     if config.seeds == 1:
         return np.asarray(chain(params, keys[0]))
     return np.asarray(jax.vmap(chain)(params, jnp.stack(keys)))
+
+
+SAMPLE_CHUNK = 25_000
+"""Points sampled at once: memory stays bounded whatever n (one chunk's chain is ~20 MB for T = 100)."""
+
+
+def sample_points(params: dict, schedule: Schedule, config: Config, n: int, fold: Optional[int] = None,
+                  out: Optional[np.ndarray] = None, keep_chain: bool = False):
+    """n final samples (n, 2), or (seeds, n, 2), drawn SAMPLE_CHUNK points at a time into `out`
+    (allocated when None; a memory-mapped .npy works); with `keep_chain`, (samples, the first
+    chunk's chains) for the pictures.
+
+    Points [c * SAMPLE_CHUNK, (c + 1) * SAMPLE_CHUNK) come from chunk c's keys (`sample_states`), so
+    a draw of up to SAMPLE_CHUNK points is one chain, and the same n always gives the same points.
+    """
+    shape = (n, 2) if config.seeds == 1 else (config.seeds, n, 2)
+    out = np.empty(shape, np.float32) if out is None else out
+    first = None
+    for c, start in enumerate(range(0, n, SAMPLE_CHUNK)):
+        size = min(SAMPLE_CHUNK, n - start)
+        chains = sample_states(params, schedule, config, size, fold=fold, chunk=c)
+        out[..., start : start + size, :] = chains[..., -1, :, :]
+        if keep_chain and first is None:
+            first = chains
+        del chains  # before the next chunk's chain is made
+    return (out, first) if keep_chain else out
 
 
 def sample_quality(samples: np.ndarray, reference: np.ndarray) -> dict:
@@ -140,6 +170,52 @@ def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> n
     steps = jnp.arange(schedule.num_steps)
     return np.asarray(jax.vmap(lambda t, e: q_sample(data, jnp.full(data.shape[:1], t), schedule.alphas_bar_sqrt,
                                                      schedule.one_minus_alphas_bar_sqrt, e))(steps, noise))
+
+
+class Pictures:
+    """The run's pictures, drawn on a background thread: data.png and forward.png while the main
+    thread compiles and trains, reverse.png, loss.png and the GIF while it evaluates. A single
+    model's compiled steps run on one core, so the other one draws (matplotlib, imported here
+    lazily, is among the slowest imports). An error (a full disk) is raised by `wait`."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.forward = forward_frames(run.schedule, run.data, picture_noise(run.config, run.data.shape))
+        self._error: Optional[BaseException] = None
+        self._thread = self._start(self._draw_setup)
+
+    def _start(self, target) -> threading.Thread:
+        def guarded():
+            try:
+                target()
+            except BaseException as err:  # re-raised on the main thread by wait()
+                self._error = err
+
+        thread = threading.Thread(target=guarded, name="pictures", daemon=True)
+        thread.start()
+        return thread
+
+    def _draw_setup(self) -> None:
+        from ddpm_harness.plots import draw_setup_pictures
+
+        draw_setup_pictures(self.run.run_dir, tutorial_datasets(self.run.config), self.forward)
+
+    def draw_results(self, x_seq: np.ndarray, records: list[dict]) -> None:
+        """Start reverse.png, loss.png and diffusion.gif once data.png and forward.png are done."""
+        from ddpm_harness.plots import draw_result_pictures
+
+        self.wait()
+        self._thread = self._start(lambda: draw_result_pictures(self.run.run_dir, self.forward, x_seq, records))
+
+    def join(self) -> None:
+        """Wait for the drawing in progress, keeping any error for `wait`."""
+        self._thread.join()
+
+    def wait(self) -> None:
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 # ---- 1. set up, or restore -------------------------------------------------------------------
@@ -273,20 +349,19 @@ def train(run: Run) -> Trained:
 # ---- 3. finish: sample, draw, summarise ------------------------------------------------------
 
 
-def finish(run: Run, trained: Trained) -> dict:
-    """Sample with the chosen parameters, draw the pictures, write summary.json and config.json."""
+def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> dict:
+    """Sample with the chosen parameters, finish the pictures, write summary.json and config.json."""
     config = run.config
     start = time.perf_counter()
     params = run.state.ema_params if config.sample_with == "ema" else run.state.params
-    x_seq = sample_states(params, run.schedule, config, config.n_samples)
-    save_samples(run.run_dir, x_seq[..., -1, :, :])
+    samples, x_seq = sample_points(params, run.schedule, config, config.n_samples, keep_chain=True)
+    save_samples(run.run_dir, samples)
     run.timings["sampling"] = time.perf_counter() - start
-    if not config.no_plots:
+    if pictures is not None:
         start = time.perf_counter()
-        forward = forward_frames(run.schedule, run.data, picture_noise(config, run.data.shape))
-        draw_run_pictures(run.run_dir, tutorial_datasets(config), forward, x_seq if config.seeds == 1 else x_seq[0],
-                          run.records)
-        run.timings["pictures"] = time.perf_counter() - start
+        pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records)
+        pictures.wait()
+        run.timings["pictures"] = time.perf_counter() - start  # what drawing added after sampling
     summary = summarize(
         run.records, framework="jax", config=config, run_dir=run.run_dir, train_s=trained.train_s,
         steps_per_s=trained.steps / trained.compute_s if trained.compute_s else None,
@@ -304,12 +379,16 @@ def train_and_evaluate(config: Config, imports_s: Optional[float] = None) -> dic
     run = set_up(config)
     if imports_s is not None:
         run.timings = {"imports": imports_s, **run.timings}
+    pictures = None
     try:
+        pictures = None if config.no_plots else Pictures(run)
         trained = train(run)
-        return finish(run, trained)
+        return finish(run, trained, pictures)
     except OSError as err:  # disk full, folder made read-only, ...: say what is kept and what to do
         raise RunWriteError(_write_failure_message(run, err)) from None
     finally:
+        if pictures is not None:
+            pictures.join()  # never leave a thread writing into a folder we release
         release_run_dir(run.run_dir)
 
 

@@ -8,6 +8,8 @@ parameters it sampled with reproduces its samples.npy exactly.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -18,7 +20,7 @@ from ddpm_harness.cli import run
 from ddpm_harness.config import ConfigError
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.experiment import sample_states
+from jax_ddpm.experiment import sample_points
 from jax_ddpm.schedule import schedule_for
 
 
@@ -47,11 +49,25 @@ def sample_run(args: SampleArgs) -> Path:
     if out.exists():
         raise RunDirError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")
     config, state, record = restore_run(run_dir)
+    shape = (args.n, 2) if config.seeds == 1 else (config.seeds, args.n, 2)
+    needed, free = 4 * int(np.prod(shape)), shutil.disk_usage(out.parent if out.parent.exists() else ".").free
+    if needed > free:
+        raise ConfigError(f"--n {args.n:,} needs {needed / 2**30:,.1f} GiB on disk for {out.name}, more than the "
+                          f"{free / 2**30:,.1f} GiB free; ask for fewer points or another --out")
     schedule = schedule_for(config)
     params = state.ema_params if args.params == "ema" else state.params
     sampling_config = config if args.seed is None else dataclasses.replace(config, seed=args.seed)
-    samples = sample_states(params, schedule, sampling_config, args.n)[..., -1, :, :]
-    np.save(out, samples.astype(np.float32))
+    # Written chunk by chunk into a memory-mapped file, renamed into place when complete: memory
+    # stays bounded whatever --n, and a killed run leaves no half-written file under the name.
+    partial = out.with_name(out.name + ".partial.npy")
+    try:
+        samples = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+        sample_points(params, schedule, sampling_config, args.n, out=samples)
+        samples.flush()
+        del samples
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"{args.n:,} samples from epoch {record['epoch']} of {run_dir} ({args.params} parameters) -> {out}")
     return out
 
