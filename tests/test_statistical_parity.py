@@ -30,6 +30,8 @@ from jax_ddpm.schedule import make_schedule
 from torch_reference import schedule as ref_schedule
 from torch_reference.sampling import p_sample_loop as ref_p_sample_loop
 
+pytestmark = pytest.mark.torch
+
 CONFIG = Config(n_points=1000, epochs=300, seeds=3)
 N_SAMPLES = 2000
 # Two-sided t test with 4 degrees of freedom (3 + 3 seeds, pooled variance) at the 1% level:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from tests.conftest import STEPS_PER_EPOCH, tiny_argv
 from tests.test_bad_input import one_error_line
 from torch_reference.train import main as reference_main
+
+pytestmark = pytest.mark.torch
 
 
 def test_tiny_reference_run_writes_the_same_files(tiny_run, tmp_path):
