@@ -72,10 +72,8 @@ def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple[str, ...], object]:
     return flat
 
 
-def flax_to_torch(params: dict) -> dict:
-    """Nested Flax params -> a state dict of torch tensors that ConditionalModel.load_state_dict takes."""
-    import torch
-
+def flax_to_state_dict(params: dict) -> dict[str, np.ndarray]:
+    """Nested Flax params -> the tutorial's state dict as numpy arrays (torch layout, C order)."""
     flat = {path: _to_numpy(v) for path, v in _flatten(params).items()}
     embed = flat.get(("lin1", "embed", "embedding"))
     head = flat.get(("lin4", "bias"))
@@ -88,5 +86,12 @@ def flax_to_torch(params: dict) -> dict:
         # Checked in the Flax layout, so the message names the shape the caller passed.
         _check_shape(".".join(path), flat[path].shape, shape[::-1] if transposed else shape)
         value = flat[path].T if transposed else flat[path]
-        state_dict[key] = torch.from_numpy(np.ascontiguousarray(value).copy())
+        state_dict[key] = np.ascontiguousarray(value).copy()
     return state_dict
+
+
+def flax_to_torch(params: dict) -> dict:
+    """Nested Flax params -> a state dict of torch tensors that ConditionalModel.load_state_dict takes."""
+    import torch
+
+    return {key: torch.from_numpy(value) for key, value in flax_to_state_dict(params).items()}
