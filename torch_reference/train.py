@@ -27,6 +27,7 @@ from jax_ddpm.outputs import (MetricsLog, RunDirError, epoch_record, open_run_di
 from jax_ddpm.plots import draw_run_pictures
 from torch_reference.data import as_dataset
 from torch_reference.model import ConditionalModel
+from torch_reference.safetensors_io import save_run_models
 from torch_reference.sampling import p_sample_loop
 from torch_reference.schedule import make_schedule, q_sample
 from torch_reference.training import train
@@ -87,6 +88,7 @@ def train_reference(config: Config) -> dict:
                               batch_size=config.batch_size, lr=config.lr, clip_norm=config.clip_norm,
                               ema_mu=config.ema_decay, on_epoch=on_epoch)
         train_s = time.perf_counter() - start
+    save_run_models(run_dir, model, ema, config)  # model.safetensors, model_ema.safetensors
 
     reference = held_out_reference(config, points, config.n_eval)
     evaluation = {"raw": evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)}
