@@ -11,6 +11,8 @@ the machine the project was measured on: benchmarks/results/cpu.md and the READM
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Optional
 
 import jax
@@ -91,5 +93,26 @@ SAMPLING = {"xla_cpu_experimental_ynn_fusion_type": "2"}
 
 
 def on_cpu(options: dict) -> Optional[dict]:
-    """`options` when JAX runs on CPU, else None (jit's default)."""
-    return options if jax.default_backend() == "cpu" else None
+    """The `supported_options` of `options` when JAX runs on CPU, else None (jit's default)."""
+    return (supported_options(options) or None) if jax.default_backend() == "cpu" else None
+
+
+def supported_options(options: dict) -> dict:
+    """The entries of `options` that this jaxlib's XLA accepts. They are XLA DebugOptions, which come
+    and go between XLA versions: each rejected one (an unknown name, a bad value) is dropped with
+    one warning line on stderr, once per process."""
+    return {name: value for name, value in options.items() if _option_accepted(name, value)}
+
+
+@functools.cache
+def _option_accepted(name: str, value) -> bool:
+    """Compile a one-addition program with the option alone: XLA refuses unknown names and bad
+    values at compile time (JaxRuntimeError: "No such compile option")."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(jnp.zeros((), jnp.float32)).compile()
+    except Exception as err:  # noqa: BLE001  (jaxlib's error types vary between versions)
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(f"warning: XLA option {name}={value!r} is not accepted by jax {jax.__version__} ({reason}); "
+              "compiling without it", file=sys.stderr)
+        return False
+    return True

@@ -10,6 +10,8 @@ from jax_ddpm import losses
 from parity_tests import layers
 from parity_tests.compare import assert_pairs_close, to_numpy
 
+pytestmark = pytest.mark.torch
+
 
 def assert_antithetic(t: np.ndarray, batch_size: int, n_steps: int, side: str) -> None:
     """t = concat(t0, T - 1 - t0)[:B] with t0 of size B//2 + 1: t[i] + t[B//2 + 1 + i] == T - 1."""

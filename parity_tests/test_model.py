@@ -13,6 +13,8 @@ from parity_tests import layers
 from parity_tests.compare import FLOAT32, assert_pairs_close, flat_params, to_numpy
 from torch_reference.model import ConditionalModel
 
+pytestmark = pytest.mark.torch
+
 
 @pytest.mark.parametrize("n_outputs", [2, 4])
 def test_torch_to_flax_round_trip_is_exact(precision, n_outputs):

@@ -12,6 +12,8 @@ import pytest
 from parity_tests import layers
 from parity_tests.compare import assert_pairs_close, errors
 
+pytestmark = pytest.mark.torch
+
 CLIPPED, UNCLIPPED = 1.0, 1000.0  # clip norms: fresh gradients have global norm 0.1 .. 5
 
 

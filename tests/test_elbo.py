@@ -23,6 +23,8 @@ from torch_reference import losses as ref_losses
 from torch_reference import schedule as ref_schedule
 from torch_reference.model import ConditionalModel
 
+pytestmark = pytest.mark.torch
+
 T = 100
 
 

@@ -1,6 +1,7 @@
 """The per-program XLA:CPU options (jax_ddpm.speed) change speed, not results: the compiled
 training chunk equals the same epochs jitted without options, and `sample_chain` equals
-`p_sample_loop` fed the noise it draws from its key, both up to float rounding."""
+`p_sample_loop` fed the noise it draws from its key, both up to float rounding. An option this
+jaxlib does not know is dropped with one warning line instead of breaking compilation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_harness.config import Config, dataset_for
-
+from jax_ddpm import speed
 from jax_ddpm.model import init_params
 from jax_ddpm.sampling import p_sample_loop, sample_chain
 from jax_ddpm.schedule import schedule_for
@@ -56,3 +57,23 @@ def test_sample_chain_equals_p_sample_loop_with_the_same_noise():
     assert actual.shape == (config.num_steps + 1, n, 2)
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
     assert np.abs(expected[-1] - expected[0]).mean() > 0.1  # the chain really moved the points
+
+
+def test_an_unknown_option_is_dropped_with_one_warning_line(capsys):
+    options = {"xla_cpu_prefer_vector_width": 512, "xla_jax_ddpm_no_such_option": "1"}
+    assert speed.supported_options(options) == {"xla_cpu_prefer_vector_width": 512}
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: XLA option xla_jax_ddpm_no_such_option='1' is not")
+    assert "No such compile option" in lines[0] and lines[0].endswith("compiling without it")
+    assert speed.supported_options(options) == {"xla_cpu_prefer_vector_width": 512}
+    assert capsys.readouterr().err == ""  # warned once per process
+    # A program jitted with what is left compiles and runs.
+    jitted = jax.jit(lambda x: 2 * x, compiler_options=speed.on_cpu({"xla_jax_ddpm_no_such_option": "1"}))
+    assert float(jitted(jnp.float32(3))) == 6.0
+
+
+def test_the_projects_options_are_accepted_here():
+    # The options measured for the training chunk and the sampling chain still exist in this jaxlib
+    # (a rename would silently cost speed: the warning line above is the only other sign).
+    for options in (speed.TRAINING, speed.SAMPLING):
+        assert speed.supported_options(options) == options, "re-measure the options for this jaxlib"

@@ -33,6 +33,8 @@ from torch_reference.train import train_model as torch_train_model
 
 METRICS = ("sliced_w2", "mmd2", "energy")
 
+pytestmark = pytest.mark.torch
+
 CONFIG = Config(n_points=1000, epochs=300, seeds=3)
 N_SAMPLES = 2000
 # Two-sided t test with 4 degrees of freedom (3 + 3 seeds, pooled variance) at the 1% level:

@@ -14,6 +14,8 @@ from tests.conftest import STEPS_PER_EPOCH, TINY
 from tests.test_bad_input import one_error_line
 from torch_reference.train import main as reference_main
 
+pytestmark = pytest.mark.torch
+
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -41,6 +41,7 @@ from ddpm_harness.runs import (
 )
 from torch_reference.data import as_dataset
 from torch_reference.model import ConditionalModel
+from torch_reference.safetensors_io import save_run_models
 from torch_reference.sampling import p_sample_loop
 from torch_reference.schedule import q_sample, schedule_for
 from torch_reference.training import train
@@ -133,6 +134,7 @@ def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
                               batch_size=config.batch_size, lr=config.lr, clip_norm=config.clip_norm,
                               ema_mu=config.ema_decay, on_epoch=on_epoch)
         train_s = time.perf_counter() - start
+    save_run_models(run_dir, model, ema, config)  # model.safetensors, model_ema.safetensors
 
     reference = held_out_for(config, config.n_eval)
     evaluation = {"raw": evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)}
