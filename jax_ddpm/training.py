@@ -26,6 +26,7 @@ from jax_ddpm import cpu_options
 from ddpm_harness.config import Config
 from jax_ddpm.losses import antithetic_timesteps, hybrid_loss, noise_estimation_loss, variational_loss
 from jax_ddpm.model import init_params
+from jax_ddpm.predictions import loss_fn_for
 from jax_ddpm.schedule import Schedule
 
 
@@ -177,7 +178,7 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
     """
     update_fn = functools.partial(update_step, schedule=schedule, optimizer=optimizer,
                                   ema_decay=config.ema_decay,
-                                  loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
+                                  loss_fn=loss_fn_for(config))
     seeds_on_devices = mesh is not None and config.seeds > 1
     batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None and not seeds_on_devices else None
     epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, update_fn=update_fn,
