@@ -112,7 +112,8 @@ def elbo_rows(run: dict, points: np.ndarray) -> dict[str, tuple[float, float]]:
         key = jax.random.PRNGKey
         values = [negative_elbo(p, schedule, points, key(i), config.parameterization, decoder)
                   for i, p in enumerate(run["params"])]
-        rows[decoder] = (float(np.mean([v["total"] for v in values])), float(np.std([v["total"] for v in values], ddof=1)))
+        totals = [v["total"] for v in values]
+        rows[decoder] = (float(np.mean(totals)), float(np.std(totals, ddof=1)))
         rows["prior"] = (values[0]["prior"], 0.0)
     return rows
 
