@@ -43,14 +43,16 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10**5, 10**6, 10**7], help="--n of each draw")
     parser.add_argument("--train-points", type=int, nargs="+", default=[10**4, 10**6], help="--n-points of each run")
     parser.add_argument("--train-epochs", type=int, default=3, help="epochs of each training run")
+    parser.add_argument("--num-steps", type=int, default=100,
+                        help="T of the model sampled from (the chain's cost grows with T, its memory per chunk too)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for memory.md")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows_sample, rows_train = [], []
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        subprocess.run([sys.executable, "-m", "jax_ddpm.train", "--epochs", "10", "--no-plots", "--out-dir", str(run)],
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "jax_ddpm.train", "--epochs", "10", "--no-plots", "--out-dir", str(run),
+                        "--num-steps", str(args.num_steps)], check=True, capture_output=True)
         for n in args.sizes:
             rss, wall = peak_rss_mib("jax_ddpm.sample", "--run", str(run), "--n", str(n),
                                      "--out", str(Path(tmp) / f"samples_{n}.npy"))
@@ -70,7 +72,8 @@ def main(argv=None) -> int:
              f"`python -m benchmarks.memory` on {platform.processor() or platform.machine()}, Python "
              f"{platform.python_version()}. Peak RSS of a fresh process (getrusage), wall time including "
              "imports and compilation.", "",
-             "## `python -m jax_ddpm.sample --n N` (streamed in chunks of 25,000 points)", "",
+             f"## `python -m jax_ddpm.sample --n N` (streamed in chunks of 25,000 points; a model with T = "
+             f"{args.num_steps})", "",
              "| N | peak RSS (MiB) | output (MiB) | wall (s) |", "|---|---|---|---|"]
     lines += [f"| {r['n']:,} | {r['peak_rss_mib']:,.0f} | {r['output_mib']:,.1f} | {r['wall_s']:,.1f} |"
               for r in rows_sample]

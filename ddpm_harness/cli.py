@@ -43,17 +43,23 @@ def parse(cls: Type[T], argv: Sequence[str] | None, prog: str) -> T:
 
 
 def run(cls: Type[T], argv: Sequence[str] | None, prog: str, body: Callable[[T], object],
-        usage_errors: tuple[type, ...], runtime_errors: tuple[type, ...]) -> int:
+        usage_errors: tuple[type, ...], runtime_errors: tuple[type, ...],
+        resolve: Callable[[T, Sequence[str]], T] | None = None) -> int:
     """Parse argv into `cls`, call `body` on it; the process exit status.
 
-    The known errors become one stderr line: exit 2 for parse errors and `usage_errors`, 1 for
+    `resolve(args, argv)`, when given, completes the parsed arguments first (e.g.
+    `config.resolve_preset`, which needs to know which options the command line named). The known
+    errors become one stderr line: exit 2 for parse errors and `usage_errors`, 1 for
     `runtime_errors` (usage is checked first, so a usage error may subclass a runtime one).
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parse(cls, argv, prog)
     except SystemExit as exit_:  # --help (0) or a parse error (2, already reported)
         return exit_.code or 0
     try:
+        if resolve is not None:
+            args = resolve(args, argv)
         body(args)
     except usage_errors as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,7 +10,7 @@ config's data is drawn.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 
@@ -58,7 +58,34 @@ class Config:
     sample_with: Literal["raw", "ema"] = "raw"
     """Parameters used for the final samples (the tutorial samples with the raw ones)."""
     n_samples: int = 10_000
-    """Number of points sampled at the end of training."""
+    """Number of points sampled at the end of training; the run's final evaluation scores them."""
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    """What the model is trained to predict: the noise eps (the tutorial), v = sqrt(abar) eps -
+    sqrt(1 - abar) x_0 (Salimans & Ho 2022) or x_0; every sampler converts. v and x0 replace the
+    target of the noise loss (--loss noise)."""
+    zero_terminal_snr: bool = False
+    """Rescale the schedule so that alpha_bar_T = 0 (Lin et al. 2024): the forward process ends at
+    pure noise, where sampling starts. Needs --prediction v or x0."""
+    sampler: Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"] = "tutorial"
+    """Sampler of the final samples and the evaluations: tutorial (its ancestral chain, noise at
+    t = 0 included), ddpm (Ho et al. Algorithm 2, no noise at the last step), ddim (Song et al.
+    2021), dpm-solver++ (Lu et al. 2022, 2M multistep) or ode (the probability-flow ODE, diffrax
+    Tsit5, adaptive). Details: docs/samplers.md."""
+    sample_steps: Optional[int] = None
+    """K, the model evaluations (NFE) of ddpm, ddim and dpm-solver++: K of the T steps (default T;
+    20 for dpm-solver++). The tutorial sampler always takes T steps; the ODE chooses its own."""
+    eta: float = 0.0
+    """DDIM's eta: 0 is deterministic, 1 adds DDPM-like noise (used by --sampler ddim)."""
+    variance: Literal["beta", "posterior"] = "beta"
+    """Variance of each ddpm step: beta_t, or the posterior variance (1 - abar_{t-1}) /
+    (1 - abar_t) beta_t (used by --sampler ddpm)."""
+    timestep_spacing: Optional[Literal["leading", "trailing", "linspace"]] = None
+    """Which K of the T steps ddpm, ddim and dpm-solver++ visit, as diffusers spaces them
+    (default: leading for ddpm and ddim, linspace for dpm-solver++)."""
+    ode_rtol: float = 1e-5
+    """Relative tolerance of the ODE solver (--sampler ode and the likelihood)."""
+    ode_atol: float = 1e-5
+    """Absolute tolerance of the ODE solver (--sampler ode and the likelihood)."""
     seed: int = 0
     """Seed of the dataset, the initial weights, the data order and the noise."""
     seeds: int = 1
@@ -82,6 +109,10 @@ class Config:
     """Points sampled (with the raw and with the EMA parameters) for each sample-quality evaluation."""
     no_plots: bool = False
     """Skip the pictures and the GIF."""
+    preset: Literal["tutorial", "recommended"] = "tutorial"
+    """Defaults to start from: the tutorial's, or the recipe measured in
+    benchmarks/results/quality.md (ddpm_harness.config.PRESETS). Options given on the command line
+    override the preset."""
     no_compile_cache: bool = False
     """Compile every program afresh instead of loading it from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or $JAX_DDPM_CACHE_DIR)."""
 
@@ -127,7 +158,79 @@ def validate(config: Config) -> Config:
                           "(several seeds are split across the devices)")
     if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
+    validate_sampling(config)
     return config
+
+
+def validate_sampling(config) -> None:
+    """Raise ConfigError for prediction and sampler options that cannot work together (one sentence
+    saying what to do). `config` is a Config, or anything with its sampling fields (the sample CLI's
+    merged options)."""
+    if config.zero_terminal_snr and config.prediction == "eps":
+        raise ConfigError("a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
+                          "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0.")
+    if config.prediction != "eps" and config.loss != "noise":
+        raise ConfigError(f"--prediction {config.prediction} replaces the noise loss's target; --loss {config.loss} "
+                          "trains its own parameterization: use --loss noise, or --prediction eps.")
+    if config.loss == "variational" and config.sampler != "tutorial":
+        raise ConfigError(f"--loss variational trains the mean of each tutorial step, which only its ancestral "
+                          f"chain can use: leave out --sampler {config.sampler} (or use --loss noise or hybrid).")
+    if config.sampler == "tutorial" and config.prediction != "eps":
+        raise ConfigError(f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm (the same "
+                          f"chain without noise at t = 0) or another sampler for --prediction {config.prediction}.")
+    if config.sample_steps is not None:
+        if config.sampler in ("tutorial", "ode"):
+            what = ("always takes all T" if config.sampler == "tutorial"
+                    else "chooses its own steps (set --ode-rtol/atol)")
+            raise ConfigError(f"--sample-steps does not apply to the {config.sampler} sampler, which {what}: "
+                              "leave it out.")
+        if not 1 <= config.sample_steps <= config.num_steps:
+            raise ConfigError(f"--sample-steps is {config.sample_steps}, but it must be between 1 and "
+                              f"T = {config.num_steps}.")
+    if config.eta < 0:
+        raise ConfigError(f"--eta is {config.eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
+    for name in ("ode_rtol", "ode_atol"):
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+
+
+# ---- presets -----------------------------------------------------------------------------------
+# A preset is a set of defaults. `resolve_preset` gives every field the user did not set the
+# preset's value; a field counts as set when it was named on the command line or differs from the
+# tutorial's default. So `--preset recommended --ema-decay 0.99` keeps 0.99, and so does
+# `--preset recommended --sample-with raw` (named, though it is the tutorial's default). The
+# measurements behind "recommended" are in benchmarks/results/quality.md.
+PRESETS: dict[str, dict[str, object]] = {
+    "tutorial": {},
+    "recommended": dict(schedule="linear", beta_start=1e-4, beta_end=0.1, ema_decay=0.999, sample_with="ema"),
+}
+
+
+def given_fields(argv: Sequence[str] | None) -> set[str]:
+    """Config fields named on a command line: --name, --name=value, and --no-name for flags."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    given = set()
+    for token in argv or ():
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name in names:
+            given.add(name)
+        elif name.startswith("no_") and name[3:] in names:
+            given.add(name[3:])
+    return given
+
+
+def resolve_preset(config: Config, argv: Sequence[str] | None = None) -> Config:
+    """`config` with its preset's values for the fields the user did not set (see PRESETS): those
+    not named in argv (the command line it was parsed from; None: none named) that still hold the
+    tutorial's default."""
+    if config.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
+    defaults, given = Config(), given_fields(argv)
+    values = {name: value for name, value in PRESETS[config.preset].items()
+              if name not in given and getattr(config, name) == getattr(defaults, name)}
+    return dataclasses.replace(config, **values)
 
 
 def dataset_for(config: Config) -> np.ndarray:

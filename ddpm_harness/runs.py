@@ -193,13 +193,17 @@ class MetricsLog:
 
 def summarize(records: list[dict], *, framework: str, config: Config, run_dir: Path, train_s: float,
               steps_per_s: Optional[float], compile_s: Optional[float] = None,
-              evaluation: Optional[dict] = None, timings: Optional[dict] = None) -> dict:
+              evaluation: Optional[dict] = None, timings: Optional[dict] = None,
+              calibration: Optional[dict] = None, sampling: Optional[dict] = None) -> dict:
     """summary.json: time, speed, final losses (mean and spread over seeds) and where things are.
 
     train_s is the wall time of the training loop in this session; steps_per_s counts optimizer
     steps (each advances every seed's model) per second of training compute; timings, seconds per
     phase of this session (imports, set-up, compile, the training loop and the chunks and
-    evaluations inside it, final sampling, pictures).
+    evaluations inside it, final sampling, pictures); evaluation, the sample metrics of the final
+    samples per parameter set ({"raw": {...}, "ema": {...}}); calibration, {"n": n, "floor": {...},
+    "ceiling": {...}} of `metrics.calibrate` at the n the evaluation scored; sampling, how the final
+    samples were drawn (sampler, options, NFE).
     """
     last = records[-1]
     final = np.atleast_1d(np.asarray(last["loss"], np.float64))
@@ -210,8 +214,12 @@ def summarize(records: list[dict], *, framework: str, config: Config, run_dir: P
                    final_loss=float(final.mean()), final_loss_std=float(final.std()),
                    final_losses=[float(v) for v in final],
                    final_last_loss=per_seed(last["last_loss"]), run_dir=str(run_dir))
+    if sampling:
+        summary["sampling"] = sampling
     if evaluation:
         summary["evaluation"] = evaluation
+    if calibration:
+        summary["calibration"] = calibration
     if timings:
         summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return summary
@@ -231,9 +239,17 @@ def summary_paragraph(summary: dict) -> str:
     text = (f"Trained {summary['framework']} on {summary['dataset']} for {summary['epochs']} epochs "
             f"({summary['steps']:,} steps) in {summary['train_s']:.1f} s{compile_part}{speed}; "
             f"final mean epoch loss {loss}.")
+    calibrated = summary.get("calibration")
+    sampling = summary.get("sampling") or {}
+    if summary.get("evaluation"):
+        n = f" of n = {calibrated['n']:,} samples" if calibrated else ""
+        how = f", {sampling['sampler']} sampler, NFE {sampling['nfe']}" if sampling else ""
+        text += f" Sample quality{n}{how} (floor: two draws of the data; ceiling: N(0, I); same n):"
     for params, values in (summary.get("evaluation") or {}).items():
-        shown = ", ".join(f"{k} {format_metric(v)}" for k, v in values.items()) or "samples hold NaN or inf"
-        text += f" Sample quality ({params} params): {shown}."
+        shown = ", ".join(format_against(k, v, calibrated) for k, v in values.items() if k in METRICS)
+        text += f" {params} params {shown or 'hold NaN or inf'};"
+    if summary.get("evaluation"):
+        text = text[:-1] + "."
     if summary.get("timings"):
         text += " " + time_breakdown(summary["timings"])
     return text + f" Outputs in {summary['run_dir']}/."
@@ -242,7 +258,8 @@ def summary_paragraph(summary: dict) -> str:
 # The phases of a run in the order they happen; the loop's chunks and evaluations lie inside it.
 PHASES = {"imports": "imports", "set_up": "set-up", "compile": "compile", "training_loop": "training loop",
           "training_chunks": "of which compiled chunks", "evaluation": "and evaluations",
-          "sampling": "final sampling", "pictures": "pictures and GIF (the part not hidden behind training)"}
+          "sampling": "final sampling", "final_evaluation": "final evaluation",
+          "pictures": "pictures and GIF (the part not hidden behind training)"}
 
 
 def time_breakdown(timings: dict) -> str:
@@ -254,6 +271,21 @@ def time_breakdown(timings: dict) -> str:
         "training_loop") else ""
     return "Time: " + ", ".join(parts) + ratio + "."
 
+
+
+METRICS = ("sliced_w2", "mmd2", "energy")
+
+
+def format_against(name: str, value, calibration: Optional[dict], brief: bool = False) -> str:
+    """A metric with the floor and ceiling calibrated at the same n: "sliced_w2 0.0214 (floor 0.0058,
+    ceiling 0.549)", or with brief=True "0.0214 (floor 0.0058)" for a progress bar."""
+    shown = format_metric(value)
+    if not calibration or name not in calibration.get("floor", {}):
+        return shown if brief else f"{name} {shown}"
+    floor, ceiling = calibration["floor"][name], calibration["ceiling"][name]
+    if brief:
+        return f"{shown} (floor {floor:.2g})"
+    return f"{name} {shown} (floor {floor:.2g}, ceiling {ceiling:.3g})"
 
 
 def format_metric(value) -> str:

@@ -29,10 +29,14 @@ from jax_ddpm.training import init_states, optimizer_for
 CHECKPOINT_DIR = "checkpoints"
 # Options that may change when a run resumes: these never touch the trajectory (--devices only
 # regroups each batch's sums), and --epochs may grow. --lr and --ema-decay may change too (say, a
-# lower --lr after the loss diverged); `changed_options` reports them. Every other option fixes
-# the state's structure, the data or the noise, so a checkpoint only resumes with the same value.
+# lower --lr after the loss diverged); `changed_options` reports them. The sampling options only
+# change how the trained model is sampled and evaluated (--prediction and --zero-terminal-snr change
+# what it is trained on, so they are not free). --preset is a label: the values it set are checked.
+# Every other option fixes the state's structure, the data or the noise, so a checkpoint only
+# resumes with the same value.
+SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol")
 FREE_FIELDS = ("epochs", "out_dir", "resume", "checkpoint_every", "log_every", "eval_every", "n_eval",
-               "no_plots", "n_samples", "sample_with", "devices", "no_compile_cache")
+               "no_plots", "n_samples", "sample_with", "devices", "no_compile_cache", "preset") + SAMPLING_FIELDS
 TUNABLE_FIELDS = ("lr", "ema_decay")
 
 
@@ -46,7 +50,8 @@ class IncompatibleCheckpointError(CheckpointError):
 
 def check_compatible(saved: dict, config: Config, where: Path) -> None:
     """Raise IncompatibleCheckpointError naming every trajectory option that differs."""
-    current = dataclasses.asdict(config)
+    current, defaults = dataclasses.asdict(config), dataclasses.asdict(Config())
+    saved = {**defaults, **saved}  # a field added since the checkpoint was written held its default
     differ = [name for name in current
               if name not in FREE_FIELDS + TUNABLE_FIELDS and saved.get(name) != current[name]]
     if differ:

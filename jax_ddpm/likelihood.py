@@ -8,7 +8,8 @@ to t = T-1 (sigma_max):
     log p_0(x_0) = log p_Y(y_max) + int_0^sigma_max div_y eps dsigma,
     log p_Y(y_max) = log prior(x_{T-1}) + (d / 2) log abar_{T-1},   x_{T-1} = sqrt(abar_{T-1}) y_max
 (the last term is the Jacobian of y = x / sqrt(abar)). In 2D the divergence is the trace of the 2x2
-Jacobian of each point's eps (jax.jacfwd): exact, no Hutchinson estimator. Solved by diffrax's Tsit5
+Jacobian of each point's eps (jax.jacrev: the model's `dense` layer has a custom VJP, which
+forward mode cannot differentiate): exact, no Hutchinson estimator. Solved by diffrax's Tsit5
 with PIDController(rtol, atol), as the ODE sampler.
 
 The prior is N(0, I) on x at t = T-1, where every sampler starts; it is the exact marginal only when
@@ -56,7 +57,7 @@ def _augmented_vector_field(model_fn, schedule, prediction):
             out = eps_field(sigma, y_i[None], None)[0]
             return out, out
 
-        jac, eps = jax.vmap(jax.jacfwd(eps_of_point, has_aux=True))(y)  # (N, 2, 2), (N, 2)
+        jac, eps = jax.vmap(jax.jacrev(eps_of_point, has_aux=True))(y)  # (N, 2, 2), (N, 2)
         return eps, jnp.trace(jac, axis1=-2, axis2=-1)
 
     return vector_field

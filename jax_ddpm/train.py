@@ -15,7 +15,7 @@ import sys  # noqa: E402
 from typing import Sequence  # noqa: E402
 
 from ddpm_harness.cli import run  # noqa: E402
-from ddpm_harness.config import Config, ConfigError  # noqa: E402
+from ddpm_harness.config import Config, ConfigError, resolve_preset  # noqa: E402
 from ddpm_harness.data import DataError  # noqa: E402
 from ddpm_harness.runs import RunDirError  # noqa: E402
 from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError  # noqa: E402
@@ -28,9 +28,9 @@ RUNTIME_ERRORS = (CheckpointError, TrainingDiverged, RunWriteError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse argv (default: sys.argv[1:]) into a Config and train; the exit status."""
+    """Parse argv (default: sys.argv[1:]) into a Config, apply its --preset, train; the exit status."""
     body = functools.partial(train_and_evaluate, imports_s=IMPORTS_S)
-    return run(Config, argv, "python -m jax_ddpm.train", body, USAGE_ERRORS, RUNTIME_ERRORS)
+    return run(Config, argv, "python -m jax_ddpm.train", body, USAGE_ERRORS, RUNTIME_ERRORS, resolve_preset)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from ddpm_harness.config import Config
 from jax_ddpm.elbo import hybrid_loss
 from jax_ddpm.losses import antithetic_timesteps, loss_variational, noise_estimation_loss
 from jax_ddpm.model import init_params
+from jax_ddpm.predictions import loss_fn_for
 from jax_ddpm.schedule import Schedule
 from jax_ddpm.speed import epoch_permutation
 
@@ -179,7 +180,7 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
     """
     train_step_fn = functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
                                       n_steps=schedule.num_steps,
-                                      loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
+                                      loss_fn=loss_fn_for(config))
     seeds_on_devices = mesh is not None and config.seeds > 1
     batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None and not seeds_on_devices else None
     epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn,

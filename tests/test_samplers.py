@@ -75,7 +75,8 @@ def test_ddpm_with_beta_variance_is_the_tutorials_chain_without_its_last_noise()
         schedule = make_schedule(dtype=np.float64)
         rng = np.random.default_rng(0)
         x_T, zs = jnp.asarray(rng.normal(size=(64, 2))), jnp.asarray(rng.normal(size=(T, 64, 2)))
-        out_ref = sampling.p_sample_loop(params, schedule, x_T, zs.at[-1].set(0))
+        out_ref = sampling.p_sample_loop(params, x_T.shape, T, schedule.alphas, schedule.betas,
+                                         schedule.one_minus_alphas_bar_sqrt, x_T=x_T, zs=zs.at[-1].set(0))
         out = samplers.ddpm(functools.partial(apply_model, params), schedule, x_T, zs, variance="beta", trajectory=True)
         err = np.abs(np.asarray(out.trajectory) - np.asarray(out_ref)).max() / np.abs(np.asarray(out_ref)).max()
     assert err <= 1e-10, err

@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, validate
+from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, resolve_preset, validate
 from ddpm_harness.data import DataError
-from ddpm_harness.metrics import evaluate
+from ddpm_harness.metrics import calibration, evaluate
 from ddpm_harness.plots import draw_run_pictures
 from ddpm_harness.runs import (
     MetricsLog,
@@ -56,7 +56,10 @@ def check_supported(config: Config) -> None:
                    "devices": (1, "the eager loop runs on one device"),
                    "resume": (False, "the reference writes no checkpoints"),
                    "checkpoint_every": (DEFAULTS.checkpoint_every, "the reference writes no checkpoints"),
-                   "eval_every": (DEFAULTS.eval_every, "the reference evaluates once, at the end")}
+                   "eval_every": (DEFAULTS.eval_every, "the reference evaluates once, at the end"),
+                   "prediction": ("eps", "the tutorial's model predicts the noise"),
+                   "zero_terminal_snr": (False, "the tutorial's schedules only"),
+                   "sampler": ("tutorial", "the reference has the tutorial's sampler only")}
     for name, (allowed, why) in unsupported.items():
         if getattr(config, name) != allowed:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)} is not supported by "
@@ -136,13 +139,15 @@ def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
         train_s = time.perf_counter() - start
     save_run_models(run_dir, model, ema, config)  # model.safetensors, model_ema.safetensors
 
-    reference = held_out_for(config, config.n_eval)
-    evaluation = {"raw": evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)}
-    x_seq = sample_chain(model, schedule, config.n_samples, config.num_steps) if config.sample_with == "raw" else None
+    # The final evaluation scores the --n-samples samples of each parameter set, beside the floor and
+    # ceiling calibrated at that n (as python -m jax_ddpm.train does).
+    reference = held_out_for(config, config.n_samples)
+    chains = {"raw": sample_chain(model, schedule, config.n_samples, config.num_steps)}
     ema.ema(model)  # the tutorial's EMA.ema: copy the shadow parameters into the model
-    evaluation["ema"] = evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)
-    if x_seq is None:
-        x_seq = sample_chain(model, schedule, config.n_samples, config.num_steps)
+    chains["ema"] = sample_chain(model, schedule, config.n_samples, config.num_steps)
+    evaluation = {name: evaluate(x_seq[-1], reference) for name, x_seq in chains.items()}
+    calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed)
+    x_seq = chains[config.sample_with]
     save_samples(run_dir, x_seq[-1])
     if not config.no_plots:
         noise = torch.from_numpy(picture_noise(config, points.shape))
@@ -151,7 +156,9 @@ def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
                                for t in range(config.num_steps)]).numpy()
         draw_run_pictures(run_dir, tutorial_datasets(config), forward, x_seq, records)
     summary = summarize(records, framework="torch", config=config, run_dir=run_dir, train_s=train_s,
-                        steps_per_s=config.epochs * steps_per_epoch / train_s, evaluation=evaluation)
+                        steps_per_s=config.epochs * steps_per_epoch / train_s, evaluation=evaluation,
+                        calibration=dict(n=config.n_samples, **calibrated),
+                        sampling=dict(sampler="tutorial", nfe=config.num_steps, prediction="eps"))
     write_summary(run_dir, summary)
     print(summary_paragraph(summary))
     return summary
@@ -160,7 +167,7 @@ def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv (default: sys.argv[1:]) and train the reference; the exit status."""
     return run(Config, argv, "python -m torch_reference.train", train_reference,
-               (ConfigError, DataError, RunDirError), (OSError,))
+               (ConfigError, DataError, RunDirError), (OSError,), resolve_preset)
 
 
 if __name__ == "__main__":
