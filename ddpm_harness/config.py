@@ -10,6 +10,7 @@ config's data is drawn.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal, Optional
 
 import numpy as np
@@ -99,6 +100,10 @@ class Config:
 
 def validate(config: Config) -> Config:
     """Raise ConfigError naming the first impossible hyper-parameter; return the config otherwise."""
+    for field in dataclasses.fields(config):  # NaN passes every comparison below, and JSON cannot hold it
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
     positive_ints = ("n_points", "num_steps", "epochs", "batch_size", "n_samples", "seeds",
                      "devices", "checkpoint_every", "log_every", "n_eval")
     for name in positive_ints:

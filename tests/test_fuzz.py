@@ -302,6 +302,9 @@ def test_train_arguments(sandbox):
     @given(mutations=st.lists(bad_train_tokens(), min_size=1, max_size=3))
     @example(mutations=[["--loss", ""]])  # tyro's box drawn in ASCII (stdout redirected): rules and helptext leaked
     @example(mutations=[["--schedule", "\ud7fc\x1b[31m"]])  # the user's text echoed raw: unprintable characters
+    @example(mutations=[["--lr", "inf"]])  # NaN and inf passed validation, then config.json could not hold them
+    @example(mutations=[["--clip-norm", "nan"]])
+    @example(mutations=[["--schedule", "cosine"], ["--beta-start", "nan"]])  # a field the schedule ignores, too
     def case(mutations):
         with sandbox.case("train-args") as folder:
             tokens = sandbox.tokens(mutations)
