@@ -132,6 +132,8 @@ def validate(config: Config) -> Config:
                           "(several seeds are split across the devices)")
     if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
+    if config.out_dir is not None and not config.out_dir.strip():
+        raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
     return config
 
 

@@ -305,6 +305,7 @@ def test_train_arguments(sandbox):
     @example(mutations=[["--lr", "inf"]])  # NaN and inf passed validation, then config.json could not hold them
     @example(mutations=[["--clip-norm", "nan"]])
     @example(mutations=[["--schedule", "cosine"], ["--beta-start", "nan"]])  # a field the schedule ignores, too
+    @example(mutations=[["--out-dir", ""]])  # an empty --out-dir (an unset shell variable) wrote to ./runs/
     def case(mutations):
         with sandbox.case("train-args") as folder:
             tokens = sandbox.tokens(mutations)
