@@ -119,6 +119,8 @@ def validate(config: Config) -> Config:
             value = getattr(config, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
+    if config.data_noise < 0:
+        raise ConfigError(f"--data-noise must be >= 0, got {config.data_noise}")
     if config.hybrid_lambda < 0:
         raise ConfigError(f"--hybrid-lambda must be >= 0, got {config.hybrid_lambda}")
     if config.lr <= 0:

@@ -306,6 +306,8 @@ def test_train_arguments(sandbox):
     @example(mutations=[["--clip-norm", "nan"]])
     @example(mutations=[["--schedule", "cosine"], ["--beta-start", "nan"]])  # a field the schedule ignores, too
     @example(mutations=[["--out-dir", ""]])  # an empty --out-dir (an unset shell variable) wrote to ./runs/
+    @example(mutations=[["--data-noise", "-1"]])  # scikit-learn's own error escaped as a traceback
+    @example(mutations=[["--data-noise", "nan"]])
     def case(mutations):
         with sandbox.case("train-args") as folder:
             tokens = sandbox.tokens(mutations)
