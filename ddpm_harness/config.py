@@ -20,6 +20,11 @@ from ddpm_harness.data import get_dataset, held_out_points
 SCHEDULES = ("linear", "quad", "sigmoid", "constant", "cosine")
 
 
+SEED_MAX = 2**31 - 1
+"""The largest seed: numpy's legacy generators take seeds below 2**32 (the held-out draws add an
+offset of about 10**6), and JAX's keys wrap at 2**32 (seed 2**32 would silently repeat seed 0)."""
+
+
 class ConfigError(ValueError):
     """A hyper-parameter that cannot work; the message says which and what to do."""
 
@@ -119,6 +124,10 @@ def validate(config: Config) -> Config:
             value = getattr(config, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
+    if not 0 <= config.seed <= SEED_MAX:
+        raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {config.seed}")
+    if config.seed + config.seeds - 1 > SEED_MAX:
+        raise ConfigError(f"--seeds {config.seeds} from --seed {config.seed} go past the largest seed {SEED_MAX}")
     if config.data_noise < 0:
         raise ConfigError(f"--data-noise must be >= 0, got {config.data_noise}")
     if config.hybrid_lambda < 0:

@@ -15,7 +15,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import ConfigError
+from ddpm_harness.config import SEED_MAX, ConfigError
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
 from jax_ddpm.experiment import sample_states
@@ -43,6 +43,8 @@ def sample_run(args: SampleArgs) -> Path:
     run_dir = Path(args.run)
     if args.n < 1:
         raise ConfigError(f"--n must be a positive integer, got {args.n}")
+    if args.seed is not None and not 0 <= args.seed <= SEED_MAX:
+        raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {args.seed}")
     out = Path(args.out) if args.out else run_dir / f"samples_{args.params}_{args.n}.npy"
     if out.exists():
         raise RunDirError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")

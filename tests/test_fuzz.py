@@ -308,6 +308,8 @@ def test_train_arguments(sandbox):
     @example(mutations=[["--out-dir", ""]])  # an empty --out-dir (an unset shell variable) wrote to ./runs/
     @example(mutations=[["--data-noise", "-1"]])  # scikit-learn's own error escaped as a traceback
     @example(mutations=[["--data-noise", "nan"]])
+    @example(mutations=[["--seed", "-1"]])  # numpy refused it with a traceback
+    @example(mutations=[["--seed", "4294967296"]])  # JAX wraps it to seed 0; numpy refused it with a traceback
     def case(mutations):
         with sandbox.case("train-args") as folder:
             tokens = sandbox.tokens(mutations)
@@ -359,6 +361,8 @@ def bad_sample_tokens(draw) -> list[str]:
 def test_sample_arguments(sandbox):
     @fuzz_settings("sample-args")
     @given(mutations=st.lists(bad_sample_tokens(), min_size=1, max_size=3))
+    @example(mutations=[["--seed", "-5"]])  # JAX took it (as the key of seed 2**32 - 5): the range of --seed is one
+    @example(mutations=[["--seed", "99999999999999999999"]])  # an OverflowError escaped as a traceback
     def case(mutations):
         with sandbox.case("sample-args") as folder:
             tokens = sandbox.tokens(mutations)
