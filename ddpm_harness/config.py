@@ -162,6 +162,9 @@ def held_out_for(config: Config, n: int) -> np.ndarray:
 # on the device) and the final samples (float32, plus the chain's working copies).
 DATA_BYTES_PER_POINT = 64
 SAMPLE_BYTES_PER_POINT = 32
+# Bytes per diffusion step of each seed's model: the schedule's arrays, and the three 128-wide step
+# embeddings with their EMA, Adam's two moments and the gradients.
+STEP_BYTES = 8192
 
 
 def available_memory_bytes() -> Optional[int]:
@@ -181,9 +184,11 @@ def check_fits_in_memory(config: Config) -> None:
     if available is None:
         return
     for name, n, per_point in (("n_points", config.n_points, DATA_BYTES_PER_POINT),
-                               ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT)):
+                               ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT),
+                               ("n_eval", config.n_eval * config.seeds, DATA_BYTES_PER_POINT),
+                               ("num_steps", config.num_steps * config.seeds, STEP_BYTES)):
         needed = n * per_point
         if needed > available:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
                               f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
-                              "ask for fewer points")
+                              f"ask for fewer {'steps' if name == 'num_steps' else 'points'}")

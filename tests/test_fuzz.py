@@ -310,6 +310,8 @@ def test_train_arguments(sandbox):
     @example(mutations=[["--data-noise", "nan"]])
     @example(mutations=[["--seed", "-1"]])  # numpy refused it with a traceback
     @example(mutations=[["--seed", "4294967296"]])  # JAX wraps it to seed 0; numpy refused it with a traceback
+    @example(mutations=[["--num-steps", "1099511627776"]])  # numpy's MemoryError escaped as a traceback
+    @example(mutations=[["--n-eval", "1099511627776"]])  # (at 2**31 both ran out of memory for minutes instead)
     def case(mutations):
         with sandbox.case("train-args") as folder:
             tokens = sandbox.tokens(mutations)
