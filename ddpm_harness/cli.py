@@ -65,6 +65,10 @@ def run(cls: Type[T], argv: Sequence[str] | None, prog: str, body: Callable[[T],
     The known errors become one stderr line: exit 2 for parse errors and `usage_errors`, 1 for
     `runtime_errors` (usage is checked first, so a usage error may subclass a runtime one).
     """
+    nul = next((arg for arg in argv or () if "\x00" in arg), None)  # only in process: a real argv cannot hold one
+    if nul is not None:
+        report(f"argument {nul!r} holds a NUL byte, which no path or number can hold (see {prog} --help)")
+        return 2
     try:
         args = parse(cls, argv, prog)
     except SystemExit as exit_:  # --help (0) or a parse error (2, already reported)

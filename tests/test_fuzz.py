@@ -312,6 +312,7 @@ def test_train_arguments(sandbox):
     @example(mutations=[["--seed", "4294967296"]])  # JAX wraps it to seed 0; numpy refused it with a traceback
     @example(mutations=[["--num-steps", "1099511627776"]])  # numpy's MemoryError escaped as a traceback
     @example(mutations=[["--n-eval", "1099511627776"]])  # (at 2**31 both ran out of memory for minutes instead)
+    @example(mutations=[["--out-dir", "run\x00"]])  # a path with a NUL byte: ValueError from os as a traceback
     def case(mutations):
         with sandbox.case("train-args") as folder:
             tokens = sandbox.tokens(mutations)
@@ -365,6 +366,7 @@ def test_sample_arguments(sandbox):
     @given(mutations=st.lists(bad_sample_tokens(), min_size=1, max_size=3))
     @example(mutations=[["--seed", "-5"]])  # JAX took it (as the key of seed 2**32 - 5): the range of --seed is one
     @example(mutations=[["--seed", "99999999999999999999"]])  # an OverflowError escaped as a traceback
+    @example(mutations=[["--out", "\x00"]])  # np.save's ValueError escaped as a traceback
     def case(mutations):
         with sandbox.case("sample-args") as folder:
             tokens = sandbox.tokens(mutations)
