@@ -90,7 +90,7 @@ def load_points(path: str | Path) -> np.ndarray:
         points = np.asarray(points, dtype=np.float64)
     except DataError:
         raise
-    except (ValueError, OSError, TypeError) as err:
+    except (ValueError, OSError, TypeError, EOFError) as err:  # EOFError: an empty or cut .npy
         raise DataError(f"cannot read {str(path)!r} as numbers ({err}); "
                         "write it as a numeric .npy array or comma-separated .csv with two columns") from None
     if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 2:

@@ -394,13 +394,14 @@ def test_sample_huge_n_is_refused(sandbox, n):
 
 
 class PlantedPayload:
-    """Unpickling this object writes the marker file: proof that a file was unpickled."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
+    """Unpickling this object writes the marker file (relative: in the case's working directory,
+    which must stay empty): proof that a file was unpickled."""
 
     def __reduce__(self):
-        return (Path.write_text, (Path(self.marker), "unpickled"))
+        return (Path.write_text, (Path(MARKER), "unpickled"))
+
+
+MARKER = "unpickled.txt"
 
 
 def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -409,34 +410,38 @@ def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-huge_or_odd = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e30, -1e30, 1e39, 3.5e38, 1e-320])
 good_points = hnp.arrays(np.float64, (64, 2), elements=st.floats(-3, 3, width=32))
+# Mostly 0.5, with a few NaN, infinities, values beyond float32's range (1e39) or huge ones (1e30).
+odd_points = hnp.arrays(np.float64, (64, 2), fill=st.just(0.5), elements=st.sampled_from(
+    [np.nan, np.inf, -np.inf, 1e39, -1e39, 1e30, 3.4e38, 1e-320, -2.0]))
 
 
 @st.composite
-def npy_content(draw, marker: Path) -> bytes:
+def npy_file(draw) -> tuple[str, bytes]:
     kind = draw(st.sampled_from(["points", "shape", "dtype", "pickle", "object-array", "truncated", "garbage"]))
-    if kind == "points":  # the right shape, values that may be NaN, inf, huge or beyond float32
-        return npy_bytes(draw(hnp.arrays(np.float64, (64, 2), elements=huge_or_odd)))
-    if kind == "shape":
+    if kind == "points":  # the right shape; values that may be NaN, inf, huge or beyond float32
+        content = npy_bytes(draw(odd_points))
+    elif kind == "shape":
         shape = draw(st.sampled_from([(), (0,), (2,), (0, 2), (1, 2), (64, 3), (64, 1), (2, 2, 2), (2, 64)]))
-        return npy_bytes(np.ones(shape))
-    if kind == "dtype":
-        dtype = draw(st.sampled_from(["complex64", "U3", "S3", "bool", "int8", "uint64", "float16", ">f8", "V8",
-                                      "datetime64[s]", [("x", "f8"), ("y", "f8")]]))
-        return npy_bytes(np.ones((64, 2), np.float64).astype(dtype) if dtype != "V8" else np.zeros((64, 2), "V8"))
-    if kind == "pickle":  # a bare pickle stream named .npy
-        return pickle.dumps(PlantedPayload(marker))
-    if kind == "object-array":  # a real .npy whose payload is pickled objects
-        return npy_bytes(np.array([[PlantedPayload(marker), 1.0]] * 2, dtype=object), allow_pickle=True)
-    if kind == "truncated":
+        content = npy_bytes(np.ones(shape))
+    elif kind == "dtype":
+        dtype = draw(st.sampled_from(["complex64", "U3", "S3", "datetime64[s]", "timedelta64[s]", "V8",
+                                      "f2,f2", "float16", "int8"]))
+        content = npy_bytes(np.zeros((64, 2), dtype) if dtype in ("V8", "f2,f2") else np.ones((64, 2)).astype(dtype))
+    elif kind == "pickle":  # a bare pickle stream named .npy
+        content = pickle.dumps(PlantedPayload())
+    elif kind == "object-array":  # a real .npy whose payload is pickled objects
+        content = npy_bytes(np.array([[PlantedPayload(), 1.0]] * 2, dtype=object), allow_pickle=True)
+    elif kind == "truncated":
         whole = npy_bytes(draw(good_points))
-        return whole[: draw(st.integers(0, len(whole) - 1))]
-    return draw(st.binary(max_size=600))
+        content = whole[: draw(st.integers(0, len(whole) - 1))]
+    else:
+        content = draw(st.binary(max_size=600))
+    return draw(st.sampled_from([".npy", ".npy", ".npy", ".NPY", ".csv"])), content
 
 
 @st.composite
-def csv_content(draw) -> bytes:
+def csv_file(draw) -> tuple[str, bytes]:
     rows = [[repr(float(v)) for v in row] for row in draw(good_points)]
     for _ in range(draw(st.integers(0, 3))):
         i, j = draw(st.integers(0, 63)), draw(st.integers(0, 1))
@@ -456,10 +461,12 @@ def csv_content(draw) -> bytes:
         else:
             rows[0][0] = "\ufeff" + rows[0][0]
     delimiter = draw(st.sampled_from([",", ",", ",", ";", "\t", " "]))
-    text = "".join(delimiter.join(r) + "\n" for r in rows[: draw(st.sampled_from([0, 1, 2, 64, 65]))])
+    lines = [delimiter.join(r) + "\n" for r in rows]
+    text = "".join(lines[: draw(st.sampled_from([0, 1, len(lines)]))])  # empty, one point, all
+    content = text.encode(draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "utf-16"])))
     if draw(st.integers(0, 9)) == 0:
-        return draw(st.binary(max_size=600))
-    return text.encode(draw(st.sampled_from(["utf-8", "utf-8", "utf-16"])))
+        content = draw(st.binary(max_size=600))
+    return draw(st.sampled_from([".csv", ".csv", ".csv", ".txt", "", ".npy"])), content
 
 
 file_stem = st.text(st.characters(exclude_categories=("Cs", "Cc"), exclude_characters="/\\"), min_size=1,
@@ -468,29 +475,27 @@ file_stem = st.text(st.characters(exclude_categories=("Cs", "Cc"), exclude_chara
 
 def test_data_files(sandbox):
     @fuzz_settings("data-files")
-    @given(data=st.data(), stem=file_stem, suffix=st.sampled_from([".npy", ".npy", ".csv", ".csv", ".NPY", ".txt", ""]),
-           as_folder=st.integers(0, 14))
-    @example(data=None, stem="huge", suffix=".npy", as_folder=1)  # the brief's case: 1e30 everywhere
-    def case(data, stem, suffix, as_folder):
+    @given(stem=file_stem, file=st.one_of(npy_file(), csv_file()), as_folder=st.integers(0, 14))
+    @example(stem="huge", file=(".npy", npy_bytes(np.full((64, 2), 1e30))), as_folder=1)  # trains, loss inf: exit 1
+    @example(stem="0", file=(".npy", b""), as_folder=1)  # np.load's EOFError escaped as a traceback
+    def case(stem, file, as_folder):
+        suffix, content = file
         with sandbox.case("data-files") as folder:
-            inputs, marker = folder / "inputs", folder / "unpickled.txt"
+            inputs = folder / "inputs"
             inputs.mkdir()
             path = inputs / (stem + suffix)
             if as_folder == 0:  # a folder named like a data file
                 path.mkdir()
-            elif data is None:
-                path.write_bytes(npy_bytes(np.full((64, 2), 1e30)))
             else:
-                content = data.draw(npy_content(marker) if suffix.lower() == ".npy" else csv_content())
                 path.write_bytes(content)
             before = snapshot(inputs)
             argv = [*BUDGET, "--out-dir", str(folder / "run"), "--dataset", str(path)]
             outcome = run_in_process(train_main, argv, folder / "cwd")
             check_report(outcome, expect_failure=False, argv=argv)
             record("data-files", outcome)
-            assert not marker.exists(), "a data file was unpickled"
-            assert snapshot(inputs) == before
+            assert not (folder / "cwd" / MARKER).exists(), "a data file was unpickled"
             assert not any((folder / "cwd").iterdir())
+            assert snapshot(inputs) == before
             if outcome.code == 0:
                 assert (folder / "run" / "samples.npy").is_file() and (folder / "run" / "summary.json").is_file()
 
@@ -527,7 +532,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 
 
 @st.composite
-def damage(draw, marker: Path) -> Callable[[Path], None]:
+def damage(draw) -> Callable[[Path], None]:
     """One way to damage a run folder: a function of the folder."""
     kind = draw(st.sampled_from(["bytes", "flip", "truncate", "delete-file", "delete-folder", "record", "record-field",
                                  "config", "config-field", "other-model", "manifest", "pickle", "metrics"]))
@@ -585,7 +590,7 @@ def damage(draw, marker: Path) -> Callable[[Path], None]:
             elif manifests:
                 manifests[pick % len(manifests)].unlink()
         elif kind == "pickle":  # a pickle payload where orbax expects its files, trusted by the manifests
-            victim.write_bytes(pickle.dumps(PlantedPayload(marker)))
+            victim.write_bytes(pickle.dumps(PlantedPayload()))
             rewrite_manifests(run)
         else:
             (run / "metrics.jsonl").write_bytes(blob if pick % 2 else (json.dumps(value) + "\n").encode())
@@ -598,10 +603,10 @@ def test_damaged_run_folders(sandbox):
     @given(data=st.data(), sampler=st.booleans(), n_damages=st.integers(1, 3))
     def case(data, sampler, n_damages):
         with sandbox.case("run-folders") as folder:
-            run, marker = folder / "run", folder / "unpickled.txt"
+            run = folder / "run"
             shutil.copytree(sandbox.earlier, run)
             for _ in range(n_damages):
-                data.draw(damage(marker))(run)
+                data.draw(damage())(run)
             contents = tree_contents(run)
             if sampler:
                 argv = ["--run", str(run), "--n", "8", "--out", str(folder / "samples.npy")]
@@ -611,7 +616,7 @@ def test_damaged_run_folders(sandbox):
                 outcome = run_in_process(train_main, argv, folder / "cwd")
             check_report(outcome, expect_failure=False, argv=argv)
             record("run-folders", outcome)
-            assert not marker.exists(), "a checkpoint file was unpickled"
+            assert not (folder / "cwd" / MARKER).exists(), "a checkpoint file was unpickled"
             assert not any((folder / "cwd").iterdir())
             if sampler:  # sampling never changes the run folder
                 assert tree_contents(run) == contents
@@ -629,9 +634,9 @@ def test_subprocess_cases(sandbox):
     """A pickled .npy for training and a poisoned checkpoint for sampling, in fresh interpreters:
     the real exit status and stderr, absl's and Python's own lines included."""
     with sandbox.case("subprocess") as folder:
-        marker = folder / "unpickled.txt"
+        marker = folder / "cwd" / MARKER
         data = folder / "payload.npy"
-        data.write_bytes(npy_bytes(np.array([[PlantedPayload(marker), 1.0]] * 2, dtype=object), allow_pickle=True))
+        data.write_bytes(npy_bytes(np.array([[PlantedPayload(), 1.0]] * 2, dtype=object), allow_pickle=True))
         argv = [*BUDGET, "--out-dir", str(folder / "run"), "--dataset", str(data)]
         outcome = run_subprocess("jax_ddpm.train", argv, folder / "cwd")
         check_report(outcome, expect_failure=True, argv=argv)
@@ -641,7 +646,7 @@ def test_subprocess_cases(sandbox):
         run = folder / "poisoned"
         shutil.copytree(sandbox.earlier, run)
         for path in (run / "checkpoints").rglob("_METADATA"):
-            path.write_bytes(pickle.dumps(PlantedPayload(marker)))
+            path.write_bytes(pickle.dumps(PlantedPayload()))
         rewrite_manifests(run)
         contents = tree_contents(run)
         argv = ["--run", str(run), "--n", "8"]
