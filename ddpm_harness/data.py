@@ -9,6 +9,7 @@ flow-model literature) is drawn directly here.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -84,7 +85,9 @@ def load_points(path: str | Path) -> np.ndarray:
         if path.suffix == ".npy":
             points = np.load(path, allow_pickle=False)
         elif path.suffix == ".csv":
-            points = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+            with warnings.catch_warnings():  # an empty file's UserWarning: reported below as its shape
+                warnings.simplefilter("ignore", UserWarning)
+                points = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
         else:
             raise DataError(f"data file {str(path)!r} must end in .npy or .csv")
         points = np.asarray(points, dtype=np.float64)

@@ -478,6 +478,7 @@ def test_data_files(sandbox):
     @given(stem=file_stem, file=st.one_of(npy_file(), csv_file()), as_folder=st.integers(0, 14))
     @example(stem="huge", file=(".npy", npy_bytes(np.full((64, 2), 1e30))), as_folder=1)  # trains, loss inf: exit 1
     @example(stem="0", file=(".npy", b""), as_folder=1)  # np.load's EOFError escaped as a traceback
+    @example(stem="0", file=(".csv", b""), as_folder=1)  # np.loadtxt's UserWarning: a second stderr line
     def case(stem, file, as_folder):
         suffix, content = file
         with sandbox.case("data-files") as folder:
