@@ -84,6 +84,8 @@ def load_points(path: str | Path) -> np.ndarray:
     try:
         if path.suffix == ".npy":
             points = np.load(path, allow_pickle=False)
+            if points.dtype.kind not in "biuf":  # complex, strings, dates: numpy would cast them to nonsense
+                raise DataError(f"data file {str(path)!r} holds {points.dtype} values; it must hold real numbers")
         elif path.suffix == ".csv":
             with warnings.catch_warnings():  # an empty file's UserWarning: reported below as its shape
                 warnings.simplefilter("ignore", UserWarning)

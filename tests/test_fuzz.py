@@ -479,6 +479,8 @@ def test_data_files(sandbox):
     @example(stem="huge", file=(".npy", npy_bytes(np.full((64, 2), 1e30))), as_folder=1)  # trains, loss inf: exit 1
     @example(stem="0", file=(".npy", b""), as_folder=1)  # np.load's EOFError escaped as a traceback
     @example(stem="0", file=(".csv", b""), as_folder=1)  # np.loadtxt's UserWarning: a second stderr line
+    @example(stem="0", file=(".npy", npy_bytes(np.ones((64, 2), np.complex64))), as_folder=1)  # ComplexWarning,
+    @example(stem="0", file=(".npy", npy_bytes(np.ones((64, 2), "datetime64[s]"))), as_folder=1)  # or trained on dates
     def case(stem, file, as_folder):
         suffix, content = file
         with sandbox.case("data-files") as folder:
