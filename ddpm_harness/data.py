@@ -100,10 +100,13 @@ def load_points(path: str | Path) -> np.ndarray:
                         "write it as a numeric .npy array or comma-separated .csv with two columns") from None
     if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 2:
         raise DataError(f"data file {str(path)!r} has shape {points.shape}; it must be (N, 2) with N >= 2")
+    with np.errstate(over="ignore"):
+        points = points.astype(np.float32)  # training's precision: beyond 3.4e38 a value becomes inf
     if not np.all(np.isfinite(points)):
         bad = int(np.sum(~np.isfinite(points).all(axis=1)))
-        raise DataError(f"data file {str(path)!r} has {bad} rows with NaN or inf; remove them and retry")
-    return points.astype(np.float32)
+        raise DataError(f"data file {str(path)!r} has {bad} rows with NaN or inf (or beyond float32's 3.4e38); "
+                        "remove them and retry")
+    return points
 
 
 def is_builtin(name_or_path: str) -> bool:

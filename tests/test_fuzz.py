@@ -481,6 +481,7 @@ def test_data_files(sandbox):
     @example(stem="0", file=(".csv", b""), as_folder=1)  # np.loadtxt's UserWarning: a second stderr line
     @example(stem="0", file=(".npy", npy_bytes(np.ones((64, 2), np.complex64))), as_folder=1)  # ComplexWarning,
     @example(stem="0", file=(".npy", npy_bytes(np.ones((64, 2), "datetime64[s]"))), as_folder=1)  # or trained on dates
+    @example(stem="0", file=(".csv", b"1e39,0\n0,1\n"), as_folder=1)  # inf once float32: trained on it
     def case(stem, file, as_folder):
         suffix, content = file
         with sandbox.case("data-files") as folder:
