@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Literal, Optional
 
 import numpy as np
@@ -146,6 +147,40 @@ def validate(config: Config) -> Config:
     if config.out_dir is not None and not config.out_dir.strip():
         raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
     return config
+
+
+def config_from_dict(fields) -> Config:
+    """A Config from a dict such as a run's config.json: unknown keys are ignored, missing ones take
+    their default. ConfigError when it is not a dict or a value has not its field's type (a JSON
+    integer is a float's value too)."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"a config is a JSON object, not {type(fields).__name__}")
+    hints = typing.get_type_hints(Config)
+    values = {}
+    for name, value in fields.items():
+        if name in hints:
+            if not _has_type(value, hints[name]):
+                raise ConfigError(f"{name} is {repr(value)[:80]}, not {_describe(hints[name])}")
+            values[name] = float(value) if hints[name] is float else value
+    return Config(**values)
+
+
+def _has_type(value, hint) -> bool:
+    if typing.get_origin(hint) is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:  # Optional[str]
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint in (int, float):  # bool is an int to Python, not to a config
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join("null" if h is type(None) else _describe(h) for h in typing.get_args(hint))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
 def dataset_for(config: Config) -> np.ndarray:

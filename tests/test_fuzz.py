@@ -535,26 +535,25 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            max_leaves=6)
 
 
-@st.composite
-def damage(draw) -> Callable[[Path], None]:
-    """One way to damage a run folder: a function of the folder."""
-    kind = draw(st.sampled_from(["bytes", "flip", "truncate", "delete-file", "delete-folder", "record", "record-field",
-                                 "config", "config-field", "other-model", "manifest", "pickle", "metrics"]))
-    pick, blob = draw(st.integers(0, 10**6)), draw(st.binary(max_size=200))
-    value = draw(json_values)
-    field = draw(st.sampled_from([f.name for f in dataclasses.fields(Config)] + ["epoch", "wall_s", "config",
-                                                                                   "data_sha256", "framework"]))
-    other = draw(st.sampled_from([("num_steps", 50), ("num_steps", 101), ("loss", "hybrid"), ("seeds", 2)]))
+@dataclasses.dataclass(frozen=True)
+class Damage:
+    """One way to damage a run folder, applied by calling it on the folder. `pick` chooses the file
+    (among the checkpoints' files, sorted), a byte, a length or a variant; `blob` is written bytes;
+    `value` a JSON value; `field` a config or record key; `other` another model's option."""
 
-    def files(run: Path, under: str = "checkpoints") -> list[Path]:
-        return sorted(p for p in (run / under).rglob("*") if p.is_file()) if (run / under).is_dir() else []
+    kind: str
+    pick: int = 0
+    blob: bytes = b""
+    value: object = None
+    field: str = "num_steps"
+    other: tuple = ("num_steps", 50)
 
-    def apply(run: Path) -> None:
+    def __call__(self, run: Path) -> None:
+        kind, pick, value, field, other = self.kind, self.pick, self.value, self.field, self.other
         candidates = files(run)
         victim = candidates[pick % len(candidates)] if candidates else run / "config.json"
-        records = [p for p in files(run) if p.parent.name == "record" and p.name == "metadata"]
         if kind == "bytes":
-            victim.write_bytes(blob)
+            victim.write_bytes(self.blob)
         elif kind == "flip":
             content = bytearray(victim.read_bytes()) or bytearray(b"\0")
             content[pick % len(content)] ^= 1 + pick % 255
@@ -568,7 +567,7 @@ def damage(draw) -> Callable[[Path], None]:
             if folders:
                 shutil.rmtree(folders[pick % len(folders)])
         elif kind in ("record", "record-field", "other-model"):
-            for path in records:
+            for path in (p for p in candidates if p.parent.name == "record" and p.name == "metadata"):
                 saved = read_json(path)
                 if kind == "record":
                     saved = value
@@ -584,33 +583,47 @@ def damage(draw) -> Callable[[Path], None]:
             if pick % 2:
                 rewrite_manifests(run)
         elif kind == "config":
-            (run / "config.json").write_bytes(blob if pick % 2 else json.dumps(value).encode())
+            (run / "config.json").write_bytes(self.blob if pick % 2 else json.dumps(value).encode())
         elif kind == "config-field":
             (run / "config.json").write_text(json.dumps({**read_json(run / "config.json"), field: value}))
         elif kind == "manifest":
             manifests = files(run, "checkpoint_manifests")
             if manifests and pick % 3:
-                manifests[pick % len(manifests)].write_bytes(blob if pick % 3 == 1 else json.dumps(value).encode())
+                manifests[pick % len(manifests)].write_bytes(self.blob if pick % 3 == 1 else json.dumps(value).encode())
             elif manifests:
                 manifests[pick % len(manifests)].unlink()
         elif kind == "pickle":  # a pickle payload where orbax expects its files, trusted by the manifests
             victim.write_bytes(pickle.dumps(PlantedPayload()))
             rewrite_manifests(run)
         else:
-            (run / "metrics.jsonl").write_bytes(blob if pick % 2 else (json.dumps(value) + "\n").encode())
+            (run / "metrics.jsonl").write_bytes(self.blob if pick % 2 else (json.dumps(value) + "\n").encode())
 
-    return apply
+
+def files(run: Path, under: str = "checkpoints") -> list[Path]:
+    return sorted(p for p in (run / under).rglob("*") if p.is_file()) if (run / under).is_dir() else []
+
+
+DAMAGES = ("bytes", "flip", "truncate", "delete-file", "delete-folder", "record", "record-field", "config",
+           "config-field", "other-model", "manifest", "pickle", "metrics")
+damages = st.builds(
+    Damage, kind=st.sampled_from(DAMAGES), pick=st.integers(0, 10**6), blob=st.binary(max_size=200), value=json_values,
+    field=st.sampled_from([f.name for f in dataclasses.fields(Config)] + ["epoch", "wall_s", "config", "data_sha256"]),
+    other=st.sampled_from([("num_steps", 50), ("num_steps", 101), ("loss", "hybrid"), ("seeds", 2)]))
 
 
 def test_damaged_run_folders(sandbox):
     @fuzz_settings("run-folders")
-    @given(data=st.data(), sampler=st.booleans(), n_damages=st.integers(1, 3))
-    def case(data, sampler, n_damages):
+    @given(damage=st.lists(damages, min_size=1, max_size=3), sampler=st.booleans())
+    @example(damage=[Damage("config", value=[1, 2])], sampler=True)  # config.json: AttributeError as a traceback,
+    @example(damage=[Damage("config", pick=1, blob=b"\xff{")], sampler=True)  # UnicodeDecodeError,
+    @example(damage=[Damage("config-field", field="num_steps", value=None)], sampler=True)  # TypeError in validate,
+    @example(damage=[Damage("config-field", field="num_steps", value=50.0)], sampler=True)  # a float shape in JAX
+    def case(damage, sampler):
         with sandbox.case("run-folders") as folder:
             run = folder / "run"
             shutil.copytree(sandbox.earlier, run)
-            for _ in range(n_damages):
-                data.draw(damage())(run)
+            for apply in damage:
+                apply(run)
             contents = tree_contents(run)
             if sampler:
                 argv = ["--run", str(run), "--n", "8", "--out", str(folder / "samples.npy")]
