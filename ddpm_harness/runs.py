@@ -183,9 +183,17 @@ class MetricsLog:
         return kept
 
     def read(self) -> list[dict]:
+        """The records so far; RunDirError when the file is damaged (it is never rewritten then)."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        try:
+            records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        except ValueError as err:  # not UTF-8, or a line that is not JSON
+            records = [str(err)]
+        if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
+            raise RunDirError(f"{str(self.path)!r} holds a line that is not an epoch's record; repair or remove "
+                              "that line, then --resume")
+        return records
 
     def append(self, records: Iterable[dict]) -> None:
         with self.path.open("a") as f:

@@ -618,6 +618,9 @@ def test_damaged_run_folders(sandbox):
     @example(damage=[Damage("config", pick=1, blob=b"\xff{")], sampler=True)  # UnicodeDecodeError,
     @example(damage=[Damage("config-field", field="num_steps", value=None)], sampler=True)  # TypeError in validate,
     @example(damage=[Damage("config-field", field="num_steps", value=50.0)], sampler=True)  # a float shape in JAX
+    @example(damage=[Damage("metrics", pick=1, blob=b"\x80")], sampler=False)  # metrics.jsonl: UnicodeDecodeError,
+    @example(damage=[Damage("metrics", pick=1, blob=b"{")], sampler=False)  # JSONDecodeError,
+    @example(damage=[Damage("metrics", value=None)], sampler=False)  # TypeError, as tracebacks of --resume
     def case(damage, sampler):
         with sandbox.case("run-folders") as folder:
             run = folder / "run"
