@@ -621,6 +621,10 @@ def test_damaged_run_folders(sandbox):
     @example(damage=[Damage("metrics", pick=1, blob=b"\x80")], sampler=False)  # metrics.jsonl: UnicodeDecodeError,
     @example(damage=[Damage("metrics", pick=1, blob=b"{")], sampler=False)  # JSONDecodeError,
     @example(damage=[Damage("metrics", value=None)], sampler=False)  # TypeError, as tracebacks of --resume
+    @example(damage=[Damage("record", pick=1, value=[])], sampler=True)  # a record that orbax reads but is not
+    @example(damage=[Damage("record-field", pick=1, field="config", value="x")], sampler=False)  # ours: tracebacks
+    @example(damage=[Damage("record-field", pick=1, field="epoch", value=None)], sampler=False)
+    @example(damage=[Damage("record-field", pick=1, field="wall_s", value="x")], sampler=False)
     def case(damage, sampler):
         with sandbox.case("run-folders") as folder:
             run = folder / "run"
