@@ -10,6 +10,8 @@ config's data is drawn.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -17,6 +19,11 @@ import numpy as np
 from ddpm_harness.data import get_dataset, held_out_points
 
 SCHEDULES = ("linear", "quad", "sigmoid", "constant", "cosine")
+
+
+SEED_MAX = 2**31 - 1
+"""The largest seed: numpy's legacy generators take seeds below 2**32 (the held-out draws add an
+offset of about 10**6), and JAX's keys wrap at 2**32 (seed 2**32 would silently repeat seed 0)."""
 
 
 class ConfigError(ValueError):
@@ -130,6 +137,10 @@ class Config:
 
 def validate(config: Config) -> Config:
     """Raise ConfigError naming the first impossible hyper-parameter; return the config otherwise."""
+    for field in dataclasses.fields(config):  # NaN passes every comparison below, and JSON cannot hold it
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
     positive_ints = ("n_points", "num_steps", "epochs", "batch_size", "n_samples", "seeds",
                      "devices", "checkpoint_every", "log_every", "n_eval")
     for name in positive_ints:
@@ -145,6 +156,12 @@ def validate(config: Config) -> Config:
             value = getattr(config, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
+    if not 0 <= config.seed <= SEED_MAX:
+        raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {config.seed}")
+    if config.seed + config.seeds - 1 > SEED_MAX:
+        raise ConfigError(f"--seeds {config.seeds} from --seed {config.seed} go past the largest seed {SEED_MAX}")
+    if config.data_noise < 0:
+        raise ConfigError(f"--data-noise must be >= 0, got {config.data_noise}")
     if config.hybrid_lambda < 0:
         raise ConfigError(f"--hybrid-lambda must be >= 0, got {config.hybrid_lambda}")
     if config.lr <= 0:
@@ -158,6 +175,8 @@ def validate(config: Config) -> Config:
                           "(several seeds are split across the devices)")
     if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
+    if config.out_dir is not None and not config.out_dir.strip():
+        raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
     validate_sampling(config)
     return config
 
@@ -233,6 +252,40 @@ def resolve_preset(config: Config, argv: Sequence[str] | None = None) -> Config:
     return dataclasses.replace(config, **values)
 
 
+def config_from_dict(fields) -> Config:
+    """A Config from a dict such as a run's config.json: unknown keys are ignored, missing ones take
+    their default. ConfigError when it is not a dict or a value has not its field's type (a JSON
+    integer is a float's value too)."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"a config is a JSON object, not {type(fields).__name__}")
+    hints = typing.get_type_hints(Config)
+    values = {}
+    for name, value in fields.items():
+        if name in hints:
+            if not _has_type(value, hints[name]):
+                raise ConfigError(f"{name} is {repr(value)[:80]}, not {_describe(hints[name])}")
+            values[name] = float(value) if hints[name] is float else value
+    return Config(**values)
+
+
+def _has_type(value, hint) -> bool:
+    if typing.get_origin(hint) is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:  # Optional[str]
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint in (int, float):  # bool is an int to Python, not to a config
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join("null" if h is type(None) else _describe(h) for h in typing.get_args(hint))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
 def dataset_for(config: Config) -> np.ndarray:
     """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32."""
     return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
@@ -247,6 +300,9 @@ def held_out_for(config: Config, n: int) -> np.ndarray:
 # on the device) and the final samples (float32, plus the chain's working copies).
 DATA_BYTES_PER_POINT = 64
 SAMPLE_BYTES_PER_POINT = 32
+# Bytes per diffusion step of each seed's model: the schedule's arrays, and the three 128-wide step
+# embeddings with their EMA, Adam's two moments and the gradients.
+STEP_BYTES = 8192
 
 
 def available_memory_bytes() -> Optional[int]:
@@ -266,9 +322,11 @@ def check_fits_in_memory(config: Config) -> None:
     if available is None:
         return
     for name, n, per_point in (("n_points", config.n_points, DATA_BYTES_PER_POINT),
-                               ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT)):
+                               ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT),
+                               ("n_eval", config.n_eval * config.seeds, DATA_BYTES_PER_POINT),
+                               ("num_steps", config.num_steps * config.seeds, STEP_BYTES)):
         needed = n * per_point
         if needed > available:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
                               f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
-                              "ask for fewer points")
+                              f"ask for fewer {'steps' if name == 'num_steps' else 'points'}")

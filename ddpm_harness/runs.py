@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ddpm_harness.config import Config
+from ddpm_harness.config import Config, config_from_dict
 from ddpm_harness.data import get_dataset
 
 CONFIG_FILE = "config.json"
@@ -140,10 +140,12 @@ def write_config(run_dir: Path, config: Config, framework: str) -> None:
 
 
 def read_config(run_dir: Path) -> Config:
-    """The Config saved in a run folder's config.json."""
-    fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
-    names = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in fields.items() if k in names})
+    """The Config saved in a run folder's config.json (RunDirError when it holds none)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        return config_from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as err:  # not UTF-8, not JSON, not a config (ConfigError)
+        raise RunDirError(f"{str(path)!r} is not a readable config ({err})") from None
 
 
 def save_samples(run_dir: Path, samples: np.ndarray) -> None:
@@ -181,9 +183,17 @@ class MetricsLog:
         return kept
 
     def read(self) -> list[dict]:
+        """The records so far; RunDirError when the file is damaged (it is never rewritten then)."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        try:
+            records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        except ValueError as err:  # not UTF-8, or a line that is not JSON
+            records = [str(err)]
+        if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
+            raise RunDirError(f"{str(self.path)!r} holds a line that is not an epoch's record; repair or remove "
+                              "that line, then --resume")
+        return records
 
     def append(self, records: Iterable[dict]) -> None:
         with self.path.open("a") as f:

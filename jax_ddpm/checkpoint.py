@@ -148,6 +148,9 @@ class Checkpointer:
             record = self._manager.restore(epoch, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
         except Exception as err:
             raise CheckpointError(f"orbax cannot read it ({_first_line(err)})") from None
+        if not (isinstance(record, dict) and type(record.get("epoch")) is int and record["epoch"] == epoch
+                and isinstance(record.get("wall_s"), (int, float)) and isinstance(record.get("config"), dict)):
+            raise CheckpointError("its record is not the {epoch, wall_s, config} this program writes")
         check_compatible(record.get("config", {}), config, self.directory)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         try:

@@ -20,7 +20,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import ConfigError, validate_sampling
+from ddpm_harness.config import SEED_MAX, ConfigError, validate_sampling
 from ddpm_harness.data import DataError, load_points
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.checkpoint import SAMPLING_FIELDS, CheckpointError, IncompatibleCheckpointError, restore_run
@@ -95,6 +95,8 @@ def sample_run(args: SampleArgs) -> Path:
     run_dir = Path(args.run)
     if args.n < 1:
         raise ConfigError(f"--n must be a positive integer, got {args.n}")
+    if args.seed is not None and not 0 <= args.seed <= SEED_MAX:
+        raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {args.seed}")
     x_T = read_x_T(args.x_T) if args.x_T is not None else None
     n = args.n if x_T is None else x_T.shape[0]
     config, state, record = restore_run(run_dir)
