@@ -20,11 +20,9 @@ import numpy as np
 
 from benchmarks.timing import measure, rates
 from ddpm_harness.config import Config, dataset_for
-
 from jax_ddpm.sampling import sample_chain
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import (init_states, make_mesh, optimizer_for, make_train_chunk, run_keys,
-                               train_step)
+from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys, train_step
 
 
 def _parts(config: Config):

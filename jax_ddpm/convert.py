@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import tyro
 
-from jax_ddpm.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError, restore_run
 from ddpm_harness.cli import run
 from ddpm_harness.config import Config, ConfigError, validate
 from ddpm_harness.runs import CONFIG_FILE, RunDirError, write_json
+from jax_ddpm.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError, restore_run
 from jax_ddpm.safetensors_io import ModelFileError, load_state_dict, model_metadata, save_state_dict
 from jax_ddpm.training import init_train_state, optimizer_for
 

@@ -23,10 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jax_ddpm import speed
 from ddpm_harness.config import Config
+from jax_ddpm import speed
 from jax_ddpm.elbo import hybrid_loss
 from jax_ddpm.losses import antithetic_timesteps, loss_variational, noise_estimation_loss
 from jax_ddpm.model import init_params

@@ -14,9 +14,9 @@ import pytest
 import scipy.stats
 import torch
 
+from ddpm_harness.data import make_dataset
 from jax_ddpm import elbo, losses
 from jax_ddpm.convert import flax_to_torch
-from ddpm_harness.data import make_dataset
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, q_sample, schedule_from_betas
 from torch_reference import losses as ref_losses

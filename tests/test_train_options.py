@@ -5,6 +5,7 @@ against what the option means, computed apart from the run: --sample-with ema, -
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -19,8 +20,6 @@ from jax_ddpm.losses import noise_estimation_loss
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sampling import sample_chain
-import dataclasses
-
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, schedule_from_betas
 from jax_ddpm.train import main as train_main
 from jax_ddpm.training import init_train_state, run_keys, train_epoch
