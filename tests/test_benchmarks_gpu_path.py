@@ -1,6 +1,7 @@
 """The GPU report's code, checked on the CPU so that the first GPU run does not fail on a typo: the
 variant list and sizes, the report writer and the targets on fake GPU results, the CUDA-side torch
-twins of the tutorial's functions (equal to them on the CPU), a dry run of every variant."""
+twins of the tutorial's functions (equal to them on the CPU), a dry run of every variant, the
+install check and the GPU parity command."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import run, torch_bench, variants
+from benchmarks import check_install, gpu_parity, run, torch_bench, variants
 from benchmarks.report import write_reports
 from ddpm_harness.config import Config
 
@@ -174,3 +175,48 @@ def test_a_spent_budget_skips_optional_work_and_a_failure_is_reported(tmp_path):
     partial.update(complete=False, last_section="seeds")
     report = write_reports(partial, tmp_path, "gpu")[1].read_text()
     assert "**INCOMPLETE**: written after the section 'seeds'" in report
+
+
+def test_check_install_lists_what_an_offline_gpu_machine_lacks():
+    reqs = check_install.project_requirements()
+    names = {r.name: r for r in reqs}
+    assert {"jax", "flax", "optax", "tyro", "diffrax", "torch", "pytest"} <= set(names)
+    assert names["tyro"].group == "core" and names["torch"].group == "reference"
+    assert all(r.name != "jax-ddpm" for r in reqs)  # the test extra's self-reference is expanded
+
+    # The GPU machine seen: jax 0.11.2 preinstalled, no tyro, no diffusers; then tyro copied in alone.
+    versions = {"jax": "0.11.2", "flax": "0.12.12", "torch": "2.11.0"}
+
+    def version_of(name):
+        return versions.get(name, "1.0") if name not in ("tyro", "diffusers", "docstring-parser") else None
+
+    report = check_install.check(reqs, version_of, deps_of=lambda name: [])
+    assert report.missing["tyro"] == "core" and report.missing["diffusers"] == "test"
+    assert report.out_of_range["jax"][0] == "0.11.2" and report.failed(need_gpu=False)
+    text = "\n".join(check_install.format_report(report, need_gpu=False))
+    assert "MISSING  tyro" in text and "pip download" in text and " tyro" in text and "NOT READY" in text
+    assert "--no-deps --no-build-isolation -e ." in text
+
+    versions["tyro"] = "1.0.17"
+    tyro_deps = [check_install.Requirement("docstring-parser", ">=0.15", "needed by tyro")]
+    report = check_install.check(reqs, lambda n: versions.get(n, "1.0") if n != "docstring-parser" else None,
+                                 deps_of=lambda name: tyro_deps if name == "tyro" else [])
+    assert report.missing == {"docstring-parser": "needed by tyro"} and report.failed(need_gpu=False)
+
+    here = check_install.check(reqs)  # this machine has every requirement
+    assert not [n for n, group in here.missing.items() if group == "core"]
+
+
+def test_gpu_parity_writes_markdown(tmp_path):
+    status = gpu_parity.main(["--allow-cpu", "--out", str(tmp_path), "--tests", "parity_tests/test_twin_lines.py",
+                              "--no-error-table"])
+    assert status == 0
+    report = (tmp_path / "gpu_parity.md").read_text()
+    assert "jax_default_matmul_precision=highest" in report and " passed, 0 failed, 0 errors" in report
+    suite = dict(paths=["parity_tests"], returncode=1, wall_s=3.0,
+                 counts=dict(tests=3, failures=1, errors=0, skipped=0),
+                 failures=["parity_tests.test_x::test_y: assert 1 == 2"], tail="",
+                 left_out={"parity_tests/test_samplers_diffusers.py": "diffusers"})
+    text = gpu_parity.markdown(dict(backend="gpu", device="H100", jax="0.11.2", torch="2.11", precision="highest"),
+                               suite, "| table |", "python -m benchmarks.gpu_parity")
+    assert "2 passed, 1 failed" in text and "test_y" in text and "needs `diffusers`" in text and "| table |" in text
