@@ -195,27 +195,34 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
 
 def write_chart(results: dict, path: Path) -> None:
     fig, (ax_b, ax_k) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, by_batch in results["batch_scaling"].items():
-        if by_batch:
-            ax_b.plot([int(b) for b in by_batch], [by_batch[b]["median"] * int(b) for b in by_batch], "o-", label=name)
-    ax_b.set(xscale="log", yscale="log", xlabel="batch size", ylabel="training points / s",
-             title="Training throughput vs batch size")
+    ax_b.set(xlabel="batch size", ylabel="training points / s", title="Training throughput vs batch size")
     if any(results["batch_scaling"].values()):
+        for name, by_batch in results["batch_scaling"].items():
+            if by_batch:
+                ax_b.plot([int(b) for b in by_batch], [by_batch[b]["median"] * int(b) for b in by_batch], "o-",
+                          label=name)
+        ax_b.set(xscale="log", yscale="log")
         ax_b.legend()
-    ks = [int(k) for k in results["seed_scaling"]]
-    ax_k.plot(ks, [r["median"] for r in results["seed_scaling"].values()], "o-", label="JAX vmap over seeds")
-    on_devices = results.get("seed_scaling_2_devices", {})
-    if on_devices:
-        ax_k.plot([int(k) for k in on_devices], [r["median"] for r in on_devices.values()], "s-",
-                  label="JAX seeds split over 2 devices")
-    ax_k.axhline(results["roofline"]["train_steps_per_s"], color="gray", ls="--", label="roofline")
-    if "single_core" in results:
-        ax_k.axhline(results["single_core"]["train_steps_per_s"], color="C2", ls="-.", label="single-core bound")
-    if TORCH_EAGER in results["training"]:
-        ax_k.axhline(results["training"][TORCH_EAGER]["median"], color="C3", ls=":", label="torch eager, 1 model")
-    ax_k.set(xscale="log", yscale="log", xlabel="seeds K (models trained at once)", ylabel="model-steps / s",
+    else:
+        ax_b.text(0.5, 0.5, "not measured", ha="center", transform=ax_b.transAxes)
+    ax_k.set(xlabel="seeds K (models trained at once)", ylabel="model-steps / s",
              title="Many models at once (batch 128)")
-    ax_k.legend()
+    if results["seed_scaling"]:
+        ks = [int(k) for k in results["seed_scaling"]]
+        ax_k.plot(ks, [r["median"] for r in results["seed_scaling"].values()], "o-", label="JAX vmap over seeds")
+        on_devices = results.get("seed_scaling_2_devices", {})
+        if on_devices:
+            ax_k.plot([int(k) for k in on_devices], [r["median"] for r in on_devices.values()], "s-",
+                      label="JAX seeds split over 2 devices")
+        ax_k.axhline(results["roofline"]["train_steps_per_s"], color="gray", ls="--", label="roofline")
+        if "single_core" in results:
+            ax_k.axhline(results["single_core"]["train_steps_per_s"], color="C2", ls="-.", label="single-core bound")
+        if TORCH_EAGER in results["training"]:
+            ax_k.axhline(results["training"][TORCH_EAGER]["median"], color="C3", ls=":", label="torch eager, 1 model")
+        ax_k.set(xscale="log", yscale="log")
+        ax_k.legend()
+    else:
+        ax_k.text(0.5, 0.5, "not measured", ha="center", transform=ax_k.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -172,9 +172,13 @@ def test_a_spent_budget_skips_optional_work_and_a_failure_is_reported(tmp_path):
         strict.attempt("broken", lambda: 1 / 0)
 
     partial = fake_gpu_results()
-    partial.update(complete=False, last_section="seeds")
+    partial.update(complete=False, last_section="roofline", training={}, sampling={}, seed_scaling={},
+                   batch_scaling={"JAX scan-fused": {}, "torch eager (tutorial)": {}})
+    partial.pop("compile_cache")
+    partial["targets"] = run.targets(partial, "gpu")  # nothing measured yet: written all the same
     report = write_reports(partial, tmp_path, "gpu")[1].read_text()
-    assert "**INCOMPLETE**: written after the section 'seeds'" in report
+    assert "**INCOMPLETE**: written after the section 'roofline'" in report
+    assert all(t["met"] is None for t in partial["targets"][:2])
 
 
 def test_check_install_lists_what_an_offline_gpu_machine_lacks():
