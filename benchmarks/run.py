@@ -53,7 +53,7 @@ class Args:
     device: Literal["cpu", "gpu", "auto"] = "auto"
     """Where to run: cpu, gpu, or auto (gpu when JAX sees one)."""
     quick: bool = False
-    """CI smoke run (well under a minute): tiny repeats, small sizes, no compile-heavy or end-to-end variants."""
+    """CI smoke run: tiny repeats, small sizes, no compile-heavy or end-to-end variants."""
     dry_run: bool = False
     """Build and call every variant of the chosen report once at tiny sizes on the CPU; writes <stem>-dry-run.*."""
     out: str = "benchmarks/results"
