@@ -53,6 +53,9 @@ def check_supported(config: Config) -> None:
     unsupported = {"loss": ("noise", "the reference trains the noise loss only"),
                    "seeds": (1, "train seeds one by one with --seed"),
                    "devices": (1, "the eager loop runs on one device"),
+                   "coordinator_address": (None, "the reference runs in one process"),
+                   "num_processes": (None, "the reference runs in one process"),
+                   "process_id": (None, "the reference runs in one process"),
                    "resume": (False, "the reference writes no checkpoints"),
                    "checkpoint_every": (DEFAULTS.checkpoint_every, "the reference writes no checkpoints"),
                    "eval_every": (DEFAULTS.eval_every, "the reference evaluates once, at the end")}
