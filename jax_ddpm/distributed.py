@@ -66,7 +66,12 @@ CLUSTERS = {
 
 
 class DistributedError(RuntimeError):
-    """A multi-process run that cannot go on; the message names the process and what to do."""
+    """A multi-process run that cannot go on; the message names the process and what to do. `lost` when another
+    process stopped answering (died, or hangs), rather than stopping with an error of its own."""
+
+    def __init__(self, message: str, lost: bool = False):
+        super().__init__(message)
+        self.lost = lost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +157,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
             process_id=None if launch.source in CLUSTERS and process_id is None else launch.process_id,
             cluster_detection_method=launch.source if launch.source in CLUSTERS else "deactivate",
             initialization_timeout=timeout_s + JAX_TIMEOUT_MARGIN_S,
+            shutdown_timeout_seconds=timeout_s,  # at exit, wait this long at most for the other processes
         )
     except (RuntimeError, ValueError, TypeError) as err:
         raise DistributedError(f"process {launch.process_id} could not join the run: {_first_line(err)}") from None
@@ -307,8 +313,9 @@ def _read(key: str, timeout_s: float, waiting_for: str) -> dict:
     try:
         return json.loads(_client().blocking_key_value_get(f"{KEY_PREFIX}/{key}", int(timeout_s * 1000)))
     except Exception as err:  # jax.errors.JaxRuntimeError: DEADLINE_EXCEEDED, or the coordinator went away
-        raise DistributedError(f"process {jax.process_index()} waited {timeout_s:g} s for {waiting_for} "
-                               f"({_first_line(err)}); raise --distributed-timeout if it is only slow") from None
+        raise DistributedError(f"process {jax.process_index()} of {jax.process_count()} waited {timeout_s:g} s for "
+                               f"{waiting_for} ({_first_line(err)}); if it is only slow, raise --distributed-timeout",
+                               lost=True) from None
 
 
 def meet(what: str, timeout_s: float, payload=None) -> list:
@@ -341,6 +348,24 @@ def told_on_failure() -> Iterator[None]:
             with contextlib.suppress(Exception):  # the coordinator may be gone already
                 _post(f"point-{_points_passed}/{jax.process_index()}", {"error": _first_line(err, with_type=False)})
         raise
+
+
+@contextlib.contextmanager
+def exit_at_once_if_a_process_is_lost(launch: Launch) -> Iterator[None]:
+    """In a multi-process run, a process that lost another (a collective failed, say gloo's "connection reset by
+    peer", or a meeting timed out) prints one line and exits with status 1 at once: JAX's own exit would wait
+    --distributed-timeout at its shutdown barrier for the lost process, then abort with a C++ stack trace."""
+    try:
+        yield
+    except (DistributedError, jax.errors.JaxRuntimeError) as err:
+        if not launch.multi or (isinstance(err, DistributedError) and not err.lost):
+            raise
+        message = str(err) if isinstance(err, DistributedError) else (
+            f"process {launch.process_id} of {launch.num_processes} lost another process "
+            f"({_first_line(err, with_type=False)}); see the other processes' output for the reason")
+        sys.stdout.flush()
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def gather_json(name: str, value, timeout_s: float = 300) -> list:

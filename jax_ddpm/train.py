@@ -30,8 +30,8 @@ RUNTIME_ERRORS = (CheckpointError, TrainingDiverged, RunWriteError, distributed.
 
 def train(config: Config) -> dict:
     """Join the run's other processes (if any), then train; the summary. Processes other than 0 print no stdout."""
-    distributed.join(config)
-    with distributed.stdout_of_process_zero():
+    launch = distributed.join(config)
+    with distributed.exit_at_once_if_a_process_is_lost(launch), distributed.stdout_of_process_zero():
         return train_and_evaluate(config, imports_s=IMPORTS_S)
 
 
