@@ -101,7 +101,20 @@ class Config:
     """Spread training over this many devices. With --seeds 1, every batch is split across them
     (data parallel, parameters replicated, gradients all-reduced each step); with --seeds K > 1
     (K divisible by N), each device trains K / N whole models, with no communication. On CPU,
-    create host devices first: XLA_FLAGS=--xla_force_host_platform_device_count=N."""
+    create host devices first: XLA_FLAGS=--xla_force_host_platform_device_count=N. With several
+    processes (--num-processes), N counts the devices of all processes."""
+    coordinator_address: Optional[str] = None
+    """Many processes: HOST:PORT of process 0, where the processes of one run meet
+    (jax.distributed.initialize); give the same on every process, with --num-processes and --process-id. Under
+    srun (SLURM) or mpirun (Open MPI) with several tasks, all three come from the launcher and may be left out;
+    $JAX_COORDINATOR_ADDRESS is read when this is not given."""
+    num_processes: Optional[int] = None
+    """Number of processes of the run (default: 1, or the task count of srun / mpirun); 1 forces one process."""
+    process_id: Optional[int] = None
+    """Index of this process, 0 .. num_processes - 1; process 0 hosts the coordinator and writes the run folder."""
+    distributed_timeout: int = 300
+    """Seconds the processes of a multi-process run wait for each other (joining, agreeing the set-up worked)
+    before stopping with an error."""
     out_dir: Optional[str] = None
     """Run folder; by default runs/<dataset>-<timestamp>."""
     resume: bool = False
@@ -170,6 +183,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--clip-norm must be >= 0 (0 disables clipping), got {config.clip_norm}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay must lie in [0, 1), got {config.ema_decay}")
+    check_processes(config)
     if config.seeds > 1 and config.seeds % config.devices:
         raise ConfigError(f"--seeds {config.seeds} is not divisible by --devices {config.devices} "
                           "(several seeds are split across the devices)")
@@ -284,6 +298,26 @@ def _describe(hint) -> str:
     if typing.get_origin(hint) is typing.Union:
         return " or ".join("null" if h is type(None) else _describe(h) for h in typing.get_args(hint))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def check_processes(config: Config) -> None:
+    """The multi-process options on their own (whether they fit the launcher is checked when joining)."""
+    if config.num_processes is not None and config.num_processes < 1:
+        raise ConfigError(f"--num-processes must be a positive integer, got {config.num_processes}")
+    if config.process_id is not None:
+        if config.process_id < 0:
+            raise ConfigError(f"--process-id must be >= 0, got {config.process_id}")
+        if config.num_processes is not None and config.process_id >= config.num_processes:
+            raise ConfigError(f"--process-id must lie in 0 .. {config.num_processes - 1} "
+                              f"(--num-processes {config.num_processes}), got {config.process_id}")
+    if config.coordinator_address is not None:
+        host, _, port = config.coordinator_address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--coordinator-address must be HOST:PORT (a port in 1 .. 65535), "
+                              f"got {config.coordinator_address!r}")
+    if config.distributed_timeout < 1:
+        raise ConfigError(f"--distributed-timeout must be a positive number of seconds, "
+                          f"got {config.distributed_timeout}")
 
 
 def dataset_for(config: Config) -> np.ndarray:

@@ -27,8 +27,8 @@ from ddpm_harness.runs import CONFIG_FILE, RunDirError, read_config, write_json
 from jax_ddpm.training import init_states, optimizer_for
 
 CHECKPOINT_DIR = "checkpoints"
-# Options that may change when a run resumes: these never touch the trajectory (--devices only
-# regroups each batch's sums), and --epochs may grow. --lr and --ema-decay may change too (say, a
+# Options that may change when a run resumes: these never touch the trajectory (--devices and the
+# processes only regroup each batch's sums), and --epochs may grow. --lr and --ema-decay may change too (say, a
 # lower --lr after the loss diverged); `changed_options` reports them. The sampling options only
 # change how the trained model is sampled and evaluated (--prediction and --zero-terminal-snr change
 # what it is trained on, so they are not free). --preset is a label: the values it set are checked.
@@ -36,7 +36,8 @@ CHECKPOINT_DIR = "checkpoints"
 # resumes with the same value.
 SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol")
 FREE_FIELDS = ("epochs", "out_dir", "resume", "checkpoint_every", "log_every", "eval_every", "n_eval",
-               "no_plots", "n_samples", "sample_with", "devices", "no_compile_cache", "preset") + SAMPLING_FIELDS
+               "no_plots", "n_samples", "sample_with", "devices", "no_compile_cache", "preset",
+               "coordinator_address", "num_processes", "process_id", "distributed_timeout") + SAMPLING_FIELDS
 TUNABLE_FIELDS = ("lr", "ema_decay")
 
 
@@ -87,13 +88,20 @@ class Checkpointer:
     run_dir/corrupt_checkpoints/ (never deleted), and the previous one is used.
     """
 
+    # orbax's default (None): every process of a multi-process run takes part (jax_ddpm.distributed overrides it).
+    multiprocessing_options: Optional[ocp.options.MultiprocessingOptions] = None
+
     def __init__(self, run_dir: Path):
         self.directory = (Path(run_dir) / CHECKPOINT_DIR).absolute()
         self.manifests = self.directory.parent / MANIFEST_DIR
         self._open()
 
     def _open(self) -> None:
-        options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
+        if self.multiprocessing_options is None:
+            options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
+        else:  # orbax creates no folder for a subset of the processes: the subclass does
+            options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=False,
+                                                   multiprocessing_options=self.multiprocessing_options)
         try:
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         except Exception as err:  # orbax raises many types; all mean "cannot use this folder"

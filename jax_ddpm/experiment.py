@@ -36,7 +36,6 @@ from ddpm_harness.runs import (
     describe_setup,
     epoch_record,
     format_against,
-    open_run_dir,
     picture_noise,
     release_run_dir,
     save_samples,
@@ -46,7 +45,7 @@ from ddpm_harness.runs import (
     write_config,
     write_summary,
 )
-from jax_ddpm import samplers, speed
+from jax_ddpm import distributed, samplers, speed
 from jax_ddpm.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
 from jax_ddpm.compile_cache import use_compile_cache
 from jax_ddpm.model import apply_model
@@ -86,6 +85,7 @@ class Run:
     wall_before: float = 0.0  # training wall time of earlier sessions (resume)
     timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase of this session
     data_sha256: Optional[str] = None  # of a data file; None for a built-in dataset
+    writes: bool = True  # False on the processes of a multi-process run other than 0, which write nothing
 
     @property
     def steps_per_epoch(self) -> int:
@@ -324,14 +324,14 @@ def set_up(config: Config) -> Run:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     state = init_states(config, optimizer, mesh)
-    run_dir = open_run_dir(config)
+    run_dir, checkpointer, metrics, writes = distributed.open_outputs(config)  # process 0 alone opens the folder
     try:
-        run = Run(config, run_dir, data, schedule, optimizer, mesh, state, Checkpointer(run_dir), MetricsLog(run_dir),
-                  [], data_sha256=file_sha256(config.dataset))
+        run = Run(config, run_dir, data, schedule, optimizer, mesh, state, checkpointer, metrics,
+                  [], data_sha256=file_sha256(config.dataset), writes=writes)
         if config.resume and run.checkpointer.latest_epoch() is not None:
             _restore(run)
         run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
-        if not config.resume:  # a resumed run's config.json is replaced only once it has succeeded
+        if not config.resume and writes:  # a resumed run's config.json is replaced only once it has succeeded
             write_config(run_dir, config, framework="jax")
     except BaseException:
         release_run_dir(run_dir)
@@ -420,6 +420,7 @@ def train(run: Run) -> Trained:
                     bar.write(f"epoch {r['epoch']}: last-batch loss {np.mean(r['last_loss']):.4f}")
             if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
                 run.checkpointer.save(run.state, epoch=epoch, wall_s=wall_s, config=config, data_sha256=run.data_sha256)
+            distributed.meet(f"after epoch {epoch}", config.distributed_timeout)  # a no-op in one process
             bar.update(n_chunk)
             bar.set_postfix(_postfix(run.records[-1], evaluation, floor,
                                      (epoch - run.start_epoch) * steps_per_epoch / compute_s))
@@ -446,7 +447,8 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
             samples[name], x_seq, nfe = sample_points(params, run.schedule, config, config.n_samples, keep_chain=True)
         else:
             samples[name], _ = sample_points(params, run.schedule, config, config.n_samples)
-    save_samples(run.run_dir, samples[config.sample_with])
+    if run.writes:
+        save_samples(run.run_dir, samples[config.sample_with])
     run.timings["sampling"] = time.perf_counter() - start
     if pictures is not None:
         pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records)
@@ -468,23 +470,28 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         compile_s=trained.compile_s, evaluation=evaluation, timings=run.timings,
         calibration=dict(n=config.n_samples, **calibrated), sampling=sampling_record(config, nfe),
     )
-    write_summary(run.run_dir, summary)
-    write_config(run.run_dir, config, framework="jax")
+    if run.writes:
+        write_summary(run.run_dir, summary)
+        write_config(run.run_dir, config, framework="jax")
     print(summary_paragraph(summary))
     return summary
 
 
 def train_and_evaluate(config: Config, imports_s: Optional[float] = None) -> dict:
     """Train (or resume) a run, write its outputs and return its summary (also in summary.json).
-    `imports_s`, the command line's import time, joins the summary's time breakdown."""
-    run = set_up(config)
+    `imports_s`, the command line's import time, joins the summary's time breakdown. In a multi-process run
+    (`distributed.join` first), every process calls it; process 0 writes the folder."""
+    run = distributed.set_up_together(set_up, config)
     if imports_s is not None:
         run.timings = {"imports": imports_s, **run.timings}
     pictures = None
     try:
-        pictures = None if config.no_plots else Pictures(run)
-        trained = train(run)
-        return finish(run, trained, pictures)
+        pictures = None if config.no_plots or not run.writes else Pictures(run)
+        with distributed.told_on_failure():  # the other processes of a multi-process run stop too
+            trained = train(run)
+            summary = finish(run, trained, pictures)
+        distributed.meet("at the end", config.distributed_timeout)
+        return summary
     except OSError as err:  # disk full, folder made read-only, ...: say what is kept and what to do
         raise RunWriteError(_write_failure_message(run, err)) from None
     finally:
