@@ -133,8 +133,8 @@ class Config:
     """Defaults to start from: the tutorial's, or the recipe measured in
     benchmarks/results/quality.md (ddpm_harness.config.PRESETS). Options given on the command line
     override the preset."""
-    no_compile_cache: bool = False
-    """Compile every program afresh instead of loading it from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or $JAX_DDPM_CACHE_DIR)."""
+    compile_cache: bool = True
+    """Load compiled programs from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or $JAX_DDPM_CACHE_DIR/xla) and store new ones there; --no-compile-cache compiles every program afresh."""
 
     @property
     def parameterization(self) -> str:

@@ -36,7 +36,7 @@ CHECKPOINT_DIR = "checkpoints"
 # resumes with the same value.
 SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol")
 FREE_FIELDS = ("epochs", "out_dir", "resume", "checkpoint_every", "log_every", "eval_every", "n_eval",
-               "no_plots", "n_samples", "sample_with", "devices", "no_compile_cache", "preset",
+               "no_plots", "n_samples", "sample_with", "devices", "compile_cache", "preset",
                "coordinator_address", "num_processes", "process_id", "distributed_timeout") + SAMPLING_FIELDS
 TUNABLE_FIELDS = ("lr", "ema_decay")
 

@@ -312,7 +312,7 @@ def set_up(config: Config) -> Run:
     start = time.perf_counter()
     validate(config)
     check_fits_in_memory(config)
-    use_compile_cache(not config.no_compile_cache)
+    use_compile_cache(config.compile_cache)
     data = dataset_for(config)
     schedule = run_schedule(config)
     check_sampler(config, schedule)
