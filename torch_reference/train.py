@@ -144,24 +144,31 @@ def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
 
     # The final evaluation scores the --n-samples samples of each parameter set, beside the floor and
     # ceiling calibrated at that n (as python -m jax_ddpm.train does).
+    timings = {"training_loop": train_s}
+    start = time.perf_counter()
     reference = held_out_for(config, config.n_samples)
     chains = {"raw": sample_chain(model, schedule, config.n_samples, config.num_steps)}
     ema.ema(model)  # the tutorial's EMA.ema: copy the shadow parameters into the model
     chains["ema"] = sample_chain(model, schedule, config.n_samples, config.num_steps)
+    timings["sampling"] = time.perf_counter() - start
+    start = time.perf_counter()
     evaluation = {name: evaluate(x_seq[-1], reference) for name, x_seq in chains.items()}
     calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed)
+    timings["final_evaluation"] = time.perf_counter() - start
     x_seq = chains[config.sample_with]
     save_samples(run_dir, x_seq[-1])
     if not config.no_plots:
+        start = time.perf_counter()
         noise = torch.from_numpy(picture_noise(config, points.shape))
         forward = torch.stack([q_sample(dataset, torch.full((len(points),), t), schedule.alphas_bar_sqrt,
                                         schedule.one_minus_alphas_bar_sqrt, noise[t])
                                for t in range(config.num_steps)]).numpy()
         draw_run_pictures(run_dir, tutorial_datasets(config), forward, x_seq, records)
+        timings["pictures"] = time.perf_counter() - start
     summary = summarize(records, framework="torch", config=config, run_dir=run_dir, train_s=train_s,
                         steps_per_s=config.epochs * steps_per_epoch / train_s, evaluation=evaluation,
                         calibration=dict(n=config.n_samples, **calibrated),
-                        sampling=dict(sampler="tutorial", nfe=config.num_steps, prediction="eps"))
+                        sampling=dict(sampler="tutorial", nfe=config.num_steps, prediction="eps"), timings=timings)
     write_summary(run_dir, summary)
     print(summary_paragraph(summary))
     return summary
