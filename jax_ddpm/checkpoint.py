@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -39,6 +40,17 @@ FREE_FIELDS = ("epochs", "out_dir", "resume", "checkpoint_every", "log_every", "
                "no_plots", "n_samples", "sample_with", "devices", "compile_cache", "preset",
                "coordinator_address", "num_processes", "process_id", "distributed_timeout") + SAMPLING_FIELDS
 TUNABLE_FIELDS = ("lr", "ema_decay")
+
+
+class _WithoutOrbaxLines(logging.Filter):
+    """orbax logs what it cannot parse (a garbled _CHECKPOINT_METADATA, say) on stderr through absl;
+    this module reports every checkpoint problem itself in one line, so orbax's own lines are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname
+
+
+logging.getLogger("absl").addFilter(_WithoutOrbaxLines())
 
 
 class CheckpointError(RuntimeError):

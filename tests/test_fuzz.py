@@ -67,6 +67,7 @@ BUDGET = ["--n-points", "64", "--batch-size", "32", "--epochs", "1", "--checkpoi
 EARLIER = [*BUDGET, "--epochs", "2"]  # the sandbox's earlier run: checkpoints at epochs 1 and 2
 
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+SECONDS: collections.Counter = collections.Counter()  # wall time of the cases, per category
 STARTED = time.perf_counter()
 
 
@@ -159,6 +160,7 @@ class Sandbox:
     def case(self, category: str):
         """A fresh folder for one case (its cwd, inputs and outputs); checks the sandbox after it."""
         self.cases += 1
+        began = time.perf_counter()
         folder = self.root / "work" / f"{category}-{self.cases}"
         (folder / "cwd").mkdir(parents=True)
         try:
@@ -168,6 +170,7 @@ class Sandbox:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         COUNTS[category]["tried"] += 1
+        SECONDS[category] += time.perf_counter() - began
 
     def tokens(self, mutations: list[list[str]]) -> list[str]:
         """The mutations' tokens, an option left without its value last (so that no later token
@@ -182,6 +185,7 @@ def record(category: str, outcome: Outcome) -> None:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> Sandbox:
+    began = time.perf_counter()
     root = tmp_path_factory.mktemp("fuzz")
     protected = root / "protected"
     (protected / "data").mkdir(parents=True)
@@ -190,12 +194,14 @@ def sandbox(tmp_path_factory) -> Sandbox:
     earlier = protected / "earlier"
     outcome = run_in_process(train_main, [*EARLIER, "--out-dir", str(earlier)], root)
     assert outcome.code == 0, outcome.err
+    SECONDS["sandbox"] += time.perf_counter() - began
     yield Sandbox(root, protected, earlier, points, snapshot(protected))
     if REPORT:
-        Path(REPORT).write_text(json.dumps(dict(counts={k: dict(v) for k, v in sorted(COUNTS.items())},
-                                                scale=SCALE, seconds=round(time.perf_counter() - STARTED, 1)),
-                                           indent=2) + "\n")
-    print("\nfuzz cases tried: " + ", ".join(f"{k} {dict(v)}" for k, v in sorted(COUNTS.items())))
+        Path(REPORT).write_text(json.dumps(dict(
+            counts={k: dict(v) for k, v in sorted(COUNTS.items())}, scale=SCALE,
+            case_seconds={k: round(v, 1) for k, v in sorted(SECONDS.items())},
+            seconds=round(time.perf_counter() - STARTED, 1)), indent=2) + "\n")
+    print("\nfuzz cases tried: " + ", ".join(f"{k} {dict(v)} in {SECONDS[k]:.1f} s" for k, v in sorted(COUNTS.items())))
 
 
 def assert_tried(category: str) -> None:
@@ -625,6 +631,7 @@ def test_damaged_run_folders(sandbox):
     @example(damage=[Damage("record-field", pick=1, field="config", value="x")], sampler=False)  # ours: tracebacks
     @example(damage=[Damage("record-field", pick=1, field="epoch", value=None)], sampler=False)
     @example(damage=[Damage("record-field", pick=1, field="wall_s", value="x")], sampler=False)
+    @example(damage=[Damage("bytes"), Damage("bytes", pick=17)], sampler=False)  # orbax's "ERROR:absl:" lines
     def case(damage, sampler):
         with sandbox.case("run-folders") as folder:
             run = folder / "run"
