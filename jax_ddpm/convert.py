@@ -8,7 +8,7 @@ PyTorch checkpoints both ways as safetensors files:
 `export` writes a run's parameters under the tutorial's state-dict keys (`lin1.lin.weight`, ...),
 which torch_reference's ConditionalModel (and the tutorial's own) load with `load_state_dict`;
 `import` turns such a file into a run folder that `python -m jax_ddpm.sample` samples from. The
-file format and its metadata: jax_ddpm.safetensors_io.
+file format and its metadata: ddpm_harness.safetensors_io.
 
 PyTorch stores a Linear weight as (out, in); a Flax kernel is (in, out), so kernels are
 transposed. Every key and shape is checked; a round trip is exact (a transpose loses nothing).
@@ -34,7 +34,7 @@ from ddpm_harness.cli import run
 from ddpm_harness.config import Config, ConfigError, validate
 from ddpm_harness.runs import CONFIG_FILE, RunDirError, write_json
 from jax_ddpm.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.safetensors_io import ModelFileError, load_state_dict, model_metadata, save_state_dict
+from ddpm_harness.safetensors_io import ModelFileError, load_state_dict, model_metadata, save_state_dict
 from jax_ddpm.training import init_train_state, optimizer_for
 
 

@@ -17,7 +17,7 @@ import pytest
 from safetensors import safe_open
 
 from jax_ddpm.convert import main as convert_main
-from jax_ddpm.safetensors_io import load_state_dict, save_state_dict
+from ddpm_harness.safetensors_io import load_state_dict, save_state_dict
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.train import main as train_main
 from tests.conftest import tiny_argv

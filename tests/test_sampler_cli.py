@@ -202,11 +202,14 @@ def test_evaluate_cli_bad_input(tiny_run, tmp_path, capsys):
     assert "is not a run folder" in one_error_line(capsys)
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
-    for path in (run_dir / "checkpoints" / "20" / "state").rglob("*"):
-        if path.is_file():
-            path.write_bytes(b"not a checkpoint")
+    for epoch in ("10", "20"):  # every checkpoint garbled (one alone: the one before it is used)
+        for path in (run_dir / "checkpoints" / epoch / "state").rglob("*"):
+            if path.is_file():
+                path.write_bytes(b"not a checkpoint")
     assert evaluate_main(["--run", str(run_dir), "--n", "50"]) == 1
-    assert "unreadable" in one_error_line(capsys)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[-1].startswith("error: ") and "no readable checkpoint" in err[-1], err
+    assert all(line.startswith("warning: ") for line in err[:-1]) and "Traceback" not in "".join(err)
     assert not list(run_dir.glob("evaluation*.json"))
 
 

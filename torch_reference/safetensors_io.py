@@ -3,7 +3,7 @@
 `save_model` writes the tutorial's state dict (the EMA's shadow dict has the same keys) with
 `safetensors.torch.save_file`; `load_model` builds a ConditionalModel of the file's size and loads
 it strictly. No pickle anywhere: reading a safetensors file executes nothing. The metadata comes
-from jax_ddpm.safetensors_io, which is framework-free (this module never imports jax).
+from ddpm_harness.safetensors_io, which is framework-free (this module never imports jax).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from jax_ddpm.safetensors_io import EMA_FILE, RAW_FILE, model_metadata
+from ddpm_harness.safetensors_io import EMA_FILE, RAW_FILE, model_metadata
 from torch_reference.model import ConditionalModel
 
 
