@@ -53,6 +53,17 @@ class _WithoutOrbaxLines(logging.Filter):
 logging.getLogger("absl").addFilter(_WithoutOrbaxLines())
 
 
+def _without_closed_loop_callbacks(unraisable, previous=sys.unraisablehook) -> None:
+    """A restore that fails on a garbled array file (orbax gives up at the first, then closes its
+    event loop) leaves tensorstore reads whose callbacks find that loop closed: each would print a
+    RuntimeError traceback on stderr, after the one line that reports the checkpoint. Dropped."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        previous(unraisable)
+
+
+sys.unraisablehook = _without_closed_loop_callbacks
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message says where and what to do."""
 
