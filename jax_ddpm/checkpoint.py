@@ -111,24 +111,22 @@ class Checkpointer:
     run_dir/corrupt_checkpoints/ (never deleted), and the previous one is used.
     """
 
-    # orbax's default (None): every process of a multi-process run takes part (jax_ddpm.distributed overrides it).
-    multiprocessing_options: Optional[ocp.options.MultiprocessingOptions] = None
-
     def __init__(self, run_dir: Path):
         self.directory = (Path(run_dir) / CHECKPOINT_DIR).absolute()
         self.manifests = self.directory.parent / MANIFEST_DIR
         self._open()
 
     def _open(self) -> None:
-        if self.multiprocessing_options is None:
-            options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
-        else:  # orbax creates no folder for a subset of the processes: the subclass does
-            options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=False,
-                                                   multiprocessing_options=self.multiprocessing_options)
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            self._manager = self._make_manager()
         except Exception as err:  # orbax raises many types; all mean "cannot use this folder"
             raise CheckpointError(f"cannot open checkpoints in {str(self.directory)!r}: {_first_line(err)}") from None
+
+    def _make_manager(self) -> ocp.CheckpointManager:
+        """orbax's manager of the checkpoints folder (jax_ddpm.distributed makes one for a single process among
+        several)."""
+        options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
+        return ocp.CheckpointManager(self.directory, options=options)
 
     def latest_epoch(self) -> Optional[int]:
         """Epoch of the newest checkpoint orbax finished, None when there is none."""

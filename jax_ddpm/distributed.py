@@ -16,12 +16,18 @@ What each piece does (docs/distributed.md tells the whole story):
 3. Writing: process 0 alone writes the run folder. It checkpoints its own copy of the replicated state with orbax
    told that it is the only process taking part (`ProcessZeroCheckpointer`); the others hold a `NoCheckpointer`
    and a `NoMetricsLog`, and print nothing on stdout (their lines would repeat process 0's).
-4. Agreeing: `set_up_together` runs the set-up on every process, then each posts "ok" or its error line in the
-   coordinator's key-value store and reads everyone's: when one process fails (say process 0's --out-dir exists),
-   every process stops with one line instead of waiting in a collective for a process that has gone. Process 0
-   also shares its run folder and, on --resume, the restored state and epoch (broadcast bit for bit).
-5. Sweeps: `process_share` splits a list of configurations round-robin; `wait_for_files` lets process 0 wait for
-   the rows other processes write, `gather_json` hands small JSON values to every process without a shared disk.
+4. Agreeing: the processes meet (`meet`) after the set-up, after each chunk's writes and at the end; each posts
+   "ok", or its error line (`told_on_failure`), in the coordinator's key-value store and reads everyone's. When one
+   process fails (say process 0's --out-dir exists, or its disk fills), every process stops with one line instead
+   of waiting in a collective for a process that has gone. After the set-up, process 0 also shares its run folder
+   and, on --resume, its restored state (broadcast bit for bit). A process that dies outright: the others stop at
+   once with one line (`exit_at_once_if_a_process_is_lost`), or JAX aborts them when process 0, the coordinator,
+   is the one that died.
+5. Sweeps split across processes need none of this: their processes train different models and never talk.
+   Each learns its id and the count from the same options or from srun / mpirun (`plan_launch`, without joining),
+   takes its share of the configurations (`process_share`, round-robin) and writes into a shared folder; process 0
+   waits for the others' rows (`wait_for_files`) and merges them. Joining would even get in the way: orbax writes
+   from process 0 only once several processes have joined (see `ProcessZeroCheckpointer`).
 """
 
 from __future__ import annotations
@@ -216,19 +222,21 @@ def local_copy(tree):
 
 
 class ProcessZeroCheckpointer(Checkpointer):
-    """Process 0's checkpoints in a multi-process run: its own copy of the replicated state as numpy arrays (orbax
-    refuses single-device jax.Arrays once several processes exist), saved and restored by orbax told that process 0
-    alone takes part (so no orbax barrier waits for processes that write nothing). The files are those of a
-    single-process run: `restore_run` and `python -m jax_ddpm.sample` read them in one process."""
+    """Process 0's checkpoints of a model trained over several processes: its own copy of the replicated state.
 
-    multiprocessing_options = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0})
+    orbax is told that process 0 alone takes part (`active_processes`), so no orbax barrier waits for processes
+    that write nothing. The state is saved as numpy arrays: orbax refuses single-device jax.Arrays once several
+    processes exist, and writes numpy arrays from process 0 only (orbax 0.12.8), which is why no other process can
+    checkpoint on its own in a joined run. The files are those of a single-process run: `restore_run` and
+    `python -m jax_ddpm.sample` read them in one process.
+    """
 
-    def _open(self) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CheckpointError(f"cannot open checkpoints in {str(self.directory)!r}: {err.strerror}") from None
-        super()._open()
+    def _make_manager(self) -> ocp.CheckpointManager:
+        self.directory.mkdir(parents=True, exist_ok=True)  # orbax creates no folder for a subset of the processes
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=2, enable_async_checkpointing=False, create=False,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}))
+        return ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, state, **record) -> None:
         super().save(host_copy(state), **record)
@@ -368,15 +376,6 @@ def exit_at_once_if_a_process_is_lost(launch: Launch) -> Iterator[None]:
         os._exit(1)
 
 
-def gather_json(name: str, value, timeout_s: float = 300) -> list:
-    """Every process's JSON-able `value`, in process order, on every process (through the coordinator's key-value
-    store: no shared disk needed). `name` must be new in this run. One process: [value]."""
-    if not jax.distributed.is_initialized():
-        return [value]
-    _post(f"{name}/{jax.process_index()}", {"value": value})
-    return [_read(f"{name}/{i}", timeout_s, f"process {i}'s {name}")["value"] for i in range(jax.process_count())]
-
-
 def set_up_together(set_up: Callable[[Config], T], config: Config) -> T:
     """`set_up(config)` on every process, agreed: if any process fails, every process stops with one line.
 
@@ -434,7 +433,7 @@ def wait_for_files(paths: Sequence[os.PathLike | str], timeout_s: float, poll_s:
     """Wait until every path exists (written atomically by another process: existing means complete); the paths.
 
     Raises DistributedError naming the missing ones after `timeout_s` seconds. The writers and process 0 must see
-    the same folder (a shared file system); `gather_json` needs none.
+    the same folder (a shared file system).
     """
     paths = [Path(p) for p in paths]
     deadline = time.monotonic() + timeout_s
