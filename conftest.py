@@ -22,8 +22,10 @@ import sys
 from pathlib import Path
 
 STRICT_ENV = "JAX_DDPM_STRICT_DEPRECATIONS"
-STRICT_MODULES = (r"((jax|jaxlib|flax|optax|orbax|jax_ddpm|torch_reference|benchmarks|tests|parity_tests)(\.|$)"
-                  r"|test_|conftest$)")
+STRICT_MODULES = (
+    r"((jax|jaxlib|flax|optax|orbax|jax_ddpm|torch_reference|benchmarks|tests|parity_tests)(\.|$)"
+    r"|test_|conftest$)"
+)
 TORCH_MARK = re.compile(r"^pytestmark\s*=\s*pytest\.mark\.torch\b", re.MULTILINE)
 _left_out: list[str] = []
 
@@ -46,8 +48,10 @@ class _TorchBlocker(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname == "torch" or fullname.startswith("torch."):
-            raise ModuleNotFoundError(f"{fullname} imported by a test not marked torch, in a run that deselects "
-                                      "torch; add `pytestmark = pytest.mark.torch` to its module")
+            raise ModuleNotFoundError(
+                f"{fullname} imported by a test not marked torch, in a run that deselects "
+                "torch; add `pytestmark = pytest.mark.torch` to its module"
+            )
 
 
 def pytest_configure(config):

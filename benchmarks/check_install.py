@@ -27,8 +27,15 @@ from typing import Callable, Optional
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "jax-ddpm"
 EXTRAS = ("reference", "test")  # checked besides the core dependencies; "gpu" names jax[cuda12], given there
-ENTRY_POINTS = ("ddpm_harness.cli", "jax_ddpm.train", "jax_ddpm.sample", "jax_ddpm.likelihood",
-                "torch_reference.train", "benchmarks.run", "parity_tests.error_table")
+ENTRY_POINTS = (
+    "ddpm_harness.cli",
+    "jax_ddpm.train",
+    "jax_ddpm.sample",
+    "jax_ddpm.likelihood",
+    "torch_reference.train",
+    "benchmarks.run",
+    "parity_tests.error_table",
+)
 
 
 def _normalize(name: str) -> str:
@@ -128,8 +135,11 @@ class Report:
         return core_missing or bool(self.broken_imports) or no_gpu
 
 
-def check(requirements: list[Requirement], version_of: Callable[[str], Optional[str]] = installed_version,
-          deps_of: Callable[[str], list[Requirement]] = dependencies_of) -> Report:
+def check(
+    requirements: list[Requirement],
+    version_of: Callable[[str], Optional[str]] = installed_version,
+    deps_of: Callable[[str], list[Requirement]] = dependencies_of,
+) -> Report:
     """Which requirements (and, for those installed, their own requirements) are present, missing
     or outside their pinned range."""
     report = Report()
@@ -165,11 +175,13 @@ def check_gpu() -> dict:
     out = {}
     try:
         import jax
+
         out["JAX sees a GPU"] = jax.default_backend() == "gpu"
     except Exception:  # reported as no GPU
         out["JAX sees a GPU"] = False
     try:
         import torch
+
         out["torch sees a GPU"] = bool(torch.cuda.is_available())
     except Exception:  # reported as no GPU
         out["torch sees a GPU"] = False
@@ -179,13 +191,15 @@ def check_gpu() -> dict:
 def recipe(missing: list[str]) -> list[str]:
     """Commands that fetch the missing wheels elsewhere and install them here, offline."""
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return ["On a machine with network access (any OS; the wheels are for this machine's Python " + py + "):",
-            f"  python3 -m pip download --no-deps --only-binary=:all: --python-version {py} --implementation cp "
-            "--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d wheels " + " ".join(missing),
-            "Copy the folder wheels/ here, then, in the project's root:",
-            "  python3 -m pip install --no-index --no-deps wheels/*.whl",
-            "  python3 -m pip install --no-deps --no-build-isolation -e .",
-            "  python3 -m benchmarks.check_install --gpu   # again: a new package may need others"]
+    return [
+        "On a machine with network access (any OS; the wheels are for this machine's Python " + py + "):",
+        f"  python3 -m pip download --no-deps --only-binary=:all: --python-version {py} --implementation cp "
+        "--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d wheels " + " ".join(missing),
+        "Copy the folder wheels/ here, then, in the project's root:",
+        "  python3 -m pip install --no-index --no-deps wheels/*.whl",
+        "  python3 -m pip install --no-deps --no-build-isolation -e .",
+        "  python3 -m benchmarks.check_install --gpu   # again: a new package may need others",
+    ]
 
 
 def format_report(report: Report, need_gpu: bool) -> list[str]:
@@ -201,8 +215,11 @@ def format_report(report: Report, need_gpu: bool) -> list[str]:
     if report.missing:
         lines += [""] + recipe(sorted(report.missing))
     lines.append("")
-    lines.append("NOT READY" if report.failed(need_gpu) else
-                 "ready" + (" (missing test extras only affect the tests)" if report.missing else ""))
+    lines.append(
+        "NOT READY"
+        if report.failed(need_gpu)
+        else "ready" + (" (missing test extras only affect the tests)" if report.missing else "")
+    )
     return lines
 
 

@@ -30,7 +30,8 @@ def measure() -> dict:
 
     events = []
     jax.monitoring.register_event_listener(
-        lambda event, **_: events.append(event.rsplit("/", 1)[-1]) if "/compilation_cache/cache_" in event else None)
+        lambda event, **_: events.append(event.rsplit("/", 1)[-1]) if "/compilation_cache/cache_" in event else None
+    )
     config = Config()
     cache_dir = use_compile_cache(True)
     steps_per_epoch = -(-config.n_points // config.batch_size)
@@ -44,9 +45,15 @@ def measure() -> dict:
     lowered_at = time.perf_counter()
     lowered.compile()
     done = time.perf_counter()
-    return dict(lower_s=lowered_at - start, compile_s=done - lowered_at, chunk_epochs=n_chunk,
-                cache_hits=events.count("cache_hits"), cache_misses=events.count("cache_misses"),
-                cache_dir=str(cache_dir), backend=jax.default_backend())
+    return dict(
+        lower_s=lowered_at - start,
+        compile_s=done - lowered_at,
+        chunk_epochs=n_chunk,
+        cache_hits=events.count("cache_hits"),
+        cache_misses=events.count("cache_misses"),
+        cache_dir=str(cache_dir),
+        backend=jax.default_backend(),
+    )
 
 
 def first_and_second_run(platform: str | None = None) -> dict:
@@ -57,8 +64,13 @@ def first_and_second_run(platform: str | None = None) -> dict:
         if platform:
             env["JAX_PLATFORMS"] = platform
         for name in ("first run (empty cache)", "second run (cache filled by the first)"):
-            done = subprocess.run([sys.executable, "-m", "benchmarks.compile_cache_bench"], env=env,
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.compile_cache_bench"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
     return runs
 

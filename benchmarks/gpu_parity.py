@@ -31,17 +31,22 @@ def parity_env() -> dict:
 
 
 def describe_backend(env: dict) -> dict:
-    code = ("import json, jax, torch; d = jax.devices()[0]; print(json.dumps(dict(backend=jax.default_backend(), "
-            "device=str(d.device_kind), jax=jax.__version__, torch=torch.__version__, "
-            "precision=str(jax.config.jax_default_matmul_precision))))")
+    code = (
+        "import json, jax, torch; d = jax.devices()[0]; print(json.dumps(dict(backend=jax.default_backend(), "
+        "device=str(d.device_kind), jax=jax.__version__, torch=torch.__version__, "
+        "precision=str(jax.config.jax_default_matmul_precision))))"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_suite(env: dict, paths: list[str], junit: Path) -> dict:
     """pytest over `paths`; counts, failures (name and first message line) and the left-out files."""
-    left_out = {f: module for f, module in OPTIONAL_IMPORTS.items()
-                if importlib.util.find_spec(module) is None and any(f.startswith(p.rstrip("/")) for p in paths)}
+    left_out = {
+        f: module
+        for f, module in OPTIONAL_IMPORTS.items()
+        if importlib.util.find_spec(module) is None and any(f.startswith(p.rstrip("/")) for p in paths)
+    }
     cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     cmd += [f"--ignore={f}" for f in left_out]
     start = time.perf_counter()
@@ -51,15 +56,22 @@ def run_suite(env: dict, paths: list[str], junit: Path) -> dict:
     failures = []
     if junit.exists():
         root = ElementTree.parse(junit).getroot()
-        for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+        for suite in [root] if root.tag == "testsuite" else root.iter("testsuite"):
             for key in counts:
                 counts[key] += int(suite.get(key, 0))
             for case in suite.iter("testcase"):
                 for bad in [*case.findall("failure"), *case.findall("error")]:
                     message = ((bad.get("message") or bad.text or "").strip().splitlines() or [""])[0][:200]
                     failures.append(f"{case.get('classname')}::{case.get('name')}: {message}")
-    return dict(paths=paths, returncode=done.returncode, wall_s=wall, counts=counts, failures=failures,
-                left_out=left_out, tail=done.stdout[-2000:] + done.stderr[-2000:])
+    return dict(
+        paths=paths,
+        returncode=done.returncode,
+        wall_s=wall,
+        counts=counts,
+        failures=failures,
+        left_out=left_out,
+        tail=done.stdout[-2000:] + done.stderr[-2000:],
+    )
 
 
 def error_table(env: dict) -> str:
@@ -72,13 +84,19 @@ def error_table(env: dict) -> str:
 def markdown(backend: dict, suite: dict, table: str, command: str) -> str:
     c = suite["counts"]
     passed = c["tests"] - c["failures"] - c["errors"] - c["skipped"]
-    lines = [f"# Parity on {backend['device']} ({backend['backend']})", "",
-             f"Command: `{command}`. JAX {backend['jax']} on {backend['backend']} with "
-             f"`jax_default_matmul_precision={backend['precision']}` (true float32 matmuls, no TF32); torch "
-             f"{backend['torch']}, the oracle, on the CPU.", "",
-             f"## Parity suite (`pytest {' '.join(suite['paths'])}`)", "",
-             f"{passed} passed, {c['failures']} failed, {c['errors']} errors, {c['skipped']} skipped "
-             f"({c['tests']} collected; {suite['wall_s']:.0f} s; pytest exit {suite['returncode']}).", ""]
+    lines = [
+        f"# Parity on {backend['device']} ({backend['backend']})",
+        "",
+        f"Command: `{command}`. JAX {backend['jax']} on {backend['backend']} with "
+        f"`jax_default_matmul_precision={backend['precision']}` (true float32 matmuls, no TF32); torch "
+        f"{backend['torch']}, the oracle, on the CPU.",
+        "",
+        f"## Parity suite (`pytest {' '.join(suite['paths'])}`)",
+        "",
+        f"{passed} passed, {c['failures']} failed, {c['errors']} errors, {c['skipped']} skipped "
+        f"({c['tests']} collected; {suite['wall_s']:.0f} s; pytest exit {suite['returncode']}).",
+        "",
+    ]
     for f, module in suite["left_out"].items():
         lines.append(f"- left out: `{f}` (needs `{module}`, not installed here)")
     if suite["failures"]:

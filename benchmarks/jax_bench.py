@@ -72,8 +72,11 @@ def chunk_runner(config: Config, n_epochs: int, options: dict | str = CHOSEN, pr
 def python_loop_runner(config: Config, n_steps: int):
     """The jitted `train_step` called once per batch from Python; work = steps."""
     schedule, data, optimizer = _parts(config)
-    step = jax.jit(functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
-                                     n_steps=config.num_steps))
+    step = jax.jit(
+        functools.partial(
+            train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule, n_steps=config.num_steps
+        )
+    )
     initial = init_states(config, optimizer)
     n_full = config.n_points // config.batch_size
     perm = np.random.default_rng(0).permutation(config.n_points)[: n_full * config.batch_size]
@@ -96,8 +99,9 @@ def sampling_runner(n_points: int, config: Config = Config(), options: dict | st
     key = run_keys(config.seed)["sample"]
     chain = sample_chain
     if options != CHOSEN:
-        jitted = jax.jit(sampling._sample_chain, static_argnames=("n", "parameterization"),
-                         compiler_options=speed.on_cpu(options))
+        jitted = jax.jit(
+            sampling._sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(options)
+        )
         chain = functools.partial(jitted, parameterization="eps")
 
     def run():
@@ -115,7 +119,7 @@ def matmul_runner(size: int):
     def run():
         jax.block_until_ready(matmul(a, b))
 
-    return run, 2.0 * size ** 3
+    return run, 2.0 * size**3
 
 
 def main() -> None:
@@ -127,8 +131,11 @@ def main() -> None:
     args = parser.parse_args()
     config = dataclasses.replace(Config(), devices=args.devices, seeds=args.seeds)
     run, work = chunk_runner(config, args.epochs)
-    print(json.dumps(dict(devices=[str(d) for d in jax.devices()[: args.devices]],
-                          **rates(measure(run, args.repeats), work))))
+    print(
+        json.dumps(
+            dict(devices=[str(d) for d in jax.devices()[: args.devices]], **rates(measure(run, args.repeats), work))
+        )
+    )
 
 
 if __name__ == "__main__":

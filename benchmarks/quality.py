@@ -62,8 +62,11 @@ METRICS = ("sliced_w2", "mmd2", "energy")
 
 def summarize(rows: list[dict]) -> dict[str, tuple[float, float]]:
     """metric -> (mean, std over seeds, ddof 1)."""
-    return {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1)))
-            for k in rows[0] if k != "bandwidth"}
+    return {
+        k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1)))
+        for k in rows[0]
+        if k != "bandwidth"
+    }
 
 
 def fmt(mean_std: tuple[float, float], digits: int = 4) -> str:
@@ -76,16 +79,28 @@ def true_x_T(config: Config, n: int, seed: int) -> np.ndarray:
     x_0 = held_out_points(config.dataset, n, config.data_noise, config.seed, draw=2 + seed)
     noise = jax.random.normal(jax.random.PRNGKey(seed), x_0.shape)
     schedule = run_schedule(config)
-    return np.asarray(q_sample(jnp.asarray(x_0), jnp.full((n,), config.num_steps - 1), schedule.alphas_bar_sqrt,
-                               schedule.one_minus_alphas_bar_sqrt, noise))
+    return np.asarray(
+        q_sample(
+            jnp.asarray(x_0),
+            jnp.full((n,), config.num_steps - 1),
+            schedule.alphas_bar_sqrt,
+            schedule.one_minus_alphas_bar_sqrt,
+            noise,
+        )
+    )
 
 
 def run_jax(name: str, config: Config, data, reference, n: int, log, x_T_from_data: bool = False) -> dict:
     start = time.perf_counter()
     params = train_models(config, data)
     samples = [final_samples(p, config, config.seed + i, n) for i, p in enumerate(params)]
-    out = dict(name=name, config=config, params=params, samples=samples,
-               metrics=summarize([metrics.evaluate(x, reference) for x in samples]))
+    out = dict(
+        name=name,
+        config=config,
+        params=params,
+        samples=samples,
+        metrics=summarize([metrics.evaluate(x, reference) for x in samples]),
+    )
     if x_T_from_data:
         from_q = [final_samples(p, config, config.seed + i, n, true_x_T(config, n, i)) for i, p in enumerate(params)]
         out["from_q"] = dict(samples=from_q, metrics=summarize([metrics.evaluate(x, reference) for x in from_q]))
@@ -102,8 +117,9 @@ def run_torch(config: Config, data, reference, n: int, log) -> dict:
         model = train_torch(config, data, config.seed + i)
         samples.append(torch_final_samples(model, config, config.seed + i, n))
         log(f"torch seed {config.seed + i}: {time.perf_counter() - start:.0f} s")
-    return dict(name="PyTorch reference", samples=samples,
-                metrics=summarize([metrics.evaluate(x, reference) for x in samples]))
+    return dict(
+        name="PyTorch reference", samples=samples, metrics=summarize([metrics.evaluate(x, reference) for x in samples])
+    )
 
 
 def elbo_rows(run: dict, points: np.ndarray) -> dict[str, tuple[float, float]]:
@@ -112,8 +128,10 @@ def elbo_rows(run: dict, points: np.ndarray) -> dict[str, tuple[float, float]]:
     rows = {}
     for decoder in ("discretized", "gaussian"):
         key = jax.random.PRNGKey
-        values = [negative_elbo(p, schedule, points, key(i), config.parameterization, decoder)
-                  for i, p in enumerate(run["params"])]
+        values = [
+            negative_elbo(p, schedule, points, key(i), config.parameterization, decoder)
+            for i, p in enumerate(run["params"])
+        ]
         totals = [v["total"] for v in values]
         rows[decoder] = (float(np.mean(totals)), float(np.std(totals, ddof=1)))
         rows["prior"] = (values[0]["prior"], 0.0)
@@ -148,9 +166,10 @@ def metric_row(label: str, extra: str, m: dict) -> str:
 
 
 def calib_rows(calib: dict, n: int) -> list[str]:
-    return [f"| floor: two draws of the data | n = {n} | "
-            + " | ".join(f"{calib['floor'][k]:.5f}" for k in METRICS) + " |",
-            "| ceiling: N(0, I) vs data | | " + " | ".join(f"{calib['ceiling'][k]:.5f}" for k in METRICS) + " |"]
+    return [
+        f"| floor: two draws of the data | n = {n} | " + " | ".join(f"{calib['floor'][k]:.5f}" for k in METRICS) + " |",
+        "| ceiling: N(0, I) vs data | | " + " | ".join(f"{calib['ceiling'][k]:.5f}" for k in METRICS) + " |",
+    ]
 
 
 def parity_lines(base: Config, calib: dict, runs: dict, elbos: dict) -> list[str]:
@@ -169,11 +188,15 @@ def parity_lines(base: Config, calib: dict, runs: dict, elbos: dict) -> list[str
         "",
         "| run | alpha_bar_T | sliced W2 | MMD^2 | energy |\n|---|---|---|---|---|",
         metric_row("tutorial (sigmoid 1e-5..5e-3)", f"{alpha_bar_T(tut['config']):.3f}", tut["metrics"]),
-        metric_row("same models, x_T ~ q(x_T) (diagnostic)", f"{alpha_bar_T(tut['config']):.3f}",
-                   tut["from_q"]["metrics"]),
+        metric_row(
+            "same models, x_T ~ q(x_T) (diagnostic)", f"{alpha_bar_T(tut['config']):.3f}", tut["from_q"]["metrics"]
+        ),
         metric_row("cosine (s = 0.008)", f"{alpha_bar_T(runs['cosine']['config']):.2e}", runs["cosine"]["metrics"]),
-        metric_row(f"linear {runs['linear']['config'].beta_start:g}..{runs['linear']['config'].beta_end:g}",
-                   f"{alpha_bar_T(runs['linear']['config']):.2e}", runs["linear"]["metrics"]),
+        metric_row(
+            f"linear {runs['linear']['config'].beta_start:g}..{runs['linear']['config'].beta_end:g}",
+            f"{alpha_bar_T(runs['linear']['config']):.2e}",
+            runs["linear"]["metrics"],
+        ),
         *calib_rows(calib, base.n_samples),
         "",
         "## 3. The variational bound (tutorial schedule, JAX)",
@@ -188,24 +211,33 @@ def parity_lines(base: Config, calib: dict, runs: dict, elbos: dict) -> list[str
     ]
     for key in ("tutorial", "variational", "hybrid"):
         run, e = runs[key], elbos[key]
-        lines.append(f"| {run['config'].loss} ({run['config'].parameterization}) | {fmt(e['discretized'], 3)} | "
-                     f"{fmt(e['gaussian'], 3)} | {e['prior'][0]:.3f} | "
-                     + " | ".join(fmt(run["metrics"][k], 4 if k == "sliced_w2" else 5) for k in METRICS) + " |")
+        lines.append(
+            f"| {run['config'].loss} ({run['config'].parameterization}) | {fmt(e['discretized'], 3)} | "
+            f"{fmt(e['gaussian'], 3)} | {e['prior'][0]:.3f} | "
+            + " | ".join(fmt(run["metrics"][k], 4 if k == "sliced_w2" else 5) for k in METRICS)
+            + " |"
+        )
     return lines + ["", "![samples side by side](quality_samples.png)", ""]
 
 
 def recipe_lines(recipe_runs: dict) -> list[str]:
     """Section 5: the recommended preset on the tutorial's three datasets, against each floor."""
-    lines = ["## 5. `--preset recommended` on the tutorial's three datasets", "",
-             "The preset at the tutorial's budget, its own sampler and parameters, "
-             "n = 10,000 samples per seed against a held-out draw of 10,000; x floor = sliced W2 / its floor.", "",
-             "| dataset | sliced W2 | x floor | MMD^2 | energy | floor (sliced W2, MMD^2, energy) | ceiling |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## 5. `--preset recommended` on the tutorial's three datasets",
+        "",
+        "The preset at the tutorial's budget, its own sampler and parameters, "
+        "n = 10,000 samples per seed against a held-out draw of 10,000; x floor = sliced W2 / its floor.",
+        "",
+        "| dataset | sliced W2 | x floor | MMD^2 | energy | floor (sliced W2, MMD^2, energy) | ceiling |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for dataset, (run, calib) in recipe_runs.items():
         m, fl, ce = run["metrics"], calib["floor"], calib["ceiling"]
-        lines.append(f"| {dataset} | {fmt(m['sliced_w2'], 4)} | {m['sliced_w2'][0] / fl['sliced_w2']:.2f} | "
-                     f"{fmt(m['mmd2'], 5)} | {fmt(m['energy'], 5)} | {fl['sliced_w2']:.4f}, {fl['mmd2']:.5f}, "
-                     f"{fl['energy']:.5f} | {ce['sliced_w2']:.3f}, {ce['mmd2']:.4f}, {ce['energy']:.4f} |")
+        lines.append(
+            f"| {dataset} | {fmt(m['sliced_w2'], 4)} | {m['sliced_w2'][0] / fl['sliced_w2']:.2f} | "
+            f"{fmt(m['mmd2'], 5)} | {fmt(m['energy'], 5)} | {fl['sliced_w2']:.4f}, {fl['mmd2']:.5f}, "
+            f"{fl['energy']:.5f} | {ce['sliced_w2']:.3f}, {ce['mmd2']:.4f}, {ce['energy']:.4f} |"
+        )
     return lines + [""]
 
 
@@ -233,23 +265,34 @@ SECTIONS = ("parity", "nfe", "recipe", "search")
 def nfe_section(configs: dict, n: int, out: Path, log) -> list[str]:
     from benchmarks import quality_nfe
 
-    lines = ["## 4. Quality against cost: every sampler at NFE 5 to 100", "",
-             quality_nfe.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(), "",
-             "![sliced W2 against NFE](quality_nfe.png)", "",
-             "![samples of each sampler and NFE](quality_nfe_grid.png)", ""]
+    lines = [
+        "## 4. Quality against cost: every sampler at NFE 5 to 100",
+        "",
+        quality_nfe.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(),
+        "",
+        "![sliced W2 against NFE](quality_nfe.png)",
+        "",
+        "![samples of each sampler and NFE](quality_nfe_grid.png)",
+        "",
+    ]
     return lines + quality_nfe.run_section(configs, n, 1000, out, log)
 
 
 def search_section(log_path: Path) -> list[str]:
     from benchmarks import recipe_search
 
-    return ["## 6. How the recommended recipe was found", "",
-            f"`python -m benchmarks.recipe_search` (log: `{log_path.name}`): each candidate trained at the "
-            "tutorial's budget (1000 epochs, 10,000 points, batch 128, 3 seeds), with EMA decays 0.999, "
-            "0.9995 and 0.9999 tracked in the same run; first every parameter set sampled with the tutorial's "
-            "sampler (ddpm for v and x0 models), then every sampler with the best parameter set. Sliced W2 at "
-            "n = 10,000, mean over seeds; the three best pairs per candidate:", "",
-            recipe_search.report(log_path), ""]
+    return [
+        "## 6. How the recommended recipe was found",
+        "",
+        f"`python -m benchmarks.recipe_search` (log: `{log_path.name}`): each candidate trained at the "
+        "tutorial's budget (1000 epochs, 10,000 points, batch 128, 3 seeds), with EMA decays 0.999, "
+        "0.9995 and 0.9999 tracked in the same run; first every parameter set sampled with the tutorial's "
+        "sampler (ddpm for v and x0 models), then every sampler with the best parameter set. Sliced W2 at "
+        "n = 10,000, mean over seeds; the three best pairs per candidate:",
+        "",
+        recipe_search.report(log_path),
+        "",
+    ]
 
 
 def main(argv=None) -> int:
@@ -258,16 +301,22 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per side and per run (>= 2)")
     parser.add_argument("--n-points", type=int, default=10_000, help="training points (the tutorial: 10,000)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for quality.md and its pictures")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="comma-separated sections to run: parity (1-3, with the PyTorch reference), nfe (4: "
-                             "samplers against NFE), recipe (5: --preset recommended on three datasets), search "
-                             "(6: the recipe search's log)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help="comma-separated sections to run: parity (1-3, with the PyTorch reference), nfe (4: "
+        "samplers against NFE), recipe (5: --preset recommended on three datasets), search "
+        "(6: the recipe search's log)",
+    )
     parser.add_argument("--search-log", type=Path, default=RESULTS / "recipe_search.jsonl")
     args = parser.parse_args(argv)
     wanted = args.sections.split(",")
     if args.seeds < 2 or args.epochs < 1 or args.n_points < 2 or not set(wanted) <= set(SECTIONS):
-        print("error: --seeds must be >= 2 (a spread needs two), --epochs and --n-points positive, --sections "
-              f"among {', '.join(SECTIONS)}", file=sys.stderr)
+        print(
+            "error: --seeds must be >= 2 (a spread needs two), --epochs and --n-points positive, --sections "
+            f"among {', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -283,29 +332,45 @@ def main(argv=None) -> int:
         runs["tutorial"] = run_jax("jax tutorial", base, data, reference, n, log, x_T_from_data=True)
         runs["torch"] = run_torch(dataclasses.replace(base), data, reference, n, log)
         runs["cosine"] = run_jax("jax cosine", dataclasses.replace(base, schedule="cosine"), data, reference, n, log)
-        runs["linear"] = run_jax("jax linear", dataclasses.replace(base, schedule="linear", beta_start=1e-4,
-                                                                   beta_end=0.1), data, reference, n, log)
+        runs["linear"] = run_jax(
+            "jax linear",
+            dataclasses.replace(base, schedule="linear", beta_start=1e-4, beta_end=0.1),
+            data,
+            reference,
+            n,
+            log,
+        )
         for loss in ("variational", "hybrid"):
             runs[loss] = run_jax(f"jax {loss}", dataclasses.replace(base, loss=loss), data, reference, n, log)
         elbos = {key: elbo_rows(runs[key], reference) for key in ("tutorial", "variational", "hybrid")}
         log(f"elbo: {elbos}")
-        draw([("data (held out)", reference), ("torch, tutorial", runs["torch"]["samples"][0]),
-              ("jax, tutorial", runs["tutorial"]["samples"][0]),
-              ("jax, same model, x_T ~ q(x_T)", runs["tutorial"]["from_q"]["samples"][0]),
-              ("jax, cosine", runs["cosine"]["samples"][0]), ("jax, linear to 0.1", runs["linear"]["samples"][0]),
-              ("jax, --loss variational", runs["variational"]["samples"][0]),
-              ("jax, --loss hybrid", runs["hybrid"]["samples"][0])], args.out / "quality_samples.png")
+        draw(
+            [
+                ("data (held out)", reference),
+                ("torch, tutorial", runs["torch"]["samples"][0]),
+                ("jax, tutorial", runs["tutorial"]["samples"][0]),
+                ("jax, same model, x_T ~ q(x_T)", runs["tutorial"]["from_q"]["samples"][0]),
+                ("jax, cosine", runs["cosine"]["samples"][0]),
+                ("jax, linear to 0.1", runs["linear"]["samples"][0]),
+                ("jax, --loss variational", runs["variational"]["samples"][0]),
+                ("jax, --loss hybrid", runs["hybrid"]["samples"][0]),
+            ],
+            args.out / "quality_samples.png",
+        )
         sections["parity"] = parity_lines(base, calib, runs, elbos)
     if "recipe" in wanted or "nfe" in wanted:
-        for dataset in (("moons", "swiss_roll", "s_curve") if "recipe" in wanted else ("moons",)):
+        for dataset in ("moons", "swiss_roll", "s_curve") if "recipe" in wanted else ("moons",):
             config = dataclasses.replace(recommended, dataset=dataset)
-            recipe_runs[dataset] = (run_jax(f"recommended {dataset}", config, dataset_for(config),
-                                            held_out_for(config, n), n, log),
-                                    metrics.calibration(dataset, n, config.data_noise, config.seed))
+            recipe_runs[dataset] = (
+                run_jax(f"recommended {dataset}", config, dataset_for(config), held_out_for(config, n), n, log),
+                metrics.calibration(dataset, n, config.data_noise, config.seed),
+            )
     if "nfe" in wanted:
         tutorial = runs.get("tutorial") or run_jax("jax tutorial", base, data, reference, n, log)
-        configs = {"the tutorial's config (moons)": (base, tutorial["params"]),
-                   "--preset recommended (moons)": (recommended, recipe_runs["moons"][0]["params"])}
+        configs = {
+            "the tutorial's config (moons)": (base, tutorial["params"]),
+            "--preset recommended (moons)": (recommended, recipe_runs["moons"][0]["params"]),
+        }
         sections["nfe"] = nfe_section(configs, n, args.out, log)
     if "recipe" in wanted:
         sections["recipe"] = recipe_lines(recipe_runs)

@@ -41,8 +41,12 @@ def settings(config: Config) -> list[tuple[str, Config]]:
     for name in FIXED_STEP:
         for k in NFES:
             if k <= config.num_steps:
-                out.append((name, dataclasses.replace(config, sampler=name, sample_steps=k, eta=0.0,
-                                                       timestep_spacing="trailing")))
+                out.append(
+                    (
+                        name,
+                        dataclasses.replace(config, sampler=name, sample_steps=k, eta=0.0, timestep_spacing="trailing"),
+                    )
+                )
     for tol in ODE_TOLERANCES:
         out.append(("ode", dataclasses.replace(config, sampler="ode", sample_steps=None, ode_rtol=tol, ode_atol=tol)))
     return out
@@ -68,13 +72,22 @@ def sweep(label: str, config: Config, params_list: list[dict], reference: np.nda
         states, nfe = sample_states(params, schedule, sampling, n)
         samples = states[:, -1]  # (seeds, n, 2)
         network_nfe = 2 * nfe if sampler == "ode" else nfe
-        scored = [metrics.evaluate(x, reference) if np.isfinite(x).all() else {k: float("nan") for k in METRICS}
-                  for x in samples]
-        row = dict(sampler=sampler, nfe=network_nfe, metrics=summarize(scored), samples=samples[0],
-                   tolerance=sampling.ode_rtol if sampler == "ode" else None)
+        scored = [
+            metrics.evaluate(x, reference) if np.isfinite(x).all() else {k: float("nan") for k in METRICS}
+            for x in samples
+        ]
+        row = dict(
+            sampler=sampler,
+            nfe=network_nfe,
+            metrics=summarize(scored),
+            samples=samples[0],
+            tolerance=sampling.ode_rtol if sampler == "ode" else None,
+        )
         rows.append(row)
-        log(f"{label} {sampler} NFE {network_nfe}: sliced W2 {row['metrics']['sliced_w2'][0]:.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
+        log(
+            f"{label} {sampler} NFE {network_nfe}: sliced W2 {row['metrics']['sliced_w2'][0]:.4f} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
     return dict(label=label, config=config, rows=rows)
 
 
@@ -99,28 +112,40 @@ def fmt(mean_std, digits: int) -> str:
 
 def report_lines(result: dict, calib: dict, likelihood: dict, n_points: int) -> list[str]:
     floor = calib["floor"]["sliced_w2"]
-    lk = (f"NLL through the probability-flow ODE {fmt(likelihood['nll'], 3)} bits/dim, " if "nll" in likelihood
-          else "")
-    lines = [f"**{result['label']}** ({describe(result['config'])}). {lk}variational bound (gaussian decoder) "
-             f"{fmt(likelihood['bound'], 3)} bits/dim, on {n_points:,} held-out points.", "",
-             "| sampler | NFE | sliced W2 | x floor | MMD^2 | energy |", "|---|---|---|---|---|---|"]
+    lk = f"NLL through the probability-flow ODE {fmt(likelihood['nll'], 3)} bits/dim, " if "nll" in likelihood else ""
+    lines = [
+        f"**{result['label']}** ({describe(result['config'])}). {lk}variational bound (gaussian decoder) "
+        f"{fmt(likelihood['bound'], 3)} bits/dim, on {n_points:,} held-out points.",
+        "",
+        "| sampler | NFE | sliced W2 | x floor | MMD^2 | energy |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in result["rows"]:
         m = row["metrics"]
         extra = f" (tol {row['tolerance']:g})" if row["tolerance"] else ""
-        lines.append(f"| {row['sampler']}{extra} | {row['nfe']} | {fmt(m['sliced_w2'], 4)} | "
-                     f"{m['sliced_w2'][0] / floor:.1f} | {fmt(m['mmd2'], 5)} | {fmt(m['energy'], 5)} |")
-    lines.append("| floor: two draws of the data | | " + f"{calib['floor']['sliced_w2']:.4f} | 1.0 | "
-                 f"{calib['floor']['mmd2']:.5f} | {calib['floor']['energy']:.5f} |")
-    lines.append("| ceiling: N(0, I) vs data | | " + f"{calib['ceiling']['sliced_w2']:.4f} | "
-                 f"{calib['ceiling']['sliced_w2'] / floor:.0f} | {calib['ceiling']['mmd2']:.5f} | "
-                 f"{calib['ceiling']['energy']:.5f} |")
+        lines.append(
+            f"| {row['sampler']}{extra} | {row['nfe']} | {fmt(m['sliced_w2'], 4)} | "
+            f"{m['sliced_w2'][0] / floor:.1f} | {fmt(m['mmd2'], 5)} | {fmt(m['energy'], 5)} |"
+        )
+    lines.append(
+        "| floor: two draws of the data | | " + f"{calib['floor']['sliced_w2']:.4f} | 1.0 | "
+        f"{calib['floor']['mmd2']:.5f} | {calib['floor']['energy']:.5f} |"
+    )
+    lines.append(
+        "| ceiling: N(0, I) vs data | | " + f"{calib['ceiling']['sliced_w2']:.4f} | "
+        f"{calib['ceiling']['sliced_w2'] / floor:.0f} | {calib['ceiling']['mmd2']:.5f} | "
+        f"{calib['ceiling']['energy']:.5f} |"
+    )
     return lines
 
 
 def describe(config: Config) -> str:
-    parts = [f"{config.schedule} {config.beta_start:g}..{config.beta_end:g}" if config.schedule != "cosine"
-             else "cosine", f"--prediction {config.prediction}", f"--ema-decay {config.ema_decay:g}",
-             f"--sample-with {config.sample_with}"]
+    parts = [
+        f"{config.schedule} {config.beta_start:g}..{config.beta_end:g}" if config.schedule != "cosine" else "cosine",
+        f"--prediction {config.prediction}",
+        f"--ema-decay {config.ema_decay:g}",
+        f"--sample-with {config.sample_with}",
+    ]
     if config.zero_terminal_snr:
         parts.append("--zero-terminal-snr")
     if getattr(config, "lr_schedule", "constant") != "constant":
@@ -144,8 +169,17 @@ def draw_chart(results: list[dict], calib: dict, path: Path) -> None:
             x = [r["nfe"] for r in rows]
             y = [r["metrics"]["sliced_w2"][0] for r in rows]
             err = [r["metrics"]["sliced_w2"][1] for r in rows]
-            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, color=COLORS[sampler], label=sampler,
-                        ls="none" if len(rows) == 1 else "-")
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                marker="o",
+                ms=4,
+                capsize=2,
+                color=COLORS[sampler],
+                label=sampler,
+                ls="none" if len(rows) == 1 else "-",
+            )
         ax.axhline(calib["floor"]["sliced_w2"], color="gray", ls="--", lw=1, label="floor (two data draws)")
         ax.axhline(calib["ceiling"]["sliced_w2"], color="gray", ls=":", lw=1, label="ceiling (N(0, I))")
         ax.set_xscale("log")
@@ -172,8 +206,7 @@ def draw_grid(result: dict, reference: np.ndarray, path: Path) -> None:
     lo, hi = reference.min(axis=0) - 0.3 * np.ptp(reference, axis=0), reference.max(axis=0) + 0.3 * np.ptp(reference, 0)
     for i, sampler in enumerate(samplers):
         rows = [r for r in result["rows"] if r["sampler"] == sampler]
-        panels = [("data (held out)", reference, None)] + [(f"{sampler} NFE {r['nfe']}", r["samples"], r)
-                                                           for r in rows]
+        panels = [("data (held out)", reference, None)] + [(f"{sampler} NFE {r['nfe']}", r["samples"], r) for r in rows]
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -204,8 +237,9 @@ def run_section(configs: dict[str, tuple[Config, list[dict]]], n: int, n_likelih
         likelihood = likelihoods(config, params_list, held_out_for(config, n_likelihood), log)
         lines += report_lines(result, calib, likelihood, n_likelihood) + [""]
         results.append(result)
-    calib = metrics.calibration(results[0]["config"].dataset, n, results[0]["config"].data_noise,
-                                results[0]["config"].seed)
+    calib = metrics.calibration(
+        results[0]["config"].dataset, n, results[0]["config"].data_noise, results[0]["config"].seed
+    )
     draw_chart(results, calib, out / "quality_nfe.png")
     draw_grid(results[-1], held_out_for(results[-1]["config"], n), out / "quality_nfe_grid.png")
     return lines

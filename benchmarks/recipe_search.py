@@ -73,19 +73,28 @@ def train_multi_ema(config: Config, data: np.ndarray, lr_schedule, decays=EMA_DE
     state = state.replace(ema_params=tuple(state.ema_params for _ in decays))
 
     def train_step_fn(state, batch_x, t, e):
-        new, loss = train_step(state.replace(ema_params=state.ema_params[0]), optimizer, decays[0], batch_x, schedule,
-                               config.num_steps, t=t, e=e, loss_fn=loss_fn)
+        new, loss = train_step(
+            state.replace(ema_params=state.ema_params[0]),
+            optimizer,
+            decays[0],
+            batch_x,
+            schedule,
+            config.num_steps,
+            t=t,
+            e=e,
+            loss_fn=loss_fn,
+        )
         rest = tuple(ema_update(p, new.params, d) for p, d in zip(state.ema_params[1:], decays[1:]))
         return new.replace(ema_params=(new.ema_params,) + rest), loss
 
-    epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn,
-                                 n_steps=config.num_steps)
+    epoch_fn = functools.partial(
+        train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn, n_steps=config.num_steps
+    )
 
     def chunk(state, data):
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=config.epochs)
 
-    state, _ = jax.jit(jax.vmap(chunk, in_axes=(0, None)), compiler_options=speed.on_cpu(speed.TRAINING))(
-        state, data)
+    state, _ = jax.jit(jax.vmap(chunk, in_axes=(0, None)), compiler_options=speed.on_cpu(speed.TRAINING))(state, data)
     state = jax.block_until_ready(state)
     out = {"raw": state.params}
     out.update({f"ema{d:g}": p for d, p in zip(decays, state.ema_params)})
@@ -106,8 +115,10 @@ def score_pair(config: Config, schedule, label: str, name: str, params, referenc
         x = np.asarray(out.x_0)
         nfe = max(nfe, int(out.nfe))
         values.append(metrics.sliced_w2(x, reference) if np.isfinite(x).all() else float("nan"))
-    log(f"  {label:16s} {name:10s} sliced W2 {np.mean(values):.4f} +- {np.std(values, ddof=1):.4f} "
-        f"(NFE {nfe}, {time.perf_counter() - start:.0f} s)")
+    log(
+        f"  {label:16s} {name:10s} sliced W2 {np.mean(values):.4f} +- {np.std(values, ddof=1):.4f} "
+        f"(NFE {nfe}, {time.perf_counter() - start:.0f} s)"
+    )
     return dict(sampler=label, params=name, sliced_w2=values, mean=float(np.mean(values)), nfe=nfe)
 
 
@@ -117,12 +128,15 @@ def score(config: Config, params_sets: dict, reference: np.ndarray, n: int, log)
     models); then every sampler with the parameter set that scored best."""
     schedule = run_schedule(config)
     first = "tutorial" if config.prediction == "eps" else "ddpm"
-    rows = [score_pair(config, schedule, first, name, params, reference, n, log)
-            for name, params in params_sets.items()]
+    rows = [
+        score_pair(config, schedule, first, name, params, reference, n, log) for name, params in params_sets.items()
+    ]
     best = min(rows, key=lambda r: r["mean"] if np.isfinite(r["mean"]) else np.inf)["params"]
     others = [label for label in SAMPLERS if label != first and (label != "tutorial" or config.prediction == "eps")]
     rows += [score_pair(config, schedule, label, best, params_sets[best], reference, n, log) for label in others]
     return rows
+
+
 def run_candidate(name: str, dataset: str, args, log) -> dict:
     overrides, lr_schedule = CANDIDATES[name]
     config = Config(dataset=dataset, epochs=args.epochs, seeds=args.seeds, n_samples=args.n, **overrides)
@@ -135,23 +149,39 @@ def run_candidate(name: str, dataset: str, args, log) -> dict:
     rows = score(config, params_sets, reference, args.n, log)
     best = min(rows, key=lambda r: r["mean"] if np.isfinite(r["mean"]) else np.inf)
     floor = metrics.calibration(dataset, args.n, config.data_noise, config.seed)["floor"]["sliced_w2"]
-    log(f"{dataset} {name}: best {best['sampler']} {best['params']} {best['mean']:.4f} = "
-        f"{best['mean'] / floor:.2f}x the floor {floor:.4f}")
-    return dict(dataset=dataset, candidate=name, overrides=overrides, lr_schedule=lr_schedule, epochs=args.epochs,
-                seeds=args.seeds, n=args.n, floor=floor, train_s=train_s, rows=rows)
+    log(
+        f"{dataset} {name}: best {best['sampler']} {best['params']} {best['mean']:.4f} = "
+        f"{best['mean'] / floor:.2f}x the floor {floor:.4f}"
+    )
+    return dict(
+        dataset=dataset,
+        candidate=name,
+        overrides=overrides,
+        lr_schedule=lr_schedule,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        n=args.n,
+        floor=floor,
+        train_s=train_s,
+        rows=rows,
+    )
 
 
 def report(log_path: Path) -> str:
     """The log as a markdown table: per (dataset, candidate), the best pairs by mean sliced W2."""
-    lines = ["| dataset | candidate | lr | sampler | params | sliced W2 (mean of seeds) | x floor |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | candidate | lr | sampler | params | sliced W2 (mean of seeds) | x floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for line in log_path.read_text().splitlines():
         entry = json.loads(line)
         rows = sorted((r for r in entry["rows"] if np.isfinite(r["mean"])), key=lambda r: r["mean"])
         for r in rows[:3]:
-            lines.append(f"| {entry['dataset']} | {entry['candidate']} | {entry['lr_schedule'] or 'constant'} | "
-                         f"{r['sampler']} | {r['params']} | {r['mean']:.4f} +- {np.std(r['sliced_w2'], ddof=1):.4f} | "
-                         f"{r['mean'] / entry['floor']:.2f} |")
+            lines.append(
+                f"| {entry['dataset']} | {entry['candidate']} | {entry['lr_schedule'] or 'constant'} | "
+                f"{r['sampler']} | {r['params']} | {r['mean']:.4f} +- {np.std(r['sliced_w2'], ddof=1):.4f} | "
+                f"{r['mean'] / entry['floor']:.2f} |"
+            )
     return "\n".join(lines)
 
 

@@ -102,8 +102,10 @@ def select_platform(device: str, dry_run: bool = False) -> str:
         return "gpu" if device == "gpu" else "cpu"
     backend = jax.default_backend()
     if device == "gpu" and backend != "gpu":
-        raise SystemExit(f"error: --device gpu asked for, but JAX runs on {backend} (no GPU found); use --device cpu"
-                         " (or --device gpu --dry-run to check the GPU report's code on this CPU)")
+        raise SystemExit(
+            f"error: --device gpu asked for, but JAX runs on {backend} (no GPU found); use --device cpu"
+            " (or --device gpu --dry-run to check the GPU report's code on this CPU)"
+        )
     return "gpu" if backend == "gpu" else "cpu"
 
 
@@ -115,20 +117,36 @@ def machine(kind: str, torch, on_gpu: bool) -> dict:
     from jax_ddpm import speed
 
     model = cpu_isa.cpu_model()
-    info = dict(cpu_model=model, isa=cpu_isa.vector_isa(), cores=os.cpu_count(), python=platform.python_version(),
-                jax=jax.__version__, jaxlib=jaxlib.__version__, flax=flax.__version__, optax=optax.__version__,
-                torch=torch.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                jax_matmul_precision=str(jax.config.jax_default_matmul_precision or "default (float32 on CPU)"),
-                torch_threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
-                torch_matmul_precision=torch.get_float32_matmul_precision(),
-                torch_allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
-                load_start=[round(x, 2) for x in os.getloadavg()])
+    info = dict(
+        cpu_model=model,
+        isa=cpu_isa.vector_isa(),
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        jax=jax.__version__,
+        jaxlib=jaxlib.__version__,
+        flax=flax.__version__,
+        optax=optax.__version__,
+        torch=torch.__version__,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        jax_matmul_precision=str(jax.config.jax_default_matmul_precision or "default (float32 on CPU)"),
+        torch_threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
+        torch_matmul_precision=torch.get_float32_matmul_precision(),
+        torch_allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
+        load_start=[round(x, 2) for x in os.getloadavg()],
+    )
     if on_gpu:
-        info.update(device=str(jax.devices()[0].device_kind), torch_device=torch.cuda.get_device_name(0),
-                    torch_cuda=str(torch.version.cuda), jax_devices=len(jax.devices()))
+        info.update(
+            device=str(jax.devices()[0].device_kind),
+            torch_device=torch.cuda.get_device_name(0),
+            torch_cuda=str(torch.version.cuda),
+            jax_devices=len(jax.devices()),
+        )
     else:
-        info.update(device=f"CPU {model}" + (f" (dry run of the {kind.upper()} report)" if kind != "cpu" else ""),
-                    xla_cpu_options=dict(training=speed.TRAINING, sampling=speed.SAMPLING))
+        info.update(
+            device=f"CPU {model}" + (f" (dry run of the {kind.upper()} report)" if kind != "cpu" else ""),
+            xla_cpu_options=dict(training=speed.TRAINING, sampling=speed.SAMPLING),
+        )
     return info
 
 
@@ -139,8 +157,19 @@ def devices_subprocess(n: int, sizes: Sizes, kind: str, seeds: int = 1, epochs: 
     if kind == "cpu":
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
         env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "benchmarks.jax_bench", "--devices", str(n), "--seeds", str(seeds),
-           "--epochs", str(epochs or sizes.epochs), "--repeats", str(sizes.repeats)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.jax_bench",
+        "--devices",
+        str(n),
+        "--seeds",
+        str(seeds),
+        "--epochs",
+        str(epochs or sizes.epochs),
+        "--repeats",
+        str(sizes.repeats),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -148,19 +177,27 @@ def devices_subprocess(n: int, sizes: Sizes, kind: str, seeds: int = 1, epochs: 
 def end_to_end(out_tmp: Path) -> dict:
     """The default CLIs as subprocesses (wall time, --no-plots). The reference's 1000 epochs take
     minutes, so it runs 50 and 100 epochs and the line through them is extrapolated."""
+
     def wall(cmd: list[str]) -> float:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", *cmd, "--no-plots"], check=True, capture_output=True)
         return time.perf_counter() - start
 
-    results = {"python -m jax_ddpm.train": dict(wall_s=wall(["jax_ddpm.train", "--out-dir", str(out_tmp / "jax")]),
-                                                 note="defaults: 1000 epochs, compile and final sampling included")}
-    short = {e: wall(["torch_reference.train", "--epochs", str(e), "--out-dir", str(out_tmp / f"torch{e}")])
-             for e in (50, 100)}
+    results = {
+        "python -m jax_ddpm.train": dict(
+            wall_s=wall(["jax_ddpm.train", "--out-dir", str(out_tmp / "jax")]),
+            note="defaults: 1000 epochs, compile and final sampling included",
+        )
+    }
+    short = {
+        e: wall(["torch_reference.train", "--epochs", str(e), "--out-dir", str(out_tmp / f"torch{e}")])
+        for e in (50, 100)
+    }
     per_epoch = (short[100] - short[50]) / 50
     results["python -m torch_reference.train --epochs 100"] = dict(wall_s=short[100], note="measured")
     results["python -m torch_reference.train (1000 epochs, extrapolated)"] = dict(
-        wall_s=short[100] + 900 * per_epoch, note=f"from 50 and 100 epochs: {per_epoch:.3f} s an epoch")
+        wall_s=short[100] + 900 * per_epoch, note=f"from 50 and 100 epochs: {per_epoch:.3f} s an epoch"
+    )
     return results
 
 
@@ -217,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_harness.config import Config, dataset_for
 
     if on_gpu and not torch.cuda.is_available():
-        raise SystemExit(f"error: JAX sees a GPU but torch {torch.__version__} does not (a CPU-only torch?); "
-                         "the GPU report compares both on the GPU")
+        raise SystemExit(
+            f"error: JAX sees a GPU but torch {torch.__version__} does not (a CPU-only torch?); "
+            "the GPU report compares both on the GPU"
+        )
     torch_device = "cuda" if on_gpu else "cpu"
     if kind == "gpu":
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -232,21 +271,39 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes.of(args.quick, kind == "gpu", args.dry_run)
     config = Config()
     data = dataset_for(config)
-    results = dict(command="python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-                   kind=kind, quick=args.quick, dry_run=args.dry_run, machine=machine(kind, torch, on_gpu),
-                   notes=[], skipped={}, failed={}, training={}, seed_scaling={}, seed_scaling_2_devices={},
-                   sampling={}, sampling_points=sizes.sampling_points,
-                   batch_scaling={"JAX scan-fused": {}, "torch eager (tutorial)": {}})
-    bench = Bench(results, args.budget_s if args.budget_s is not None else (GPU_BUDGET_S if on_gpu else None),
-                  strict=args.quick or args.dry_run, after_each=after_each)
+    results = dict(
+        command="python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        kind=kind,
+        quick=args.quick,
+        dry_run=args.dry_run,
+        machine=machine(kind, torch, on_gpu),
+        notes=[],
+        skipped={},
+        failed={},
+        training={},
+        seed_scaling={},
+        seed_scaling_2_devices={},
+        sampling={},
+        sampling_points=sizes.sampling_points,
+        batch_scaling={"JAX scan-fused": {}, "torch eager (tutorial)": {}},
+    )
+    bench = Bench(
+        results,
+        args.budget_s if args.budget_s is not None else (GPU_BUDGET_S if on_gpu else None),
+        strict=args.quick or args.dry_run,
+        after_each=after_each,
+    )
     log = bench.log
     stem = report_stem(kind, args.dry_run, results["machine"]["isa"])
 
     def write(complete: bool) -> list[Path]:
         results["complete"] = complete
         results["targets"] = targets(results, kind)
-        results["notes_missed"] = [f"missed '{t['target']}': {miss_reason(t['target'], results, kind)}"
-                                   for t in results["targets"] if t["met"] is False]
+        results["notes_missed"] = [
+            f"missed '{t['target']}': {miss_reason(t['target'], results, kind)}"
+            for t in results["targets"]
+            if t["met"] is False
+        ]
         results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
         results["wall_s"] = time.perf_counter() - bench.start
         return write_reports(results, Path(args.out), stem)
@@ -259,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
 
     setting = variants.Setting(kind, args.quick, torch_device, "aot_eager" if args.dry_run else "inductor")
     if args.dry_run:
-        results["notes"].append("DRY RUN on the CPU at tiny sizes: the numbers mean nothing; torch.compile traced "
-                                "with backend aot_eager (no code generated)")
+        results["notes"].append(
+            "DRY RUN on the CPU at tiny sizes: the numbers mean nothing; torch.compile traced "
+            "with backend aot_eager (no code generated)"
+        )
 
     # Roofline: the device's large-matmul rate, measured now.
     jax_run, mm_flops = jax_bench.matmul_runner(sizes.matmul)
@@ -270,16 +329,25 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(jax_mm["best"], torch_mm["best"])
     step_flops = flops.train_step_flops(128)
     chain_flops = flops.sampling_flops(sizes.sampling_points)
-    results["roofline"] = dict(matmul_size=sizes.matmul, jax_gflops=jax_mm["best"] / 1e9,
-                               torch_gflops=torch_mm["best"] / 1e9, peak_gflops=peak / 1e9, n_params=flops.n_params(),
-                               train_step_mflop=step_flops / 1e6, train_steps_per_s=peak / step_flops,
-                               sampling_gflop=chain_flops / 1e9, sampling_s=chain_flops / peak)
+    results["roofline"] = dict(
+        matmul_size=sizes.matmul,
+        jax_gflops=jax_mm["best"] / 1e9,
+        torch_gflops=torch_mm["best"] / 1e9,
+        peak_gflops=peak / 1e9,
+        n_params=flops.n_params(),
+        train_step_mflop=step_flops / 1e6,
+        train_steps_per_s=peak / step_flops,
+        sampling_gflop=chain_flops / 1e9,
+        sampling_s=chain_flops / peak,
+    )
     log(f"matmul: JAX {jax_mm['best'] / 1e9:.0f}, torch {torch_mm['best'] / 1e9:.0f} GFLOP/s")
 
     if not on_gpu and kind == "cpu":  # the single-core bound (a CPU report)
         from benchmarks import single_core
-        sc = bench.attempt("single-core bound", lambda: single_core.in_subprocess(sizes.single_core_matmuls,
-                                                                                  sizes.repeats))
+
+        sc = bench.attempt(
+            "single-core bound", lambda: single_core.in_subprocess(sizes.single_core_matmuls, sizes.repeats)
+        )
         if sc:
             sc["train_steps_per_s"] = sc["gflops_best"] * 1e9 / step_flops
             results["single_core"] = sc
@@ -300,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     section_done("roofline")
     training = results["training"]
-    training_list = variants.training_variants(setting, config, data, sizes.torch_steps, sizes.loop_steps,
-                                               sizes.epochs)
+    training_list = variants.training_variants(setting, config, data, sizes.torch_steps, sizes.loop_steps, sizes.epochs)
     # Torch at batch 128 on CPU runs single-threaded: as fast as 2 threads on a quiet machine
     # (128-row matmuls) and far steadier on a shared one. Sampling and the batch scaling use all.
     torch_threads = torch.get_num_threads()
@@ -313,16 +380,21 @@ def main(argv: list[str] | None = None) -> int:
         if torch_device == "cpu" and variant.name.startswith("torch"):
             torch.set_num_threads(1)
         try:
-            r = bench.attempt(variant.name, lambda: train(variant.name, variant.build(), variant.warmup,
-                                                          variant.precision), optional=variant.optional)
+            r = bench.attempt(
+                variant.name,
+                lambda: train(variant.name, variant.build(), variant.warmup, variant.precision),
+                optional=variant.optional,
+            )
         finally:
             torch.set_num_threads(torch_threads)
         if r is not None:
             training[variant.name] = r
 
     if torch_device == "cpu":
-        results["notes"].append("torch training variants at batch 128 use 1 thread (torch.set_num_threads(1)); "
-                                f"sampling and batch scaling use {torch_threads}.")
+        results["notes"].append(
+            "torch training variants at batch 128 use 1 thread (torch.set_num_threads(1)); "
+            f"sampling and batch scaling use {torch_threads}."
+        )
     if args.quick:
         results["notes"].append("--quick: torch.compile variants and end-to-end runs skipped; small sizes.")
     for variant in training_list:
@@ -344,17 +416,22 @@ def main(argv: list[str] | None = None) -> int:
         if k == 1 and variants.JAX_SCAN in training:  # the same program, already measured
             r = training[variants.JAX_SCAN]
         else:
-            r = bench.attempt(f"JAX --seeds {k}", lambda: train(
-                f"JAX --seeds {k}", jax_bench.chunk_runner(dataclasses.replace(config, seeds=k), epochs)),
-                optional=k != max(sizes.seeds))
+            r = bench.attempt(
+                f"JAX --seeds {k}",
+                lambda: train(f"JAX --seeds {k}", jax_bench.chunk_runner(dataclasses.replace(config, seeds=k), epochs)),
+                optional=k != max(sizes.seeds),
+            )
         if r is None:
             continue
         seed_scaling[str(k)] = r
         if k in TRAINING_TABLE_SEEDS:
             training[f"JAX --seeds {k} (total model-steps/s)"] = r
         if k > 1 and k % 2 == 0 and (kind == "cpu" or len(jax.devices()) >= 2):
-            r = bench.attempt(f"JAX --seeds {k} --devices 2", lambda: finish(
-                devices_subprocess(2, sizes, kind, seeds=k, epochs=epochs)), optional=True)
+            r = bench.attempt(
+                f"JAX --seeds {k} --devices 2",
+                lambda: finish(devices_subprocess(2, sizes, kind, seeds=k, epochs=epochs)),
+                optional=True,
+            )
             if r:
                 seeds_on_devices[str(k)] = r
                 log(f"JAX --seeds {k} --devices 2: {r['median']:,.0f} /s")
@@ -371,8 +448,14 @@ def main(argv: list[str] | None = None) -> int:
         def timed():
             run, _ = variant.build()
             timing = measure(run, max(2, sizes.repeats - 2) if not args.dry_run else 1, variant.warmup)
-            return dict(median_s=timing.median_s, best_s=timing.min_s, first_call_s=timing.first_s,
-                        times_s=timing.times_s, roofline_fraction=chain_flops / timing.median_s / peak)
+            return dict(
+                median_s=timing.median_s,
+                best_s=timing.min_s,
+                first_call_s=timing.first_s,
+                times_s=timing.times_s,
+                roofline_fraction=chain_flops / timing.median_s / peak,
+            )
+
         r = bench.attempt(variant.name, timed, optional=variant.optional)
         if r:
             sampling[variant.name] = r
@@ -390,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         if variant.optional:
             measure_sampling(variant)
     order = [v.name for v in training_list]  # report order: the variant list's, then the rest as measured
-    results["training"] = training = dict(sorted(training.items(), key=lambda kv: (
-        order.index(kv[0]) if kv[0] in order else len(order))))
+    results["training"] = training = dict(
+        sorted(training.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    )
     results["sampling"] = sampling = {v.name: sampling[v.name] for v in sampling_list if v.name in sampling}
 
     if not on_gpu and kind == "cpu":
@@ -402,8 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     section_done("optional variants")
     if not args.dry_run:
         from benchmarks import compile_cache_bench
-        r = bench.attempt("compile cache", lambda: compile_cache_bench.first_and_second_run(
-            "cpu" if kind == "cpu" else None), optional=True)
+
+        r = bench.attempt(
+            "compile cache",
+            lambda: compile_cache_bench.first_and_second_run("cpu" if kind == "cpu" else None),
+            optional=True,
+        )
         if r:
             results["compile_cache"] = r
             log("compile cache: " + ", ".join(f"{v['compile_s']:.2f} s" for v in r.values()))
@@ -411,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     section_done("compile cache")
     batch_scaling = results["batch_scaling"]
     for batch in sizes.batches:
+
         def scale(batch=batch):
             n_points = batch * max(8, config.n_points // batch)
             cfg = dataclasses.replace(config, batch_size=batch, n_points=n_points)
@@ -419,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             jax_rate = rates(measure(run, sizes.repeats), work)
             run, work = torch_bench.tutorial_train_runner(batch_data, batch, n_points // batch, torch_device)
             return jax_rate, rates(measure(run, max(2, sizes.repeats - 2) if not args.dry_run else 1), work)
+
         r = bench.attempt(f"batch {batch}", scale, optional=True)
         if r:
             batch_scaling["JAX scan-fused"][str(batch)], batch_scaling["torch eager (tutorial)"][str(batch)] = r
@@ -432,17 +522,22 @@ def main(argv: list[str] | None = None) -> int:
             results["end_to_end"] = r
             log("end to end: " + ", ".join(f"{k}: {v['wall_s']:.1f} s" for k, v in r.items()))
             if on_gpu:
-                results["notes"].append("end to end: `python -m jax_ddpm.train` runs on the GPU at JAX's default "
-                                        "matmul precision; the torch reference's CLI runs on the CPU (it has no "
-                                        "device option).")
+                results["notes"].append(
+                    "end to end: `python -m jax_ddpm.train` runs on the GPU at JAX's default "
+                    "matmul precision; the torch reference's CLI runs on the CPU (it has no "
+                    "device option)."
+                )
 
     if on_gpu:
         from torch._dynamo.utils import counters
+
         skips = int(counters["inductor"].get("cudagraph_skips", 0))
         results["machine"]["torch_cudagraph_skips"] = skips
         if skips:
-            results["notes"].append(f"torch.compile skipped CUDA graphs {skips} time(s) in the reduce-overhead "
-                                    "variants (see the run's log for why); those rows are then not CUDA-graphed.")
+            results["notes"].append(
+                f"torch.compile skipped CUDA graphs {skips} time(s) in the reduce-overhead "
+                "variants (see the run's log for why); those rows are then not CUDA-graphed."
+            )
     for path in write(complete=True):
         print(f"wrote {path}")
     return 0
@@ -468,9 +563,18 @@ def options_comparison(config, sizes: Sizes, log) -> dict:
                 runs[label], works[label] = jax_bench.sampling_runner(sizes.sampling_points, options=options)
         timings = measure_interleaved(runs, sizes.repeats)
         none = timings["none"].median_s
-        out[program] = {label: dict(median_s=t.median_s, best_s=t.min_s, first_call_s=t.first_s, times_s=t.times_s,
-                                    x_none=none / t.median_s, chosen=sets[label] == chosen, options=sets[label])
-                        for label, t in timings.items()}
+        out[program] = {
+            label: dict(
+                median_s=t.median_s,
+                best_s=t.min_s,
+                first_call_s=t.first_s,
+                times_s=t.times_s,
+                x_none=none / t.median_s,
+                chosen=sets[label] == chosen,
+                options=sets[label],
+            )
+            for label, t in timings.items()
+        }
         log(f"options for {program}: " + ", ".join(f"{k}: {v['x_none']:.2f}x" for k, v in out[program].items()))
     return out
 
@@ -498,42 +602,67 @@ def targets(results: dict, kind: str) -> list[dict]:
     out = []
     need_eager = 20 if kind == "gpu" else 5
     name = f"single model >= {need_eager}x torch eager"
-    out.append(missing(name, "a JAX or the torch eager row") if not (best_single and eager) else target(
-        name, single[best_single] >= need_eager * eager, f"{single[best_single] / eager:.2f}x ({best_single})"))
+    out.append(
+        missing(name, "a JAX or the torch eager row")
+        if not (best_single and eager)
+        else target(
+            name, single[best_single] >= need_eager * eager, f"{single[best_single] / eager:.2f}x ({best_single})"
+        )
+    )
     if kind == "gpu":
         graphs = {n: rate for n, rate in torch_rows.items() if "CUDA graph" in n}
         name = "single model >= 2x torch with CUDA graphs"
         if best_single and graphs:
             best_graph = max(graphs, key=graphs.get)
-            out.append(target(name, single[best_single] >= 2 * graphs[best_graph],
-                              f"{single[best_single] / graphs[best_graph]:.2f}x ({best_graph})"))
+            out.append(
+                target(
+                    name,
+                    single[best_single] >= 2 * graphs[best_graph],
+                    f"{single[best_single] / graphs[best_graph]:.2f}x ({best_graph})",
+                )
+            )
         else:
             out.append(missing(name, "a JAX or a CUDA-graph torch row"))
         most = max((int(k) for k in results["seed_scaling"]), default=0)
         out.append(target(">= 1024 models at once (vmapped seeds)", most >= 1024, f"K up to {most}"))
     else:
         name = "single model >= 2x best torch"
-        out.append(missing(name, "a JAX or torch row") if not (best_single and torch_rows) else target(
-            name, single[best_single] >= 2 * max(torch_rows.values()),
-            f"{single[best_single] / max(torch_rows.values()):.2f}x"))
+        out.append(
+            missing(name, "a JAX or torch row")
+            if not (best_single and torch_rows)
+            else target(
+                name,
+                single[best_single] >= 2 * max(torch_rows.values()),
+                f"{single[best_single] / max(torch_rows.values()):.2f}x",
+            )
+        )
         multi_seed = {f"K = {k}": r for k, r in results["seed_scaling"].items()}
         multi_seed.update({f"K = {k}, 2 devices": r for k, r in results["seed_scaling_2_devices"].items()})
         name = "multi-seed total >= 50% of roofline"
         if multi_seed:
             best_k, best_r = max(multi_seed.items(), key=lambda kv: kv[1]["median"])
-            out.append(target(name, best_r["roofline_fraction"] >= 0.5,
-                              f"{100 * best_r['roofline_fraction']:.1f}% ({best_k})"))
+            out.append(
+                target(name, best_r["roofline_fraction"] >= 0.5, f"{100 * best_r['roofline_fraction']:.1f}% ({best_k})")
+            )
         else:
             out.append(missing(name, "every --seeds row"))
         no_grad = _measured(v.SAMPLE_NO_GRAD, results, "sampling", "median_s")
         jax_sampling = _measured(v.SAMPLE_JAX, results, "sampling", "median_s")
         name = "sampling >= 2x torch no_grad"
-        out.append(missing(name, "a sampling row") if not (no_grad and jax_sampling) else target(
-            name, no_grad >= 2 * jax_sampling, f"{no_grad / jax_sampling:.2f}x"))
+        out.append(
+            missing(name, "a sampling row")
+            if not (no_grad and jax_sampling)
+            else target(name, no_grad >= 2 * jax_sampling, f"{no_grad / jax_sampling:.2f}x")
+        )
     if "compile_cache" in results:
         second = list(results["compile_cache"].values())[-1]
-        out.append(target("second run compiles the default training chunk in < 1 s", second["compile_s"] < 1.0,
-                          f"{second['compile_s']:.2f} s ({second['cache_hits']} cache hit(s))"))
+        out.append(
+            target(
+                "second run compiles the default training chunk in < 1 s",
+                second["compile_s"] < 1.0,
+                f"{second['compile_s']:.2f} s ({second['cache_hits']} cache hit(s))",
+            )
+        )
     if "end_to_end" in results and kind == "cpu":
         wall = results["end_to_end"]["python -m jax_ddpm.train"]["wall_s"]
         out.append(target("default run in about 30 s or less, compile included", wall <= 33, f"{wall:.1f} s"))
@@ -553,43 +682,63 @@ def miss_reason(name: str, results: dict, kind: str) -> str:
     scan = results["training"].get(v.JAX_SCAN)
     devices_2 = next((r for n, r in results["training"].items() if n.startswith("JAX --devices 2")), None)
     if name.startswith("single model"):
-        text = ("one model's step is a serial chain of ~70 small kernels (the 128x128 matmuls of three layers "
-                "forward and backward, softplus, ~40 small Adam/EMA/loss fusions) that XLA:CPU runs one after "
-                "another on one thread, so one model uses one core")
+        text = (
+            "one model's step is a serial chain of ~70 small kernels (the 128x128 matmuls of three layers "
+            "forward and backward, softplus, ~40 small Adam/EMA/loss fusions) that XLA:CPU runs one after "
+            "another on one thread, so one model uses one core"
+        )
         if sc and scan:
-            text += (f": the scan-fused chunk runs at {100 * scan['single_core_fraction']:.0f}% of this run's "
-                     f"single-core bound ({sc['train_steps_per_s']:,.0f} steps/s from {sc['gflops_best']:.0f} "
-                     f"GFLOP/s for 128x128x128 matmuls on one core, at {roof['train_step_mflop']:.1f} MFLOP a step)")
+            text += (
+                f": the scan-fused chunk runs at {100 * scan['single_core_fraction']:.0f}% of this run's "
+                f"single-core bound ({sc['train_steps_per_s']:,.0f} steps/s from {sc['gflops_best']:.0f} "
+                f"GFLOP/s for 128x128x128 matmuls on one core, at {roof['train_step_mflop']:.1f} MFLOP a step)"
+            )
         if devices_2:
-            text += (f". Splitting each batch over 2 host devices adds an all-reduce rendezvous per step that costs "
-                     f"more than the halved matmuls save (--devices 2: {devices_2['median']:,.0f} steps/s)")
+            text += (
+                f". Splitting each batch over 2 host devices adds an all-reduce rendezvous per step that costs "
+                f"more than the halved matmuls save (--devices 2: {devices_2['median']:,.0f} steps/s)"
+            )
         return text + "."
     if name.startswith("multi-seed"):
-        text = ("the K vmapped models run as batched 128-row matmuls on one thread per device, with the element-wise "
-                "and optimizer work on top")
+        text = (
+            "the K vmapped models run as batched 128-row matmuls on one thread per device, with the element-wise "
+            "and optimizer work on top"
+        )
         if sc:
-            text += (f"; one core's rate for such matmuls is {sc['gflops_best']:.0f} GFLOP/s in this run, against "
-                     f"the roofline's {roof['peak_gflops']:.0f} GFLOP/s for large matmuls on all {m['cores']} cores")
-        return text + (". Splitting the seeds over 2 host devices (--seeds K --devices 2, no communication) puts the "
-                       "second core to work.")
+            text += (
+                f"; one core's rate for such matmuls is {sc['gflops_best']:.0f} GFLOP/s in this run, against "
+                f"the roofline's {roof['peak_gflops']:.0f} GFLOP/s for large matmuls on all {m['cores']} cores"
+            )
+        return text + (
+            ". Splitting the seeds over 2 host devices (--seeds K --devices 2, no communication) puts the "
+            "second core to work."
+        )
     if name.startswith("sampling"):
         opts = results.get("cpu_options", {}).get("sampling", {})
         chosen = next((label for label, r in opts.items() if r["chosen"]), None)
-        text = (f"on this CPU ({m['isa']}) the sampling chain runs with "
-                f"{'XLA:CPU options ' + chosen if chosen and chosen != 'none' else 'no per-program options'}")
+        text = (
+            f"on this CPU ({m['isa']}) the sampling chain runs with "
+            f"{'XLA:CPU options ' + chosen if chosen and chosen != 'none' else 'no per-program options'}"
+        )
         if opts:
             text += " (measured here: " + ", ".join(f"{k} {r['x_none']:.2f}x" for k, r in opts.items()) + " of none)"
-        return text + ("; the rest is element-wise work (gains, softplus exp + log1p over n x 128 per layer and "
-                       "step) that torch also spreads over all cores.")
+        return text + (
+            "; the rest is element-wise work (gains, softplus exp + log1p over n x 128 per layer and "
+            "step) that torch also spreads over all cores."
+        )
     if name.startswith("second run"):
         second = list(results["compile_cache"].values())[-1]
         if not second["cache_hits"]:
             return "the second process found no entry in the cache the first one filled."
-        return (f"loading the cached executable itself took {second['compile_s']:.2f} s on this machine "
-                f"(tracing and lowering, {second['lower_s']:.2f} s, come before and are not cached).")
+        return (
+            f"loading the cached executable itself took {second['compile_s']:.2f} s on this machine "
+            f"(tracing and lowering, {second['lower_s']:.2f} s, come before and are not cached)."
+        )
     if name.startswith("default run"):
-        return ("the wall time includes JAX start-up, compilation, sampling and the sample-quality evaluation "
-                "besides the 79,000 training steps.")
+        return (
+            "the wall time includes JAX start-up, compilation, sampling and the sample-quality evaluation "
+            "besides the 79,000 training steps."
+        )
     return "no reason recorded."
 
 

@@ -53,10 +53,16 @@ def measure(n_matmuls: int, repeats: int) -> dict:
         jax.block_until_ready(chain(x, w))
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
-    work = 2.0 * SIZE ** 3 * n_matmuls
+    work = 2.0 * SIZE**3 * n_matmuls
     times_sorted = sorted(times)
-    return dict(gflops_best=work / times_sorted[0] / 1e9, gflops_median=work / times_sorted[len(times) // 2] / 1e9,
-                times_s=times, cpu_per_wall=sum(cpu) / sum(times), matmuls=n_matmuls, size=SIZE)
+    return dict(
+        gflops_best=work / times_sorted[0] / 1e9,
+        gflops_median=work / times_sorted[len(times) // 2] / 1e9,
+        times_s=times,
+        cpu_per_wall=sum(cpu) / sum(times),
+        matmuls=n_matmuls,
+        size=SIZE,
+    )
 
 
 def in_subprocess(n_matmuls: int = 4000, repeats: int = 5, pin: bool = False) -> dict:
@@ -78,8 +84,11 @@ def main() -> None:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_FLAGS}".strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     result = measure(args.matmuls, args.repeats)
-    result.update(pinned_cpu=cpu, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                  method=f"XLA_FLAGS={SINGLE_THREAD_FLAGS}" + (f", pinned to CPU {cpu}" if cpu is not None else ""))
+    result.update(
+        pinned_cpu=cpu,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        method=f"XLA_FLAGS={SINGLE_THREAD_FLAGS}" + (f", pinned to CPU {cpu}" if cpu is not None else ""),
+    )
     print(json.dumps(result))
 
 

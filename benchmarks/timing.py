@@ -45,8 +45,13 @@ def measure(run: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
 
 def rates(timing: Timing, work: float) -> dict:
     """Work per second (median and best) plus the raw timings, as stored in the JSON report."""
-    return dict(median=work / timing.median_s, best=work / timing.min_s, first_call_s=timing.first_s,
-                times_s=timing.times_s, work=work)
+    return dict(
+        median=work / timing.median_s,
+        best=work / timing.min_s,
+        first_call_s=timing.first_s,
+        times_s=timing.times_s,
+        work=work,
+    )
 
 
 def measure_interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, Timing]:

@@ -60,7 +60,7 @@ def p_sample_loop_on(model, shape, n_steps, alphas, betas, one_minus_alphas_bar_
     x_seq = [cur_x]
     for i in reversed(range(n_steps)):
         t = torch.tensor([i], device=device)
-        eps_factor = ((1 - extract(alphas, t, cur_x)) / extract(one_minus_alphas_bar_sqrt, t, cur_x))
+        eps_factor = (1 - extract(alphas, t, cur_x)) / extract(one_minus_alphas_bar_sqrt, t, cur_x)
         eps_theta = model(cur_x, t)
         mean = (1 / extract(alphas, t, cur_x).sqrt()) * (cur_x - (eps_factor * eps_theta))
         z = torch.randn_like(cur_x)
@@ -94,7 +94,7 @@ def tutorial_train_runner(data: np.ndarray, batch_size: int, n_steps: int, devic
             for i in range(0, n, batch_size):
                 if done == n_steps:
                     break
-                batch_x = dataset[permutation[i:i + batch_size]]
+                batch_x = dataset[permutation[i : i + batch_size]]
                 t = timesteps(batch_x.shape[0], device) if on_cuda(device) else None
                 train_step(model, optimizer, ema, batch_x, schedule, NUM_STEPS, t=t).item()
                 done += 1
@@ -113,8 +113,9 @@ def _fast_parts(data: np.ndarray, device: str, capturable: bool = False):
 
     def step(batch_x):
         t = timesteps(batch_x.shape[0], device)
-        loss = noise_estimation_loss(model, batch_x, schedule.alphas_bar_sqrt,
-                                     schedule.one_minus_alphas_bar_sqrt, NUM_STEPS, t=t)
+        loss = noise_estimation_loss(
+            model, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, NUM_STEPS, t=t
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         optimizer.step()
@@ -134,12 +135,19 @@ def _batches(n: int, batch_size: int, n_steps: int, device: str, take: Callable)
         for i in range(0, n - batch_size + 1, batch_size):
             if done == n_steps:
                 break
-            take(permutation[i:i + batch_size])
+            take(permutation[i : i + batch_size])
             done += 1
 
 
-def fast_train_runner(data: np.ndarray, batch_size: int, n_steps: int, device: str,
-                      compile_mode: Optional[str] = None, backend: str = "inductor", use_tf32: bool = False):
+def fast_train_runner(
+    data: np.ndarray,
+    batch_size: int,
+    n_steps: int,
+    device: str,
+    compile_mode: Optional[str] = None,
+    backend: str = "inductor",
+    use_tf32: bool = False,
+):
     """The tutorial's step with the fastest building blocks torch offers (`_fast_parts`); with
     `compile_mode` ("default", "reduce-overhead": CUDA graphs on CUDA) the whole step (forward,
     backward, clip, Adam, EMA) under torch.compile (`backend` "aot_eager" for a quick trace-only
@@ -198,10 +206,18 @@ def sampling_runner(n_points: int, device: str, mode: str, backend: str = "induc
 
     def chain():
         if on_cuda(device):
-            return p_sample_loop_on(model, (n_points, 2), NUM_STEPS, schedule.alphas, schedule.betas,
-                                    schedule.one_minus_alphas_bar_sqrt, device)[-1]
-        return p_sample_loop(model, (n_points, 2), NUM_STEPS, schedule.alphas, schedule.betas,
-                             schedule.one_minus_alphas_bar_sqrt)[-1]
+            return p_sample_loop_on(
+                model,
+                (n_points, 2),
+                NUM_STEPS,
+                schedule.alphas,
+                schedule.betas,
+                schedule.one_minus_alphas_bar_sqrt,
+                device,
+            )[-1]
+        return p_sample_loop(
+            model, (n_points, 2), NUM_STEPS, schedule.alphas, schedule.betas, schedule.one_minus_alphas_bar_sqrt
+        )[-1]
 
     def run():
         if mode == "tutorial":
@@ -223,4 +239,4 @@ def matmul_runner(size: int, device: str) -> tuple[Callable, float]:
         torch.mm(a, b)
         synchronize(device)
 
-    return run, 2.0 * size ** 3
+    return run, 2.0 * size**3

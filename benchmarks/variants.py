@@ -34,7 +34,7 @@ SAMPLE_JAX = "JAX sample_chain (lax.scan)"
 
 NOT_ON_GPU = {
     SAMPLE_TUTORIAL: "not run on the GPU: with autograd on, the chain keeps every step's graph alive through "
-                     "the list of states; at 10^6 points that is hundreds of GB (on the CPU report, 10^4 points)",
+    "the list of states; at 10^6 points that is hundreds of GB (on the CPU report, 10^4 points)",
 }
 
 
@@ -58,8 +58,9 @@ class Setting:
     compile_backend: str = "inductor"  # "aot_eager" in a dry run: traces, generates no code
 
 
-def training_variants(setting: Setting, config: Config, data: np.ndarray, torch_steps: int, loop_steps: int,
-                      epochs: int) -> list[Variant]:
+def training_variants(
+    setting: Setting, config: Config, data: np.ndarray, torch_steps: int, loop_steps: int, epochs: int
+) -> list[Variant]:
     """One model, batch 128, in report order."""
     from benchmarks import jax_bench, torch_bench
 
@@ -68,25 +69,42 @@ def training_variants(setting: Setting, config: Config, data: np.ndarray, torch_
     def fast(mode=None):
         return lambda: torch_bench.fast_train_runner(data, 128, torch_steps, dev, compile_mode=mode, backend=backend)
 
-    variants = [Variant(TORCH_EAGER, lambda: torch_bench.tutorial_train_runner(data, 128, torch_steps, dev)),
-                Variant(TORCH_FAST, fast())]
+    variants = [
+        Variant(TORCH_EAGER, lambda: torch_bench.tutorial_train_runner(data, 128, torch_steps, dev)),
+        Variant(TORCH_FAST, fast()),
+    ]
     if setting.kind == "gpu":
         variants += [
-            Variant(TORCH_CUDA_GRAPH, lambda: torch_bench.cuda_graph_train_runner(data, 128, torch_steps, dev),
-                    needs_cuda=True),
+            Variant(
+                TORCH_CUDA_GRAPH,
+                lambda: torch_bench.cuda_graph_train_runner(data, 128, torch_steps, dev),
+                needs_cuda=True,
+            ),
             Variant(TORCH_COMPILE_GRAPHS, fast("reduce-overhead"), warmup=3, optional=True),
-            Variant(TORCH_COMPILE_DEFAULT, fast("default"), warmup=2, optional=True)]
+            Variant(TORCH_COMPILE_DEFAULT, fast("default"), warmup=2, optional=True),
+        ]
     elif not setting.quick:
         variants.append(Variant(TORCH_COMPILE_CPU, fast("default"), warmup=2, optional=True))
-    variants += [Variant(JAX_LOOP, lambda: jax_bench.python_loop_runner(config, loop_steps)),
-                 Variant(JAX_SCAN, lambda: jax_bench.chunk_runner(config, epochs))]
+    variants += [
+        Variant(JAX_LOOP, lambda: jax_bench.python_loop_runner(config, loop_steps)),
+        Variant(JAX_SCAN, lambda: jax_bench.chunk_runner(config, epochs)),
+    ]
     if setting.kind == "gpu":
         variants += [
-            Variant(JAX_SCAN_TF32, lambda: jax_bench.chunk_runner(config, epochs, precision="tensorfloat32"),
-                    precision="tf32", optional=True),
-            Variant(TORCH_CUDA_GRAPH_TF32,
-                    lambda: torch_bench.cuda_graph_train_runner(data, 128, torch_steps, dev, use_tf32=True),
-                    needs_cuda=True, precision="tf32", optional=True)]
+            Variant(
+                JAX_SCAN_TF32,
+                lambda: jax_bench.chunk_runner(config, epochs, precision="tensorfloat32"),
+                precision="tf32",
+                optional=True,
+            ),
+            Variant(
+                TORCH_CUDA_GRAPH_TF32,
+                lambda: torch_bench.cuda_graph_train_runner(data, 128, torch_steps, dev, use_tf32=True),
+                needs_cuda=True,
+                precision="tf32",
+                optional=True,
+            ),
+        ]
     return variants
 
 
@@ -103,7 +121,13 @@ def sampling_variants(setting: Setting, n_points: int) -> list[Variant]:
     variants = [] if gpu else [Variant(SAMPLE_TUTORIAL, torch_chain("tutorial"))]
     variants.append(Variant(SAMPLE_NO_GRAD, torch_chain("no_grad")))
     if gpu or not setting.quick:
-        variants.append(Variant(SAMPLE_COMPILED_GPU if gpu else SAMPLE_COMPILED_CPU, torch_chain("compiled"),
-                                warmup=3 if gpu else 2, optional=True))
+        variants.append(
+            Variant(
+                SAMPLE_COMPILED_GPU if gpu else SAMPLE_COMPILED_CPU,
+                torch_chain("compiled"),
+                warmup=3 if gpu else 2,
+                optional=True,
+            )
+        )
     variants.append(Variant(SAMPLE_JAX, lambda: jax_bench.sampling_runner(n_points)))
     return variants

@@ -58,9 +58,15 @@ def parse(cls: Type[T], argv: Sequence[str] | None, prog: str) -> T:
         raise
 
 
-def run(cls: Type[T], argv: Sequence[str] | None, prog: str, body: Callable[[T], object],
-        usage_errors: tuple[type, ...], runtime_errors: tuple[type, ...],
-        resolve: Callable[[T, Sequence[str]], T] | None = None) -> int:
+def run(
+    cls: Type[T],
+    argv: Sequence[str] | None,
+    prog: str,
+    body: Callable[[T], object],
+    usage_errors: tuple[type, ...],
+    runtime_errors: tuple[type, ...],
+    resolve: Callable[[T, Sequence[str]], T] | None = None,
+) -> int:
     """Parse argv into `cls`, call `body` on it; the process exit status.
 
     `resolve(args, argv)`, when given, completes the parsed arguments first (e.g.

@@ -35,11 +35,14 @@ class Config:
     """Train the tutorial's ConditionalModel on a 2D toy distribution and sample from it."""
 
     dataset: str = "moons"
-    """Built-in dataset (moons, swiss_roll, s_curve, circles, checkerboard, eight_gaussians) or a path to a .npy/.csv file of shape (N, 2)."""
+    """Built-in dataset (moons, swiss_roll, s_curve, circles, checkerboard, eight_gaussians) or a path to a .npy/.csv
+    file of shape (N, 2)."""
     n_points: int = 10_000
     """Number of points drawn from a built-in dataset (ignored for a file)."""
     data_noise: float = 0.1
-    """Noise of the dataset (the tutorial uses 0.1): the std of scikit-learn's noise for moons, swiss_roll and s_curve (before their scaling); half of it for circles (the tutorial's 0.1 would merge the rings); the std of each of the eight Gaussians; ignored by checkerboard and by a file."""
+    """Noise of the dataset (the tutorial uses 0.1): the std of scikit-learn's noise for moons, swiss_roll and s_curve
+    (before their scaling); half of it for circles (the tutorial's 0.1 would merge the rings); the std of each of
+    the eight Gaussians; ignored by checkerboard and by a file."""
     schedule: Literal["linear", "quad", "sigmoid", "constant", "cosine"] = "sigmoid"
     """Beta schedule."""
     num_steps: int = 100
@@ -59,9 +62,12 @@ class Config:
     ema_decay: float = 0.9
     """EMA decay mu: shadow = (1 - mu) * param + mu * shadow, after every step."""
     loss: Literal["noise", "variational", "hybrid"] = "noise"
-    """Training loss: the tutorial's noise estimation; its variational bound (trains a 4-output model: mean and log-variance); or Improved DDPM's hybrid, noise loss + hybrid_lambda * bound (a 4-output model: noise and log-variance)."""
+    """Training loss: the tutorial's noise estimation; its variational bound (trains a 4-output model: mean and
+    log-variance); or Improved DDPM's hybrid, noise loss + hybrid_lambda * bound (a 4-output model: noise and
+    log-variance)."""
     hybrid_lambda: float = 0.001
-    """Weight lambda of the bound in --loss hybrid: L_simple + lambda * L_vlb, with L_vlb the bound summed over all T steps (Improved DDPM uses 0.001)."""
+    """Weight lambda of the bound in --loss hybrid: L_simple + lambda * L_vlb, with L_vlb the bound summed over all T
+    steps (Improved DDPM uses 0.001)."""
     sample_with: Literal["raw", "ema"] = "raw"
     """Parameters used for the final samples (the tutorial samples with the raw ones)."""
     n_samples: int = 10_000
@@ -134,7 +140,8 @@ class Config:
     benchmarks/results/quality.md (ddpm_harness.config.PRESETS). Options given on the command line
     override the preset."""
     compile_cache: bool = True
-    """Load compiled programs from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or $JAX_DDPM_CACHE_DIR/xla) and store new ones there; --no-compile-cache compiles every program afresh."""
+    """Load compiled programs from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or
+    $JAX_DDPM_CACHE_DIR/xla) and store new ones there; --no-compile-cache compiles every program afresh."""
 
     @property
     def parameterization(self) -> str:
@@ -144,7 +151,8 @@ class Config:
 
     @property
     def n_outputs(self) -> int:
-        """2 for the tutorial's noise model; 4 (mean or noise, and log-variance) for the variational and hybrid losses."""
+        """2 for the tutorial's noise model; 4 (mean or noise, and log-variance) for the variational and
+        hybrid losses."""
         return 2 if self.loss == "noise" else 4
 
 
@@ -154,8 +162,18 @@ def validate(config: Config) -> Config:
         value = getattr(config, field.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
-    positive_ints = ("n_points", "num_steps", "epochs", "batch_size", "n_samples", "seeds",
-                     "devices", "checkpoint_every", "log_every", "n_eval")
+    positive_ints = (
+        "n_points",
+        "num_steps",
+        "epochs",
+        "batch_size",
+        "n_samples",
+        "seeds",
+        "devices",
+        "checkpoint_every",
+        "log_every",
+        "n_eval",
+    )
     for name in positive_ints:
         value = getattr(config, name)
         if value < 1:
@@ -185,8 +203,10 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--ema-decay must lie in [0, 1), got {config.ema_decay}")
     check_processes(config)
     if config.seeds > 1 and config.seeds % config.devices:
-        raise ConfigError(f"--seeds {config.seeds} is not divisible by --devices {config.devices} "
-                          "(several seeds are split across the devices)")
+        raise ConfigError(
+            f"--seeds {config.seeds} is not divisible by --devices {config.devices} "
+            "(several seeds are split across the devices)"
+        )
     if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
     if config.out_dir is not None and not config.out_dir.strip():
@@ -200,26 +220,37 @@ def validate_sampling(config) -> None:
     saying what to do). `config` is a Config, or anything with its sampling fields (the sample CLI's
     merged options)."""
     if config.zero_terminal_snr and config.prediction == "eps":
-        raise ConfigError("a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
-                          "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0.")
+        raise ConfigError(
+            "a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
+            "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0."
+        )
     if config.prediction != "eps" and config.loss != "noise":
-        raise ConfigError(f"--prediction {config.prediction} replaces the noise loss's target; --loss {config.loss} "
-                          "trains its own parameterization: use --loss noise, or --prediction eps.")
+        raise ConfigError(
+            f"--prediction {config.prediction} replaces the noise loss's target; --loss {config.loss} "
+            "trains its own parameterization: use --loss noise, or --prediction eps."
+        )
     if config.loss == "variational" and config.sampler != "tutorial":
-        raise ConfigError(f"--loss variational trains the mean of each tutorial step, which only its ancestral "
-                          f"chain can use: leave out --sampler {config.sampler} (or use --loss noise or hybrid).")
+        raise ConfigError(
+            f"--loss variational trains the mean of each tutorial step, which only its ancestral "
+            f"chain can use: leave out --sampler {config.sampler} (or use --loss noise or hybrid)."
+        )
     if config.sampler == "tutorial" and config.prediction != "eps":
-        raise ConfigError(f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm (the same "
-                          f"chain without noise at t = 0) or another sampler for --prediction {config.prediction}.")
+        raise ConfigError(
+            f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm (the same "
+            f"chain without noise at t = 0) or another sampler for --prediction {config.prediction}."
+        )
     if config.sample_steps is not None:
         if config.sampler in ("tutorial", "ode"):
-            what = ("always takes all T" if config.sampler == "tutorial"
-                    else "chooses its own steps (set --ode-rtol/atol)")
-            raise ConfigError(f"--sample-steps does not apply to the {config.sampler} sampler, which {what}: "
-                              "leave it out.")
+            what = (
+                "always takes all T" if config.sampler == "tutorial" else "chooses its own steps (set --ode-rtol/atol)"
+            )
+            raise ConfigError(
+                f"--sample-steps does not apply to the {config.sampler} sampler, which {what}: leave it out."
+            )
         if not 1 <= config.sample_steps <= config.num_steps:
-            raise ConfigError(f"--sample-steps is {config.sample_steps}, but it must be between 1 and "
-                              f"T = {config.num_steps}.")
+            raise ConfigError(
+                f"--sample-steps is {config.sample_steps}, but it must be between 1 and T = {config.num_steps}."
+            )
     if config.eta < 0:
         raise ConfigError(f"--eta is {config.eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
     for name in ("ode_rtol", "ode_atol"):
@@ -261,8 +292,11 @@ def resolve_preset(config: Config, argv: Sequence[str] | None = None) -> Config:
     if config.preset not in PRESETS:
         raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
     defaults, given = Config(), given_fields(argv)
-    values = {name: value for name, value in PRESETS[config.preset].items()
-              if name not in given and getattr(config, name) == getattr(defaults, name)}
+    values = {
+        name: value
+        for name, value in PRESETS[config.preset].items()
+        if name not in given and getattr(config, name) == getattr(defaults, name)
+    }
     return dataclasses.replace(config, **values)
 
 
@@ -308,16 +342,20 @@ def check_processes(config: Config) -> None:
         if config.process_id < 0:
             raise ConfigError(f"--process-id must be >= 0, got {config.process_id}")
         if config.num_processes is not None and config.process_id >= config.num_processes:
-            raise ConfigError(f"--process-id must lie in 0 .. {config.num_processes - 1} "
-                              f"(--num-processes {config.num_processes}), got {config.process_id}")
+            raise ConfigError(
+                f"--process-id must lie in 0 .. {config.num_processes - 1} "
+                f"(--num-processes {config.num_processes}), got {config.process_id}"
+            )
     if config.coordinator_address is not None:
         host, _, port = config.coordinator_address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"--coordinator-address must be HOST:PORT (a port in 1 .. 65535), "
-                              f"got {config.coordinator_address!r}")
+            raise ConfigError(
+                f"--coordinator-address must be HOST:PORT (a port in 1 .. 65535), got {config.coordinator_address!r}"
+            )
     if config.distributed_timeout < 1:
-        raise ConfigError(f"--distributed-timeout must be a positive number of seconds, "
-                          f"got {config.distributed_timeout}")
+        raise ConfigError(
+            f"--distributed-timeout must be a positive number of seconds, got {config.distributed_timeout}"
+        )
 
 
 def dataset_for(config: Config) -> np.ndarray:
@@ -355,12 +393,16 @@ def check_fits_in_memory(config: Config) -> None:
     available = available_memory_bytes()
     if available is None:
         return
-    for name, n, per_point in (("n_points", config.n_points, DATA_BYTES_PER_POINT),
-                               ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT),
-                               ("n_eval", config.n_eval * config.seeds, DATA_BYTES_PER_POINT),
-                               ("num_steps", config.num_steps * config.seeds, STEP_BYTES)):
+    for name, n, per_point in (
+        ("n_points", config.n_points, DATA_BYTES_PER_POINT),
+        ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT),
+        ("n_eval", config.n_eval * config.seeds, DATA_BYTES_PER_POINT),
+        ("num_steps", config.num_steps * config.seeds, STEP_BYTES),
+    ):
         needed = n * per_point
         if needed > available:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
-                              f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
-                              f"ask for fewer {'steps' if name == 'num_steps' else 'points'}")
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
+                f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
+                f"ask for fewer {'steps' if name == 'num_steps' else 'points'}"
+            )

@@ -37,8 +37,12 @@ def isa_of_flags(flags: set[str]) -> str:
 
 def _sysctl_flags() -> set[str]:
     try:
-        done = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
-                              capture_output=True, text=True, timeout=5)
+        done = subprocess.run(
+            ["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return set()
     return set(done.stdout.lower().split()) if done.returncode == 0 else set()

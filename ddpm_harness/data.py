@@ -68,8 +68,10 @@ GENERATORS = {
 def make_dataset(name: str, n_points: int = 10_000, noise: float = 0.1, seed: int = 0) -> np.ndarray:
     """Draw `n_points` points of a built-in dataset, float32 (n_points, 2), deterministic in `seed`."""
     if name not in GENERATORS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(GENERATORS)} "
-                        "or give a path to a .npy or .csv file of shape (N, 2)")
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of {', '.join(GENERATORS)} "
+            "or give a path to a .npy or .csv file of shape (N, 2)"
+        )
     rng = np.random.default_rng(seed)
     # scikit-learn wants a legacy RandomState; derive it from the same seed.
     sk_rng = np.random.RandomState(seed) if name in ("moons", "swiss_roll", "s_curve", "circles") else rng
@@ -96,16 +98,20 @@ def load_points(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except (ValueError, OSError, TypeError, EOFError) as err:  # EOFError: an empty or cut .npy
-        raise DataError(f"cannot read {str(path)!r} as numbers ({err}); "
-                        "write it as a numeric .npy array or comma-separated .csv with two columns") from None
+        raise DataError(
+            f"cannot read {str(path)!r} as numbers ({err}); "
+            "write it as a numeric .npy array or comma-separated .csv with two columns"
+        ) from None
     if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 2:
         raise DataError(f"data file {str(path)!r} has shape {points.shape}; it must be (N, 2) with N >= 2")
     with np.errstate(over="ignore"):
         points = points.astype(np.float32)  # training's precision: beyond 3.4e38 a value becomes inf
     if not np.all(np.isfinite(points)):
         bad = int(np.sum(~np.isfinite(points).all(axis=1)))
-        raise DataError(f"data file {str(path)!r} has {bad} rows with NaN or inf (or beyond float32's 3.4e38); "
-                        "remove them and retry")
+        raise DataError(
+            f"data file {str(path)!r} has {bad} rows with NaN or inf (or beyond float32's 3.4e38); "
+            "remove them and retry"
+        )
     return points
 
 

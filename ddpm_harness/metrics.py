@@ -131,8 +131,9 @@ def mmd_and_energy(x, y, bandwidth: float | None = None, block_rows: int = BLOCK
     _, k_xx, d_xx = _pair_means(x, x, bandwidth, block_rows, same=True)
     _, k_yy, d_yy = _pair_means(y, y, bandwidth, block_rows, same=True)
     _, k_xy, d_xy = _pair_means(x, y, bandwidth, block_rows, same=False)
-    return dict(mmd2=float(k_xx + k_yy - 2.0 * k_xy), energy=float(2.0 * d_xy - d_xx - d_yy),
-                bandwidth=float(bandwidth))
+    return dict(
+        mmd2=float(k_xx + k_yy - 2.0 * k_xy), energy=float(2.0 * d_xy - d_xx - d_yy), bandwidth=float(bandwidth)
+    )
 
 
 def evaluate(samples, reference) -> dict[str, float]:

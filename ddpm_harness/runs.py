@@ -83,16 +83,21 @@ def open_run_dir(config: Config) -> Path:
     run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(config)
     if config.resume:
         if not (run_dir / CONFIG_FILE).is_file():
-            raise RunDirError(f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
-                              "give the --out-dir of an earlier run, or drop --resume")
+            raise RunDirError(
+                f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
+                "give the --out-dir of an earlier run, or drop --resume"
+            )
     elif run_dir.exists() and not (run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}):
-        raise RunDirError(f"{str(run_dir)!r} already exists and is not empty; add --resume to continue that run, "
-                          "or choose another --out-dir (earlier results are never overwritten)")
+        raise RunDirError(
+            f"{str(run_dir)!r} already exists and is not empty; add --resume to continue that run, "
+            "or choose another --out-dir (earlier results are never overwritten)"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise RunDirError(f"cannot create the run folder {str(run_dir)!r} ({err.strerror}); "
-                          "choose a writable --out-dir") from None
+        raise RunDirError(
+            f"cannot create the run folder {str(run_dir)!r} ({err.strerror}); choose a writable --out-dir"
+        ) from None
     lock_run_dir(run_dir)
     return run_dir
 
@@ -105,14 +110,17 @@ def lock_run_dir(run_dir: Path) -> None:
     try:
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise RunDirError(f"cannot write in {str(run_dir)!r} ({err.strerror}); choose a writable --out-dir, "
-                          "or make this one writable") from None
+        raise RunDirError(
+            f"cannot write in {str(run_dir)!r} ({err.strerror}); choose a writable --out-dir, or make this one writable"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise RunDirError(f"{str(run_dir)!r} is being written by another process (it holds {LOCK_FILE}); "
-                          "wait for that run to end, or choose another --out-dir") from None
+        raise RunDirError(
+            f"{str(run_dir)!r} is being written by another process (it holds {LOCK_FILE}); "
+            "wait for that run to end, or choose another --out-dir"
+        ) from None
     _LOCKS[run_dir.resolve()] = fd
 
 
@@ -164,8 +172,14 @@ def per_seed(values) -> float | list[float]:
 def epoch_record(epoch: int, step: int, losses, last_losses, wall_s: float, **extra) -> dict:
     """One metrics.jsonl line: epochs done, optimizer steps done, the epoch's mean batch loss,
     its last-batch loss (the tutorial's print), seconds of training so far, and any extras."""
-    return dict(epoch=int(epoch), step=int(step), loss=per_seed(losses), last_loss=per_seed(last_losses),
-                wall_s=round(float(wall_s), 4), **extra)
+    return dict(
+        epoch=int(epoch),
+        step=int(step),
+        loss=per_seed(losses),
+        last_loss=per_seed(last_losses),
+        wall_s=round(float(wall_s), 4),
+        **extra,
+    )
 
 
 class MetricsLog:
@@ -191,8 +205,10 @@ class MetricsLog:
         except ValueError as err:  # not UTF-8, or a line that is not JSON
             records = [str(err)]
         if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
-            raise RunDirError(f"{str(self.path)!r} holds a line that is not an epoch's record; repair or remove "
-                              "that line, then --resume")
+            raise RunDirError(
+                f"{str(self.path)!r} holds a line that is not an epoch's record; repair or remove "
+                "that line, then --resume"
+            )
         return records
 
     def append(self, records: Iterable[dict]) -> None:
@@ -201,10 +217,20 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def summarize(records: list[dict], *, framework: str, config: Config, run_dir: Path, train_s: float,
-              steps_per_s: Optional[float], compile_s: Optional[float] = None,
-              evaluation: Optional[dict] = None, timings: Optional[dict] = None,
-              calibration: Optional[dict] = None, sampling: Optional[dict] = None) -> dict:
+def summarize(
+    records: list[dict],
+    *,
+    framework: str,
+    config: Config,
+    run_dir: Path,
+    train_s: float,
+    steps_per_s: Optional[float],
+    compile_s: Optional[float] = None,
+    evaluation: Optional[dict] = None,
+    timings: Optional[dict] = None,
+    calibration: Optional[dict] = None,
+    sampling: Optional[dict] = None,
+) -> dict:
     """summary.json: time, speed, final losses (mean and spread over seeds) and where things are.
 
     train_s is the wall time of the training loop in this session; steps_per_s counts optimizer
@@ -217,13 +243,21 @@ def summarize(records: list[dict], *, framework: str, config: Config, run_dir: P
     """
     last = records[-1]
     final = np.atleast_1d(np.asarray(last["loss"], np.float64))
-    summary = dict(framework=framework, dataset=config.dataset, epochs=last["epoch"], steps=last["step"],
-                   seeds=config.seeds, train_s=round(train_s, 3),
-                   compile_s=None if compile_s is None else round(compile_s, 3),
-                   steps_per_s=None if steps_per_s is None else round(steps_per_s, 1),
-                   final_loss=float(final.mean()), final_loss_std=float(final.std()),
-                   final_losses=[float(v) for v in final],
-                   final_last_loss=per_seed(last["last_loss"]), run_dir=str(run_dir))
+    summary = dict(
+        framework=framework,
+        dataset=config.dataset,
+        epochs=last["epoch"],
+        steps=last["step"],
+        seeds=config.seeds,
+        train_s=round(train_s, 3),
+        compile_s=None if compile_s is None else round(compile_s, 3),
+        steps_per_s=None if steps_per_s is None else round(steps_per_s, 1),
+        final_loss=float(final.mean()),
+        final_loss_std=float(final.std()),
+        final_losses=[float(v) for v in final],
+        final_last_loss=per_seed(last["last_loss"]),
+        run_dir=str(run_dir),
+    )
     if sampling:
         summary["sampling"] = sampling
     if evaluation:
@@ -246,9 +280,11 @@ def summary_paragraph(summary: dict) -> str:
         loss += f" +- {summary['final_loss_std']:.4f} over {summary['seeds']} seeds"
     compile_part = "" if summary["compile_s"] is None else f" (+ {summary['compile_s']:.1f} s compile)"
     speed = "" if summary["steps_per_s"] is None else f" at {summary['steps_per_s']:,.0f} steps/s"
-    text = (f"Trained {summary['framework']} on {summary['dataset']} for {summary['epochs']} epochs "
-            f"({summary['steps']:,} steps) in {summary['train_s']:.1f} s{compile_part}{speed}; "
-            f"final mean epoch loss {loss}.")
+    text = (
+        f"Trained {summary['framework']} on {summary['dataset']} for {summary['epochs']} epochs "
+        f"({summary['steps']:,} steps) in {summary['train_s']:.1f} s{compile_part}{speed}; "
+        f"final mean epoch loss {loss}."
+    )
     calibrated = summary.get("calibration")
     sampling = summary.get("sampling") or {}
     if summary.get("evaluation"):
@@ -266,10 +302,17 @@ def summary_paragraph(summary: dict) -> str:
 
 
 # The phases of a run in the order they happen; the loop's chunks and evaluations lie inside it.
-PHASES = {"imports": "imports", "set_up": "set-up", "compile": "compile", "training_loop": "training loop",
-          "training_chunks": "of which compiled chunks", "evaluation": "and evaluations",
-          "sampling": "final sampling", "final_evaluation": "final evaluation",
-          "pictures": "pictures and GIF (the part not hidden behind training)"}
+PHASES = {
+    "imports": "imports",
+    "set_up": "set-up",
+    "compile": "compile",
+    "training_loop": "training loop",
+    "training_chunks": "of which compiled chunks",
+    "evaluation": "and evaluations",
+    "sampling": "final sampling",
+    "final_evaluation": "final evaluation",
+    "pictures": "pictures and GIF (the part not hidden behind training)",
+}
 
 
 def time_breakdown(timings: dict) -> str:
@@ -277,10 +320,12 @@ def time_breakdown(timings: dict) -> str:
     parts = [f"{label} {timings[key]:.1f} s" for key, label in PHASES.items() if key in timings]
     outside = ("training_chunks", "evaluation")  # inside the loop
     total = sum(v for k, v in timings.items() if k not in outside)
-    ratio = f"; {total:.1f} s in all, {total / timings['training_loop']:.2f}x the training loop" if timings.get(
-        "training_loop") else ""
+    ratio = (
+        f"; {total:.1f} s in all, {total / timings['training_loop']:.2f}x the training loop"
+        if timings.get("training_loop")
+        else ""
+    )
     return "Time: " + ", ".join(parts) + ratio + "."
-
 
 
 METRICS = ("sliced_w2", "mmd2", "energy")

@@ -38,10 +38,19 @@ def model_metadata(config, params: str, framework: str) -> dict[str, str]:
     torch; config: the run's whole Config as JSON.
     """
     fields = dataclasses.asdict(config)
-    return dict(format=FORMAT, n_steps=str(config.num_steps), n_outputs=str(config.n_outputs),
-                schedule=config.schedule, num_steps=str(config.num_steps), beta_start=repr(config.beta_start),
-                beta_end=repr(config.beta_end), loss=config.loss, params=params, framework=framework,
-                config=json.dumps(fields))
+    return dict(
+        format=FORMAT,
+        n_steps=str(config.num_steps),
+        n_outputs=str(config.n_outputs),
+        schedule=config.schedule,
+        num_steps=str(config.num_steps),
+        beta_start=repr(config.beta_start),
+        beta_end=repr(config.beta_end),
+        loss=config.loss,
+        params=params,
+        framework=framework,
+        config=json.dumps(fields),
+    )
 
 
 def save_state_dict(path: str | Path, state_dict: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
@@ -68,13 +77,16 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
             wrong = {name: dtype for name, dtype in dtypes.items() if dtype != DTYPE}
             if wrong:
                 name, dtype = min(wrong.items())
-                raise ModelFileError(f"{str(path)!r}: tensor {name} has dtype {dtype}, expected {DTYPE} (float32)"
-                                     f"{f' (and {len(wrong) - 1} more)' if len(wrong) > 1 else ''}; "
-                                     "convert the state dict to float32 before saving")
+                raise ModelFileError(
+                    f"{str(path)!r}: tensor {name} has dtype {dtype}, expected {DTYPE} (float32)"
+                    f"{f' (and {len(wrong) - 1} more)' if len(wrong) > 1 else ''}; "
+                    "convert the state dict to float32 before saving"
+                )
             state_dict = {name: f.get_tensor(name) for name in f.keys()}
     except SafetensorError as err:
-        raise ModelFileError(f"{str(path)!r} is not a safetensors file ({_first_line(err)})"
-                             f"{_what_it_is(path)}") from None
+        raise ModelFileError(
+            f"{str(path)!r} is not a safetensors file ({_first_line(err)}){_what_it_is(path)}"
+        ) from None
     except OSError as err:
         raise ModelFileError(f"cannot read {str(path)!r}: {_first_line(err)}") from None
     return state_dict, metadata
@@ -92,8 +104,10 @@ def _what_it_is(path: Path) -> str:
     with path.open("rb") as f:
         start = f.read(4)
     if start.startswith(b"PK\x03\x04") or start[:1] == b"\x80":
-        return ("; it looks like a torch.save checkpoint (zip or pickle), which is never loaded here because "
-                "unpickling runs code: in PyTorch, save it with safetensors.torch.save_file(model.state_dict(), path)")
+        return (
+            "; it looks like a torch.save checkpoint (zip or pickle), which is never loaded here because "
+            "unpickling runs code: in PyTorch, save it with safetensors.torch.save_file(model.state_dict(), path)"
+        )
     return ""
 
 

@@ -33,8 +33,8 @@ import tyro
 from ddpm_harness.cli import run
 from ddpm_harness.config import Config, ConfigError, validate
 from ddpm_harness.runs import CONFIG_FILE, RunDirError, write_json
-from jax_ddpm.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError, restore_run
 from ddpm_harness.safetensors_io import ModelFileError, load_state_dict, model_metadata, save_state_dict
+from jax_ddpm.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError, restore_run
 from jax_ddpm.training import init_train_state, optimizer_for
 
 
@@ -63,8 +63,9 @@ def _to_numpy(value) -> np.ndarray:
 def _check_keys(found: set, expected: set, what: str) -> None:
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
-        raise ConversionError(f"{what} does not match ConditionalModel: missing {missing or 'none'}, "
-                              f"unexpected {unexpected or 'none'}")
+        raise ConversionError(
+            f"{what} does not match ConditionalModel: missing {missing or 'none'}, unexpected {unexpected or 'none'}"
+        )
 
 
 def _check_shape(name: str, shape: tuple, expected: tuple) -> None:
@@ -167,8 +168,9 @@ class ImportArgs:
     """The loss the model was trained with (4 outputs: variational or hybrid); default: the metadata, else noise."""
 
 
-ConvertArgs = Union[Annotated[ExportArgs, tyro.conf.subcommand("export")],
-                    Annotated[ImportArgs, tyro.conf.subcommand("import")]]
+ConvertArgs = Union[
+    Annotated[ExportArgs, tyro.conf.subcommand("export")], Annotated[ImportArgs, tyro.conf.subcommand("import")]
+]
 
 
 def export_run(args: ExportArgs) -> Path:
@@ -178,8 +180,10 @@ def export_run(args: ExportArgs) -> Path:
         raise UsageError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")
     config, state, record = restore_run(run_dir)
     if not 0 <= args.seed_index < config.seeds:
-        raise ConfigError(f"--seed-index must lie in 0 .. {config.seeds - 1} for this run of "
-                          f"--seeds {config.seeds}, got {args.seed_index}")
+        raise ConfigError(
+            f"--seed-index must lie in 0 .. {config.seeds - 1} for this run of "
+            f"--seeds {config.seeds}, got {args.seed_index}"
+        )
     params = state.ema_params if args.params == "ema" else state.params
     if config.seeds > 1:  # stacked on a leading seed axis; model i was trained with seed + i
         params = _unflatten({path: np.asarray(x)[args.seed_index] for path, x in _flatten(params).items()})
@@ -193,8 +197,9 @@ def import_model(args: ImportArgs) -> Path:
     """Read a safetensors state dict and write a run folder (config.json + an epoch-0 checkpoint)."""
     out_dir = Path(args.out_dir)
     if out_dir.exists():
-        raise UsageError(f"{str(out_dir)!r} already exists; choose another --out-dir "
-                         "(earlier results are never overwritten)")
+        raise UsageError(
+            f"{str(out_dir)!r} already exists; choose another --out-dir (earlier results are never overwritten)"
+        )
     try:
         state_dict, metadata = load_state_dict(args.file)
     except FileNotFoundError as err:
@@ -213,15 +218,23 @@ def import_model(args: ImportArgs) -> Path:
     # One file holds one parameter set: it is both the raw and the EMA parameters of the new run.
     state = state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.array, params))
     out_dir.mkdir(parents=True)
-    write_json(out_dir / CONFIG_FILE, dict(dataclasses.asdict(config), framework="jax",
-                                           imported_from=str(Path(args.file).resolve()),
-                                           imported_framework=metadata.get("framework"),
-                                           imported_params=metadata.get("params")))
+    write_json(
+        out_dir / CONFIG_FILE,
+        dict(
+            dataclasses.asdict(config),
+            framework="jax",
+            imported_from=str(Path(args.file).resolve()),
+            imported_framework=metadata.get("framework"),
+            imported_params=metadata.get("params"),
+        ),
+    )
     checkpointer = Checkpointer(out_dir)
     checkpointer.save(state, epoch=0, wall_s=0.0, config=config)
     checkpointer.close()
-    print(f"{args.file} (ConditionalModel({n_steps}, {n_outputs}), {config.schedule} schedule "
-          f"{config.beta_start:g}..{config.beta_end:g}, loss {config.loss}) -> {out_dir}")
+    print(
+        f"{args.file} (ConditionalModel({n_steps}, {n_outputs}), {config.schedule} schedule "
+        f"{config.beta_start:g}..{config.beta_end:g}, loss {config.loss}) -> {out_dir}"
+    )
     return out_dir
 
 
@@ -250,17 +263,27 @@ def _imported_config(args: ImportArgs, metadata: dict[str, str], n_steps: int, n
 
     num_steps = args.num_steps if args.num_steps is not None else n_steps
     if num_steps != n_steps:
-        raise ConfigError(f"--num-steps {num_steps} does not match the model, whose embeddings have "
-                          f"{n_steps} rows (one per diffusion step)")
+        raise ConfigError(
+            f"--num-steps {num_steps} does not match the model, whose embeddings have "
+            f"{n_steps} rows (one per diffusion step)"
+        )
     loss = option("loss", str)
     if loss not in ("noise", "variational", "hybrid"):
         raise ConfigError(f"the file's metadata says loss {loss!r}; give --loss noise, variational or hybrid")
     if (n_outputs == 2) != (loss == "noise"):
         want = "--loss noise" if n_outputs == 2 else "--loss variational or --loss hybrid"
         raise ConfigError(f"the model has {n_outputs} outputs but the loss is {loss!r}; give {want}")
-    return dataclasses.replace(base, schedule=option("schedule", str), num_steps=num_steps,
-                               beta_start=option("beta_start", float), beta_end=option("beta_end", float),
-                               loss=loss, seeds=1, devices=1, resume=False)
+    return dataclasses.replace(
+        base,
+        schedule=option("schedule", str),
+        num_steps=num_steps,
+        beta_start=option("beta_start", float),
+        beta_end=option("beta_end", float),
+        loss=loss,
+        seeds=1,
+        devices=1,
+        resume=False,
+    )
 
 
 def _unflatten(flat: dict[tuple[str, ...], object]) -> dict:
@@ -279,9 +302,14 @@ def run_convert(args) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv (default: sys.argv[1:]) and export or import; the exit status."""
-    return run(ConvertArgs, argv, "python -m jax_ddpm.convert", run_convert,
-               (UsageError, ConfigError, RunDirError, IncompatibleCheckpointError),
-               (ModelFileError, ConversionError, CheckpointError, OSError))
+    return run(
+        ConvertArgs,
+        argv,
+        "python -m jax_ddpm.convert",
+        run_convert,
+        (UsageError, ConfigError, RunDirError, IncompatibleCheckpointError),
+        (ModelFileError, ConversionError, CheckpointError, OSError),
+    )
 
 
 if __name__ == "__main__":

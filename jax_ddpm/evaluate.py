@@ -59,15 +59,23 @@ def per_seed(params, seeds: int) -> list:
 def nll(config, params, schedule, points: np.ndarray) -> dict:
     """NLL in bits/dim through the probability-flow ODE, or why it is unavailable."""
     if config.loss == "variational" or config.prediction == "x0":
-        why = ("the variational loss's model predicts means, not a vector field" if config.loss == "variational"
-               else "an x0 model's eps = (x - x0) / sigma is 0 / 0 at the data, where the ODE starts")
+        why = (
+            "the variational loss's model predicts means, not a vector field"
+            if config.loss == "variational"
+            else "an x0 model's eps = (x - x0) / sigma is 0 / 0 at the data, where the ODE starts"
+        )
         return dict(unavailable=why)
     model_fn = functools.partial(apply_model, params)
     if config.parameterization == "eps_logvar":
         model_fn = lambda x, t, f=model_fn: f(x, t)[..., :2]  # noqa: E731
-    out = likelihood.nll_bits_per_dim(samplers.interpolate_steps(model_fn, config.num_steps), schedule,
-                                      np.asarray(points, np.float32), prediction=config.prediction,
-                                      rtol=config.ode_rtol, atol=config.ode_atol)
+    out = likelihood.nll_bits_per_dim(
+        samplers.interpolate_steps(model_fn, config.num_steps),
+        schedule,
+        np.asarray(points, np.float32),
+        prediction=config.prediction,
+        rtol=config.ode_rtol,
+        atol=config.ode_atol,
+    )
     return dict(bits_per_dim=float(np.mean(np.asarray(out.bits_per_dim, np.float64))), nfe=int(out.nfe))
 
 
@@ -107,11 +115,20 @@ def evaluate_run(args: EvaluateArgs) -> dict:
     def gather(rows: list[dict]) -> dict:  # one seed: its values; several: a list per key
         return rows[0] if len(rows) == 1 else {k: [r[k] for r in rows] for k in rows[0]}
 
-    result = dict(run=str(run_dir), epoch=record["epoch"], params=which, seeds=config.seeds,
-                  sampling=sampling_record(config, nfe), n=n, metrics=quality, calibration=dict(n=n, **calibrated),
-                  likelihood=dict(n=len(points), prior="N(0, I) at t = T-1",
-                                  alpha_bar_T=float(schedule.alphas_prod[-1]), **gather(nlls)),
-                  bound=dict(n=len(points), decoder_kind=args.decoder, **gather(bounds)))
+    result = dict(
+        run=str(run_dir),
+        epoch=record["epoch"],
+        params=which,
+        seeds=config.seeds,
+        sampling=sampling_record(config, nfe),
+        n=n,
+        metrics=quality,
+        calibration=dict(n=n, **calibrated),
+        likelihood=dict(
+            n=len(points), prior="N(0, I) at t = T-1", alpha_bar_T=float(schedule.alphas_prod[-1]), **gather(nlls)
+        ),
+        bound=dict(n=len(points), decoder_kind=args.decoder, **gather(bounds)),
+    )
     write_json(out, result)
     print(report(result))
     print(f"-> {out}")
@@ -121,27 +138,41 @@ def evaluate_run(args: EvaluateArgs) -> dict:
 def report(result: dict) -> str:
     """The evaluation as a few lines of text (means over seeds)."""
     lk, bd, sampling = result["likelihood"], result["bound"], result["sampling"]
-    lines = [f"{result['run']}, epoch {result['epoch']}, {result['params']} parameters"
-             + (f", {result['seeds']} seeds (means)" if result["seeds"] > 1 else "")]
+    lines = [
+        f"{result['run']}, epoch {result['epoch']}, {result['params']} parameters"
+        + (f", {result['seeds']} seeds (means)" if result["seeds"] > 1 else "")
+    ]
     if "unavailable" in lk:
         lines.append(f"NLL (probability-flow ODE): unavailable: {np.atleast_1d(lk['unavailable'])[0]}")
     else:
-        lines.append(f"NLL (probability-flow ODE, exact divergence, prior N(0, I) at t = T-1 where alpha_bar = "
-                     f"{lk['alpha_bar_T']:.3g}; {lk['n']:,} held-out points): {format_metric(lk['bits_per_dim'])} "
-                     f"bits/dim (NFE {int(np.max(lk['nfe']))})")
-    lines.append(f"variational bound (-ELBO, {bd['decoder_kind']} decoder, {bd['n']:,} held-out points): "
-                 f"{format_metric(bd['total'])} bits/dim (prior {format_metric(bd['prior'])}, diffusion "
-                 f"{format_metric(bd['diffusion'])}, decoder {format_metric(bd['decoder'])})")
-    shown = ", ".join(format_against(k, v, result["calibration"]) for k, v in result["metrics"].items()
-                      if k in METRICS) or "samples hold NaN or inf"
+        lines.append(
+            f"NLL (probability-flow ODE, exact divergence, prior N(0, I) at t = T-1 where alpha_bar = "
+            f"{lk['alpha_bar_T']:.3g}; {lk['n']:,} held-out points): {format_metric(lk['bits_per_dim'])} "
+            f"bits/dim (NFE {int(np.max(lk['nfe']))})"
+        )
+    lines.append(
+        f"variational bound (-ELBO, {bd['decoder_kind']} decoder, {bd['n']:,} held-out points): "
+        f"{format_metric(bd['total'])} bits/dim (prior {format_metric(bd['prior'])}, diffusion "
+        f"{format_metric(bd['diffusion'])}, decoder {format_metric(bd['decoder'])})"
+    )
+    shown = (
+        ", ".join(format_against(k, v, result["calibration"]) for k, v in result["metrics"].items() if k in METRICS)
+        or "samples hold NaN or inf"
+    )
     lines.append(f"samples ({sampling['sampler']} sampler, NFE {sampling['nfe']}), n = {result['n']:,}: {shown}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv (default: sys.argv[1:]) and evaluate; the exit status."""
-    return run(EvaluateArgs, argv, "python -m jax_ddpm.evaluate", evaluate_run,
-               (ConfigError, RunDirError, IncompatibleCheckpointError), (CheckpointError, OSError))
+    return run(
+        EvaluateArgs,
+        argv,
+        "python -m jax_ddpm.evaluate",
+        evaluate_run,
+        (ConfigError, RunDirError, IncompatibleCheckpointError),
+        (CheckpointError, OSError),
+    )
 
 
 if __name__ == "__main__":

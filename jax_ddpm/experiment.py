@@ -106,8 +106,15 @@ def sampler_options(config: Config) -> dict:
     steps = config.sample_steps
     if steps is None and config.sampler in ("ddpm", "ddim", "dpm-solver++"):
         steps = samplers.default_sample_steps(config.sampler, config.num_steps)
-    return dict(sample_steps=steps, prediction=config.prediction, eta=float(config.eta), variance=config.variance,
-                timestep_spacing=config.timestep_spacing, rtol=float(config.ode_rtol), atol=float(config.ode_atol))
+    return dict(
+        sample_steps=steps,
+        prediction=config.prediction,
+        eta=float(config.eta),
+        variance=config.variance,
+        timestep_spacing=config.timestep_spacing,
+        rtol=float(config.ode_rtol),
+        atol=float(config.ode_atol),
+    )
 
 
 def check_sampler(config: Config, schedule: Schedule) -> None:
@@ -130,15 +137,28 @@ def _model_fn(params: dict, config: Config) -> samplers.ModelFn:
     return model_fn
 
 
-@functools.partial(jax.jit, static_argnames=("config", "trajectory"),
-                   compiler_options=speed.on_cpu(speed.SAMPLING))
+@functools.partial(jax.jit, static_argnames=("config", "trajectory"), compiler_options=speed.on_cpu(speed.SAMPLING))
 def _sample_from(params, schedule, key, x_T, *, config, trajectory):
-    return samplers.sample(config.sampler, _model_fn(params, config), schedule, x_T, key=key,
-                           trajectory=trajectory, **sampler_options(config))
+    return samplers.sample(
+        config.sampler,
+        _model_fn(params, config),
+        schedule,
+        x_T,
+        key=key,
+        trajectory=trajectory,
+        **sampler_options(config),
+    )
 
 
-def draw_samples(params: dict, schedule: Schedule, config: Config, key: jax.Array, n: Optional[int] = None,
-                 x_T: Optional[jax.Array] = None, trajectory: bool = False) -> samplers.Samples:
+def draw_samples(
+    params: dict,
+    schedule: Schedule,
+    config: Config,
+    key: jax.Array,
+    n: Optional[int] = None,
+    x_T: Optional[jax.Array] = None,
+    trajectory: bool = False,
+) -> samplers.Samples:
     """One model's samples with the config's sampler (--sampler, --sample-steps, --eta, ...): from
     x_T (n, 2) ~ N(0, I) drawn from fold_in(key, 0), or from the given x_T (N, 2); step noise from key.
 
@@ -153,27 +173,54 @@ def draw_samples(params: dict, schedule: Schedule, config: Config, key: jax.Arra
         else:
             x_T = jnp.asarray(x_T, jnp.float32)
             zs = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape))(
-                jnp.arange(config.num_steps))
-            states = p_sample_loop(params, x_T.shape, config.num_steps, schedule.alphas, schedule.betas,
-                                   schedule.one_minus_alphas_bar_sqrt, x_T=x_T, zs=zs,
-                                   p_sample_fn=p_sample_for(schedule, config.parameterization))
+                jnp.arange(config.num_steps)
+            )
+            states = p_sample_loop(
+                params,
+                x_T.shape,
+                config.num_steps,
+                schedule.alphas,
+                schedule.betas,
+                schedule.one_minus_alphas_bar_sqrt,
+                x_T=x_T,
+                zs=zs,
+                p_sample_fn=p_sample_for(schedule, config.parameterization),
+            )
         return samplers.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
     if x_T is None:
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
-    return _sample_from(params, schedule, key, jnp.asarray(x_T, jnp.float32), config=sampling_config,
-                        trajectory=trajectory)
+    return _sample_from(
+        params, schedule, key, jnp.asarray(x_T, jnp.float32), config=sampling_config, trajectory=trajectory
+    )
 
 
 def _sampling_part(config: Config) -> Config:
     """The config with every field that does not change sampling reset, so that jit (which keys its
     cache on the static config) compiles one sampler program per sampling setup."""
-    keep = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol", "prediction",
-            "loss", "num_steps")
+    keep = (
+        "sampler",
+        "sample_steps",
+        "eta",
+        "variance",
+        "timestep_spacing",
+        "ode_rtol",
+        "ode_atol",
+        "prediction",
+        "loss",
+        "num_steps",
+    )
     return Config(**{name: getattr(config, name) for name in keep})
 
 
-def sample_states(params: dict, schedule: Schedule, config: Config, n: int, fold: Optional[int] = None,
-                  x_T: Optional[np.ndarray] = None, chunk: int = 0) -> tuple[np.ndarray, int]:
+def sample_states(
+    params: dict,
+    schedule: Schedule,
+    config: Config,
+    n: int,
+    fold: Optional[int] = None,
+    x_T: Optional[np.ndarray] = None,
+    chunk: int = 0,
+) -> tuple[np.ndarray, int]:
     """The reverse chains of every seed with the config's sampler, and its NFE: states (S + 1, n, 2),
     or (seeds, S + 1, n, 2) for several, x_T first (S = T for the tutorial sampler, K for ddpm, ddim
     and dpm-solver++, T + 1 for the ODE).
@@ -203,8 +250,16 @@ SAMPLE_CHUNK = 25_000
 """Points sampled at once: memory stays bounded whatever n (one chunk's chain is ~20 MB for T = 100)."""
 
 
-def sample_points(params: dict, schedule: Schedule, config: Config, n: int, fold: Optional[int] = None,
-                  out: Optional[np.ndarray] = None, keep_chain: bool = False, x_T: Optional[np.ndarray] = None):
+def sample_points(
+    params: dict,
+    schedule: Schedule,
+    config: Config,
+    n: int,
+    fold: Optional[int] = None,
+    out: Optional[np.ndarray] = None,
+    keep_chain: bool = False,
+    x_T: Optional[np.ndarray] = None,
+):
     """n final samples (n, 2), or (seeds, n, 2), drawn SAMPLE_CHUNK points at a time into `out`
     (allocated when None; a memory-mapped .npy works), and the sampler's NFE; with `keep_chain`,
     (samples, the first chunk's chains, NFE) for the pictures. x_T (n, 2), when given, starts the chains.
@@ -239,8 +294,9 @@ def evaluate_state(state, schedule: Schedule, config: Config, reference: np.ndar
     """Sample quality of the raw and the EMA parameters, --n-eval samples each with the config's
     sampler: {"raw": {metric: value}, "ema": {...}}."""
     return {
-        name: sample_quality(sample_states(params, schedule, config, config.n_eval, fold=epoch)[0][..., -1, :, :],
-                             reference)
+        name: sample_quality(
+            sample_states(params, schedule, config, config.n_eval, fold=epoch)[0][..., -1, :, :], reference
+        )
         for name, params in (("raw", state.params), ("ema", state.ema_params))
     }
 
@@ -253,8 +309,13 @@ def flat_evaluation(evaluation: dict) -> dict:
 def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """q(x_t | x_0) for every t = 0 .. T-1 with the given noise (T, N, 2): (T, N, 2)."""
     steps = jnp.arange(schedule.num_steps)
-    return np.asarray(jax.vmap(lambda t, e: q_sample(data, jnp.full(data.shape[:1], t), schedule.alphas_bar_sqrt,
-                                                     schedule.one_minus_alphas_bar_sqrt, e))(steps, noise))
+    return np.asarray(
+        jax.vmap(
+            lambda t, e: q_sample(
+                data, jnp.full(data.shape[:1], t), schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, e
+            )
+        )(steps, noise)
+    )
 
 
 class Pictures:
@@ -326,8 +387,20 @@ def set_up(config: Config) -> Run:
     state = init_states(config, optimizer, mesh)
     run_dir, checkpointer, metrics, writes = distributed.open_outputs(config)  # process 0 alone opens the folder
     try:
-        run = Run(config, run_dir, data, schedule, optimizer, mesh, state, checkpointer, metrics,
-                  [], data_sha256=file_sha256(config.dataset), writes=writes)
+        run = Run(
+            config,
+            run_dir,
+            data,
+            schedule,
+            optimizer,
+            mesh,
+            state,
+            checkpointer,
+            metrics,
+            [],
+            data_sha256=file_sha256(config.dataset),
+            writes=writes,
+        )
         if config.resume and run.checkpointer.latest_epoch() is not None:
             _restore(run)
         run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
@@ -398,8 +471,13 @@ def train(run: Run) -> Trained:
             compute_s += time.perf_counter() - chunk_start
             wall_s = run.wall_before + time.perf_counter() - loop_start
             new = [
-                epoch_record(epoch + i + 1, (epoch + i + 1) * steps_per_epoch, losses[i].squeeze(),
-                             last_losses[i].squeeze(), wall_s)
+                epoch_record(
+                    epoch + i + 1,
+                    (epoch + i + 1) * steps_per_epoch,
+                    losses[i].squeeze(),
+                    last_losses[i].squeeze(),
+                    wall_s,
+                )
                 for i in range(n_chunk)
             ]
             finite = np.isfinite(losses).all(axis=1) & np.isfinite(last_losses).all(axis=1)
@@ -422,12 +500,12 @@ def train(run: Run) -> Trained:
                 run.checkpointer.save(run.state, epoch=epoch, wall_s=wall_s, config=config, data_sha256=run.data_sha256)
             distributed.meet(f"after epoch {epoch}", config.distributed_timeout)  # a no-op in one process
             bar.update(n_chunk)
-            bar.set_postfix(_postfix(run.records[-1], evaluation, floor,
-                                     (epoch - run.start_epoch) * steps_per_epoch / compute_s))
+            bar.set_postfix(
+                _postfix(run.records[-1], evaluation, floor, (epoch - run.start_epoch) * steps_per_epoch / compute_s)
+            )
     run.checkpointer.close()
     train_s = time.perf_counter() - loop_start
-    run.timings.update(compile=compile_s, training_chunks=compute_s, evaluation=evaluate_s,
-                       training_loop=train_s)
+    run.timings.update(compile=compile_s, training_chunks=compute_s, evaluation=evaluate_s, training_loop=train_s)
     return Trained(evaluation, train_s, compute_s, compile_s, (config.epochs - run.start_epoch) * steps_per_epoch)
 
 
@@ -465,10 +543,17 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         pictures.wait()
         run.timings["pictures"] = time.perf_counter() - start  # what drawing added after the evaluation
     summary = summarize(
-        run.records, framework="jax", config=config, run_dir=run.run_dir, train_s=trained.train_s,
+        run.records,
+        framework="jax",
+        config=config,
+        run_dir=run.run_dir,
+        train_s=trained.train_s,
         steps_per_s=trained.steps / trained.compute_s if trained.compute_s else None,
-        compile_s=trained.compile_s, evaluation=evaluation, timings=run.timings,
-        calibration=dict(n=config.n_samples, **calibrated), sampling=sampling_record(config, nfe),
+        compile_s=trained.compile_s,
+        evaluation=evaluation,
+        timings=run.timings,
+        calibration=dict(n=config.n_samples, **calibrated),
+        sampling=sampling_record(config, nfe),
     )
     if run.writes:
         write_summary(run.run_dir, summary)
@@ -524,17 +609,26 @@ def _postfix(record: dict, evaluation: dict, floor: Optional[dict], steps_per_s:
 
 def _write_failure_message(run: Run, err: OSError) -> str:
     kept = run.checkpointer.latest_epoch()
-    where = f"the last complete checkpoint (epoch {kept}) is intact" if kept is not None else "no checkpoint was written"
-    return (f"writing to {run.run_dir} failed ({err.strerror or err}); {where}; free space or make the folder "
-            "writable, then continue with --resume")
+    where = (
+        f"the last complete checkpoint (epoch {kept}) is intact" if kept is not None else "no checkpoint was written"
+    )
+    return (
+        f"writing to {run.run_dir} failed ({err.strerror or err}); {where}; free space or make the folder "
+        "writable, then continue with --resume"
+    )
 
 
 def _divergence_message(epoch: int, run: Run) -> str:
     kept = run.checkpointer.latest_epoch()
-    where = (f"the last good checkpoint (epoch {kept}) is kept in {run.checkpointer.directory}" if kept is not None
-             else "no checkpoint had been written yet")
-    return (f"the loss became NaN or inf at epoch {epoch}; training stopped and {where}, with metrics up to "
-            f"epoch {epoch - 1} in {run.run_dir}/metrics.jsonl; continue from it with --resume and a lower --lr")
+    where = (
+        f"the last good checkpoint (epoch {kept}) is kept in {run.checkpointer.directory}"
+        if kept is not None
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"the loss became NaN or inf at epoch {epoch}; training stopped and {where}, with metrics up to "
+        f"epoch {epoch - 1} in {run.run_dir}/metrics.jsonl; continue from it with --resume and a lower --lr"
+    )
 
 
 # ---- the same machinery without a run folder (benchmarks, tests) -----------------------------

@@ -43,7 +43,7 @@ class Likelihood:
 
 def standard_normal_logp(x: jax.Array) -> jax.Array:
     """log N(x; 0, I) per point: (N, d) -> (N,)."""
-    return -0.5 * (jnp.sum(x ** 2, axis=-1) + x.shape[-1] * np.log(2 * np.pi))
+    return -0.5 * (jnp.sum(x**2, axis=-1) + x.shape[-1] * np.log(2 * np.pi))
 
 
 def _augmented_vector_field(model_fn, schedule, prediction):
@@ -67,20 +67,34 @@ def _augmented_vector_field(model_fn, schedule, prediction):
 def _nll(model_fn, schedule, x_0, *, prediction, prior_logp, rtol, atol, max_steps):
     sigma_max = samplers.ode_sigmas(schedule)[-1]
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(_augmented_vector_field(model_fn, schedule, prediction)), diffrax.Tsit5(),
-        t0=jnp.zeros((), sigma_max.dtype), t1=sigma_max, dt0=None, y0=(x_0, jnp.zeros(x_0.shape[:1], x_0.dtype)),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps)
+        diffrax.ODETerm(_augmented_vector_field(model_fn, schedule, prediction)),
+        diffrax.Tsit5(),
+        t0=jnp.zeros((), sigma_max.dtype),
+        t1=sigma_max,
+        dt0=None,
+        y0=(x_0, jnp.zeros(x_0.shape[:1], x_0.dtype)),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+    )
     y_max, delta = solution.ys[0][-1], solution.ys[1][-1]
-    alpha_prod_max = 1 / (1 + sigma_max ** 2)
+    alpha_prod_max = 1 / (1 + sigma_max**2)
     d = x_0.shape[-1]
     log_p_y = prior_logp(y_max * jnp.sqrt(alpha_prod_max)) + 0.5 * d * jnp.log(alpha_prod_max)
     log_p = log_p_y + delta
     return Likelihood(-log_p / (d * np.log(2.0)), samplers._nfe(solution))
 
 
-def nll_bits_per_dim(model_fn: samplers.ModelFn, schedule: Schedule, x_0: jax.Array, *, prediction: str = "eps",
-                     prior_logp: Callable[[jax.Array], jax.Array] | None = None, rtol: float = samplers.ODE_RTOL,
-                     atol: float = samplers.ODE_ATOL, max_steps: int = 4096) -> Likelihood:
+def nll_bits_per_dim(
+    model_fn: samplers.ModelFn,
+    schedule: Schedule,
+    x_0: jax.Array,
+    *,
+    prediction: str = "eps",
+    prior_logp: Callable[[jax.Array], jax.Array] | None = None,
+    rtol: float = samplers.ODE_RTOL,
+    atol: float = samplers.ODE_ATOL,
+    max_steps: int = 4096,
+) -> Likelihood:
     """Negative log-likelihood of points x_0 (N, 2) in bits per dimension under the probability-flow ODE.
 
     model_fn(x, t) is called at float t in [-1, T-1] (t < 0 between the data and step 0: wrap an
@@ -88,7 +102,17 @@ def nll_bits_per_dim(model_fn: samplers.ModelFn, schedule: Schedule, x_0: jax.Ar
     prior_logp(x_{T-1}) -> (N,): the log-density at t = T-1 (default N(0, I); static under jit).
     """
     if prediction not in ("eps", "v"):
-        raise ValueError(f"the likelihood ODE starts at the data, where an {prediction!r}-prediction model's "
-                         "eps = (x - x0) / sigma is 0 / 0: use a model with --prediction eps or v.")
-    return _nll(model_fn, schedule, x_0, prediction=prediction, prior_logp=prior_logp or standard_normal_logp,
-                rtol=float(rtol), atol=float(atol), max_steps=max_steps)
+        raise ValueError(
+            f"the likelihood ODE starts at the data, where an {prediction!r}-prediction model's "
+            "eps = (x - x0) / sigma is 0 / 0: use a model with --prediction eps or v."
+        )
+    return _nll(
+        model_fn,
+        schedule,
+        x_0,
+        prediction=prediction,
+        prior_logp=prior_logp or standard_normal_logp,
+        rtol=float(rtol),
+        atol=float(atol),
+        max_steps=max_steps,
+    )

@@ -51,8 +51,9 @@ def training_target(schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Arr
     raise ValueError(f"unknown prediction {prediction!r}; choose eps, v or x0")
 
 
-def prediction_loss(params: dict, schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array,
-                    prediction: str = "v") -> jax.Array:
+def prediction_loss(
+    params: dict, schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array, prediction: str = "v"
+) -> jax.Array:
     """mean((target - model(x_t, t))^2) with the target of `training_target`; x_t is built with the
     operations of the tutorial's noise_estimation_loss, so prediction="eps" is that loss."""
     a = extract(schedule.alphas_bar_sqrt, t, x_0)
@@ -63,9 +64,9 @@ def prediction_loss(params: dict, schedule: Schedule, x_0: jax.Array, t: jax.Arr
 
 
 def loss_fn_for(config) -> Callable:
-    """train_step's loss_fn(params, batch_x, schedule, n_steps, t, e) for a config: the tutorial's losses (`training.make_loss_fn`)
-    for --prediction eps, `prediction_loss` for v and x0 (the noise loss only: validate refuses the
-    others)."""
+    """train_step's loss_fn(params, batch_x, schedule, n_steps, t, e) for a config: the tutorial's
+    losses (`training.make_loss_fn`) for --prediction eps, `prediction_loss` for v and x0 (the noise
+    loss only: validate refuses the others)."""
     from jax_ddpm.training import make_loss_fn  # training imports this module
 
     prediction = getattr(config, "prediction", "eps")
@@ -85,14 +86,21 @@ def model_mean_logvar(params: dict, schedule: Schedule, x_t: jax.Array, t: jax.A
     mean at the predicted x_0 (DDPM eq. 7; for eps it equals the tutorial's eq. 11 mean, and it stays
     finite where alpha_t = 0, at a zero-terminal-SNR schedule's last step), variance beta_t."""
     x_0 = predict_x0(apply_model(params, x_t, t), x_t, extract(schedule.alphas_prod, t, x_t), prediction)
-    mean, _ = q_posterior_mean_variance(x_0, x_t, t, schedule.posterior_mean_coef_1, schedule.posterior_mean_coef_2,
-                                        schedule.posterior_log_variance_clipped)
+    mean, _ = q_posterior_mean_variance(
+        x_0,
+        x_t,
+        t,
+        schedule.posterior_mean_coef_1,
+        schedule.posterior_mean_coef_2,
+        schedule.posterior_log_variance_clipped,
+    )
     return mean, jnp.broadcast_to(jnp.log(extract(schedule.betas, t, x_t)), x_t.shape)
 
 
 @functools.partial(jax.jit, static_argnames=("prediction", "decoder"))
-def elbo_terms(params: dict, schedule: Schedule, x_0: jax.Array, key: jax.Array, prediction: str = "v",
-               decoder: str = "gaussian") -> jax.Array:
+def elbo_terms(
+    params: dict, schedule: Schedule, x_0: jax.Array, key: jax.Array, prediction: str = "v", decoder: str = "gaussian"
+) -> jax.Array:
     """`jax_ddpm.elbo.elbo_terms` for an eps, v or x0 model: (T, N) bits/dim, x_t drawn with noise
     fold_in(key, t) as there."""
 
@@ -106,8 +114,9 @@ def elbo_terms(params: dict, schedule: Schedule, x_0: jax.Array, key: jax.Array,
     return jax.lax.map(term, jnp.arange(schedule.num_steps))
 
 
-def negative_elbo(params: dict, schedule: Schedule, x_0, key: jax.Array, prediction: str = "v",
-                  decoder: str = "gaussian") -> dict[str, float]:
+def negative_elbo(
+    params: dict, schedule: Schedule, x_0, key: jax.Array, prediction: str = "v", decoder: str = "gaussian"
+) -> dict[str, float]:
     """The negative ELBO in bits/dim of an eps, v or x0 model, as `jax_ddpm.elbo.negative_elbo`:
     total = prior + diffusion (t >= 1) + decoder (t = 0), on `elbo.accurate_schedule`."""
     x_0 = jnp.asarray(x_0, jnp.float32)

@@ -112,8 +112,10 @@ def sample_run(args: SampleArgs) -> Path:
     shape = (n, 2) if config.seeds == 1 else (config.seeds, n, 2)
     needed, free = 4 * int(np.prod(shape)), shutil.disk_usage(out.parent if out.parent.exists() else ".").free
     if needed > free:
-        raise ConfigError(f"--n {n:,} needs {needed / 2**30:,.1f} GiB on disk for {out.name}, more than the "
-                          f"{free / 2**30:,.1f} GiB free; ask for fewer points or another --out")
+        raise ConfigError(
+            f"--n {n:,} needs {needed / 2**30:,.1f} GiB on disk for {out.name}, more than the "
+            f"{free / 2**30:,.1f} GiB free; ask for fewer points or another --out"
+        )
     # Written into a temporary file renamed into place when complete (a killed draw leaves no
     # half-written file under the name); final points chunk by chunk into a memory-mapped file, so
     # memory stays bounded whatever --n (a --trajectory holds every state and is not streamed).
@@ -131,15 +133,23 @@ def sample_run(args: SampleArgs) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     start = "given x_T" if x_T is not None else "x_T ~ N(0, I)"
-    print(f"{n:,} {kind} from epoch {record['epoch']} of {run_dir} ({args.params} parameters, {config.sampler} "
-          f"sampler, NFE {nfe}, {start}) -> {out}")
+    print(
+        f"{n:,} {kind} from epoch {record['epoch']} of {run_dir} ({args.params} parameters, {config.sampler} "
+        f"sampler, NFE {nfe}, {start}) -> {out}"
+    )
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv (default: sys.argv[1:]) and sample; the exit status."""
-    return run(SampleArgs, argv, "python -m jax_ddpm.sample", sample_run,
-               (ConfigError, RunDirError, IncompatibleCheckpointError), (CheckpointError, OSError))
+    return run(
+        SampleArgs,
+        argv,
+        "python -m jax_ddpm.sample",
+        sample_run,
+        (ConfigError, RunDirError, IncompatibleCheckpointError),
+        (CheckpointError, OSError),
+    )
 
 
 if __name__ == "__main__":

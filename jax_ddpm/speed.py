@@ -133,7 +133,10 @@ def _option_accepted(name: str, value) -> bool:
         jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(jnp.zeros((), jnp.float32)).compile()
     except Exception as err:  # noqa: BLE001  (jaxlib's error types vary between versions)
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        print(f"warning: XLA option {name}={value!r} is not accepted by jax {jax.__version__} ({reason}); "
-              "compiling without it", file=sys.stderr)
+        print(
+            f"warning: XLA option {name}={value!r} is not accepted by jax {jax.__version__} ({reason}); "
+            "compiling without it",
+            file=sys.stderr,
+        )
         return False
     return True

@@ -26,9 +26,11 @@ def assert_antithetic(t: np.ndarray, batch_size: int, n_steps: int, side: str) -
 @pytest.mark.parametrize("batch_size", [128, 7, 2])
 def test_antithetic_timesteps_structure(batch_size):
     torch.manual_seed(0)
-    draws = {"torch": to_numpy(ref_losses.antithetic_timesteps(batch_size, layers.N_STEPS)),
-             "jax": to_numpy(losses.antithetic_timesteps(jax.random.PRNGKey(0), batch_size, layers.N_STEPS)),
-             "numpy (the parity inputs)": layers.antithetic_t(np.random.default_rng(0), batch_size)}
+    draws = {
+        "torch": to_numpy(ref_losses.antithetic_timesteps(batch_size, layers.N_STEPS)),
+        "jax": to_numpy(losses.antithetic_timesteps(jax.random.PRNGKey(0), batch_size, layers.N_STEPS)),
+        "numpy (the parity inputs)": layers.antithetic_t(np.random.default_rng(0), batch_size),
+    }
     for side, t in draws.items():
         assert_antithetic(t, batch_size, layers.N_STEPS, side)
 

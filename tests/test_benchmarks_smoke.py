@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.torch  # the benchmark times torch_reference too
 from ddpm_harness.cpu_isa import vector_isa
+
+pytestmark = pytest.mark.torch  # the benchmark times torch_reference too
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +27,20 @@ def test_quick_benchmark_writes_markdown_json_and_chart(tmp_path):
     results = json.loads((tmp_path / f"{stem}.json").read_text())
     assert results["quick"] is True and results["machine"]["isa"] == vector_isa()
     assert not results["failed"] and not results["skipped"]
-    for section in ("torch eager (tutorial)", "JAX jitted step, Python loop",
-                    "JAX scan-fused epochs (default CLI path)"):
+    for section in (
+        "torch eager (tutorial)",
+        "JAX jitted step, Python loop",
+        "JAX scan-fused epochs (default CLI path)",
+    ):
         rate = results["training"][section]
         assert rate["median"] > 0 and rate["best"] >= rate["median"] and len(rate["times_s"]) == 2
         assert rate["roofline_fraction"] > 0 and rate["single_core_fraction"] > 0  # (a loaded machine: any value)
     assert any(name.startswith("JAX --devices 2") for name in results["training"])
-    assert set(results["sampling"]) == {"torch as the tutorial (autograd on)", "torch no_grad",
-                                        "JAX sample_chain (lax.scan)"}
+    assert set(results["sampling"]) == {
+        "torch as the tutorial (autograd on)",
+        "torch no_grad",
+        "JAX sample_chain (lax.scan)",
+    }
     assert set(results["seed_scaling"]) == {"1", "8"}
     assert set(results["batch_scaling"]["JAX scan-fused"]) == {"128", "1024"}
     assert results["roofline"]["peak_gflops"] > 0 and results["machine"]["jax"]
@@ -45,13 +52,24 @@ def test_quick_benchmark_writes_markdown_json_and_chart(tmp_path):
         options = results["cpu_options"][program]
         assert "none" in options and sum(r["chosen"] for r in options.values()) == 1
     assert [t["target"] for t in results["targets"]] == [
-        "single model >= 5x torch eager", "single model >= 2x best torch",
-        "multi-seed total >= 50% of roofline", "sampling >= 2x torch no_grad",
-        "second run compiles the default training chunk in < 1 s"]
+        "single model >= 5x torch eager",
+        "single model >= 2x best torch",
+        "multi-seed total >= 50% of roofline",
+        "sampling >= 2x torch no_grad",
+        "second run compiles the default training chunk in < 1 s",
+    ]
 
     report = (tmp_path / f"{stem}.md").read_text()
-    for heading in ("## Machine", "## Roofline", "## Training", "## Per-program XLA:CPU options", "## Sampling",
-                    "## Compile cache", "## Scaling", "## Targets"):
+    for heading in (
+        "## Machine",
+        "## Roofline",
+        "## Training",
+        "## Per-program XLA:CPU options",
+        "## Sampling",
+        "## Compile cache",
+        "## Scaling",
+        "## Targets",
+    ):
         assert heading in report
     assert f"vector ISA: **{vector_isa()}**" in report and "single-core bound" in report
     table_rows = [line for line in report.splitlines() if line.startswith("| JAX scan-fused epochs")]

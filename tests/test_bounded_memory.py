@@ -23,8 +23,13 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def peak_rss_mib(*argv: str) -> float:
-    done = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "jax_ddpm.sample", *argv], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, sys.executable, "-m", "jax_ddpm.sample", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return int(done.stdout.split()[-1]) / 1024
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = '''
+PROBE = """
 import warnings
 
 import jax
@@ -43,7 +43,7 @@ def test_our_deprecation():
 
 def test_other_library_deprecation():
     attributed_to("matplotlib.fake")
-'''
+"""
 
 
 UNMARKED_TORCH = "import torch\n\n\ndef test_uses_torch():\n    pass\n"
@@ -54,9 +54,29 @@ TORCH_FREE = "def test_plain():\n    pass\n"
 def run_pytest(folder: Path, *options: str, strict: bool = False) -> str:
     """pytest on the probe modules in `folder`, with this project's conftest.py and settings."""
     env = dict(os.environ, JAX_DDPM_STRICT_DEPRECATIONS="1" if strict else "0")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
-                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), *options, str(folder)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "conftest",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(ROOT),
+            *options,
+            str(folder),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return done.stdout + done.stderr
 
 
@@ -78,8 +98,11 @@ def test_default_mode_only_warns(tmp_path):
 
 
 def test_not_torch_leaves_marked_modules_unimported_and_fails_unmarked_torch_imports(tmp_path):
-    for name, text in (("test_unmarked.py", UNMARKED_TORCH), ("test_marked.py", MARKED_TORCH),
-                       ("test_free.py", TORCH_FREE)):
+    for name, text in (
+        ("test_unmarked.py", UNMARKED_TORCH),
+        ("test_marked.py", MARKED_TORCH),
+        ("test_free.py", TORCH_FREE),
+    ):
         (tmp_path / name).write_text(text)
     out = run_pytest(tmp_path, "-m", "not torch")
     assert "not imported (marked torch, deselected by -m): 1 modules: test_marked.py" in out, out[-3000:]

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from jax_ddpm.convert import main as convert_main
 from ddpm_harness.safetensors_io import load_state_dict, save_state_dict
+from jax_ddpm.convert import main as convert_main
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.train import main as train_main
 from tests.conftest import tiny_argv
@@ -57,14 +57,35 @@ def test_export_writes_the_tutorials_state_dict_and_metadata(exported):
     state_dict = tensors(exported["raw"])
     assert sorted(state_dict) == sorted(
         [f"lin{i}.{part}" for i in (1, 2, 3) for part in ("lin.weight", "lin.bias", "embed.weight")]
-        + ["lin4.weight", "lin4.bias"])
+        + ["lin4.weight", "lin4.bias"]
+    )
     assert state_dict["lin1.lin.weight"].shape == (128, 2) and state_dict["lin4.weight"].shape == (2, 128)
     assert state_dict["lin2.embed.weight"].shape == (100, 128)
     _, metadata = load_state_dict(exported["raw"])
-    assert {k: metadata[k] for k in ("n_steps", "n_outputs", "schedule", "num_steps", "beta_start", "beta_end",
-                                     "loss", "params", "framework")} == dict(
-        n_steps="100", n_outputs="2", schedule="sigmoid", num_steps="100", beta_start="1e-05", beta_end="0.005",
-        loss="noise", params="raw", framework="jax")
+    assert {
+        k: metadata[k]
+        for k in (
+            "n_steps",
+            "n_outputs",
+            "schedule",
+            "num_steps",
+            "beta_start",
+            "beta_end",
+            "loss",
+            "params",
+            "framework",
+        )
+    } == dict(
+        n_steps="100",
+        n_outputs="2",
+        schedule="sigmoid",
+        num_steps="100",
+        beta_start="1e-05",
+        beta_end="0.005",
+        loss="noise",
+        params="raw",
+        framework="jax",
+    )
     assert json.loads(metadata["config"])["n_points"] == 256
     assert load_state_dict(exported["ema"])[1]["params"] == "ema"
     assert not np.array_equal(tensors(exported["ema"])["lin4.bias"], state_dict["lin4.bias"])
@@ -98,17 +119,21 @@ def test_one_model_of_a_multi_seed_run(tmp_path):
     model_file = export(run_dir, tmp_path / "seed1.safetensors", "--seed-index", "1")
     assert json.loads(load_state_dict(model_file)[1]["config"])["seed"] == 1
     out = tmp_path / "samples.npy"
-    assert sample_main(["--run", str(import_(model_file, tmp_path / "imported")), "--n", "128",
-                        "--out", str(out)]) == 0
+    assert sample_main(["--run", str(import_(model_file, tmp_path / "imported")), "--n", "128", "--out", str(out)]) == 0
     np.testing.assert_array_equal(np.load(out), np.load(run_dir / "samples.npy")[1])
 
 
 def test_schedule_options_override_the_metadata(exported, tmp_path):
-    run_dir = import_(exported["raw"], tmp_path / "linear", "--schedule", "linear", "--beta-start", "1e-4",
-                      "--beta-end", "0.02")
+    run_dir = import_(
+        exported["raw"], tmp_path / "linear", "--schedule", "linear", "--beta-start", "1e-4", "--beta-end", "0.02"
+    )
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["schedule"], config["num_steps"], config["beta_start"], config["beta_end"]) == (
-        "linear", 100, 1e-4, 0.02)
+        "linear",
+        100,
+        1e-4,
+        0.02,
+    )
     assert sample_main(["--run", str(run_dir), "--n", "64", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.isfinite(np.load(tmp_path / "s.npy")).all()
 
@@ -118,7 +143,12 @@ def test_a_file_without_metadata_gets_the_tutorials_defaults(exported, tmp_path)
     save_state_dict(bare, tensors(exported["raw"]), {})  # as safetensors.torch.save_file(model.state_dict(), ...)
     config = json.loads((import_(bare, tmp_path / "run") / "config.json").read_text())
     assert (config["schedule"], config["num_steps"], config["beta_start"], config["beta_end"], config["loss"]) == (
-        "sigmoid", 100, 1e-5, 5e-3, "noise")
+        "sigmoid",
+        100,
+        1e-5,
+        5e-3,
+        "noise",
+    )
     four = tmp_path / "four.safetensors"
     state_dict = tensors(exported["raw"])
     state_dict["lin4.weight"] = np.zeros((4, 128), np.float32)
@@ -157,13 +187,21 @@ def half_dtype(sd):
 
 
 BAD_FILES = [
-    ("wrong key", lambda e, f: edited(e, f, rename_key), 1,
-     "does not match ConditionalModel: missing ['lin2.lin.bias'], unexpected ['lin2.lin.b']"),
+    (
+        "wrong key",
+        lambda e, f: edited(e, f, rename_key),
+        1,
+        "does not match ConditionalModel: missing ['lin2.lin.bias'], unexpected ['lin2.lin.b']",
+    ),
     ("wrong shape", lambda e, f: edited(e, f, wrong_shape), 1, "lin4.weight has shape (2, 64), expected (2, 128)"),
     ("float64", lambda e, f: edited(e, f, wrong_dtype), 1, "tensor lin3.embed.weight has dtype F64, expected F32"),
     ("float16", lambda e, f: edited(e, f, half_dtype), 1, "tensor lin1.lin.bias has dtype F16, expected F32"),
-    ("truncated", lambda e, f: write(f / "cut.safetensors", e.read_bytes()[:-100]), 1,
-     "is not a safetensors file (Error while deserializing header: incomplete metadata, file not fully covered)"),
+    (
+        "truncated",
+        lambda e, f: write(f / "cut.safetensors", e.read_bytes()[:-100]),
+        1,
+        "is not a safetensors file (Error while deserializing header: incomplete metadata, file not fully covered)",
+    ),
     ("header cut", lambda e, f: write(f / "head.safetensors", e.read_bytes()[:50]), 1, "is not a safetensors file"),
     ("empty", lambda e, f: write(f / "empty.safetensors", b""), 1, "is not a safetensors file"),
     ("text", lambda e, f: write(f / "notes.txt", b"lin1.lin.weight = [[0.1, 0.2]]\n"), 1, "is not a safetensors file"),
@@ -226,17 +264,32 @@ def test_bad_options(tiny_run, exported, tmp_path, capsys):
     cases = [
         (["export", "--run", str(tiny_run), "--out", str(taken)], 2, "already exists"),
         (["export", "--run", str(tmp_path), "--out", str(tmp_path / "m.safetensors")], 2, "is not a run folder"),
-        (["export", "--run", str(tiny_run), "--out", str(tmp_path / "m.safetensors"), "--params", "best"], 2,
-         "invalid choice 'best'"),
-        (["export", "--run", str(tiny_run), "--out", str(tmp_path / "m.safetensors"), "--seed-index", "1"], 2,
-         "--seed-index must lie in 0 .. 0"),
+        (
+            ["export", "--run", str(tiny_run), "--out", str(tmp_path / "m.safetensors"), "--params", "best"],
+            2,
+            "invalid choice 'best'",
+        ),
+        (
+            ["export", "--run", str(tiny_run), "--out", str(tmp_path / "m.safetensors"), "--seed-index", "1"],
+            2,
+            "--seed-index must lie in 0 .. 0",
+        ),
         (["import", str(exported["raw"]), "--out-dir", str(tiny_run)], 2, "already exists"),
-        (["import", str(exported["raw"]), "--out-dir", str(tmp_path / "r"), "--num-steps", "50"], 2,
-         "--num-steps 50 does not match the model, whose embeddings have 100 rows"),
-        (["import", str(exported["raw"]), "--out-dir", str(tmp_path / "r"), "--loss", "hybrid"], 2,
-         "the model has 2 outputs but the loss is 'hybrid'; give --loss noise"),
-        (["import", str(exported["raw"]), "--out-dir", str(tmp_path / "r"), "--beta-end", "2"], 2,
-         "--beta-end must lie in (0, 1), got 2.0"),
+        (
+            ["import", str(exported["raw"]), "--out-dir", str(tmp_path / "r"), "--num-steps", "50"],
+            2,
+            "--num-steps 50 does not match the model, whose embeddings have 100 rows",
+        ),
+        (
+            ["import", str(exported["raw"]), "--out-dir", str(tmp_path / "r"), "--loss", "hybrid"],
+            2,
+            "the model has 2 outputs but the loss is 'hybrid'; give --loss noise",
+        ),
+        (
+            ["import", str(exported["raw"]), "--out-dir", str(tmp_path / "r"), "--beta-end", "2"],
+            2,
+            "--beta-end must lie in (0, 1), got 2.0",
+        ),
         (["import", str(exported["raw"])], 2, "--out-dir"),
         ([], 2, "Expected one of {export, import}"),
     ]

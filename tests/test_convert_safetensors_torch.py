@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ddpm_harness.safetensors_io import load_state_dict
 from jax_ddpm.checkpoint import restore_run
 from jax_ddpm.convert import flax_to_state_dict, torch_to_flax
 from jax_ddpm.convert import main as convert_main
-from ddpm_harness.safetensors_io import load_state_dict
 from jax_ddpm.sampling import p_sample_loop
 from jax_ddpm.schedule import schedule_for
 from tests.test_train_torch_reference import reference_argv
@@ -45,8 +45,9 @@ def restored(run_dir: Path):
 
 
 def flat_numpy(params: dict) -> dict[str, np.ndarray]:
-    return {"/".join(str(k.key) for k in path): np.asarray(v)
-            for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {
+        "/".join(str(k.key) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
 
 
 def assert_bitwise(a: dict, b: dict) -> None:
@@ -84,13 +85,32 @@ def test_torch_samples_from_an_export_equal_the_jax_samples(tiny_run, tmp_path):
     x_T = rng.standard_normal((n, 2)).astype(np.float32)
     zs = rng.standard_normal((config.num_steps, n, 2)).astype(np.float32)
     sched = schedule_for(config)
-    out_ans = np.asarray(p_sample_loop(state.params, (n, 2), config.num_steps, sched.alphas, sched.betas,
-                                       sched.one_minus_alphas_bar_sqrt, x_T=jnp.asarray(x_T), zs=jnp.asarray(zs)))
+    out_ans = np.asarray(
+        p_sample_loop(
+            state.params,
+            (n, 2),
+            config.num_steps,
+            sched.alphas,
+            sched.betas,
+            sched.one_minus_alphas_bar_sqrt,
+            x_T=jnp.asarray(x_T),
+            zs=jnp.asarray(zs),
+        )
+    )
     s = ref_schedule.make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
     with torch.no_grad():
-        out_ref = torch.stack(ref_p_sample_loop(model, (n, 2), config.num_steps, s.alphas, s.betas,
-                                                s.one_minus_alphas_bar_sqrt, x_T=torch.from_numpy(x_T),
-                                                zs=torch.from_numpy(zs))).numpy()
+        out_ref = torch.stack(
+            ref_p_sample_loop(
+                model,
+                (n, 2),
+                config.num_steps,
+                s.alphas,
+                s.betas,
+                s.one_minus_alphas_bar_sqrt,
+                x_T=torch.from_numpy(x_T),
+                zs=torch.from_numpy(zs),
+            )
+        ).numpy()
     assert out_ans.shape == out_ref.shape == (config.num_steps + 1, n, 2)
     np.testing.assert_allclose(out_ans, out_ref, rtol=RTOL, atol=ATOL)
     assert np.abs(out_ref[-1] - out_ref[0]).mean() > 0.1  # the chain really moved the points
@@ -103,18 +123,22 @@ def test_torch_reference_train_writes_files_that_jax_ddpm_imports(tmp_path):
     assert not torch.equal(raw.lin4.bias, ema.lin4.bias)  # the EMA lags behind
     for name, model in (("model.safetensors", raw), ("model_ema.safetensors", ema)):
         _, metadata = load_state_dict(run_dir / name)
-        assert metadata["framework"] == "torch" and metadata["params"] == ("raw" if name == "model.safetensors"
-                                                                           else "ema")
+        assert metadata["framework"] == "torch" and metadata["params"] == (
+            "raw" if name == "model.safetensors" else "ema"
+        )
         assert (metadata["schedule"], metadata["num_steps"], metadata["loss"]) == ("sigmoid", "100", "noise")
         out_dir = tmp_path / f"jax_{name}"
         assert convert_main(["import", str(run_dir / name), "--out-dir", str(out_dir)]) == 0
         _, state = restored(out_dir)
-        np.testing.assert_array_equal(flax_to_state_dict(state.params)["lin2.lin.weight"],
-                                      model.lin2.lin.weight.detach().numpy())
+        np.testing.assert_array_equal(
+            flax_to_state_dict(state.params)["lin2.lin.weight"], model.lin2.lin.weight.detach().numpy()
+        )
 
 
 def test_torch_reference_safetensors_io_never_imports_jax():
-    code = ("import sys, torch_reference.safetensors_io; "
-            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'flax', 'optax'))))")
+    code = (
+        "import sys, torch_reference.safetensors_io; "
+        "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'flax', 'optax'))))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout[-2000:] + done.stderr[-2000:]

@@ -25,8 +25,17 @@ CPU implementer\t: 0x41
 OLD_X86 = "model name\t: Intel(R) Xeon(R) CPU E5-2670\nflags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx\n"
 
 
-@pytest.mark.parametrize("text, isa", [(AVX512, "avx512"), (AVX2, "avx2"), (ARM, "other"), (OLD_X86, "other"),
-                                       ("", "other"), ("garbage without colons\n", "other")])
+@pytest.mark.parametrize(
+    "text, isa",
+    [
+        (AVX512, "avx512"),
+        (AVX2, "avx2"),
+        (ARM, "other"),
+        (OLD_X86, "other"),
+        ("", "other"),
+        ("garbage without colons\n", "other"),
+    ],
+)
 def test_vector_isa_from_cpuinfo_text(text, isa):
     assert cpu_isa.vector_isa(text) == isa
 

@@ -31,23 +31,46 @@ from tests.test_bad_input import one_error_line
 REPO = Path(__file__).resolve().parents[1]
 KILLS = int(os.environ.get("JAX_DDPM_KILLS", "3"))
 # 32 steps an epoch, 100 epochs, a checkpoint every 10: training long enough to be hit mid-chunk.
-ARGV = ["--n-points", "256", "--batch-size", "8", "--epochs", "100", "--checkpoint-every", "10", "--log-every", "10",
-        "--n-samples", "64", "--n-eval", "64", "--no-plots"]
+ARGV = [
+    "--n-points",
+    "256",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "100",
+    "--checkpoint-every",
+    "10",
+    "--log-every",
+    "10",
+    "--n-samples",
+    "64",
+    "--n-eval",
+    "64",
+    "--no-plots",
+]
 
 
 def start(run_dir: Path) -> subprocess.Popen:
     resume = ["--resume"] if (run_dir / CONFIG_FILE).is_file() else []
-    return subprocess.Popen([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), *resume],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), *resume],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def assert_same_run(run_dir: Path, whole: Path) -> None:
-    for a, b in zip(jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(whole)[1])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(whole)[1])
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["loss"], r["last_loss"]) for r in records] == [
-        (r["epoch"], r["loss"], r["last_loss"]) for r in expected]
+        (r["epoch"], r["loss"], r["last_loss"]) for r in expected
+    ]
     np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), np.load(whole / "samples.npy"))
 
 
@@ -82,8 +105,9 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         assert_same_run(folder, whole)
     report = os.environ.get("JAX_DDPM_FAULT_REPORT")
     if report:
-        Path(report).write_text(json.dumps(dict(kills=tried, runs=len(folders), all_equal=True,
-                                                seconds_per_run=round(duration, 1))))
+        Path(report).write_text(
+            json.dumps(dict(kills=tried, runs=len(folders), all_equal=True, seconds_per_run=round(duration, 1)))
+        )
 
 
 def test_resume_with_another_chunk_length_equals_an_uninterrupted_run(tmp_path):
@@ -97,15 +121,24 @@ def test_resume_with_another_chunk_length_equals_an_uninterrupted_run(tmp_path):
 
 def test_a_second_writer_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--epochs", "100000",
-                              "--out-dir", str(run_dir)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--epochs", "100000", "--out-dir", str(run_dir)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / CONFIG_FILE).is_file():  # written once the first run holds the lock
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
             time.sleep(0.01)
-        second = subprocess.run([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), "--resume"],
-                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), "--resume"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert first.poll() is None, "the first run ended before the second tried"
     finally:
         first.kill()
@@ -120,7 +153,9 @@ def small_disk(tmp_path):
     """A 3 MiB tmpfs: enough for the run's first checkpoints, too small for all of them."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     assert done.returncode == 0, f"this test mounts a small tmpfs (as root): {done.stderr}"
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)

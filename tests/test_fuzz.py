@@ -62,8 +62,23 @@ REPORT = os.environ.get("JAX_DDPM_FUZZ_REPORT")
 EXAMPLES = {"train-args": 60, "sample-args": 30, "data-files": 24, "run-folders": 12, "subprocess": 2}
 
 # A run that compiles in seconds and trains in well under one: 2 steps an epoch.
-BUDGET = ["--n-points", "64", "--batch-size", "32", "--epochs", "1", "--checkpoint-every", "1", "--log-every", "1",
-          "--n-samples", "16", "--n-eval", "16", "--no-plots"]
+BUDGET = [
+    "--n-points",
+    "64",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "1",
+    "--checkpoint-every",
+    "1",
+    "--log-every",
+    "1",
+    "--n-samples",
+    "16",
+    "--n-eval",
+    "16",
+    "--no-plots",
+]
 EARLIER = [*BUDGET, "--epochs", "2"]  # the sandbox's earlier run: checkpoints at epochs 1 and 2
 
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -72,8 +87,13 @@ STARTED = time.perf_counter()
 
 
 def fuzz_settings(category: str) -> settings:
-    return settings(max_examples=EXAMPLES[category] * SCALE, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=EXAMPLES[category] * SCALE,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # ---- running one case and checking what it did ----------------------------------------------
@@ -103,22 +123,29 @@ def run_in_process(main: Callable, argv: list[str], cwd: Path) -> Outcome:
     os.chdir(cwd)
     logging.getLogger().addHandler(logged)
     try:
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), \
-                contextlib.redirect_stderr(err):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             warnings.simplefilter("always")
             code = main(argv)
     finally:
         logging.getLogger().removeHandler(logged)
         os.chdir(old_cwd)
-    shown = [f"{w.category.__name__}: {w.message}" for w in caught
-             if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, ResourceWarning))]
+    shown = [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, ResourceWarning))
+    ]
     return Outcome(code, out.getvalue(), "".join(line + "\n" for line in [*logged.lines, *shown]) + err.getvalue())
 
 
 def run_subprocess(module: str, argv: list[str], cwd: Path) -> Outcome:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -197,10 +224,18 @@ def sandbox(tmp_path_factory) -> Sandbox:
     SECONDS["sandbox"] += time.perf_counter() - began
     yield Sandbox(root, protected, earlier, points, snapshot(protected))
     if REPORT:
-        Path(REPORT).write_text(json.dumps(dict(
-            counts={k: dict(v) for k, v in sorted(COUNTS.items())}, scale=SCALE,
-            case_seconds={k: round(v, 1) for k, v in sorted(SECONDS.items())},
-            seconds=round(time.perf_counter() - STARTED, 1)), indent=2) + "\n")
+        Path(REPORT).write_text(
+            json.dumps(
+                dict(
+                    counts={k: dict(v) for k, v in sorted(COUNTS.items())},
+                    scale=SCALE,
+                    case_seconds={k: round(v, 1) for k, v in sorted(SECONDS.items())},
+                    seconds=round(time.perf_counter() - STARTED, 1),
+                ),
+                indent=2,
+            )
+            + "\n"
+        )
     print("\nfuzz cases tried: " + ", ".join(f"{k} {dict(v)} in {SECONDS[k]:.1f} s" for k, v in sorted(COUNTS.items())))
 
 
@@ -211,8 +246,18 @@ def assert_tried(category: str) -> None:
 
 # ---- strategies: command-line tokens ----------------------------------------------------------
 
-POSITIVE_INTS = ("n-points", "num-steps", "epochs", "batch-size", "n-samples", "seeds", "devices", "checkpoint-every",
-                 "log-every", "n-eval")
+POSITIVE_INTS = (
+    "n-points",
+    "num-steps",
+    "epochs",
+    "batch-size",
+    "n-samples",
+    "seeds",
+    "devices",
+    "checkpoint-every",
+    "log-every",
+    "n-eval",
+)
 NON_NEGATIVE_INTS = ("eval-every", "seed")
 # Options whose huge values must be refused before any work (a huge --epochs is a long run, not an error).
 REFUSED_WHEN_HUGE = ("n-points", "num-steps", "n-samples", "seeds", "devices", "n-eval", "seed")
@@ -240,13 +285,19 @@ def _is_float(text: str) -> bool:
 
 
 words = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
-not_an_int = st.one_of(st.sampled_from(["", " ", "1.5", "1e3", "nan", "inf", "0x10", "ten", "1,2", "[1]", "None"]),
-                       words.filter(lambda s: not _is_int(s)))
-not_a_float = st.one_of(st.sampled_from(["", "abc", "1,5", "0x1p-3", "[0.1]", "1e", "--"]),
-                        words.filter(lambda s: not _is_float(s)))
+not_an_int = st.one_of(
+    st.sampled_from(["", " ", "1.5", "1e3", "nan", "inf", "0x10", "ten", "1,2", "[1]", "None"]),
+    words.filter(lambda s: not _is_int(s)),
+)
+not_a_float = st.one_of(
+    st.sampled_from(["", "abc", "1,5", "0x1p-3", "[0.1]", "1e", "--"]), words.filter(lambda s: not _is_float(s))
+)
 # Refused by every float option: NaN, the infinities (also by overflow: 1e400) and negative numbers.
-bad_float = st.one_of(st.sampled_from(["nan", "NaN", "-nan", "inf", "-inf", "+inf", "Infinity", "1e400", "-1e400"]),
-                      st.floats(max_value=-1e-300, allow_nan=False).map(repr), not_a_float)
+bad_float = st.one_of(
+    st.sampled_from(["nan", "NaN", "-nan", "inf", "-inf", "+inf", "Infinity", "1e400", "-1e400"]),
+    st.floats(max_value=-1e-300, allow_nan=False).map(repr),
+    not_a_float,
+)
 positional = words.filter(lambda s: s and not s.startswith("-"))
 
 
@@ -262,8 +313,24 @@ def _option(name: str, value: str, equals: bool) -> list[str]:
 @st.composite
 def bad_train_tokens(draw) -> list[str]:
     """One mutation of a good training command line that must make it fail."""
-    kind = draw(st.sampled_from(["int", "huge", "float", "choice", "dataset", "unknown", "list", "missing",
-                                 "flag-value", "positional", "out-dir", "nul"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "int",
+                "huge",
+                "float",
+                "choice",
+                "dataset",
+                "unknown",
+                "list",
+                "missing",
+                "flag-value",
+                "positional",
+                "out-dir",
+                "nul",
+            ]
+        )
+    )
     equals = draw(st.booleans())
     if kind == "int":
         name = draw(st.sampled_from(POSITIVE_INTS + NON_NEGATIVE_INTS))
@@ -277,11 +344,30 @@ def bad_train_tokens(draw) -> list[str]:
         name = draw(st.sampled_from(sorted(CHOICES)))
         return _option(name, draw(words.filter(lambda s: s.strip() not in CHOICES[name])), equals)
     if kind == "dataset":
-        return _option("dataset", draw(st.one_of(
-            words.filter(lambda s: s.strip() not in ("moons", "swiss_roll", "s_curve", "circles", "checkerboard",
-                                                      "eight_gaussians")),
-            st.sampled_from(["missing/points.npy", "missing.csv", "/", "points.txt", "{protected}/data",
-                             "{protected}/data/points.npy/x.npy"]))), equals)
+        return _option(
+            "dataset",
+            draw(
+                st.one_of(
+                    words.filter(
+                        lambda s: (
+                            s.strip()
+                            not in ("moons", "swiss_roll", "s_curve", "circles", "checkerboard", "eight_gaussians")
+                        )
+                    ),
+                    st.sampled_from(
+                        [
+                            "missing/points.npy",
+                            "missing.csv",
+                            "/",
+                            "points.txt",
+                            "{protected}/data",
+                            "{protected}/data/points.npy/x.npy",
+                        ]
+                    ),
+                )
+            ),
+            equals,
+        )
     if kind == "unknown":
         return [draw(_unknown(TRAIN_OPTIONS)), *draw(st.lists(positional, max_size=1))]
     if kind == "list":  # two values where one is due
@@ -294,8 +380,11 @@ def bad_train_tokens(draw) -> list[str]:
     if kind == "positional":
         return [draw(positional)]
     if kind == "out-dir":
-        return _option("out-dir", draw(st.sampled_from(["", "x" * 300, "{protected}/data",
-                                                        "{protected}/data/points.npy/run"])), equals)
+        return _option(
+            "out-dir",
+            draw(st.sampled_from(["", "x" * 300, "{protected}/data", "{protected}/data/points.npy/run"])),
+            equals,
+        )
     name = draw(st.sampled_from(["epochs", "lr", "dataset", "out-dir", "schedule"]))  # a NUL byte (in process only)
     return _option(name, draw(words) + "\x00" + draw(words), equals)
 
@@ -351,11 +440,17 @@ def bad_sample_tokens(draw) -> list[str]:
     if kind == "params":
         return _option("params", draw(words.filter(lambda s: s.strip() not in ("raw", "ema"))), equals)
     if kind == "seed":
-        return _option("seed", draw(st.one_of(not_an_int, st.integers(max_value=-1).map(str),
-                                              st.integers(2**40, 10**40).map(str))), equals)
+        return _option(
+            "seed",
+            draw(st.one_of(not_an_int, st.integers(max_value=-1).map(str), st.integers(2**40, 10**40).map(str))),
+            equals,
+        )
     if kind == "run":
-        return _option("run", draw(st.one_of(words, st.sampled_from(["", ".", "..", "{protected}",
-                                                                      "{protected}/data/points.npy"]))), equals)
+        return _option(
+            "run",
+            draw(st.one_of(words, st.sampled_from(["", ".", "..", "{protected}", "{protected}/data/points.npy"]))),
+            equals,
+        )
     if kind == "unknown":
         return [draw(_unknown(SAMPLE_OPTIONS)), *draw(st.lists(positional, max_size=1))]
     if kind == "list":
@@ -418,8 +513,12 @@ def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
 
 good_points = hnp.arrays(np.float64, (64, 2), elements=st.floats(-3, 3, width=32))
 # Mostly 0.5, with a few NaN, infinities, values beyond float32's range (1e39) or huge ones (1e30).
-odd_points = hnp.arrays(np.float64, (64, 2), fill=st.just(0.5), elements=st.sampled_from(
-    [np.nan, np.inf, -np.inf, 1e39, -1e39, 1e30, 3.4e38, 1e-320, -2.0]))
+odd_points = hnp.arrays(
+    np.float64,
+    (64, 2),
+    fill=st.just(0.5),
+    elements=st.sampled_from([np.nan, np.inf, -np.inf, 1e39, -1e39, 1e30, 3.4e38, 1e-320, -2.0]),
+)
 
 
 @st.composite
@@ -431,8 +530,11 @@ def npy_file(draw) -> tuple[str, bytes]:
         shape = draw(st.sampled_from([(), (0,), (2,), (0, 2), (1, 2), (64, 3), (64, 1), (2, 2, 2), (2, 64)]))
         content = npy_bytes(np.ones(shape))
     elif kind == "dtype":
-        dtype = draw(st.sampled_from(["complex64", "U3", "S3", "datetime64[s]", "timedelta64[s]", "V8",
-                                      "f2,f2", "float16", "int8"]))
+        dtype = draw(
+            st.sampled_from(
+                ["complex64", "U3", "S3", "datetime64[s]", "timedelta64[s]", "V8", "f2,f2", "float16", "int8"]
+            )
+        )
         content = npy_bytes(np.zeros((64, 2), dtype) if dtype in ("V8", "f2,f2") else np.ones((64, 2)).astype(dtype))
     elif kind == "pickle":  # a bare pickle stream named .npy
         content = pickle.dumps(PlantedPayload())
@@ -475,8 +577,9 @@ def csv_file(draw) -> tuple[str, bytes]:
     return draw(st.sampled_from([".csv", ".csv", ".csv", ".txt", "", ".npy"])), content
 
 
-file_stem = st.text(st.characters(exclude_categories=("Cs", "Cc"), exclude_characters="/\\"), min_size=1,
-                    max_size=20).filter(lambda s: s not in (".", ".."))
+file_stem = st.text(
+    st.characters(exclude_categories=("Cs", "Cc"), exclude_characters="/\\"), min_size=1, max_size=20
+).filter(lambda s: s not in (".", ".."))
 
 
 def test_data_files(sandbox):
@@ -521,8 +624,11 @@ def rewrite_manifests(run: Path) -> None:
     been written that way, and reaches orbax's readers instead of the manifest check."""
     for checkpoint in (run / "checkpoints").iterdir():
         if checkpoint.is_dir() and checkpoint.name.isdigit():
-            hashes = {str(p.relative_to(checkpoint)): hashlib.sha256(p.read_bytes()).hexdigest()
-                      for p in sorted(checkpoint.rglob("*")) if p.is_file()}
+            hashes = {
+                str(p.relative_to(checkpoint)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(checkpoint.rglob("*"))
+                if p.is_file()
+            }
             (run / "checkpoint_manifests").mkdir(exist_ok=True)
             (run / "checkpoint_manifests" / f"{checkpoint.name}.json").write_text(json.dumps(hashes))
 
@@ -536,9 +642,11 @@ def read_json(where, key: Optional[str] = None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | words,
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(words, inner, max_size=3),
-                           max_leaves=6)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | words,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(words, inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -609,12 +717,30 @@ def files(run: Path, under: str = "checkpoints") -> list[Path]:
     return sorted(p for p in (run / under).rglob("*") if p.is_file()) if (run / under).is_dir() else []
 
 
-DAMAGES = ("bytes", "flip", "truncate", "delete-file", "delete-folder", "record", "record-field", "config",
-           "config-field", "other-model", "manifest", "pickle", "metrics")
+DAMAGES = (
+    "bytes",
+    "flip",
+    "truncate",
+    "delete-file",
+    "delete-folder",
+    "record",
+    "record-field",
+    "config",
+    "config-field",
+    "other-model",
+    "manifest",
+    "pickle",
+    "metrics",
+)
 damages = st.builds(
-    Damage, kind=st.sampled_from(DAMAGES), pick=st.integers(0, 10**6), blob=st.binary(max_size=200), value=json_values,
+    Damage,
+    kind=st.sampled_from(DAMAGES),
+    pick=st.integers(0, 10**6),
+    blob=st.binary(max_size=200),
+    value=json_values,
     field=st.sampled_from([f.name for f in dataclasses.fields(Config)] + ["epoch", "wall_s", "config", "data_sha256"]),
-    other=st.sampled_from([("num_steps", 50), ("num_steps", 101), ("loss", "hybrid"), ("seeds", 2)]))
+    other=st.sampled_from([("num_steps", 50), ("num_steps", 101), ("loss", "hybrid"), ("seeds", 2)]),
+)
 
 
 def test_damaged_run_folders(sandbox):
@@ -694,8 +820,13 @@ def test_subprocess_cases(sandbox):
 
 @pytest.mark.skipif(SCALE == 1, reason="long run only (JAX_DDPM_FUZZ_SCALE > 1): a fresh interpreter per case")
 def test_subprocess_damaged_run_folders(sandbox):
-    @settings(max_examples=max(1, 2 * (SCALE - 1)), derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=max(1, 2 * (SCALE - 1)),
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(damage=st.lists(damages, min_size=1, max_size=3), sampler=st.booleans())
     def case(damage, sampler):
         with sandbox.case("subprocess") as folder:
@@ -717,10 +848,16 @@ def test_subprocess_damaged_run_folders(sandbox):
 
 @pytest.mark.skipif(SCALE == 1, reason="long run only (JAX_DDPM_FUZZ_SCALE > 1): a fresh interpreter per case")
 def test_subprocess_train_arguments(sandbox):
-    @settings(max_examples=max(1, 3 * (SCALE - 1)), derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(mutations=st.lists(bad_train_tokens().filter(lambda m: not any("\x00" in t for t in m)),
-                              min_size=1, max_size=3))
+    @settings(
+        max_examples=max(1, 3 * (SCALE - 1)),
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        mutations=st.lists(bad_train_tokens().filter(lambda m: not any("\x00" in t for t in m)), min_size=1, max_size=3)
+    )
     def case(mutations):
         with sandbox.case("subprocess") as folder:
             tokens = sandbox.tokens(mutations)

@@ -45,8 +45,14 @@ def numpy_loss(params, abar: np.ndarray, x_0, t, e, prediction: str) -> float:
 @pytest.mark.parametrize("prediction", ["v", "x0"])
 @pytest.mark.parametrize("zero_terminal_snr", [False, True])
 def test_v_and_x0_losses_against_numpy(batch, prediction, zero_terminal_snr):
-    config = Config(schedule="linear", beta_start=1e-4, beta_end=0.1, prediction=prediction, sampler="ddpm",
-                    zero_terminal_snr=zero_terminal_snr)
+    config = Config(
+        schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.1,
+        prediction=prediction,
+        sampler="ddpm",
+        zero_terminal_snr=zero_terminal_snr,
+    )
     schedule = run_schedule(config)
     params = init_params(jax.random.key(1), T)
     x_0, t, e = batch
@@ -65,11 +71,13 @@ def test_eps_default_is_the_tutorials_loss_bit_for_bit(batch):
     schedule = run_schedule(config)
     params = init_params(jax.random.key(1), T)
     x_0, t, e = (jnp.asarray(a) for a in batch)
-    out_ref = losses.noise_estimation_loss(params, x_0, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt,
-                                           T, t=t, e=e)
+    out_ref = losses.noise_estimation_loss(
+        params, x_0, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, T, t=t, e=e
+    )
     np.testing.assert_array_equal(np.asarray(loss_fn_for(config)(params, x_0, schedule, T, t, e)), np.asarray(out_ref))
-    np.testing.assert_array_equal(np.asarray(prediction_loss(params, schedule, x_0, t, e, prediction="eps")),
-                                  np.asarray(out_ref))
+    np.testing.assert_array_equal(
+        np.asarray(prediction_loss(params, schedule, x_0, t, e, prediction="eps")), np.asarray(out_ref)
+    )
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
@@ -98,8 +106,9 @@ def test_bound_of_an_eps_model_is_the_tutorials_mean(batch):
 
 
 def test_zero_terminal_snr_schedule_is_the_rescaled_one():
-    config = Config(schedule="linear", beta_start=1e-4, beta_end=0.02, prediction="v", sampler="ddim",
-                    zero_terminal_snr=True)
+    config = Config(
+        schedule="linear", beta_start=1e-4, beta_end=0.02, prediction="v", sampler="ddim", zero_terminal_snr=True
+    )
     betas = np.asarray(run_schedule(config).betas)
     out_ref = samplers.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
     np.testing.assert_array_equal(betas, out_ref)
@@ -119,8 +128,9 @@ def test_preset_sets_what_the_user_did_not():
         assert getattr(resolved, name) == expected, name
     validate(resolved)
     # From Python (no command line): the fields still at the tutorial's default take the preset's value.
-    assert resolve_preset(Config(preset="recommended")) == dataclasses.replace(Config(preset="recommended"),
-                                                                               **PRESETS["recommended"])
+    assert resolve_preset(Config(preset="recommended")) == dataclasses.replace(
+        Config(preset="recommended"), **PRESETS["recommended"]
+    )
     assert resolve_preset(Config(), ["--epochs", "5"]) == Config()  # the tutorial preset changes nothing
 
 

@@ -59,13 +59,17 @@ def test_train_cli_samples_with_its_sampler_and_prediction(trained, name, tmp_pa
     np.testing.assert_array_equal(np.load(out), np.load(run_dir / "samples.npy"))
 
 
-@pytest.mark.parametrize("options", [
-    ["--sampler", "ddpm", "--variance", "posterior"],
-    ["--sampler", "ddpm", "--sample-steps", "20", "--timestep-spacing", "trailing"],
-    ["--sampler", "ddim", "--sample-steps", "10", "--eta", "1.0"],
-    ["--sampler", "dpm-solver++", "--sample-steps", "10"],
-    ["--sampler", "ode"],
-], ids=lambda o: " ".join(o))
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--sampler", "ddpm", "--variance", "posterior"],
+        ["--sampler", "ddpm", "--sample-steps", "20", "--timestep-spacing", "trailing"],
+        ["--sampler", "ddim", "--sample-steps", "10", "--eta", "1.0"],
+        ["--sampler", "dpm-solver++", "--sample-steps", "10"],
+        ["--sampler", "ode"],
+    ],
+    ids=lambda o: " ".join(o),
+)
 def test_sample_cli_reaches_every_sampler(tiny_run, tmp_path, options, capsys):
     out = tmp_path / "s.npy"
     assert sample_main(["--run", str(tiny_run), "--n", "64", "--out", str(out), *options]) == 0
@@ -91,8 +95,12 @@ def test_x_T_reproduces_a_ddim_trajectory_exactly(tiny_run, tmp_path):
     np.save(tmp_path / "x_T.npy", trajectory[0])
     # Another seed's keys: eta = 0 draws no noise, so only x_T matters.
     again = tmp_path / "again.npy"
-    assert sample_main(["--run", str(tiny_run), "--out", str(again), "--seed", "7", "--x-T", str(tmp_path / "x_T.npy"),
-                        *ddim]) == 0
+    assert (
+        sample_main(
+            ["--run", str(tiny_run), "--out", str(again), "--seed", "7", "--x-T", str(tmp_path / "x_T.npy"), *ddim]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(again), trajectory)
 
 
@@ -100,8 +108,10 @@ def test_x_T_starts_the_tutorial_chain_too(tiny_run, tmp_path):
     x_T = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
     np.save(tmp_path / "x_T.npy", x_T)
     out = tmp_path / "t.npy"
-    assert sample_main(["--run", str(tiny_run), "--x-T", str(tmp_path / "x_T.npy"), "--trajectory",
-                        "--out", str(out)]) == 0
+    assert (
+        sample_main(["--run", str(tiny_run), "--x-T", str(tmp_path / "x_T.npy"), "--trajectory", "--out", str(out)])
+        == 0
+    )
     trajectory = np.load(out)
     assert trajectory.shape == (101, 10, 2)
     np.testing.assert_array_equal(trajectory[0], x_T)
@@ -153,11 +163,14 @@ def test_bad_sample_option_is_one_line_exit_2(tiny_run, tmp_path, capsys, extra,
     assert not (tmp_path / "out.npy").exists() and snapshot(tiny_run) == before
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--sampler", "ddim"], "--sampler ddim is not supported by torch_reference.train"),
-    (["--prediction", "v", "--sampler", "ddpm"], "--prediction v is not supported by torch_reference.train"),
-    (["--zero-terminal-snr"], "use --prediction v or x0"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sampler", "ddim"], "--sampler ddim is not supported by torch_reference.train"),
+        (["--prediction", "v", "--sampler", "ddpm"], "--prediction v is not supported by torch_reference.train"),
+        (["--zero-terminal-snr"], "use --prediction v or x0"),
+    ],
+)
 def test_reference_cli_refuses_what_it_does_not_have(tmp_path, capsys, extra, message):
     assert reference_main(reference_argv(tmp_path / "run", *extra)) == 2
     assert message in one_error_line(capsys)
@@ -189,8 +202,25 @@ def test_evaluate_cli_on_a_tiny_run(tiny_run, tmp_path, capsys):
 
 def test_evaluate_cli_with_a_sampler_on_an_x0_run(trained, tmp_path, capsys):
     out = tmp_path / "e.json"
-    assert evaluate_main(["--run", str(trained["x0-zts-dpm"]), "--n", "64", "--n-likelihood", "20", "--sampler", "ddim",
-                          "--sample-steps", "5", "--out", str(out)]) == 0
+    assert (
+        evaluate_main(
+            [
+                "--run",
+                str(trained["x0-zts-dpm"]),
+                "--n",
+                "64",
+                "--n-likelihood",
+                "20",
+                "--sampler",
+                "ddim",
+                "--sample-steps",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["sampling"]["sampler"] == "ddim" and result["sampling"]["nfe"] == 5
     assert "x0 model" in result["likelihood"]["unavailable"] and np.isfinite(result["bound"]["total"])

@@ -43,7 +43,7 @@ def unsafe_loading(source: str) -> list[str]:
     found = []
     for i, tok in enumerate(tokens):
         before = tokens[i - 1].string if i else ""
-        after = [t.string for t in tokens[i + 1: i + 3]]
+        after = [t.string for t in tokens[i + 1 : i + 3]]
         where = f"line {tok.start[0]}"
         if tok.type == tokenize.NAME and tok.string in PICKLE_MODULES:
             found.append(f"{where}: {tok.string}")
@@ -66,11 +66,15 @@ def unsafe_loading(source: str) -> list[str]:
 
 def test_the_scan_finds_what_it_looks_for():
     """The scan is not vacuous: each unsafe form is found, and words in comments or strings are not."""
-    unsafe = ("import pickle\nimport cloudpickle as cp\nx = np.load(f, allow_pickle=True)\n"
-              "m = torch.load(path)\nm = torch.load(path, map_location='cpu')\neval(text)\n")
+    unsafe = (
+        "import pickle\nimport cloudpickle as cp\nx = np.load(f, allow_pickle=True)\n"
+        "m = torch.load(path)\nm = torch.load(path, map_location='cpu')\neval(text)\n"
+    )
     assert len(unsafe_loading(unsafe)) == 6
-    safe = ('"""No pickle here."""\n# allow_pickle=True is never used\nx = np.load(f, allow_pickle=False)\n'
-            "m = torch.load(path, weights_only=True)\nmodel.eval()\ns = 'pickle'\n")
+    safe = (
+        '"""No pickle here."""\n# allow_pickle=True is never used\nx = np.load(f, allow_pickle=False)\n'
+        "m = torch.load(path, weights_only=True)\nmodel.eval()\ns = 'pickle'\n"
+    )
     assert unsafe_loading(safe) == []
 
 

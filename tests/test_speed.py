@@ -43,10 +43,19 @@ def test_training_chunk_equals_epochs_jitted_without_options(options, monkeypatc
     data = jnp.asarray(dataset_for(config))
     state = init_states(config, optimizer)
     chunked, metrics = make_train_chunk(config, schedule, optimizer, config.epochs)(state, data)
-    train_step_fn = functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
-                                      n_steps=config.num_steps, loss_fn=make_loss_fn(config.loss))
-    epoch = jax.jit(functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn,
-                                      n_steps=config.num_steps))
+    train_step_fn = functools.partial(
+        train_step,
+        optimizer=optimizer,
+        ema_mu=config.ema_decay,
+        schedule=schedule,
+        n_steps=config.num_steps,
+        loss_fn=make_loss_fn(config.loss),
+    )
+    epoch = jax.jit(
+        functools.partial(
+            train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn, n_steps=config.num_steps
+        )
+    )
     plain, losses = state, []
     for _ in range(config.epochs):
         plain, epoch_metrics = epoch(plain, data)
@@ -59,16 +68,27 @@ def test_training_chunk_equals_epochs_jitted_without_options(options, monkeypatc
 
 @pytest.mark.parametrize("options", list(_option_sets("sampling").values()), ids=list(_option_sets("sampling")))
 def test_sample_chain_equals_p_sample_loop_with_the_same_noise(options):
-    chain = jax.jit(sampling._sample_chain, static_argnames=("n", "parameterization"),
-                    compiler_options=speed.on_cpu(options))
+    chain = jax.jit(
+        sampling._sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(options)
+    )
     config, n = Config(), 500
     schedule = schedule_for(config)
     params = init_params(jax.random.PRNGKey(3), config.num_steps)
     key = jax.random.PRNGKey(11)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
     zs = jnp.stack([jax.random.normal(jax.random.fold_in(key, k + 1), (n, 2)) for k in range(config.num_steps)])
-    expected = np.asarray(p_sample_loop(params, (n, 2), config.num_steps, schedule.alphas, schedule.betas,
-                                        schedule.one_minus_alphas_bar_sqrt, x_T=x_T, zs=zs))
+    expected = np.asarray(
+        p_sample_loop(
+            params,
+            (n, 2),
+            config.num_steps,
+            schedule.alphas,
+            schedule.betas,
+            schedule.one_minus_alphas_bar_sqrt,
+            x_T=x_T,
+            zs=zs,
+        )
+    )
     actual = np.asarray(chain(params, schedule, key, n=n, parameterization="eps"))
     assert actual.shape == (config.num_steps + 1, n, 2)
     if options == speed.SAMPLING:  # the program sample_chain runs on this CPU

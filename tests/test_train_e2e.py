@@ -17,8 +17,17 @@ from jax_ddpm.train import main as train_main
 from jax_ddpm.training import init_states, optimizer_for
 from tests.conftest import STEPS_PER_EPOCH, tiny_argv
 
-OUTPUTS = ("config.json", "metrics.jsonl", "samples.npy", "summary.json", "data.png", "forward.png",
-           "reverse.png", "loss.png", "diffusion.gif")
+OUTPUTS = (
+    "config.json",
+    "metrics.jsonl",
+    "samples.npy",
+    "summary.json",
+    "data.png",
+    "forward.png",
+    "reverse.png",
+    "loss.png",
+    "diffusion.gif",
+)
 
 
 def restore(run_dir):
@@ -68,12 +77,15 @@ def test_training_moves_parameters_and_ema_lags_behind(tiny_run):
     state = restore(tiny_run)
     init = init_states(Config(n_points=256), optimizer_for(Config()))
     assert int(state.opt_step) == 20 * STEPS_PER_EPOCH and int(state.epoch) == 20
-    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), state.params,
-                                   init.params)
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), state.params, init.params
+    )
     assert min(jax.tree_util.tree_leaves(moved)) > 0  # every parameter was trained
     # EMA with mu = 0.9 differs from the raw parameters after the last step.
-    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(state.params),
-                                                         jax.tree_util.tree_leaves(state.ema_params)))
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(state.ema_params))
+    )
 
 
 def test_same_seed_same_numbers_and_chunk_compiles_once(tiny_run, tmp_path):

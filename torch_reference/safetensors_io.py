@@ -19,8 +19,9 @@ from torch_reference.model import ConditionalModel
 
 def save_model(model_or_state_dict, path, metadata: dict[str, str]) -> None:
     """Write a ConditionalModel (or its state dict, or EMA.shadow) as safetensors with `metadata`."""
-    state_dict = (model_or_state_dict.state_dict() if isinstance(model_or_state_dict, torch.nn.Module)
-                  else model_or_state_dict)
+    state_dict = (
+        model_or_state_dict.state_dict() if isinstance(model_or_state_dict, torch.nn.Module) else model_or_state_dict
+    )
     save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata)
 
 
