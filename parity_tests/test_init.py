@@ -22,6 +22,8 @@ import torch
 from jax_ddpm.model import init_params
 from torch_reference.model import ConditionalModel
 
+pytestmark = pytest.mark.torch  # compares with torch / the PyTorch reference
+
 N_STEPS = 100
 SEEDS = 256  # models drawn on each side
 TARGET = 2**17  # values pooled per parameter: seeds are pooled until a parameter reaches this (or SEEDS)

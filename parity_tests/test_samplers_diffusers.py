@@ -33,6 +33,8 @@ from jax_ddpm import samplers
 from jax_ddpm.schedule import make_beta_schedule
 from parity_tests.compare import assert_pairs_close
 
+pytestmark = pytest.mark.torch  # compares with torch / the PyTorch reference
+
 T = 100  # the tutorial's number of diffusion steps
 N = 64
 # Chains: K dependent steps of a few roundings each (eps prediction divides by sqrt(abar_T) = 0.007

@@ -19,6 +19,8 @@ from benchmarks import check_install, gpu_parity, run, torch_bench, variants
 from benchmarks.report import write_reports
 from ddpm_harness.config import Config
 
+pytestmark = pytest.mark.torch  # compares with torch / the PyTorch reference
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

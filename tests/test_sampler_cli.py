@@ -21,8 +21,6 @@ from jax_ddpm.sample import main as sample_main
 from jax_ddpm.train import main as train_main
 from tests.conftest import snapshot, tiny_argv
 from tests.test_bad_input import one_error_line, write_file
-from tests.test_train_torch_reference import reference_argv
-from torch_reference.train import main as reference_main
 
 # A training run per prediction, each with a sampler other than the tutorial's (the default tutorial
 # sampler and eps prediction are the tiny_run fixture).
@@ -171,7 +169,11 @@ def test_bad_sample_option_is_one_line_exit_2(tiny_run, tmp_path, capsys, extra,
         (["--zero-terminal-snr"], "use --prediction v or x0"),
     ],
 )
+@pytest.mark.torch
 def test_reference_cli_refuses_what_it_does_not_have(tmp_path, capsys, extra, message):
+    from tests.test_train_torch_reference import reference_argv
+    from torch_reference.train import main as reference_main
+
     assert reference_main(reference_argv(tmp_path / "run", *extra)) == 2
     assert message in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
