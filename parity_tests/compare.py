@@ -4,7 +4,6 @@ the assertion, and conversions of either side's results to flat numpy dicts.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import jax
@@ -12,30 +11,7 @@ import numpy as np
 import torch
 
 from jax_ddpm.convert import torch_to_flax
-
-
-@dataclasses.dataclass(frozen=True)
-class Precision:
-    """One floating-point precision on both sides: numpy/JAX dtype, torch dtype, JAX x64 switch."""
-
-    name: str
-    np_dtype: type
-    torch_dtype: torch.dtype
-
-    @property
-    def eps(self) -> float:
-        """Machine epsilon (one ulp at 1.0): tolerances are written as multiples of it."""
-        return float(np.finfo(self.np_dtype).eps)
-
-    def context(self) -> contextlib.AbstractContextManager:
-        """JAX x64 on for float64 only, scoped (jax.enable_x64 is a context manager in jax 0.10),
-        so float32 tests run in JAX's default 32-bit mode whatever ran before them."""
-        return jax.enable_x64(self.np_dtype == np.float64)
-
-
-FLOAT32 = Precision("float32", np.float32, torch.float32)
-FLOAT64 = Precision("float64", np.float64, torch.float64)
-PRECISIONS = (FLOAT32, FLOAT64)
+from parity_tests.precision import FLOAT32, FLOAT64, PRECISIONS, Precision  # noqa: F401  (re-exported)
 
 Pairs = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (out_ref, out_ans)
 

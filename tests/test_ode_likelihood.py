@@ -18,7 +18,7 @@ import pytest
 
 from jax_ddpm import likelihood, samplers
 from jax_ddpm.schedule import make_schedule
-from parity_tests.compare import FLOAT32, FLOAT64
+from parity_tests.precision import FLOAT32, FLOAT64
 
 MU = np.array([0.5, -0.3])
 S = 0.6
