@@ -1,6 +1,6 @@
 """Bounded memory: `python -m jax_ddpm.sample` streams the chain in chunks of SAMPLE_CHUNK points
 into a memory-mapped file, so its peak RSS does not grow with --n beyond the output itself (the
-whole chain of 300,000 points would be 300,000 x 101 x 2 float32 = 242 MB)."""
+whole chain of 225,000 points would be 225,000 x 101 x 2 float32 = 182 MB)."""
 
 from __future__ import annotations
 
@@ -35,14 +35,14 @@ def peak_rss_mib(*argv: str) -> float:
 
 
 def test_peak_memory_does_not_grow_with_n(tiny_run, tmp_path):
-    one_chunk, three_chunks = SAMPLE_CHUNK, 3 * SAMPLE_CHUNK
+    one_chunk, nine_chunks = SAMPLE_CHUNK, 9 * SAMPLE_CHUNK
     small = peak_rss_mib("--run", str(tiny_run), "--n", str(one_chunk), "--out", str(tmp_path / "small.npy"))
-    large = peak_rss_mib("--run", str(tiny_run), "--n", str(three_chunks), "--out", str(tmp_path / "large.npy"))
-    output_mib = (three_chunks - one_chunk) * 2 * 4 / 2**20  # what the larger output adds: 1.5 MiB
-    # Unstreamed, the two extra chunks' chains would add ~160 MiB; allocator noise is a few tens.
+    large = peak_rss_mib("--run", str(tiny_run), "--n", str(nine_chunks), "--out", str(tmp_path / "large.npy"))
+    output_mib = (nine_chunks - one_chunk) * 2 * 4 / 2**20  # what the larger output adds: 1.5 MiB
+    # Unstreamed, the eight extra chunks' chains would add ~154 MiB; allocator noise is a few tens.
     assert large - small < output_mib + 48, (small, large)
     points = np.load(tmp_path / "large.npy")
-    assert points.shape == (three_chunks, 2) and np.isfinite(points).all()
+    assert points.shape == (nine_chunks, 2) and np.isfinite(points).all()
     # The first chunk of a large draw is the small draw: the same n always gives the same points,
     # and a draw of one chunk is exactly the run's own chain.
     np.testing.assert_array_equal(points[:one_chunk], np.load(tmp_path / "small.npy"))
