@@ -7,8 +7,12 @@ from parity_tests.twin_lines import PAIRS, shared_lines
 # Shared lines (stripped, non-blank, difflib-matched) measured when the twins were aligned, minus a
 # margin of about 5%: an edit that translates one side without the other, renames a shared function or
 # reorders a file drops below it, while a tweak of a line or two does not. Raise a floor when a pair
-# gets closer; lower one only with a reason in the commit message.
-FLOORS = {"schedule": 30, "model": 6, "losses": 42, "sampling": 6, "training": 7}
+# gets closer; lower one only with a reason in the commit message. Re-measured after `ruff format`
+# (line length 120) rewrapped both sides: schedule 43, model 7, losses 57, sampling 7, training 5.
+# Formatting moved line breaks only; it wrapped train_step's long calls differently on the two sides,
+# which took training from 8 to 5 shared lines with no change of code, so its floor is 5 (the pair is
+# mostly the run machinery below "Beyond the tutorial", which has no torch twin).
+FLOORS = {"schedule": 41, "model": 6, "losses": 54, "sampling": 6, "training": 5}
 
 
 @pytest.mark.parametrize("name", PAIRS)
