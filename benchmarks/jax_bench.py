@@ -20,11 +20,10 @@ import numpy as np
 
 from benchmarks.timing import measure, rates
 from ddpm_harness.config import Config, dataset_for
-
+from jax_ddpm import sampling, speed
 from jax_ddpm.sampling import sample_chain
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import (init_states, make_mesh, optimizer_for, make_train_chunk, run_keys,
-                               train_step)
+from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys, train_step
 
 
 def _parts(config: Config):
@@ -37,26 +36,47 @@ def steps_per_epoch(config: Config) -> int:
     return math.ceil(config.n_points / config.batch_size)
 
 
-def chunk_runner(config: Config, n_epochs: int):
+CHOSEN = "chosen"  # the per-program options jax_ddpm uses on this machine (jax_ddpm.speed)
+
+
+def _with_precision(run, precision: str | None):
+    """run() under jax.default_matmul_precision(precision) (None: the process default)."""
+    if precision is None:
+        return run
+
+    def run_at_precision():
+        with jax.default_matmul_precision(precision):
+            run()
+
+    return run_at_precision
+
+
+def chunk_runner(config: Config, n_epochs: int, options: dict | str = CHOSEN, precision: str | None = None):
     """`n_epochs` scan-fused epochs of `config` (seeds vmapped; over config.devices the seeds
     split, or one seed's batches) from the same initial state each call; work = model-steps
-    (steps x seeds)."""
+    (steps x seeds). `options`: XLA:CPU compiler options instead of jax_ddpm's choice;
+    `precision`: a jax_default_matmul_precision for this program ("tensorfloat32", ...)."""
     schedule, data, optimizer = _parts(config)
     mesh = make_mesh(config.devices)
     chunk = make_train_chunk(config, schedule, optimizer, n_epochs, mesh)
+    if options != CHOSEN:
+        chunk = jax.jit(chunk.__wrapped__, compiler_options=speed.on_cpu(options))
     state = init_states(config, optimizer, mesh)
 
     def run():
         jax.block_until_ready(chunk(state, data))
 
-    return run, n_epochs * steps_per_epoch(config) * config.seeds
+    return _with_precision(run, precision), n_epochs * steps_per_epoch(config) * config.seeds
 
 
 def python_loop_runner(config: Config, n_steps: int):
     """The jitted `train_step` called once per batch from Python; work = steps."""
     schedule, data, optimizer = _parts(config)
-    step = jax.jit(functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
-                                     n_steps=config.num_steps))
+    step = jax.jit(
+        functools.partial(
+            train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule, n_steps=config.num_steps
+        )
+    )
     initial = init_states(config, optimizer)
     n_full = config.n_points // config.batch_size
     perm = np.random.default_rng(0).permutation(config.n_points)[: n_full * config.batch_size]
@@ -71,14 +91,21 @@ def python_loop_runner(config: Config, n_steps: int):
     return run, n_steps
 
 
-def sampling_runner(n_points: int, config: Config = Config()):
-    """`sample_chain` of n_points over the whole schedule (one compiled lax.scan)."""
+def sampling_runner(n_points: int, config: Config = Config(), options: dict | str = CHOSEN):
+    """`sample_chain` of n_points over the whole schedule (one compiled lax.scan); `options`:
+    XLA:CPU compiler options instead of jax_ddpm's choice."""
     schedule, _, optimizer = _parts(config)
     params = init_states(config, optimizer).params
     key = run_keys(config.seed)["sample"]
+    chain = sample_chain
+    if options != CHOSEN:
+        jitted = jax.jit(
+            sampling._sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(options)
+        )
+        chain = functools.partial(jitted, parameterization="eps")
 
     def run():
-        jax.block_until_ready(sample_chain(params, schedule, key, n_points))
+        jax.block_until_ready(chain(params, schedule, key, n=n_points))
 
     return run, 1
 
@@ -92,7 +119,7 @@ def matmul_runner(size: int):
     def run():
         jax.block_until_ready(matmul(a, b))
 
-    return run, 2.0 * size ** 3
+    return run, 2.0 * size**3
 
 
 def main() -> None:
@@ -104,8 +131,11 @@ def main() -> None:
     args = parser.parse_args()
     config = dataclasses.replace(Config(), devices=args.devices, seeds=args.seeds)
     run, work = chunk_runner(config, args.epochs)
-    print(json.dumps(dict(devices=[str(d) for d in jax.devices()[: args.devices]],
-                          **rates(measure(run, args.repeats), work))))
+    print(
+        json.dumps(
+            dict(devices=[str(d) for d in jax.devices()[: args.devices]], **rates(measure(run, args.repeats), work))
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,15 +1,29 @@
-"""`python -m benchmarks.run --device cpu|gpu|auto [--quick] [--out benchmarks/results]`
+"""`python -m benchmarks.run --device cpu|gpu|auto [--quick] [--dry-run] [--out benchmarks/results]`
 
 Measures, in ONE run on one device, training steps/s (torch as the tutorial writes it, the
-strongest torch step, JAX jitted step from Python, JAX scan-fused epochs, JAX --devices,
-JAX --seeds K), sampling time, scaling with batch size and K, the roofline, and (full runs)
-the end-to-end CLIs; then writes <out>/<cpu|gpu>.md, .json and _scaling.png. `--quick` is a
-CI-sized smoke run: tiny repeats, small sizes, no torch.compile, no end-to-end runs.
+strongest torch steps, JAX jitted step from Python, JAX scan-fused epochs, JAX --devices,
+JAX --seeds K), sampling time, scaling with batch size and K, the roofline, the compile cache's
+first and second run, and (full runs) the end-to-end CLIs. On CPU also the single-core bound and
+each per-program XLA option set; on GPU also torch with CUDA graphs and TF32 rows.
+
+Writes <out>/<stem>.md, .json and _scaling.png, the stem naming the machine: `cpu-<isa>` (the CPU's
+vector ISA: avx512, avx2 or other), so runs on different CPUs do not overwrite each other, or `gpu`.
+
+`--quick` is a CI-sized smoke run: tiny repeats, small sizes, no torch.compile, no end-to-end runs.
+`--dry-run` builds and calls every variant of the chosen report once at tiny sizes ON THE CPU
+(`--device gpu --dry-run`: all of the GPU report but what needs CUDA itself, torch.compile tracing
+without generating code) and writes <out>/<stem>-dry-run.*: the GPU run cannot then fail on a typo.
+A full GPU run keeps to `--budget-s` (default 460 s, so that with start-up and the last variant begun
+it ends within 10 minutes): once it is spent, the optional variants left are skipped and named in
+the report, and the report is rewritten after each section (marked incomplete until the end), so a
+run stopped from outside still leaves one. A variant that fails in a full run is reported and
+skipped; in --quick and --dry-run it stops the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -17,15 +31,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, Optional
 
 import jax
 import tyro
 
 from benchmarks import flops
 from benchmarks.report import write_reports
-from benchmarks.timing import measure, rates
+from benchmarks.timing import measure, measure_interleaved, rates
+from ddpm_harness import cpu_isa
+
+GPU_BUDGET_S = 460.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +53,13 @@ class Args:
     device: Literal["cpu", "gpu", "auto"] = "auto"
     """Where to run: cpu, gpu, or auto (gpu when JAX sees one)."""
     quick: bool = False
-    """CI smoke run (well under a minute): tiny repeats, small sizes, no compile-heavy or end-to-end variants."""
+    """CI smoke run: tiny repeats, small sizes, no compile-heavy or end-to-end variants."""
+    dry_run: bool = False
+    """Build and call every variant of the chosen report once at tiny sizes on the CPU; writes <stem>-dry-run.*."""
     out: str = "benchmarks/results"
     """Folder of the reports."""
+    budget_s: Optional[float] = None
+    """Seconds after which optional variants are skipped (default: 460 on a GPU, none on a CPU)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,39 +72,82 @@ class Sizes:
     batches: tuple[int, ...]
     sampling_points: int
     matmul: int
+    single_core_matmuls: int
 
     @classmethod
-    def of(cls, quick: bool, gpu: bool) -> "Sizes":
+    def of(cls, quick: bool, gpu: bool, dry_run: bool = False) -> "Sizes":
+        if dry_run:
+            return cls(1, 4, 4, 1, (2,), (), 256, 256, 100)  # batch scaling: the quick run's code
         if quick:
-            return cls(2, 100, 200, 1, (1, 8), (128, 1024), 2000, 1024)
-        return cls(5, 1000, 1000, 10, (1, 4, 8, 16, 64, 256) if gpu else (1, 4, 8, 16, 64),
-                   (128, 512, 2048, 8192), 10_000, 8192 if gpu else 2048)
+            return cls(2, 100, 200, 1, (1, 8), (128, 1024), 2000, 1024, 1000)
+        if gpu:
+            return cls(3, 1000, 1000, 20, (1, 4, 16, 64, 256, 1024), (128, 512, 2048, 8192), 1_000_000, 8192, 0)
+        return cls(5, 1000, 1000, 10, (1, 4, 8, 16, 64), (128, 512, 2048, 8192), 10_000, 2048, 4000)
 
 
-def select_platform(device: str) -> str:
-    """Fix JAX's platform before any backend starts; 'cpu' or 'gpu'."""
-    if device == "cpu":
+TRAINING_TABLE_SEEDS = (8, 64, 256, 1024)  # the K that also get a row in the training table
+
+
+def report_stem(kind: str, dry_run: bool = False, isa: Optional[str] = None) -> str:
+    """`cpu-<isa>` or `gpu`, with `-dry-run` appended for a dry run."""
+    stem = f"cpu-{isa or cpu_isa.vector_isa()}" if kind == "cpu" else "gpu"
+    return stem + ("-dry-run" if dry_run else "")
+
+
+def select_platform(device: str, dry_run: bool = False) -> str:
+    """Fix JAX's platform before any backend starts; the report's kind, 'cpu' or 'gpu'. A dry run
+    runs on the CPU whatever report it checks."""
+    if device == "cpu" or dry_run:
         jax.config.update("jax_platforms", "cpu")
-        return "cpu"
+        return "gpu" if device == "gpu" else "cpu"
     backend = jax.default_backend()
     if device == "gpu" and backend != "gpu":
-        raise SystemExit(f"error: --device gpu asked for, but JAX runs on {backend} (no GPU found); use --device cpu")
+        raise SystemExit(
+            f"error: --device gpu asked for, but JAX runs on {backend} (no GPU found); use --device cpu"
+            " (or --device gpu --dry-run to check the GPU report's code on this CPU)"
+        )
     return "gpu" if backend == "gpu" else "cpu"
 
 
-def machine(kind: str, torch) -> dict:
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+def machine(kind: str, torch, on_gpu: bool) -> dict:
     import flax
     import jaxlib
     import optax
-    device = str(jax.devices()[0].device_kind) if kind == "gpu" else f"CPU {cpu_model}"
-    return dict(device=device, cpu_model=cpu_model, cores=os.cpu_count(), python=platform.python_version(),
-                jax=jax.__version__, jaxlib=jaxlib.__version__, flax=flax.__version__, optax=optax.__version__,
-                torch=torch.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                jax_matmul_precision=str(jax.config.jax_default_matmul_precision or "default (float32 on CPU)"),
-                torch_threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""), torch_matmul_precision=torch.get_float32_matmul_precision(),
-                load_start=[round(x, 2) for x in os.getloadavg()])
+
+    from jax_ddpm import speed
+
+    model = cpu_isa.cpu_model()
+    info = dict(
+        cpu_model=model,
+        isa=cpu_isa.vector_isa(),
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        jax=jax.__version__,
+        jaxlib=jaxlib.__version__,
+        flax=flax.__version__,
+        optax=optax.__version__,
+        torch=torch.__version__,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        jax_matmul_precision=str(jax.config.jax_default_matmul_precision or "default (float32 on CPU)"),
+        torch_threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
+        torch_matmul_precision=torch.get_float32_matmul_precision(),
+        torch_allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
+        load_start=[round(x, 2) for x in os.getloadavg()],
+    )
+    if on_gpu:
+        info.update(
+            device=str(jax.devices()[0].device_kind),
+            torch_device=torch.cuda.get_device_name(0),
+            torch_cuda=str(torch.version.cuda),
+            jax_devices=len(jax.devices()),
+        )
+    else:
+        info.update(
+            device=f"CPU {model}" + (f" (dry run of the {kind.upper()} report)" if kind != "cpu" else ""),
+            xla_cpu_options=dict(training=speed.TRAINING, sampling=speed.SAMPLING),
+        )
+    return info
 
 
 def devices_subprocess(n: int, sizes: Sizes, kind: str, seeds: int = 1, epochs: int | None = None) -> dict:
@@ -92,8 +157,19 @@ def devices_subprocess(n: int, sizes: Sizes, kind: str, seeds: int = 1, epochs: 
     if kind == "cpu":
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
         env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "benchmarks.jax_bench", "--devices", str(n), "--seeds", str(seeds),
-           "--epochs", str(epochs or sizes.epochs), "--repeats", str(sizes.repeats)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.jax_bench",
+        "--devices",
+        str(n),
+        "--seeds",
+        str(seeds),
+        "--epochs",
+        str(epochs or sizes.epochs),
+        "--repeats",
+        str(sizes.repeats),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -101,46 +177,149 @@ def devices_subprocess(n: int, sizes: Sizes, kind: str, seeds: int = 1, epochs: 
 def end_to_end(out_tmp: Path) -> dict:
     """The default CLIs as subprocesses (wall time, --no-plots). The reference's 1000 epochs take
     minutes, so it runs 50 and 100 epochs and the line through them is extrapolated."""
+
     def wall(cmd: list[str]) -> float:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", *cmd, "--no-plots"], check=True, capture_output=True)
         return time.perf_counter() - start
 
-    results = {"python -m jax_ddpm.train": dict(wall_s=wall(["jax_ddpm.train", "--out-dir", str(out_tmp / "jax")]),
-                                                 note="defaults: 1000 epochs, compile and final sampling included")}
-    short = {e: wall(["torch_reference.train", "--epochs", str(e), "--out-dir", str(out_tmp / f"torch{e}")]) for e in (50, 100)}
+    results = {
+        "python -m jax_ddpm.train": dict(
+            wall_s=wall(["jax_ddpm.train", "--out-dir", str(out_tmp / "jax")]),
+            note="defaults: 1000 epochs, compile and final sampling included",
+        )
+    }
+    short = {
+        e: wall(["torch_reference.train", "--epochs", str(e), "--out-dir", str(out_tmp / f"torch{e}")])
+        for e in (50, 100)
+    }
     per_epoch = (short[100] - short[50]) / 50
     results["python -m torch_reference.train --epochs 100"] = dict(wall_s=short[100], note="measured")
     results["python -m torch_reference.train (1000 epochs, extrapolated)"] = dict(
-        wall_s=short[100] + 900 * per_epoch, note=f"from 50 and 100 epochs: {per_epoch:.3f} s an epoch")
+        wall_s=short[100] + 900 * per_epoch, note=f"from 50 and 100 epochs: {per_epoch:.3f} s an epoch"
+    )
     return results
+
+
+class Bench:
+    """The run's clock, log, time budget and failure policy."""
+
+    def __init__(self, results: dict, budget_s: Optional[float], strict: bool, after_each: Callable[[], None]):
+        self.start, self.results, self.budget_s, self.strict = time.perf_counter(), results, budget_s, strict
+        self.after_each = after_each
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.start:6.1f} s] {msg}", flush=True)
+
+    def spent(self) -> bool:
+        return self.budget_s is not None and time.perf_counter() - self.start > self.budget_s
+
+    def skip(self, what: str, why: str) -> None:
+        self.results["skipped"][what] = why
+        self.log(f"skipped {what}: {why}")
+
+    def attempt(self, what: str, fn: Callable, optional: bool = False):
+        """fn() or, when it fails in a full run, None with the failure recorded."""
+        if optional and self.spent():
+            self.skip(what, f"time budget of {self.budget_s:.0f} s spent")
+            return None
+        try:
+            return fn()
+        except Exception as err:  # one variant must not cost the whole report
+            if self.strict:
+                raise
+            self.results["failed"][what] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+            self.log(f"FAILED {what}: {self.results['failed'][what]}")
+            traceback.print_exc()
+            return None
+        finally:
+            self.after_each()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(Args, args=argv)
-    kind = select_platform(args.device)
+    # JAX would take 75% of the GPU's memory at its start; torch shares the GPU in this process.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    kind = select_platform(args.device, args.dry_run)
+    on_gpu = kind == "gpu" and not args.dry_run
     if kind == "gpu":  # JAX uses TF32 for float32 matmuls on GPU by default; benchmark true float32
         jax.config.update("jax_default_matmul_precision", "float32")
-    # With OpenMP's default spin-waiting, torch's 2 threads collapse (~5 steps/s instead of ~900)
-    # whenever another process holds a core, as on this shared machine; sleeping waiters keep the
+    # With OpenMP's default spin-waiting, torch's threads collapse (~5 steps/s instead of ~900)
+    # whenever another process holds a core, as on a shared machine; sleeping waiters keep the
     # torch baselines honest. Read when torch starts OpenMP, so set before importing it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch  # after jax is configured
 
-    from benchmarks import jax_bench, torch_bench
+    from benchmarks import jax_bench, torch_bench, variants
     from ddpm_harness.config import Config, dataset_for
 
-    torch_device = "cuda" if kind == "gpu" else "cpu"
+    if on_gpu and not torch.cuda.is_available():
+        raise SystemExit(
+            f"error: JAX sees a GPU but torch {torch.__version__} does not (a CPU-only torch?); "
+            "the GPU report compares both on the GPU"
+        )
+    torch_device = "cuda" if on_gpu else "cpu"
     if kind == "gpu":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
-    start = time.perf_counter()
-    sizes = Sizes.of(args.quick, kind == "gpu")
+
+    def after_each():
+        if on_gpu:
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    sizes = Sizes.of(args.quick, kind == "gpu", args.dry_run)
     config = Config()
     data = dataset_for(config)
-    results = dict(command="python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-                   quick=args.quick, machine=machine(kind, torch), notes=[])
-    log = lambda msg: print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)  # noqa: E731
+    results = dict(
+        command="python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        kind=kind,
+        quick=args.quick,
+        dry_run=args.dry_run,
+        machine=machine(kind, torch, on_gpu),
+        notes=[],
+        skipped={},
+        failed={},
+        training={},
+        seed_scaling={},
+        seed_scaling_2_devices={},
+        sampling={},
+        sampling_points=sizes.sampling_points,
+        batch_scaling={"JAX scan-fused": {}, "torch eager (tutorial)": {}},
+    )
+    bench = Bench(
+        results,
+        args.budget_s if args.budget_s is not None else (GPU_BUDGET_S if on_gpu else None),
+        strict=args.quick or args.dry_run,
+        after_each=after_each,
+    )
+    log = bench.log
+    stem = report_stem(kind, args.dry_run, results["machine"]["isa"])
+
+    def write(complete: bool) -> list[Path]:
+        results["complete"] = complete
+        results["targets"] = targets(results, kind)
+        results["notes_missed"] = [
+            f"missed '{t['target']}': {miss_reason(t['target'], results, kind)}"
+            for t in results["targets"]
+            if t["met"] is False
+        ]
+        results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["wall_s"] = time.perf_counter() - bench.start
+        return write_reports(results, Path(args.out), stem)
+
+    def section_done(name: str) -> None:
+        """With a time budget, the report so far, so that a run stopped from outside leaves one."""
+        if bench.budget_s is not None:
+            results["last_section"] = name
+            write(complete=False)
+
+    setting = variants.Setting(kind, args.quick, torch_device, "aot_eager" if args.dry_run else "inductor")
+    if args.dry_run:
+        results["notes"].append(
+            "DRY RUN on the CPU at tiny sizes: the numbers mean nothing; torch.compile traced "
+            "with backend aot_eager (no code generated)"
+        )
 
     # Roofline: the device's large-matmul rate, measured now.
     jax_run, mm_flops = jax_bench.matmul_runner(sizes.matmul)
@@ -150,151 +329,417 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(jax_mm["best"], torch_mm["best"])
     step_flops = flops.train_step_flops(128)
     chain_flops = flops.sampling_flops(sizes.sampling_points)
-    results["roofline"] = dict(matmul_size=sizes.matmul, jax_gflops=jax_mm["best"] / 1e9, torch_gflops=torch_mm["best"] / 1e9,
-                               peak_gflops=peak / 1e9, n_params=flops.n_params(), train_step_mflop=step_flops / 1e6,
-                               train_steps_per_s=peak / step_flops, sampling_gflop=chain_flops / 1e9, sampling_s=chain_flops / peak)
+    results["roofline"] = dict(
+        matmul_size=sizes.matmul,
+        jax_gflops=jax_mm["best"] / 1e9,
+        torch_gflops=torch_mm["best"] / 1e9,
+        peak_gflops=peak / 1e9,
+        n_params=flops.n_params(),
+        train_step_mflop=step_flops / 1e6,
+        train_steps_per_s=peak / step_flops,
+        sampling_gflop=chain_flops / 1e9,
+        sampling_s=chain_flops / peak,
+    )
     log(f"matmul: JAX {jax_mm['best'] / 1e9:.0f}, torch {torch_mm['best'] / 1e9:.0f} GFLOP/s")
 
-    def train(name: str, runner_and_work, warmup: int = 1) -> dict:
-        run, work = runner_and_work
-        r = rates(measure(run, sizes.repeats, warmup), work)
+    if not on_gpu and kind == "cpu":  # the single-core bound (a CPU report)
+        from benchmarks import single_core
+
+        sc = bench.attempt(
+            "single-core bound", lambda: single_core.in_subprocess(sizes.single_core_matmuls, sizes.repeats)
+        )
+        if sc:
+            sc["train_steps_per_s"] = sc["gflops_best"] * 1e9 / step_flops
+            results["single_core"] = sc
+            log(f"single core: {sc['gflops_best']:.0f} GFLOP/s -> {sc['train_steps_per_s']:,.0f} steps/s")
+
+    def finish(r: dict, precision: str = "float32") -> dict:
         r["roofline_fraction"] = r["median"] * step_flops / peak
+        r["precision"] = precision
+        if "single_core" in results:
+            r["single_core_fraction"] = r["median"] / results["single_core"]["train_steps_per_s"]
+        return r
+
+    def train(name: str, runner_and_work, warmup: int = 1, precision: str = "float32") -> dict:
+        run, work = runner_and_work
+        r = finish(rates(measure(run, sizes.repeats, warmup), work), precision)
         log(f"{name}: {r['median']:,.0f} /s (best {r['best']:,.0f}, first call {r['first_call_s']:.1f} s)")
         return r
 
-    training = results["training"] = {}
+    section_done("roofline")
+    training = results["training"]
+    training_list = variants.training_variants(setting, config, data, sizes.torch_steps, sizes.loop_steps, sizes.epochs)
     # Torch at batch 128 on CPU runs single-threaded: as fast as 2 threads on a quiet machine
     # (128-row matmuls) and far steadier on a shared one. Sampling and the batch scaling use all.
     torch_threads = torch.get_num_threads()
-    if kind == "cpu":
-        torch.set_num_threads(1)
-        results["notes"].append("torch training variants at batch 128 use 1 thread (torch.set_num_threads(1)); "
-                                f"sampling and batch scaling use {torch_threads}.")
-    training["torch eager (tutorial)"] = train("torch eager", torch_bench.tutorial_train_runner(data, 128, sizes.torch_steps, torch_device))
-    training["torch fast eager (fused Adam, foreach clip + EMA)"] = train(
-        "torch fast", torch_bench.fast_train_runner(data, 128, sizes.torch_steps, torch_device, compile_step=False))
+
+    def measure_training(variant) -> None:
+        if variant.needs_cuda and not on_gpu:
+            bench.skip(variant.name, "needs CUDA (dry run on the CPU)")
+            return
+        if torch_device == "cpu" and variant.name.startswith("torch"):
+            torch.set_num_threads(1)
+        try:
+            r = bench.attempt(
+                variant.name,
+                lambda: train(variant.name, variant.build(), variant.warmup, variant.precision),
+                optional=variant.optional,
+            )
+        finally:
+            torch.set_num_threads(torch_threads)
+        if r is not None:
+            training[variant.name] = r
+
+    if torch_device == "cpu":
+        results["notes"].append(
+            "torch training variants at batch 128 use 1 thread (torch.set_num_threads(1)); "
+            f"sampling and batch scaling use {torch_threads}."
+        )
     if args.quick:
         results["notes"].append("--quick: torch.compile variants and end-to-end runs skipped; small sizes.")
-    else:
-        name = "torch.compile whole step" + (" (CUDA graphs)" if kind == "gpu" else "")
-        training[name] = train("torch compiled", torch_bench.fast_train_runner(
-            data, 128, sizes.torch_steps, torch_device, compile_step=True), warmup=2)
-    training["JAX jitted step, Python loop"] = train("JAX loop", jax_bench.python_loop_runner(config, sizes.loop_steps))
-    training["JAX scan-fused epochs (default CLI path)"] = train("JAX scan", jax_bench.chunk_runner(config, sizes.epochs))
+    for variant in training_list:
+        if not variant.optional:
+            measure_training(variant)
     if kind == "cpu" or len(jax.devices()) >= 2:
-        r = devices_subprocess(2, sizes, kind)
-        r["roofline_fraction"] = r["median"] * step_flops / peak
-        training["JAX --devices 2" + (" (2 host devices, batch split)" if kind == "cpu" else "")] = r
-        log(f"JAX --devices 2: {r['median']:,.0f} /s")
+        name = "JAX --devices 2" + (" (2 host devices, batch split)" if kind == "cpu" else "")
+        r = bench.attempt(name, lambda: finish(devices_subprocess(2, sizes, kind)))
+        if r:
+            training[name] = r
+            log(f"JAX --devices 2: {r['median']:,.0f} /s")
     else:
-        results["notes"].append("--devices 2 skipped: one GPU visible.")
-    torch.set_num_threads(torch_threads)
-    seed_scaling = results["seed_scaling"] = {}
-    seeds_on_devices = results["seed_scaling_2_devices"] = {}
+        results["notes"].append("--devices 2 skipped: one device visible.")
+
+    section_done("training")
+    seed_scaling, seeds_on_devices = results["seed_scaling"], results["seed_scaling_2_devices"]
     for k in sizes.seeds:
         epochs = max(1, round(sizes.epochs * 2 / k)) if k > 1 else sizes.epochs
-        seed_scaling[str(k)] = train(f"JAX --seeds {k}", jax_bench.chunk_runner(dataclasses.replace(config, seeds=k), epochs))
-        if k in (8, 64, 256):
-            training[f"JAX --seeds {k} (total model-steps/s)"] = seed_scaling[str(k)]
+        if k == 1 and variants.JAX_SCAN in training:  # the same program, already measured
+            r = training[variants.JAX_SCAN]
+        else:
+            r = bench.attempt(
+                f"JAX --seeds {k}",
+                lambda: train(f"JAX --seeds {k}", jax_bench.chunk_runner(dataclasses.replace(config, seeds=k), epochs)),
+                optional=k != max(sizes.seeds),
+            )
+        if r is None:
+            continue
+        seed_scaling[str(k)] = r
+        if k in TRAINING_TABLE_SEEDS:
+            training[f"JAX --seeds {k} (total model-steps/s)"] = r
         if k > 1 and k % 2 == 0 and (kind == "cpu" or len(jax.devices()) >= 2):
-            r = seeds_on_devices[str(k)] = devices_subprocess(2, sizes, kind, seeds=k, epochs=epochs)
-            r["roofline_fraction"] = r["median"] * step_flops / peak
-            log(f"JAX --seeds {k} --devices 2: {r['median']:,.0f} /s")
-            if k in (8, 64, 256):
-                training[f"JAX --seeds {k} --devices 2 (seeds split, total model-steps/s)"] = r
+            r = bench.attempt(
+                f"JAX --seeds {k} --devices 2",
+                lambda: finish(devices_subprocess(2, sizes, kind, seeds=k, epochs=epochs)),
+                optional=True,
+            )
+            if r:
+                seeds_on_devices[str(k)] = r
+                log(f"JAX --seeds {k} --devices 2: {r['median']:,.0f} /s")
+                if k in TRAINING_TABLE_SEEDS:
+                    training[f"JAX --seeds {k} --devices 2 (seeds split, total model-steps/s)"] = r
 
-    sampling = results["sampling"] = {}
-    results["sampling_points"] = sizes.sampling_points
-    modes = ["tutorial", "no_grad"] + ([] if args.quick else ["compiled"])
-    names = {"tutorial": "torch as the tutorial (autograd on)", "no_grad": "torch no_grad", "compiled": "torch.compile model, no_grad"}
-    runners = {names[m]: (torch_bench.sampling_runner(sizes.sampling_points, torch_device, m), 2 if m == "compiled" else 1) for m in modes}
-    runners["JAX sample_chain (lax.scan)"] = (jax_bench.sampling_runner(sizes.sampling_points), 1)
-    for name, ((run, _), warmup) in runners.items():
-        timing = measure(run, max(2, sizes.repeats - 2), warmup)
-        sampling[name] = dict(median_s=timing.median_s, best_s=timing.min_s, first_call_s=timing.first_s,
-                              times_s=timing.times_s, roofline_fraction=chain_flops / timing.median_s / peak)
-        log(f"sampling {name}: {timing.median_s:.3f} s")
+    section_done("seeds")
+    sampling = results["sampling"]
+    if kind == "gpu":
+        results["notes"] += [f"'{name}' {why}" for name, why in variants.NOT_ON_GPU.items()]
+    sampling_list = variants.sampling_variants(setting, sizes.sampling_points)
 
-    batch_scaling = results["batch_scaling"] = {"JAX scan-fused": {}, "torch eager (tutorial)": {}}
+    def measure_sampling(variant) -> None:
+        def timed():
+            run, _ = variant.build()
+            timing = measure(run, max(2, sizes.repeats - 2) if not args.dry_run else 1, variant.warmup)
+            return dict(
+                median_s=timing.median_s,
+                best_s=timing.min_s,
+                first_call_s=timing.first_s,
+                times_s=timing.times_s,
+                roofline_fraction=chain_flops / timing.median_s / peak,
+            )
+
+        r = bench.attempt(variant.name, timed, optional=variant.optional)
+        if r:
+            sampling[variant.name] = r
+            log(f"sampling {variant.name}: {r['median_s']:.3f} s")
+
+    for variant in sampling_list:
+        if not variant.optional:
+            measure_sampling(variant)
+    section_done("sampling")
+    for variant in training_list:  # the optional ones, while the budget lasts
+        if variant.optional:
+            measure_training(variant)
+            section_done(variant.name)
+    for variant in sampling_list:
+        if variant.optional:
+            measure_sampling(variant)
+    order = [v.name for v in training_list]  # report order: the variant list's, then the rest as measured
+    results["training"] = training = dict(
+        sorted(training.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    )
+    results["sampling"] = sampling = {v.name: sampling[v.name] for v in sampling_list if v.name in sampling}
+
+    if not on_gpu and kind == "cpu":
+        r = bench.attempt("per-program options", lambda: options_comparison(config, sizes, log), optional=True)
+        if r:
+            results["cpu_options"] = r
+
+    section_done("optional variants")
+    if not args.dry_run:
+        from benchmarks import compile_cache_bench
+
+        r = bench.attempt(
+            "compile cache",
+            lambda: compile_cache_bench.first_and_second_run("cpu" if kind == "cpu" else None),
+            optional=True,
+        )
+        if r:
+            results["compile_cache"] = r
+            log("compile cache: " + ", ".join(f"{v['compile_s']:.2f} s" for v in r.values()))
+
+    section_done("compile cache")
+    batch_scaling = results["batch_scaling"]
     for batch in sizes.batches:
-        n_points = batch * max(8, config.n_points // batch)
-        cfg = dataclasses.replace(config, batch_size=batch, n_points=n_points)
-        batch_data = dataset_for(dataclasses.replace(cfg, n_points=n_points))
-        run, work = jax_bench.chunk_runner(cfg, 1)
-        batch_scaling["JAX scan-fused"][str(batch)] = rates(measure(run, sizes.repeats), work)
-        run, work = torch_bench.tutorial_train_runner(batch_data, batch, n_points // batch, torch_device)
-        batch_scaling["torch eager (tutorial)"][str(batch)] = rates(measure(run, max(2, sizes.repeats - 2)), work)
-        log(f"batch {batch}: JAX {batch_scaling['JAX scan-fused'][str(batch)]['median']:,.0f}, "
-            f"torch {batch_scaling['torch eager (tutorial)'][str(batch)]['median']:,.0f} steps/s")
 
-    if not args.quick:
+        def scale(batch=batch):
+            n_points = batch * max(8, config.n_points // batch)
+            cfg = dataclasses.replace(config, batch_size=batch, n_points=n_points)
+            batch_data = dataset_for(dataclasses.replace(cfg, n_points=n_points))
+            run, work = jax_bench.chunk_runner(cfg, 1)
+            jax_rate = rates(measure(run, sizes.repeats), work)
+            run, work = torch_bench.tutorial_train_runner(batch_data, batch, n_points // batch, torch_device)
+            return jax_rate, rates(measure(run, max(2, sizes.repeats - 2) if not args.dry_run else 1), work)
+
+        r = bench.attempt(f"batch {batch}", scale, optional=True)
+        if r:
+            batch_scaling["JAX scan-fused"][str(batch)], batch_scaling["torch eager (tutorial)"][str(batch)] = r
+            log(f"batch {batch}: JAX {r[0]['median']:,.0f}, torch {r[1]['median']:,.0f} steps/s")
+
+    section_done("batch scaling")
+    if not args.quick and not args.dry_run:
         with tempfile.TemporaryDirectory() as tmp:
-            results["end_to_end"] = end_to_end(Path(tmp))
-        log("end to end: " + ", ".join(f"{k}: {v['wall_s']:.1f} s" for k, v in results["end_to_end"].items()))
+            r = bench.attempt("end to end", lambda: end_to_end(Path(tmp)), optional=True)
+        if r:
+            results["end_to_end"] = r
+            log("end to end: " + ", ".join(f"{k}: {v['wall_s']:.1f} s" for k, v in r.items()))
+            if on_gpu:
+                results["notes"].append(
+                    "end to end: `python -m jax_ddpm.train` runs on the GPU at JAX's default "
+                    "matmul precision; the torch reference's CLI runs on the CPU (it has no "
+                    "device option)."
+                )
 
-    results["targets"] = targets(results, kind)
-    if kind == "cpu":
-        results["notes"] += [f"missed '{t['target']}': {CPU_MISS_REASONS[t['target']]}"
-                             for t in results["targets"] if not t["met"] and t["target"] in CPU_MISS_REASONS]
-    results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["wall_s"] = time.perf_counter() - start
-    for path in write_reports(results, Path(args.out), kind):
+    if on_gpu:
+        from torch._dynamo.utils import counters
+
+        skips = int(counters["inductor"].get("cudagraph_skips", 0))
+        results["machine"]["torch_cudagraph_skips"] = skips
+        if skips:
+            results["notes"].append(
+                f"torch.compile skipped CUDA graphs {skips} time(s) in the reduce-overhead "
+                "variants (see the run's log for why); those rows are then not CUDA-graphed."
+            )
+    for path in write(complete=True):
         print(f"wrote {path}")
     return 0
 
 
-# Why a CPU target can be missed, from profiles of this code on the 2-core machine (jax.profiler
-# per-op times; process CPU time against wall time).
-_SERIAL_STEP = ("one model's step is a serial chain of ~70 small kernels (per step, profiled: 128x128 matmuls ~150 us, "
-                "softplus ~50 us, ~40 small Adam/EMA/loss fusions ~100 us; the epoch permutation, now packed uint32 "
-                "sorts, ~14 us amortised) that XLA:CPU runs on one thread (process CPU time / wall time 1.2), so "
-                "one model uses one core; splitting each batch over 2 host devices adds an all-reduce rendezvous "
-                "per step that costs more than the halved matmuls (the --devices 2 row).")
-CPU_MISS_REASONS = {
-    "single model >= 5x torch eager": _SERIAL_STEP,
-    "single model >= 2x best torch": _SERIAL_STEP,
-    "multi-seed total >= 50% of roofline": (
-        "the K vmapped models run as batched 128-row matmuls on one thread per device, at roughly one "
-        "core's small-matmul rate (~100 GFLOP/s, about half a core's large-matmul rate), with the "
-        "element-wise and optimizer work on top; the roofline counts both cores at large-matmul speed "
-        "(AVX-512). Splitting the seeds over 2 host devices (--seeds K --devices 2, no communication) "
-        "puts the second core to work and is the best multi-seed row."),
-    "sampling >= 1.5x torch no_grad": (
-        "the JAX chain keeps both cores busy (process CPU time / wall time 1.95), with YNNPACK's "
-        "element-wise fusion on CPU (jax_ddpm/speed.py); the rest is element-wise work (gains, "
-        "softplus exp + log1p over 10,000 x 128 per layer and step) that torch also runs on both cores."),
-    "default run in about 30 s or less, compile included": (
-        "the wall time includes JAX start-up, compilation, sampling and the sample-quality evaluation "
-        "besides the 79,000 training steps."),
-}
+def options_comparison(config, sizes: Sizes, log) -> dict:
+    """Each program (training chunk, sampling chain) with every option set some ISA uses and with
+    none, measured in turn (jax_ddpm.speed.OPTIONS_BY_ISA); which one this CPU's ISA chose."""
+    from benchmarks import jax_bench
+    from jax_ddpm import speed
+
+    out = {}
+    for program, chosen in (("training", speed.TRAINING), ("sampling", speed.SAMPLING)):
+        sets = {"none": {}}
+        for chosen_by in speed.OPTIONS_BY_ISA.values():
+            if chosen_by[program]:
+                sets.setdefault(", ".join(f"{k}={v}" for k, v in chosen_by[program].items()), chosen_by[program])
+        runs, works = {}, {}
+        for label, options in sets.items():
+            if program == "training":
+                runs[label], works[label] = jax_bench.chunk_runner(config, sizes.epochs, options=options)
+            else:
+                runs[label], works[label] = jax_bench.sampling_runner(sizes.sampling_points, options=options)
+        timings = measure_interleaved(runs, sizes.repeats)
+        none = timings["none"].median_s
+        out[program] = {
+            label: dict(
+                median_s=t.median_s,
+                best_s=t.min_s,
+                first_call_s=t.first_s,
+                times_s=t.times_s,
+                x_none=none / t.median_s,
+                chosen=sets[label] == chosen,
+                options=sets[label],
+            )
+            for label, t in timings.items()
+        }
+        log(f"options for {program}: " + ", ".join(f"{k}: {v['x_none']:.2f}x" for k, v in out[program].items()))
+    return out
+
+
+def _measured(name: str, results: dict, section: str = "training", key: str = "median") -> Optional[float]:
+    r = results.get(section, {}).get(name)
+    return None if r is None else r[key]
 
 
 def targets(results: dict, kind: str) -> list[dict]:
-    """The issue's targets, judged on this run's ratios."""
-    training = results["training"]
-    eager = training["torch eager (tutorial)"]["median"]
-    best_torch = max(r["median"] for name, r in training.items() if name.startswith("torch"))
-    single = {name: r["median"] for name, r in training.items() if name.startswith("JAX") and "--seeds" not in name}
-    best_single_name = max(single, key=single.get)
+    """The issue's targets, judged on this run's ratios; met is None where an input is missing."""
+    from benchmarks import variants as v
+
+    def target(name: str, met: Optional[bool], measured: str) -> dict:
+        return dict(target=name, met=met, measured=measured)
+
+    def missing(name: str, what: str) -> dict:
+        return target(name, None, f"not measured ({what} missing)")
+
+    f32 = {n: r for n, r in results["training"].items() if r.get("precision", "float32") == "float32"}
+    eager = _measured(v.TORCH_EAGER, results)
+    torch_rows = {n: r["median"] for n, r in f32.items() if n.startswith("torch")}
+    single = {n: r["median"] for n, r in f32.items() if n.startswith("JAX") and "--seeds" not in n}
+    best_single = max(single, key=single.get) if single else None
+    out = []
     need_eager = 20 if kind == "gpu" else 5
-    multi_seed = {f"K = {k}": r for k, r in results["seed_scaling"].items()}
-    multi_seed.update({f"K = {k}, 2 devices": r for k, r in results["seed_scaling_2_devices"].items()})
-    best_seeds = max(multi_seed.items(), key=lambda kv: kv[1]["median"])
-    no_grad = results["sampling"]["torch no_grad"]["median_s"]
-    jax_sampling = results["sampling"]["JAX sample_chain (lax.scan)"]["median_s"]
-    out = [dict(target=f"single model >= {need_eager}x torch eager", met=single[best_single_name] >= need_eager * eager,
-                measured=f"{single[best_single_name] / eager:.2f}x ({best_single_name})"),
-           dict(target="single model >= 2x best torch", met=single[best_single_name] >= 2 * best_torch,
-                measured=f"{single[best_single_name] / best_torch:.2f}x"),
-           dict(target="multi-seed total >= 50% of roofline", met=best_seeds[1]["roofline_fraction"] >= 0.5,
-                measured=f"{100 * best_seeds[1]['roofline_fraction']:.1f}% ({best_seeds[0]})"),
-           dict(target="sampling >= 1.5x torch no_grad", met=no_grad >= 1.5 * jax_sampling,
-                measured=f"{no_grad / jax_sampling:.2f}x")]
-    if "end_to_end" in results:
+    name = f"single model >= {need_eager}x torch eager"
+    out.append(
+        missing(name, "a JAX or the torch eager row")
+        if not (best_single and eager)
+        else target(
+            name, single[best_single] >= need_eager * eager, f"{single[best_single] / eager:.2f}x ({best_single})"
+        )
+    )
+    if kind == "gpu":
+        graphs = {n: rate for n, rate in torch_rows.items() if "CUDA graph" in n}
+        name = "single model >= 2x torch with CUDA graphs"
+        if best_single and graphs:
+            best_graph = max(graphs, key=graphs.get)
+            out.append(
+                target(
+                    name,
+                    single[best_single] >= 2 * graphs[best_graph],
+                    f"{single[best_single] / graphs[best_graph]:.2f}x ({best_graph})",
+                )
+            )
+        else:
+            out.append(missing(name, "a JAX or a CUDA-graph torch row"))
+        most = max((int(k) for k in results["seed_scaling"]), default=0)
+        out.append(target(">= 1024 models at once (vmapped seeds)", most >= 1024, f"K up to {most}"))
+    else:
+        name = "single model >= 2x best torch"
+        out.append(
+            missing(name, "a JAX or torch row")
+            if not (best_single and torch_rows)
+            else target(
+                name,
+                single[best_single] >= 2 * max(torch_rows.values()),
+                f"{single[best_single] / max(torch_rows.values()):.2f}x",
+            )
+        )
+        multi_seed = {f"K = {k}": r for k, r in results["seed_scaling"].items()}
+        multi_seed.update({f"K = {k}, 2 devices": r for k, r in results["seed_scaling_2_devices"].items()})
+        name = "multi-seed total >= 50% of roofline"
+        if multi_seed:
+            best_k, best_r = max(multi_seed.items(), key=lambda kv: kv[1]["median"])
+            out.append(
+                target(name, best_r["roofline_fraction"] >= 0.5, f"{100 * best_r['roofline_fraction']:.1f}% ({best_k})")
+            )
+        else:
+            out.append(missing(name, "every --seeds row"))
+        no_grad = _measured(v.SAMPLE_NO_GRAD, results, "sampling", "median_s")
+        jax_sampling = _measured(v.SAMPLE_JAX, results, "sampling", "median_s")
+        name = "sampling >= 2x torch no_grad"
+        out.append(
+            missing(name, "a sampling row")
+            if not (no_grad and jax_sampling)
+            else target(name, no_grad >= 2 * jax_sampling, f"{no_grad / jax_sampling:.2f}x")
+        )
+    if "compile_cache" in results:
+        second = list(results["compile_cache"].values())[-1]
+        out.append(
+            target(
+                "second run compiles the default training chunk in < 1 s",
+                second["compile_s"] < 1.0,
+                f"{second['compile_s']:.2f} s ({second['cache_hits']} cache hit(s))",
+            )
+        )
+    if "end_to_end" in results and kind == "cpu":
         wall = results["end_to_end"]["python -m jax_ddpm.train"]["wall_s"]
-        out.append(dict(target="default run in about 30 s or less, compile included", met=wall <= 33,
-                        measured=f"{wall:.1f} s"))
+        out.append(target("default run in about 30 s or less, compile included", wall <= 33, f"{wall:.1f} s"))
     return out
+
+
+def miss_reason(name: str, results: dict, kind: str) -> str:
+    """Why a target was missed, from what this run measured (the profiles behind each: README's Speed)."""
+    if kind != "cpu":
+        if name.startswith(">= 1024"):
+            return "the largest K measured is in the seeds table; the larger ones are under 'Skipped or failed'."
+        return "no profiled reason yet for this device (profile the rows with jax.profiler and torch.profiler)."
+    from benchmarks import variants as v
+
+    m, roof = results["machine"], results["roofline"]
+    sc = results.get("single_core")
+    scan = results["training"].get(v.JAX_SCAN)
+    devices_2 = next((r for n, r in results["training"].items() if n.startswith("JAX --devices 2")), None)
+    if name.startswith("single model"):
+        text = (
+            "one model's step is a serial chain of ~70 small kernels (the 128x128 matmuls of three layers "
+            "forward and backward, softplus, ~40 small Adam/EMA/loss fusions) that XLA:CPU runs one after "
+            "another on one thread, so one model uses one core"
+        )
+        if sc and scan:
+            text += (
+                f": the scan-fused chunk runs at {100 * scan['single_core_fraction']:.0f}% of this run's "
+                f"single-core bound ({sc['train_steps_per_s']:,.0f} steps/s from {sc['gflops_best']:.0f} "
+                f"GFLOP/s for 128x128x128 matmuls on one core, at {roof['train_step_mflop']:.1f} MFLOP a step)"
+            )
+        if devices_2:
+            text += (
+                f". Splitting each batch over 2 host devices adds an all-reduce rendezvous per step that costs "
+                f"more than the halved matmuls save (--devices 2: {devices_2['median']:,.0f} steps/s)"
+            )
+        return text + "."
+    if name.startswith("multi-seed"):
+        text = (
+            "the K vmapped models run as batched 128-row matmuls on one thread per device, with the element-wise "
+            "and optimizer work on top"
+        )
+        if sc:
+            text += (
+                f"; one core's rate for such matmuls is {sc['gflops_best']:.0f} GFLOP/s in this run, against "
+                f"the roofline's {roof['peak_gflops']:.0f} GFLOP/s for large matmuls on all {m['cores']} cores"
+            )
+        return text + (
+            ". Splitting the seeds over 2 host devices (--seeds K --devices 2, no communication) puts the "
+            "second core to work."
+        )
+    if name.startswith("sampling"):
+        opts = results.get("cpu_options", {}).get("sampling", {})
+        chosen = next((label for label, r in opts.items() if r["chosen"]), None)
+        text = (
+            f"on this CPU ({m['isa']}) the sampling chain runs with "
+            f"{'XLA:CPU options ' + chosen if chosen and chosen != 'none' else 'no per-program options'}"
+        )
+        if opts:
+            text += " (measured here: " + ", ".join(f"{k} {r['x_none']:.2f}x" for k, r in opts.items()) + " of none)"
+        return text + (
+            "; the rest is element-wise work (gains, softplus exp + log1p over n x 128 per layer and "
+            "step) that torch also spreads over all cores."
+        )
+    if name.startswith("second run"):
+        second = list(results["compile_cache"].values())[-1]
+        if not second["cache_hits"]:
+            return "the second process found no entry in the cache the first one filled."
+        return (
+            f"loading the cached executable itself took {second['compile_s']:.2f} s on this machine "
+            f"(tracing and lowering, {second['lower_s']:.2f} s, come before and are not cached)."
+        )
+    if name.startswith("default run"):
+        return (
+            "the wall time includes JAX start-up, compilation, sampling and the sample-quality evaluation "
+            "besides the 79,000 training steps."
+        )
+    return "no reason recorded."
 
 
 if __name__ == "__main__":

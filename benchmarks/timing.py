@@ -45,5 +45,28 @@ def measure(run: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
 
 def rates(timing: Timing, work: float) -> dict:
     """Work per second (median and best) plus the raw timings, as stored in the JSON report."""
-    return dict(median=work / timing.median_s, best=work / timing.min_s, first_call_s=timing.first_s,
-                times_s=timing.times_s, work=work)
+    return dict(
+        median=work / timing.median_s,
+        best=work / timing.min_s,
+        first_call_s=timing.first_s,
+        times_s=timing.times_s,
+        work=work,
+    )
+
+
+def measure_interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
+    """`measure` for several variants of one program, their repeats taken in turn (A B A B ...), so a
+    change in the machine's load between them reaches all alike."""
+    first, times = {}, {name: [] for name in runs}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        first[name] = time.perf_counter() - start
+        for _ in range(warmup - 1):
+            run()
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(first[name], times[name]) for name in runs}

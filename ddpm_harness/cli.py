@@ -15,18 +15,34 @@ from typing import Callable, Sequence, Type, TypeVar
 import tyro
 
 T = TypeVar("T")
-BOX_CHARS = "╭╮╰╯│─ "
+RULE_CHARS = "╭╮╰╯│─-+| "
 
 
 def fold_box(text: str) -> str:
-    """The message inside tyro's error box, as one line ("" when there is none)."""
+    """The message inside tyro's error box, as one line ("" when there is none).
+
+    rich draws the box in Unicode, or, when the output cannot take it (stdout redirected to a
+    StringIO, LANG=C), as a bare title line with rules of dashes; both are read.
+    """
     words = []
     for line in text.splitlines()[1:]:  # the first line is the box's title bar
-        body = line.strip().strip("│").strip()
-        if not body or not body.strip(BOX_CHARS):
-            break  # the rule under the message: helptext follows
+        body = line.strip().strip("│|").strip()
+        if not body.strip(RULE_CHARS):  # a blank line or a rule: the message ends (helptext follows)
+            if words:
+                break
+            continue  # the rule under a bare title
         words.append(body)
     return " ".join(words)
+
+
+def one_line(text: str) -> str:
+    """text with every non-printable character (newline, escape, unassigned code point) escaped, so a
+    message that quotes the user's input stays one readable line."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def report(message: str) -> None:
+    print(f"error: {one_line(message)}", file=sys.stderr)
 
 
 def parse(cls: Type[T], argv: Sequence[str] | None, prog: str) -> T:
@@ -38,28 +54,44 @@ def parse(cls: Type[T], argv: Sequence[str] | None, prog: str) -> T:
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             message = fold_box(captured.getvalue()) or "invalid arguments"
-            print(f"error: {message} (see {prog} --help)", file=sys.stderr)
+            report(f"{message} (see {prog} --help)")
         raise
 
 
-def run(cls: Type[T], argv: Sequence[str] | None, prog: str, body: Callable[[T], object],
-        usage_errors: tuple[type, ...], runtime_errors: tuple[type, ...]) -> int:
+def run(
+    cls: Type[T],
+    argv: Sequence[str] | None,
+    prog: str,
+    body: Callable[[T], object],
+    usage_errors: tuple[type, ...],
+    runtime_errors: tuple[type, ...],
+    resolve: Callable[[T, Sequence[str]], T] | None = None,
+) -> int:
     """Parse argv into `cls`, call `body` on it; the process exit status.
 
-    The known errors become one stderr line: exit 2 for parse errors and `usage_errors`, 1 for
+    `resolve(args, argv)`, when given, completes the parsed arguments first (e.g.
+    `config.resolve_preset`, which needs to know which options the command line named). The known
+    errors become one stderr line: exit 2 for parse errors and `usage_errors`, 1 for
     `runtime_errors` (usage is checked first, so a usage error may subclass a runtime one).
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    nul = next((arg for arg in argv or () if "\x00" in arg), None)  # only in process: a real argv cannot hold one
+    if nul is not None:
+        report(f"argument {nul!r} holds a NUL byte, which no path or number can hold (see {prog} --help)")
+        return 2
     try:
         args = parse(cls, argv, prog)
     except SystemExit as exit_:  # --help (0) or a parse error (2, already reported)
         return exit_.code or 0
     try:
+        if resolve is not None:
+            args = resolve(args, argv)
         body(args)
     except usage_errors as err:
-        print(f"error: {err}", file=sys.stderr)
+        report(str(err))
         return 2
     except runtime_errors as err:
-        print(f"error: {err}", file=sys.stderr)
+        report(str(err))
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; continue with --resume and the same --out-dir", file=sys.stderr)

@@ -10,13 +10,20 @@ config's data is drawn.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+import math
+import typing
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 
 from ddpm_harness.data import get_dataset, held_out_points
 
 SCHEDULES = ("linear", "quad", "sigmoid", "constant", "cosine")
+
+
+SEED_MAX = 2**31 - 1
+"""The largest seed: numpy's legacy generators take seeds below 2**32 (the held-out draws add an
+offset of about 10**6), and JAX's keys wrap at 2**32 (seed 2**32 would silently repeat seed 0)."""
 
 
 class ConfigError(ValueError):
@@ -28,11 +35,14 @@ class Config:
     """Train the tutorial's ConditionalModel on a 2D toy distribution and sample from it."""
 
     dataset: str = "moons"
-    """Built-in dataset (moons, swiss_roll, s_curve, circles, checkerboard, eight_gaussians) or a path to a .npy/.csv file of shape (N, 2)."""
+    """Built-in dataset (moons, swiss_roll, s_curve, circles, checkerboard, eight_gaussians) or a path to a .npy/.csv
+    file of shape (N, 2)."""
     n_points: int = 10_000
     """Number of points drawn from a built-in dataset (ignored for a file)."""
     data_noise: float = 0.1
-    """Noise of the dataset (the tutorial uses 0.1): the std of scikit-learn's noise for moons, swiss_roll and s_curve (before their scaling); half of it for circles (the tutorial's 0.1 would merge the rings); the std of each of the eight Gaussians; ignored by checkerboard and by a file."""
+    """Noise of the dataset (the tutorial uses 0.1): the std of scikit-learn's noise for moons, swiss_roll and s_curve
+    (before their scaling); half of it for circles (the tutorial's 0.1 would merge the rings); the std of each of
+    the eight Gaussians; ignored by checkerboard and by a file."""
     schedule: Literal["linear", "quad", "sigmoid", "constant", "cosine"] = "sigmoid"
     """Beta schedule."""
     num_steps: int = 100
@@ -52,13 +62,43 @@ class Config:
     ema_decay: float = 0.9
     """EMA decay mu: shadow = (1 - mu) * param + mu * shadow, after every step."""
     loss: Literal["noise", "variational", "hybrid"] = "noise"
-    """Training loss: the tutorial's noise estimation; its variational bound (trains a 4-output model: mean and log-variance); or Improved DDPM's hybrid, noise loss + hybrid_lambda * bound (a 4-output model: noise and log-variance)."""
+    """Training loss: the tutorial's noise estimation; its variational bound (trains a 4-output model: mean and
+    log-variance); or Improved DDPM's hybrid, noise loss + hybrid_lambda * bound (a 4-output model: noise and
+    log-variance)."""
     hybrid_lambda: float = 0.001
-    """Weight lambda of the bound in --loss hybrid: L_simple + lambda * L_vlb, with L_vlb the bound summed over all T steps (Improved DDPM uses 0.001)."""
+    """Weight lambda of the bound in --loss hybrid: L_simple + lambda * L_vlb, with L_vlb the bound summed over all T
+    steps (Improved DDPM uses 0.001)."""
     sample_with: Literal["raw", "ema"] = "raw"
     """Parameters used for the final samples (the tutorial samples with the raw ones)."""
     n_samples: int = 10_000
-    """Number of points sampled at the end of training."""
+    """Number of points sampled at the end of training; the run's final evaluation scores them."""
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    """What the model is trained to predict: the noise eps (the tutorial), v = sqrt(abar) eps -
+    sqrt(1 - abar) x_0 (Salimans & Ho 2022) or x_0; every sampler converts. v and x0 replace the
+    target of the noise loss (--loss noise)."""
+    zero_terminal_snr: bool = False
+    """Rescale the schedule so that alpha_bar_T = 0 (Lin et al. 2024): the forward process ends at
+    pure noise, where sampling starts. Needs --prediction v or x0."""
+    sampler: Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"] = "tutorial"
+    """Sampler of the final samples and the evaluations: tutorial (its ancestral chain, noise at
+    t = 0 included), ddpm (Ho et al. Algorithm 2, no noise at the last step), ddim (Song et al.
+    2021), dpm-solver++ (Lu et al. 2022, 2M multistep) or ode (the probability-flow ODE, diffrax
+    Tsit5, adaptive). Details: docs/samplers.md."""
+    sample_steps: Optional[int] = None
+    """K, the model evaluations (NFE) of ddpm, ddim and dpm-solver++: K of the T steps (default T;
+    20 for dpm-solver++). The tutorial sampler always takes T steps; the ODE chooses its own."""
+    eta: float = 0.0
+    """DDIM's eta: 0 is deterministic, 1 adds DDPM-like noise (used by --sampler ddim)."""
+    variance: Literal["beta", "posterior"] = "beta"
+    """Variance of each ddpm step: beta_t, or the posterior variance (1 - abar_{t-1}) /
+    (1 - abar_t) beta_t (used by --sampler ddpm)."""
+    timestep_spacing: Optional[Literal["leading", "trailing", "linspace"]] = None
+    """Which K of the T steps ddpm, ddim and dpm-solver++ visit, as diffusers spaces them
+    (default: leading for ddpm and ddim, linspace for dpm-solver++)."""
+    ode_rtol: float = 1e-5
+    """Relative tolerance of the ODE solver (--sampler ode and the likelihood)."""
+    ode_atol: float = 1e-5
+    """Absolute tolerance of the ODE solver (--sampler ode and the likelihood)."""
     seed: int = 0
     """Seed of the dataset, the initial weights, the data order and the noise."""
     seeds: int = 1
@@ -95,8 +135,13 @@ class Config:
     """Points sampled (with the raw and with the EMA parameters) for each sample-quality evaluation."""
     no_plots: bool = False
     """Skip the pictures and the GIF."""
-    no_compile_cache: bool = False
-    """Compile every program afresh instead of loading it from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or $JAX_DDPM_CACHE_DIR)."""
+    preset: Literal["tutorial", "recommended"] = "tutorial"
+    """Defaults to start from: the tutorial's, or the recipe measured in
+    benchmarks/results/quality.md (ddpm_harness.config.PRESETS). Options given on the command line
+    override the preset."""
+    compile_cache: bool = True
+    """Load compiled programs from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or
+    $JAX_DDPM_CACHE_DIR/xla) and store new ones there; --no-compile-cache compiles every program afresh."""
 
     @property
     def parameterization(self) -> str:
@@ -106,14 +151,29 @@ class Config:
 
     @property
     def n_outputs(self) -> int:
-        """2 for the tutorial's noise model; 4 (mean or noise, and log-variance) for the variational and hybrid losses."""
+        """2 for the tutorial's noise model; 4 (mean or noise, and log-variance) for the variational and
+        hybrid losses."""
         return 2 if self.loss == "noise" else 4
 
 
 def validate(config: Config) -> Config:
     """Raise ConfigError naming the first impossible hyper-parameter; return the config otherwise."""
-    positive_ints = ("n_points", "num_steps", "epochs", "batch_size", "n_samples", "seeds",
-                     "devices", "checkpoint_every", "log_every", "n_eval")
+    for field in dataclasses.fields(config):  # NaN passes every comparison below, and JSON cannot hold it
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
+    positive_ints = (
+        "n_points",
+        "num_steps",
+        "epochs",
+        "batch_size",
+        "n_samples",
+        "seeds",
+        "devices",
+        "checkpoint_every",
+        "log_every",
+        "n_eval",
+    )
     for name in positive_ints:
         value = getattr(config, name)
         if value < 1:
@@ -127,6 +187,12 @@ def validate(config: Config) -> Config:
             value = getattr(config, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
+    if not 0 <= config.seed <= SEED_MAX:
+        raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {config.seed}")
+    if config.seed + config.seeds - 1 > SEED_MAX:
+        raise ConfigError(f"--seeds {config.seeds} from --seed {config.seed} go past the largest seed {SEED_MAX}")
+    if config.data_noise < 0:
+        raise ConfigError(f"--data-noise must be >= 0, got {config.data_noise}")
     if config.hybrid_lambda < 0:
         raise ConfigError(f"--hybrid-lambda must be >= 0, got {config.hybrid_lambda}")
     if config.lr <= 0:
@@ -137,11 +203,135 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--ema-decay must lie in [0, 1), got {config.ema_decay}")
     check_processes(config)
     if config.seeds > 1 and config.seeds % config.devices:
-        raise ConfigError(f"--seeds {config.seeds} is not divisible by --devices {config.devices} "
-                          "(several seeds are split across the devices)")
+        raise ConfigError(
+            f"--seeds {config.seeds} is not divisible by --devices {config.devices} "
+            "(several seeds are split across the devices)"
+        )
     if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
+    if config.out_dir is not None and not config.out_dir.strip():
+        raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
+    validate_sampling(config)
     return config
+
+
+def validate_sampling(config) -> None:
+    """Raise ConfigError for prediction and sampler options that cannot work together (one sentence
+    saying what to do). `config` is a Config, or anything with its sampling fields (the sample CLI's
+    merged options)."""
+    if config.zero_terminal_snr and config.prediction == "eps":
+        raise ConfigError(
+            "a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
+            "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0."
+        )
+    if config.prediction != "eps" and config.loss != "noise":
+        raise ConfigError(
+            f"--prediction {config.prediction} replaces the noise loss's target; --loss {config.loss} "
+            "trains its own parameterization: use --loss noise, or --prediction eps."
+        )
+    if config.loss == "variational" and config.sampler != "tutorial":
+        raise ConfigError(
+            f"--loss variational trains the mean of each tutorial step, which only its ancestral "
+            f"chain can use: leave out --sampler {config.sampler} (or use --loss noise or hybrid)."
+        )
+    if config.sampler == "tutorial" and config.prediction != "eps":
+        raise ConfigError(
+            f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm (the same "
+            f"chain without noise at t = 0) or another sampler for --prediction {config.prediction}."
+        )
+    if config.sample_steps is not None:
+        if config.sampler in ("tutorial", "ode"):
+            what = (
+                "always takes all T" if config.sampler == "tutorial" else "chooses its own steps (set --ode-rtol/atol)"
+            )
+            raise ConfigError(
+                f"--sample-steps does not apply to the {config.sampler} sampler, which {what}: leave it out."
+            )
+        if not 1 <= config.sample_steps <= config.num_steps:
+            raise ConfigError(
+                f"--sample-steps is {config.sample_steps}, but it must be between 1 and T = {config.num_steps}."
+            )
+    if config.eta < 0:
+        raise ConfigError(f"--eta is {config.eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
+    for name in ("ode_rtol", "ode_atol"):
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+
+
+# ---- presets -----------------------------------------------------------------------------------
+# A preset is a set of defaults. `resolve_preset` gives every field the user did not set the
+# preset's value; a field counts as set when it was named on the command line or differs from the
+# tutorial's default. So `--preset recommended --ema-decay 0.99` keeps 0.99, and so does
+# `--preset recommended --sample-with raw` (named, though it is the tutorial's default). The
+# measurements behind "recommended" are in benchmarks/results/quality.md.
+PRESETS: dict[str, dict[str, object]] = {
+    "tutorial": {},
+    "recommended": dict(schedule="linear", beta_start=1e-4, beta_end=0.1, ema_decay=0.999, sample_with="ema"),
+}
+
+
+def given_fields(argv: Sequence[str] | None) -> set[str]:
+    """Config fields named on a command line: --name, --name=value, and --no-name for flags."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    given = set()
+    for token in argv or ():
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name in names:
+            given.add(name)
+        elif name.startswith("no_") and name[3:] in names:
+            given.add(name[3:])
+    return given
+
+
+def resolve_preset(config: Config, argv: Sequence[str] | None = None) -> Config:
+    """`config` with its preset's values for the fields the user did not set (see PRESETS): those
+    not named in argv (the command line it was parsed from; None: none named) that still hold the
+    tutorial's default."""
+    if config.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
+    defaults, given = Config(), given_fields(argv)
+    values = {
+        name: value
+        for name, value in PRESETS[config.preset].items()
+        if name not in given and getattr(config, name) == getattr(defaults, name)
+    }
+    return dataclasses.replace(config, **values)
+
+
+def config_from_dict(fields) -> Config:
+    """A Config from a dict such as a run's config.json: unknown keys are ignored, missing ones take
+    their default. ConfigError when it is not a dict or a value has not its field's type (a JSON
+    integer is a float's value too)."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"a config is a JSON object, not {type(fields).__name__}")
+    hints = typing.get_type_hints(Config)
+    values = {}
+    for name, value in fields.items():
+        if name in hints:
+            if not _has_type(value, hints[name]):
+                raise ConfigError(f"{name} is {repr(value)[:80]}, not {_describe(hints[name])}")
+            values[name] = float(value) if hints[name] is float else value
+    return Config(**values)
+
+
+def _has_type(value, hint) -> bool:
+    if typing.get_origin(hint) is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:  # Optional[str]
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint in (int, float):  # bool is an int to Python, not to a config
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join("null" if h is type(None) else _describe(h) for h in typing.get_args(hint))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
 def check_processes(config: Config) -> None:
@@ -152,16 +342,20 @@ def check_processes(config: Config) -> None:
         if config.process_id < 0:
             raise ConfigError(f"--process-id must be >= 0, got {config.process_id}")
         if config.num_processes is not None and config.process_id >= config.num_processes:
-            raise ConfigError(f"--process-id must lie in 0 .. {config.num_processes - 1} "
-                              f"(--num-processes {config.num_processes}), got {config.process_id}")
+            raise ConfigError(
+                f"--process-id must lie in 0 .. {config.num_processes - 1} "
+                f"(--num-processes {config.num_processes}), got {config.process_id}"
+            )
     if config.coordinator_address is not None:
         host, _, port = config.coordinator_address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"--coordinator-address must be HOST:PORT (a port in 1 .. 65535), "
-                              f"got {config.coordinator_address!r}")
+            raise ConfigError(
+                f"--coordinator-address must be HOST:PORT (a port in 1 .. 65535), got {config.coordinator_address!r}"
+            )
     if config.distributed_timeout < 1:
-        raise ConfigError(f"--distributed-timeout must be a positive number of seconds, "
-                          f"got {config.distributed_timeout}")
+        raise ConfigError(
+            f"--distributed-timeout must be a positive number of seconds, got {config.distributed_timeout}"
+        )
 
 
 def dataset_for(config: Config) -> np.ndarray:
@@ -178,6 +372,9 @@ def held_out_for(config: Config, n: int) -> np.ndarray:
 # on the device) and the final samples (float32, plus the chain's working copies).
 DATA_BYTES_PER_POINT = 64
 SAMPLE_BYTES_PER_POINT = 32
+# Bytes per diffusion step of each seed's model: the schedule's arrays, and the three 128-wide step
+# embeddings with their EMA, Adam's two moments and the gradients.
+STEP_BYTES = 8192
 
 
 def available_memory_bytes() -> Optional[int]:
@@ -196,10 +393,16 @@ def check_fits_in_memory(config: Config) -> None:
     available = available_memory_bytes()
     if available is None:
         return
-    for name, n, per_point in (("n_points", config.n_points, DATA_BYTES_PER_POINT),
-                               ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT)):
+    for name, n, per_point in (
+        ("n_points", config.n_points, DATA_BYTES_PER_POINT),
+        ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT),
+        ("n_eval", config.n_eval * config.seeds, DATA_BYTES_PER_POINT),
+        ("num_steps", config.num_steps * config.seeds, STEP_BYTES),
+    ):
         needed = n * per_point
         if needed > available:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
-                              f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
-                              "ask for fewer points")
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
+                f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
+                f"ask for fewer {'steps' if name == 'num_steps' else 'points'}"
+            )

@@ -9,6 +9,7 @@ flow-model literature) is drawn directly here.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -67,8 +68,10 @@ GENERATORS = {
 def make_dataset(name: str, n_points: int = 10_000, noise: float = 0.1, seed: int = 0) -> np.ndarray:
     """Draw `n_points` points of a built-in dataset, float32 (n_points, 2), deterministic in `seed`."""
     if name not in GENERATORS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(GENERATORS)} "
-                        "or give a path to a .npy or .csv file of shape (N, 2)")
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of {', '.join(GENERATORS)} "
+            "or give a path to a .npy or .csv file of shape (N, 2)"
+        )
     rng = np.random.default_rng(seed)
     # scikit-learn wants a legacy RandomState; derive it from the same seed.
     sk_rng = np.random.RandomState(seed) if name in ("moons", "swiss_roll", "s_curve", "circles") else rng
@@ -83,22 +86,33 @@ def load_points(path: str | Path) -> np.ndarray:
     try:
         if path.suffix == ".npy":
             points = np.load(path, allow_pickle=False)
+            if points.dtype.kind not in "biuf":  # complex, strings, dates: numpy would cast them to nonsense
+                raise DataError(f"data file {str(path)!r} holds {points.dtype} values; it must hold real numbers")
         elif path.suffix == ".csv":
-            points = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+            with warnings.catch_warnings():  # an empty file's UserWarning: reported below as its shape
+                warnings.simplefilter("ignore", UserWarning)
+                points = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
         else:
             raise DataError(f"data file {str(path)!r} must end in .npy or .csv")
         points = np.asarray(points, dtype=np.float64)
     except DataError:
         raise
-    except (ValueError, OSError, TypeError) as err:
-        raise DataError(f"cannot read {str(path)!r} as numbers ({err}); "
-                        "write it as a numeric .npy array or comma-separated .csv with two columns") from None
+    except (ValueError, OSError, TypeError, EOFError) as err:  # EOFError: an empty or cut .npy
+        raise DataError(
+            f"cannot read {str(path)!r} as numbers ({err}); "
+            "write it as a numeric .npy array or comma-separated .csv with two columns"
+        ) from None
     if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 2:
         raise DataError(f"data file {str(path)!r} has shape {points.shape}; it must be (N, 2) with N >= 2")
+    with np.errstate(over="ignore"):
+        points = points.astype(np.float32)  # training's precision: beyond 3.4e38 a value becomes inf
     if not np.all(np.isfinite(points)):
         bad = int(np.sum(~np.isfinite(points).all(axis=1)))
-        raise DataError(f"data file {str(path)!r} has {bad} rows with NaN or inf; remove them and retry")
-    return points.astype(np.float32)
+        raise DataError(
+            f"data file {str(path)!r} has {bad} rows with NaN or inf (or beyond float32's 3.4e38); "
+            "remove them and retry"
+        )
+    return points
 
 
 def is_builtin(name_or_path: str) -> bool:

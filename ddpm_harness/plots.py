@@ -21,8 +21,9 @@ DPI = 72
 POINT_STYLE = dict(color="white", edgecolor="gray", s=5)
 
 
-def _scatter_row(panels: Sequence[tuple[str, np.ndarray]], path: Path, panel_size: tuple[float, float],
-                 **scatter) -> None:
+def _scatter_row(
+    panels: Sequence[tuple[str, np.ndarray]], path: Path, panel_size: tuple[float, float], **scatter
+) -> None:
     """One row of scatter plots, titled, axes off, dark background."""
     with plt.style.context("dark_background"):
         fig, axs = plt.subplots(1, len(panels), figsize=(panel_size[0] * len(panels), panel_size[1]))
@@ -61,8 +62,9 @@ def plot_reverse(x_seq: np.ndarray, path: Path) -> None:
     x_90 and state 100 the sample x_0. (The tutorial titles them q(x_100), q(x_200), ...: a slip.)
     """
     num_steps = x_seq.shape[0] - 1
-    _scatter_row([(f"$p(\\mathbf{{x}}_{{{num_steps - k}}})$", x_seq[k]) for k in reverse_states(num_steps)],
-                 path, (2.8, 3))
+    _scatter_row(
+        [(f"$p(\\mathbf{{x}}_{{{num_steps - k}}})$", x_seq[k]) for k in reverse_states(num_steps)], path, (2.8, 3)
+    )
 
 
 def plot_loss(records: Sequence[dict], path: Path) -> None:
@@ -112,8 +114,7 @@ def rasterize(points: np.ndarray, limits: tuple[float, float, float], size: int)
     return image
 
 
-def write_gif(forward: np.ndarray, reverse: np.ndarray, path: Path, size: int = 256,
-              frame_ms: int = 100) -> None:
+def write_gif(forward: np.ndarray, reverse: np.ndarray, path: Path, size: int = 256, frame_ms: int = 100) -> None:
     """diffusion.gif: forward frames (F, n, 2) then reverse frames (R, n, 2), looping forever.
 
     Frame i of `forward` is labelled q(x_i); frame j of `reverse` is the chain state j + 1, that is
@@ -129,17 +130,27 @@ def write_gif(forward: np.ndarray, reverse: np.ndarray, path: Path, size: int = 
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
 
 
-def draw_run_pictures(run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray, x_seq: np.ndarray,
-                      records: Sequence[dict]) -> None:
-    """All pictures of a run: data.png, forward.png, reverse.png, loss.png and diffusion.gif.
-
-    forward (T, N, 2) holds q(x_t | x_0) samples for t = 0 .. T-1; x_seq (T + 1, n, 2) is one
-    reverse chain, x_T first.
-    """
+def draw_setup_pictures(run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray) -> None:
+    """The pictures known before training: data.png and forward.png (forward: (T, N, 2) samples of
+    q(x_t | x_0) for t = 0 .. T-1)."""
     run_dir = Path(run_dir)
     plot_datasets(datasets, run_dir / "data.png")
     plot_forward([(t, forward[t]) for t in forward_steps(forward.shape[0])], run_dir / "forward.png")
+
+
+def draw_result_pictures(run_dir: Path, forward: np.ndarray, x_seq: np.ndarray, records: Sequence[dict]) -> None:
+    """The pictures of a trained model: reverse.png, loss.png and diffusion.gif (x_seq (T + 1, n, 2):
+    one reverse chain, x_T first)."""
+    run_dir = Path(run_dir)
     plot_reverse(x_seq, run_dir / "reverse.png")
     plot_loss(records, run_dir / "loss.png")
     # Forward frames q(x_0) .. q(x_{T-1}), then chain states 1 .. T (x_{T-1} .. x_0): it ends on the sample.
     write_gif(forward, x_seq[1:], run_dir / "diffusion.gif")
+
+
+def draw_run_pictures(
+    run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray, x_seq: np.ndarray, records: Sequence[dict]
+) -> None:
+    """All pictures of a run: data.png, forward.png, reverse.png, loss.png and diffusion.gif."""
+    draw_setup_pictures(run_dir, datasets, forward)
+    draw_result_pictures(run_dir, forward, x_seq, records)

@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ddpm_harness.config import Config
+from ddpm_harness.config import Config, config_from_dict
 from ddpm_harness.data import get_dataset
 
 CONFIG_FILE = "config.json"
@@ -83,16 +83,21 @@ def open_run_dir(config: Config) -> Path:
     run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(config)
     if config.resume:
         if not (run_dir / CONFIG_FILE).is_file():
-            raise RunDirError(f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
-                              "give the --out-dir of an earlier run, or drop --resume")
+            raise RunDirError(
+                f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
+                "give the --out-dir of an earlier run, or drop --resume"
+            )
     elif run_dir.exists() and not (run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}):
-        raise RunDirError(f"{str(run_dir)!r} already exists and is not empty; add --resume to continue that run, "
-                          "or choose another --out-dir (earlier results are never overwritten)")
+        raise RunDirError(
+            f"{str(run_dir)!r} already exists and is not empty; add --resume to continue that run, "
+            "or choose another --out-dir (earlier results are never overwritten)"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise RunDirError(f"cannot create the run folder {str(run_dir)!r} ({err.strerror}); "
-                          "choose a writable --out-dir") from None
+        raise RunDirError(
+            f"cannot create the run folder {str(run_dir)!r} ({err.strerror}); choose a writable --out-dir"
+        ) from None
     lock_run_dir(run_dir)
     return run_dir
 
@@ -105,14 +110,17 @@ def lock_run_dir(run_dir: Path) -> None:
     try:
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise RunDirError(f"cannot write in {str(run_dir)!r} ({err.strerror}); choose a writable --out-dir, "
-                          "or make this one writable") from None
+        raise RunDirError(
+            f"cannot write in {str(run_dir)!r} ({err.strerror}); choose a writable --out-dir, or make this one writable"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise RunDirError(f"{str(run_dir)!r} is being written by another process (it holds {LOCK_FILE}); "
-                          "wait for that run to end, or choose another --out-dir") from None
+        raise RunDirError(
+            f"{str(run_dir)!r} is being written by another process (it holds {LOCK_FILE}); "
+            "wait for that run to end, or choose another --out-dir"
+        ) from None
     _LOCKS[run_dir.resolve()] = fd
 
 
@@ -140,10 +148,12 @@ def write_config(run_dir: Path, config: Config, framework: str) -> None:
 
 
 def read_config(run_dir: Path) -> Config:
-    """The Config saved in a run folder's config.json."""
-    fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
-    names = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in fields.items() if k in names})
+    """The Config saved in a run folder's config.json (RunDirError when it holds none)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        return config_from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as err:  # not UTF-8, not JSON, not a config (ConfigError)
+        raise RunDirError(f"{str(path)!r} is not a readable config ({err})") from None
 
 
 def save_samples(run_dir: Path, samples: np.ndarray) -> None:
@@ -162,8 +172,14 @@ def per_seed(values) -> float | list[float]:
 def epoch_record(epoch: int, step: int, losses, last_losses, wall_s: float, **extra) -> dict:
     """One metrics.jsonl line: epochs done, optimizer steps done, the epoch's mean batch loss,
     its last-batch loss (the tutorial's print), seconds of training so far, and any extras."""
-    return dict(epoch=int(epoch), step=int(step), loss=per_seed(losses), last_loss=per_seed(last_losses),
-                wall_s=round(float(wall_s), 4), **extra)
+    return dict(
+        epoch=int(epoch),
+        step=int(step),
+        loss=per_seed(losses),
+        last_loss=per_seed(last_losses),
+        wall_s=round(float(wall_s), 4),
+        **extra,
+    )
 
 
 class MetricsLog:
@@ -181,9 +197,19 @@ class MetricsLog:
         return kept
 
     def read(self) -> list[dict]:
+        """The records so far; RunDirError when the file is damaged (it is never rewritten then)."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        try:
+            records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        except ValueError as err:  # not UTF-8, or a line that is not JSON
+            records = [str(err)]
+        if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
+            raise RunDirError(
+                f"{str(self.path)!r} holds a line that is not an epoch's record; repair or remove "
+                "that line, then --resume"
+            )
+        return records
 
     def append(self, records: Iterable[dict]) -> None:
         with self.path.open("a") as f:
@@ -191,27 +217,53 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def summarize(records: list[dict], *, framework: str, config: Config, run_dir: Path, train_s: float,
-              steps_per_s: Optional[float], compile_s: Optional[float] = None,
-              evaluation: Optional[dict] = None, timings: Optional[dict] = None) -> dict:
+def summarize(
+    records: list[dict],
+    *,
+    framework: str,
+    config: Config,
+    run_dir: Path,
+    train_s: float,
+    steps_per_s: Optional[float],
+    compile_s: Optional[float] = None,
+    evaluation: Optional[dict] = None,
+    timings: Optional[dict] = None,
+    calibration: Optional[dict] = None,
+    sampling: Optional[dict] = None,
+) -> dict:
     """summary.json: time, speed, final losses (mean and spread over seeds) and where things are.
 
     train_s is the wall time of the training loop in this session; steps_per_s counts optimizer
     steps (each advances every seed's model) per second of training compute; timings, seconds per
     phase of this session (imports, set-up, compile, the training loop and the chunks and
-    evaluations inside it, final sampling, pictures).
+    evaluations inside it, final sampling, pictures); evaluation, the sample metrics of the final
+    samples per parameter set ({"raw": {...}, "ema": {...}}); calibration, {"n": n, "floor": {...},
+    "ceiling": {...}} of `metrics.calibrate` at the n the evaluation scored; sampling, how the final
+    samples were drawn (sampler, options, NFE).
     """
     last = records[-1]
     final = np.atleast_1d(np.asarray(last["loss"], np.float64))
-    summary = dict(framework=framework, dataset=config.dataset, epochs=last["epoch"], steps=last["step"],
-                   seeds=config.seeds, train_s=round(train_s, 3),
-                   compile_s=None if compile_s is None else round(compile_s, 3),
-                   steps_per_s=None if steps_per_s is None else round(steps_per_s, 1),
-                   final_loss=float(final.mean()), final_loss_std=float(final.std()),
-                   final_losses=[float(v) for v in final],
-                   final_last_loss=per_seed(last["last_loss"]), run_dir=str(run_dir))
+    summary = dict(
+        framework=framework,
+        dataset=config.dataset,
+        epochs=last["epoch"],
+        steps=last["step"],
+        seeds=config.seeds,
+        train_s=round(train_s, 3),
+        compile_s=None if compile_s is None else round(compile_s, 3),
+        steps_per_s=None if steps_per_s is None else round(steps_per_s, 1),
+        final_loss=float(final.mean()),
+        final_loss_std=float(final.std()),
+        final_losses=[float(v) for v in final],
+        final_last_loss=per_seed(last["last_loss"]),
+        run_dir=str(run_dir),
+    )
+    if sampling:
+        summary["sampling"] = sampling
     if evaluation:
         summary["evaluation"] = evaluation
+    if calibration:
+        summary["calibration"] = calibration
     if timings:
         summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     return summary
@@ -228,21 +280,39 @@ def summary_paragraph(summary: dict) -> str:
         loss += f" +- {summary['final_loss_std']:.4f} over {summary['seeds']} seeds"
     compile_part = "" if summary["compile_s"] is None else f" (+ {summary['compile_s']:.1f} s compile)"
     speed = "" if summary["steps_per_s"] is None else f" at {summary['steps_per_s']:,.0f} steps/s"
-    text = (f"Trained {summary['framework']} on {summary['dataset']} for {summary['epochs']} epochs "
-            f"({summary['steps']:,} steps) in {summary['train_s']:.1f} s{compile_part}{speed}; "
-            f"final mean epoch loss {loss}.")
+    text = (
+        f"Trained {summary['framework']} on {summary['dataset']} for {summary['epochs']} epochs "
+        f"({summary['steps']:,} steps) in {summary['train_s']:.1f} s{compile_part}{speed}; "
+        f"final mean epoch loss {loss}."
+    )
+    calibrated = summary.get("calibration")
+    sampling = summary.get("sampling") or {}
+    if summary.get("evaluation"):
+        n = f" of n = {calibrated['n']:,} samples" if calibrated else ""
+        how = f", {sampling['sampler']} sampler, NFE {sampling['nfe']}" if sampling else ""
+        text += f" Sample quality{n}{how} (floor: two draws of the data; ceiling: N(0, I); same n):"
     for params, values in (summary.get("evaluation") or {}).items():
-        shown = ", ".join(f"{k} {format_metric(v)}" for k, v in values.items()) or "samples hold NaN or inf"
-        text += f" Sample quality ({params} params): {shown}."
+        shown = ", ".join(format_against(k, v, calibrated) for k, v in values.items() if k in METRICS)
+        text += f" {params} params {shown or 'hold NaN or inf'};"
+    if summary.get("evaluation"):
+        text = text[:-1] + "."
     if summary.get("timings"):
         text += " " + time_breakdown(summary["timings"])
     return text + f" Outputs in {summary['run_dir']}/."
 
 
 # The phases of a run in the order they happen; the loop's chunks and evaluations lie inside it.
-PHASES = {"imports": "imports", "set_up": "set-up", "compile": "compile", "training_loop": "training loop",
-          "training_chunks": "of which compiled chunks", "evaluation": "and evaluations",
-          "sampling": "final sampling", "pictures": "pictures and GIF"}
+PHASES = {
+    "imports": "imports",
+    "set_up": "set-up",
+    "compile": "compile",
+    "training_loop": "training loop",
+    "training_chunks": "of which compiled chunks",
+    "evaluation": "and evaluations",
+    "sampling": "final sampling",
+    "final_evaluation": "final evaluation",
+    "pictures": "pictures and GIF (the part not hidden behind training)",
+}
 
 
 def time_breakdown(timings: dict) -> str:
@@ -250,10 +320,27 @@ def time_breakdown(timings: dict) -> str:
     parts = [f"{label} {timings[key]:.1f} s" for key, label in PHASES.items() if key in timings]
     outside = ("training_chunks", "evaluation")  # inside the loop
     total = sum(v for k, v in timings.items() if k not in outside)
-    ratio = f"; {total:.1f} s in all, {total / timings['training_loop']:.2f}x the training loop" if timings.get(
-        "training_loop") else ""
+    ratio = (
+        f"; {total:.1f} s in all, {total / timings['training_loop']:.2f}x the training loop"
+        if timings.get("training_loop")
+        else ""
+    )
     return "Time: " + ", ".join(parts) + ratio + "."
 
+
+METRICS = ("sliced_w2", "mmd2", "energy")
+
+
+def format_against(name: str, value, calibration: Optional[dict], brief: bool = False) -> str:
+    """A metric with the floor and ceiling calibrated at the same n: "sliced_w2 0.0214 (floor 0.0058,
+    ceiling 0.549)", or with brief=True "0.0214 (floor 0.0058)" for a progress bar."""
+    shown = format_metric(value)
+    if not calibration or name not in calibration.get("floor", {}):
+        return shown if brief else f"{name} {shown}"
+    floor, ceiling = calibration["floor"][name], calibration["ceiling"][name]
+    if brief:
+        return f"{shown} (floor {floor:.2g})"
+    return f"{name} {shown} (floor {floor:.2g}, ceiling {ceiling:.3g})"
 
 
 def format_metric(value) -> str:

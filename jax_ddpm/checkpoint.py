@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -29,12 +30,54 @@ from jax_ddpm.training import init_states, optimizer_for
 CHECKPOINT_DIR = "checkpoints"
 # Options that may change when a run resumes: these never touch the trajectory (--devices and the
 # processes only regroup each batch's sums), and --epochs may grow. --lr and --ema-decay may change too (say, a
-# lower --lr after the loss diverged); `changed_options` reports them. Every other option fixes
-# the state's structure, the data or the noise, so a checkpoint only resumes with the same value.
-FREE_FIELDS = ("epochs", "out_dir", "resume", "checkpoint_every", "log_every", "eval_every", "n_eval",
-               "no_plots", "n_samples", "sample_with", "devices", "no_compile_cache",
-               "coordinator_address", "num_processes", "process_id", "distributed_timeout")
+# lower --lr after the loss diverged); `changed_options` reports them. The sampling options only
+# change how the trained model is sampled and evaluated (--prediction and --zero-terminal-snr change
+# what it is trained on, so they are not free). --preset is a label: the values it set are checked.
+# Every other option fixes the state's structure, the data or the noise, so a checkpoint only
+# resumes with the same value.
+SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol")
+FREE_FIELDS = (
+    "epochs",
+    "out_dir",
+    "resume",
+    "checkpoint_every",
+    "log_every",
+    "eval_every",
+    "n_eval",
+    "no_plots",
+    "n_samples",
+    "sample_with",
+    "devices",
+    "compile_cache",
+    "preset",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "distributed_timeout",
+) + SAMPLING_FIELDS
 TUNABLE_FIELDS = ("lr", "ema_decay")
+
+
+class _WithoutOrbaxLines(logging.Filter):
+    """orbax logs what it cannot parse (a garbled _CHECKPOINT_METADATA, say) on stderr through absl;
+    this module reports every checkpoint problem itself in one line, so orbax's own lines are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname
+
+
+logging.getLogger("absl").addFilter(_WithoutOrbaxLines())
+
+
+def _without_closed_loop_callbacks(unraisable, previous=sys.unraisablehook) -> None:
+    """A restore that fails on a garbled array file (orbax gives up at the first, then closes its
+    event loop) leaves tensorstore reads whose callbacks find that loop closed: each would print a
+    RuntimeError traceback on stderr, after the one line that reports the checkpoint. Dropped."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        previous(unraisable)
+
+
+sys.unraisablehook = _without_closed_loop_callbacks
 
 
 class CheckpointError(RuntimeError):
@@ -47,20 +90,23 @@ class IncompatibleCheckpointError(CheckpointError):
 
 def check_compatible(saved: dict, config: Config, where: Path) -> None:
     """Raise IncompatibleCheckpointError naming every trajectory option that differs."""
-    current = dataclasses.asdict(config)
-    differ = [name for name in current
-              if name not in FREE_FIELDS + TUNABLE_FIELDS and saved.get(name) != current[name]]
+    current, defaults = dataclasses.asdict(config), dataclasses.asdict(Config())
+    saved = {**defaults, **saved}  # a field added since the checkpoint was written held its default
+    differ = [name for name in current if name not in FREE_FIELDS + TUNABLE_FIELDS and saved.get(name) != current[name]]
     if differ:
         options = ", ".join(f"--{n.replace('_', '-')} {saved.get(n)} (now {current[n]})" for n in differ)
-        raise IncompatibleCheckpointError(f"the checkpoint in {str(where)!r} was written with {options}; "
-                                          "resume with the same options, or start a new --out-dir")
+        raise IncompatibleCheckpointError(
+            f"the checkpoint in {str(where)!r} was written with {options}; "
+            "resume with the same options, or start a new --out-dir"
+        )
 
 
 def changed_options(saved: dict, config: Config) -> list[str]:
     """The tunable options that differ from the checkpoint's, as "--lr 0.001 -> 0.0001"."""
     current = dataclasses.asdict(config)
-    return [f"--{n.replace('_', '-')} {saved.get(n)} -> {current[n]}" for n in TUNABLE_FIELDS
-            if saved.get(n) != current[n]]
+    return [
+        f"--{n.replace('_', '-')} {saved.get(n)} -> {current[n]}" for n in TUNABLE_FIELDS if saved.get(n) != current[n]
+    ]
 
 
 MANIFEST_DIR = "checkpoint_manifests"
@@ -69,8 +115,11 @@ SET_ASIDE_DIR = "corrupt_checkpoints"
 
 def _file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under folder, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 class Checkpointer:
@@ -107,11 +156,14 @@ class Checkpointer:
     def save(self, state, *, epoch: int, wall_s: float, config: Config, data_sha256: Optional[str] = None) -> None:
         """Write checkpoint `epoch`, then its manifest; the record keeps the config and the data
         file's hash (None for a built-in dataset), so that --resume can refuse a file changed since."""
-        record = dict(epoch=int(epoch), wall_s=float(wall_s), config=dataclasses.asdict(config),
-                      data_sha256=data_sha256)
+        record = dict(
+            epoch=int(epoch), wall_s=float(wall_s), config=dataclasses.asdict(config), data_sha256=data_sha256
+        )
         try:
-            self._manager.save(int(epoch), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                                   record=ocp.args.JsonSave(record)))
+            self._manager.save(
+                int(epoch),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
+            )
         except OSError:
             raise
         except Exception as err:  # orbax wraps a full disk or a read-only folder in its own types
@@ -149,11 +201,20 @@ class Checkpointer:
             record = self._manager.restore(epoch, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
         except Exception as err:
             raise CheckpointError(f"orbax cannot read it ({_first_line(err)})") from None
+        if not (
+            isinstance(record, dict)
+            and type(record.get("epoch")) is int
+            and record["epoch"] == epoch
+            and isinstance(record.get("wall_s"), (int, float))
+            and isinstance(record.get("config"), dict)
+        ):
+            raise CheckpointError("its record is not the {epoch, wall_s, config} this program writes")
         check_compatible(record.get("config", {}), config, self.directory)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         try:
-            state = self._manager.restore(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract)))["state"]
+            state = self._manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
+                "state"
+            ]
         except Exception as err:
             raise CheckpointError(f"orbax cannot read it ({_first_line(err)})") from None
         return state, record
@@ -162,8 +223,9 @@ class Checkpointer:
         """(state, record) of the newest good checkpoint; `template` is a fresh state of the same shapes.
 
         A bad newest checkpoint is reported in one warning line on stderr and, with `set_aside`
-        (a run that resumes and will write a new one), moved aside; the one before it is used. Raises IncompatibleCheckpointError when a checkpoint was written
-        with other trajectory options, CheckpointError when no checkpoint can be read.
+        (a run that resumes and will write a new one), moved aside; the one before it is used.
+        Raises IncompatibleCheckpointError when a checkpoint was written with other trajectory options,
+        CheckpointError when no checkpoint can be read.
         """
         epochs = sorted(self._manager.all_steps(), reverse=True)
         if not epochs:
@@ -179,12 +241,16 @@ class Checkpointer:
                 earlier = [e for e in epochs if e < epoch]
                 fallback = f"using checkpoint {earlier[0]}" if earlier else "no earlier checkpoint is left"
                 moved = f"; it is moved to {SET_ASIDE_DIR}/" if set_aside else ""
-                print(f"warning: checkpoint {epoch} in {str(self.directory)!r} cannot be trusted ({err}); "
-                      f"{fallback}{moved}", file=sys.stderr)
+                print(
+                    f"warning: checkpoint {epoch} in {str(self.directory)!r} cannot be trusted ({err}); "
+                    f"{fallback}{moved}",
+                    file=sys.stderr,
+                )
                 if set_aside:
                     self._set_aside(epoch)
-        raise CheckpointError(f"no readable checkpoint in {str(self.directory)!r} ({'; '.join(problems)}); "
-                              "start a new --out-dir")
+        raise CheckpointError(
+            f"no readable checkpoint in {str(self.directory)!r} ({'; '.join(problems)}); start a new --out-dir"
+        )
 
     def _set_aside(self, epoch: int) -> None:
         """Move a bad checkpoint out of orbax's folder (kept for inspection, never deleted)."""
@@ -215,8 +281,10 @@ def restore_run(run_dir) -> tuple[Config, object, dict]:
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        raise RunDirError(f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE}); "
-                          "give a folder written by python -m jax_ddpm.train")
+        raise RunDirError(
+            f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE}); "
+            "give a folder written by python -m jax_ddpm.train"
+        )
     config = validate(read_config(run_dir))
     state, record = Checkpointer(run_dir).restore(init_states(config, optimizer_for(config)), config, set_aside=False)
     return config, state, record

@@ -9,21 +9,21 @@ files), so the cache can only save time, never break a run.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+from ddpm_harness.metrics import cache_root
+
 CACHE_DIR_ENV = "JAX_DDPM_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
-    """$JAX_DDPM_CACHE_DIR, else $XDG_CACHE_HOME/jax_ddpm/xla, else ~/.cache/jax_ddpm/xla."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jax_ddpm" / "xla"
+    """The `xla` folder of the project's cache (`ddpm_harness.metrics.cache_root()`: $JAX_DDPM_CACHE_DIR,
+    else $XDG_CACHE_HOME/jax_ddpm, else ~/.cache/jax_ddpm)."""
+    return cache_root() / "xla"
 
 
 _in_use: Optional[tuple[bool, Optional[Path]]] = None  # (enabled, folder) as last set in this process

@@ -64,10 +64,16 @@ JAX_TIMEOUT_MARGIN_S = 60
 # The launchers JAX reads in `jax.distributed.initialize()` (jax/_src/clusters/slurm_cluster.py and
 # ompi_cluster.py in jax 0.10.2): the variables that must all be set, and the one holding the task count and rank.
 CLUSTERS = {
-    "slurm": (("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"),
-              "SLURM_NTASKS", "SLURM_PROCID"),
-    "ompi": (("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
-             "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+    "slurm": (
+        ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"),
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+    ),
+    "ompi": (
+        ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_RANK",
+    ),
 }
 
 
@@ -95,15 +101,19 @@ class Launch:
 
 
 def detect_cluster(environ: Mapping[str, str] = os.environ) -> Optional[str]:
-    """"slurm" or "ompi" when that launcher started this process as one of several tasks, else None."""
+    """ "slurm" or "ompi" when that launcher started this process as one of several tasks, else None."""
     for name, (needed, count, _) in CLUSTERS.items():
         if all(v in environ for v in needed) and environ[count].isdigit() and int(environ[count]) > 1:
             return name
     return None
 
 
-def plan_launch(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                process_id: Optional[int] = None, environ: Mapping[str, str] = os.environ) -> Launch:
+def plan_launch(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Launch:
     """What `initialize` will do, from the options and the environment (no JAX call).
 
     --num-processes 1 is one process. Under srun / mpirun with several tasks, the launcher's variables fill the
@@ -115,22 +125,39 @@ def plan_launch(coordinator_address: Optional[str] = None, num_processes: Option
     cluster = detect_cluster(environ)
     if cluster is not None:
         _, count, rank = CLUSTERS[cluster]
-        return Launch(num_processes or int(environ[count]),
-                      int(environ[rank]) if process_id is None else process_id, coordinator_address, cluster)
+        return Launch(
+            num_processes or int(environ[count]),
+            int(environ[rank]) if process_id is None else process_id,
+            coordinator_address,
+            cluster,
+        )
     if coordinator_address is None and num_processes is None and process_id is None:
         return Launch(1, 0, None, "single")
     address = coordinator_address or environ.get("JAX_COORDINATOR_ADDRESS")
-    missing = [name for name, value in (("--coordinator-address", address), ("--num-processes", num_processes),
-                                        ("--process-id", process_id)) if value is None]
+    missing = [
+        name
+        for name, value in (
+            ("--coordinator-address", address),
+            ("--num-processes", num_processes),
+            ("--process-id", process_id),
+        )
+        if value is None
+    ]
     if missing:
-        raise ConfigError(f"a run over several processes needs {' and '.join(missing)} too: give every process the "
-                          "same --coordinator-address HOST:PORT (process 0's) and --num-processes, and its own "
-                          "--process-id; or launch it with srun or mpirun, which set them")
+        raise ConfigError(
+            f"a run over several processes needs {' and '.join(missing)} too: give every process the "
+            "same --coordinator-address HOST:PORT (process 0's) and --num-processes, and its own "
+            "--process-id; or launch it with srun or mpirun, which set them"
+        )
     return Launch(num_processes, process_id, address, "options")
 
 
-def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, timeout_s: int = 300) -> Launch:
+def initialize(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    timeout_s: int = 300,
+) -> Launch:
     """Join the other processes of the run (`jax.distributed.initialize`), or do nothing for one process.
 
     Call it before any JAX computation. Gives up after `timeout_s` seconds with one `error:` line on stderr and exit
@@ -146,13 +173,20 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
             return
         where = launch.coordinator_address or f"the address {launch.source} gives"
         if launch.process_id == 0:
-            why = (f"waited {timeout_s} s at {where} for the other {launch.num_processes - 1} process(es) to join; "
-                   f"start all {launch.num_processes} with the same --coordinator-address and --num-processes")
+            why = (
+                f"waited {timeout_s} s at {where} for the other {launch.num_processes - 1} process(es) to join; "
+                f"start all {launch.num_processes} with the same --coordinator-address and --num-processes"
+            )
         else:
-            why = (f"could not join the coordinator at {where} within {timeout_s} s: start process 0 (it hosts the "
-                   f"coordinator) and all {launch.num_processes} processes, and check the address and its port")
-        print(f"error: process {launch.process_id} of {launch.num_processes} {why}, or raise --distributed-timeout",
-              file=sys.stderr, flush=True)
+            why = (
+                f"could not join the coordinator at {where} within {timeout_s} s: start process 0 (it hosts the "
+                f"coordinator) and all {launch.num_processes} processes, and check the address and its port"
+            )
+        print(
+            f"error: process {launch.process_id} of {launch.num_processes} {why}, or raise --distributed-timeout",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(1)  # nothing is written before joining; JAX's connect cannot be interrupted otherwise
 
     threading.Thread(target=give_up, name="jax_ddpm-join-timeout", daemon=True).start()
@@ -169,26 +203,30 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
         raise DistributedError(f"process {launch.process_id} could not join the run: {_first_line(err)}") from None
     finally:
         joined.set()
-    return Launch(jax.process_count(), jax.process_index(), jax_distributed.global_state.coordinator_address,
-                  launch.source)
+    return Launch(
+        jax.process_count(), jax.process_index(), jax_distributed.global_state.coordinator_address, launch.source
+    )
 
 
 def join(config: Config) -> Launch:
     """`initialize` with a training Config's options, then check that the run fits the processes: --devices counts
     every device of every process, and one model is trained (--seeds 1)."""
     check_processes(config)
-    launch = initialize(config.coordinator_address, config.num_processes, config.process_id,
-                        config.distributed_timeout)
+    launch = initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed_timeout)
     if launch.multi:
         total = jax.device_count()
         if config.seeds > 1:
-            raise ConfigError(f"--seeds {config.seeds} over {launch.num_processes} processes is not supported: "
-                              "train one model per run over several processes, or split seeds across processes "
-                              "with python -m jax_ddpm.sweep")
+            raise ConfigError(
+                f"--seeds {config.seeds} over {launch.num_processes} processes is not supported: "
+                "train one model per run over several processes, or split seeds across processes "
+                "with python -m jax_ddpm.sweep"
+            )
         if config.devices != total:
-            raise ConfigError(f"--devices {config.devices}: the {launch.num_processes} processes hold {total} "
-                              f"devices ({jax.local_device_count()} in this one); give --devices {total}, as every "
-                              "process takes part in each step")
+            raise ConfigError(
+                f"--devices {config.devices}: the {launch.num_processes} processes hold {total} "
+                f"devices ({jax.local_device_count()} in this one); give --devices {total}, as every "
+                "process takes part in each step"
+            )
     return launch
 
 
@@ -212,12 +250,14 @@ def stdout_of_process_zero() -> Iterator[None]:
 
 def local_copy(tree):
     """This process's copy of a replicated pytree: each global array's first local shard (the whole array)."""
+
     def local(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             if not x.is_fully_replicated:
                 raise ValueError(f"an array of shape {x.shape} is split across processes; no process holds it whole")
             return x.addressable_shards[0].data
         return x
+
     return jax.tree.map(local, tree)
 
 
@@ -234,8 +274,11 @@ class ProcessZeroCheckpointer(Checkpointer):
     def _make_manager(self) -> ocp.CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)  # orbax creates no folder for a subset of the processes
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=2, enable_async_checkpointing=False, create=False,
-            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}))
+            max_to_keep=2,
+            enable_async_checkpointing=False,
+            create=False,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
+        )
         return ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, state, **record) -> None:
@@ -321,9 +364,11 @@ def _read(key: str, timeout_s: float, waiting_for: str) -> dict:
     try:
         return json.loads(_client().blocking_key_value_get(f"{KEY_PREFIX}/{key}", int(timeout_s * 1000)))
     except Exception as err:  # jax.errors.JaxRuntimeError: DEADLINE_EXCEEDED, or the coordinator went away
-        raise DistributedError(f"process {jax.process_index()} of {jax.process_count()} waited {timeout_s:g} s for "
-                               f"{waiting_for} ({_first_line(err)}); if it is only slow, raise --distributed-timeout",
-                               lost=True) from None
+        raise DistributedError(
+            f"process {jax.process_index()} of {jax.process_count()} waited {timeout_s:g} s for "
+            f"{waiting_for} ({_first_line(err)}); if it is only slow, raise --distributed-timeout",
+            lost=True,
+        ) from None
 
 
 def meet(what: str, timeout_s: float, payload=None) -> list:
@@ -368,9 +413,14 @@ def exit_at_once_if_a_process_is_lost(launch: Launch) -> Iterator[None]:
     except (DistributedError, jax.errors.JaxRuntimeError) as err:
         if not launch.multi or (isinstance(err, DistributedError) and not err.lost):
             raise
-        message = str(err) if isinstance(err, DistributedError) else (
-            f"process {launch.process_id} of {launch.num_processes} lost another process "
-            f"({_first_line(err, with_type=False)}); see the other processes' output for the reason")
+        message = (
+            str(err)
+            if isinstance(err, DistributedError)
+            else (
+                f"process {launch.process_id} of {launch.num_processes} lost another process "
+                f"({_first_line(err, with_type=False)}); see the other processes' output for the reason"
+            )
+        )
         sys.stdout.flush()
         print(f"error: {message}", file=sys.stderr, flush=True)
         os._exit(1)
@@ -388,8 +438,17 @@ def set_up_together(set_up: Callable[[Config], T], config: Config) -> T:
     with told_on_failure():
         run = set_up(config)
     try:
-        shared = dict(run_dir=str(run.run_dir), start_epoch=run.start_epoch, wall_before=run.wall_before,
-                      latest=run.checkpointer.latest_epoch(), records=run.records[-1:]) if is_process_zero() else None
+        shared = (
+            dict(
+                run_dir=str(run.run_dir),
+                start_epoch=run.start_epoch,
+                wall_before=run.wall_before,
+                latest=run.checkpointer.latest_epoch(),
+                records=run.records[-1:],
+            )
+            if is_process_zero()
+            else None
+        )
         zero = meet("while setting up", config.distributed_timeout, shared)[0]
         if not is_process_zero():  # process 0's folder and where it resumes (the newest record, for the summary)
             run.run_dir, run.start_epoch = Path(zero["run_dir"]), zero["start_epoch"]
@@ -406,9 +465,11 @@ def set_up_together(set_up: Callable[[Config], T], config: Config) -> T:
 def broadcast_from_zero(tree):
     """Process 0's values of a pytree of arrays (the same shapes on every process), bit for bit, on every process:
     each leaf travels as unsigned integers of its width, so the sum that broadcasts it adds only zeros."""
+
     def as_bits(x):
         x = np.asarray(x)
         return x.view(np.dtype(f"uint{8 * x.dtype.itemsize}"))
+
     bits = multihost_utils.broadcast_one_to_all(jax.tree.map(as_bits, tree))
     return jax.tree.map(lambda b, x: np.asarray(b).view(np.asarray(x).dtype), bits, tree)
 
@@ -443,8 +504,10 @@ def wait_for_files(paths: Sequence[os.PathLike | str], timeout_s: float, poll_s:
             return paths
         if time.monotonic() >= deadline:
             shown = ", ".join(str(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
-            raise DistributedError(f"{len(missing)} of {len(paths)} files did not appear within {timeout_s:g} s "
-                                   f"({shown}); did a process stop? its rows can be merged later")
+            raise DistributedError(
+                f"{len(missing)} of {len(paths)} files did not appear within {timeout_s:g} s "
+                f"({shown}); did a process stop? its rows can be merged later"
+            )
         time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
 
 

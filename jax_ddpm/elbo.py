@@ -51,8 +51,9 @@ def eps_to_mean(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array
     return (1 / jnp.sqrt(alpha_t)) * (x_t - eps_factor * eps)
 
 
-def model_mean_logvar(params: dict, schedule: Schedule, x_t: jax.Array, t: jax.Array,
-                      parameterization: str = "mean_logvar"):
+def model_mean_logvar(
+    params: dict, schedule: Schedule, x_t: jax.Array, t: jax.Array, parameterization: str = "mean_logvar"
+):
     """Mean and log-variance (each (B, 2)) of p(x_{t-1} | x_t) for a model that predicts
     "eps" (the tutorial's 2-output model, with the sampler's fixed variance beta_t), "mean_logvar"
     (the variational loss's 4-output model) or "eps_logvar" (the hybrid loss's: noise and log-variance)."""
@@ -67,8 +68,9 @@ def model_mean_logvar(params: dict, schedule: Schedule, x_t: jax.Array, t: jax.A
     raise ValueError(f"unknown parameterization {parameterization!r}; choose eps, mean_logvar or eps_logvar")
 
 
-def p_sample_learned(params: dict, schedule: Schedule, x: jax.Array, t, z: jax.Array,
-                     parameterization: str = "mean_logvar") -> jax.Array:
+def p_sample_learned(
+    params: dict, schedule: Schedule, x: jax.Array, t, z: jax.Array, parameterization: str = "mean_logvar"
+) -> jax.Array:
     """One reverse step x_t -> x_{t-1} of a 4-output model at integer step t, for x (N, 2):
     x_{t-1} = mean_theta + exp(log_var_theta / 2) z, the mean read off as `model_mean_logvar` does."""
     t = jnp.asarray(t, jnp.int32).reshape(1)
@@ -76,15 +78,27 @@ def p_sample_learned(params: dict, schedule: Schedule, x: jax.Array, t, z: jax.A
     return mean + jnp.exp(0.5 * log_var) * z
 
 
-def vlb_terms(schedule: Schedule, x_0: jax.Array, x_t: jax.Array, t: jax.Array, model_mean: jax.Array,
-              model_log_var: jax.Array, decoder: str = "discretized") -> jax.Array:
+def vlb_terms(
+    schedule: Schedule,
+    x_0: jax.Array,
+    x_t: jax.Array,
+    t: jax.Array,
+    model_mean: jax.Array,
+    model_log_var: jax.Array,
+    decoder: str = "discretized",
+) -> jax.Array:
     """Per-example term of the bound in bits/dim, shape (B,): KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
     for t > 0; at t == 0 the decoder NLL -log p(x_0 | x_1), "discretized" (the tutorial's 8-bit
     one) or "gaussian" (a density, for continuous data)."""
     batch_size = x_0.shape[0]
-    true_mean, true_var = q_posterior_mean_variance(x_0, x_t, t, schedule.posterior_mean_coef_1,
-                                                    schedule.posterior_mean_coef_2,
-                                                    schedule.posterior_log_variance_clipped)
+    true_mean, true_var = q_posterior_mean_variance(
+        x_0,
+        x_t,
+        t,
+        schedule.posterior_mean_coef_1,
+        schedule.posterior_mean_coef_2,
+        schedule.posterior_log_variance_clipped,
+    )
     kl = normal_kl(true_mean, true_var, model_mean, model_log_var)
     kl = jnp.mean(kl.reshape(batch_size, -1), axis=1) / np.log(2.0)
     if decoder == "discretized":
@@ -97,8 +111,9 @@ def vlb_terms(schedule: Schedule, x_0: jax.Array, x_t: jax.Array, t: jax.Array, 
     return jnp.where(t == 0, decoder_nll, kl)
 
 
-def hybrid_loss(params: dict, schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array,
-                hybrid_lambda: float = 0.001) -> jax.Array:
+def hybrid_loss(
+    params: dict, schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array, hybrid_lambda: float = 0.001
+) -> jax.Array:
     """Improved DDPM's L_hybrid = L_simple + lambda * L_vlb (Nichol & Dhariwal 2021, sec. 3.1) for a
     4-output model predicting (eps, log-variance).
 
@@ -131,8 +146,14 @@ def prior_bpd(schedule: Schedule, x_0: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("parameterization", "decoder"))
-def elbo_terms(params: dict, schedule: Schedule, x_0: jax.Array, key: jax.Array,
-               parameterization: str = "mean_logvar", decoder: str = "discretized") -> jax.Array:
+def elbo_terms(
+    params: dict,
+    schedule: Schedule,
+    x_0: jax.Array,
+    key: jax.Array,
+    parameterization: str = "mean_logvar",
+    decoder: str = "discretized",
+) -> jax.Array:
     """Every term of the bound for every point, in bits/dim: (T, N), row t the term at step t
     (row 0 the decoder NLL), x_t drawn with noise from fold_in(key, t)."""
 
@@ -146,8 +167,14 @@ def elbo_terms(params: dict, schedule: Schedule, x_0: jax.Array, key: jax.Array,
     return jax.lax.map(term, jnp.arange(schedule.num_steps))
 
 
-def negative_elbo(params: dict, schedule: Schedule, x_0, key: jax.Array, parameterization: str = "mean_logvar",
-                  decoder: str = "discretized") -> dict[str, float]:
+def negative_elbo(
+    params: dict,
+    schedule: Schedule,
+    x_0,
+    key: jax.Array,
+    parameterization: str = "mean_logvar",
+    decoder: str = "discretized",
+) -> dict[str, float]:
     """The negative ELBO of points x_0 (N, 2) in bits/dim, averaged over the points, and its parts:
     total = prior + diffusion (the KL terms, t >= 1) + decoder (t = 0), on `accurate_schedule`."""
     x_0 = jnp.asarray(x_0, jnp.float32)

@@ -13,9 +13,12 @@ trained parameters without a run folder.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -27,13 +30,12 @@ from tqdm import tqdm
 
 from ddpm_harness.config import Config, ConfigError, check_fits_in_memory, dataset_for, held_out_for, validate
 from ddpm_harness.data import file_sha256
-from ddpm_harness.metrics import evaluate
-from ddpm_harness.plots import draw_run_pictures
+from ddpm_harness.metrics import calibration, evaluate
 from ddpm_harness.runs import (
     MetricsLog,
     describe_setup,
     epoch_record,
-    format_metric,
+    format_against,
     picture_noise,
     release_run_dir,
     save_samples,
@@ -43,11 +45,13 @@ from ddpm_harness.runs import (
     write_config,
     write_summary,
 )
-from jax_ddpm import distributed
+from jax_ddpm import distributed, samplers, speed
 from jax_ddpm.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
 from jax_ddpm.compile_cache import use_compile_cache
+from jax_ddpm.model import apply_model
+from jax_ddpm.predictions import run_schedule
 from jax_ddpm.sampling import p_sample_for, p_sample_loop, sample_chain
-from jax_ddpm.schedule import Schedule, q_sample, schedule_for
+from jax_ddpm.schedule import Schedule, q_sample
 from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
 
 # A chunk holds at most this many optimizer steps (summed over seeds), so the progress bar moves
@@ -97,21 +101,184 @@ def chunk_epochs(config: Config, steps_per_epoch: int, start_epoch: int = 0) -> 
     return max(d for d in range(1, period + 1) if period % d == 0 and (d == 1 or d * steps <= MAX_CHUNK_STEPS))
 
 
-def sample_states(params: dict, schedule: Schedule, config: Config, n: int, fold: Optional[int] = None) -> np.ndarray:
-    """The reverse chains of every seed: (T + 1, n, 2), or (seeds, T + 1, n, 2) for several.
+def sampler_options(config: Config) -> dict:
+    """The keyword options of `samplers.sample` that a config's sampling fields give."""
+    steps = config.sample_steps
+    if steps is None and config.sampler in ("ddpm", "ddim", "dpm-solver++"):
+        steps = samplers.default_sample_steps(config.sampler, config.num_steps)
+    return dict(
+        sample_steps=steps,
+        prediction=config.prediction,
+        eta=float(config.eta),
+        variance=config.variance,
+        timestep_spacing=config.timestep_spacing,
+        rtol=float(config.ode_rtol),
+        atol=float(config.ode_atol),
+    )
 
-    Seed i samples with run_keys(seed + i)["sample"], folded with `fold` for the evaluations.
+
+def check_sampler(config: Config, schedule: Schedule) -> None:
+    """ConfigError (one sentence) for sampling options `samplers.validate` refuses on this schedule."""
+    options = {k: v for k, v in sampler_options(config).items() if k not in ("rtol", "atol")}
+    try:
+        samplers.validate(config.sampler, schedule, **options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _model_fn(params: dict, config: Config) -> samplers.ModelFn:
+    """The model as the samplers call it: its eps/v/x0 output (the eps half of the hybrid loss's
+    4-output model), at float t through `samplers.interpolate_steps` for the ODE."""
+    model_fn = functools.partial(apply_model, params)
+    if config.parameterization == "eps_logvar":
+        model_fn = lambda x, t, f=model_fn: f(x, t)[..., :2]  # noqa: E731
+    if config.sampler == "ode":
+        model_fn = samplers.interpolate_steps(model_fn, config.num_steps)
+    return model_fn
+
+
+@functools.partial(jax.jit, static_argnames=("config", "trajectory"), compiler_options=speed.on_cpu(speed.SAMPLING))
+def _sample_from(params, schedule, key, x_T, *, config, trajectory):
+    return samplers.sample(
+        config.sampler,
+        _model_fn(params, config),
+        schedule,
+        x_T,
+        key=key,
+        trajectory=trajectory,
+        **sampler_options(config),
+    )
+
+
+def draw_samples(
+    params: dict,
+    schedule: Schedule,
+    config: Config,
+    key: jax.Array,
+    n: Optional[int] = None,
+    x_T: Optional[jax.Array] = None,
+    trajectory: bool = False,
+) -> samplers.Samples:
+    """One model's samples with the config's sampler (--sampler, --sample-steps, --eta, ...): from
+    x_T (n, 2) ~ N(0, I) drawn from fold_in(key, 0), or from the given x_T (N, 2); step noise from key.
+
+    The tutorial sampler is `sampling.sample_chain` itself (bit for bit the tutorial's default run);
+    the others run as one program with x_T as its input, so a deterministic sampler started from the
+    x_T it drew reproduces its chain exactly.
+    """
+    sampling_config = _sampling_part(config)
+    if config.sampler == "tutorial":
+        if x_T is None:
+            states = sample_chain(params, schedule, key, n, parameterization=config.parameterization)
+        else:
+            x_T = jnp.asarray(x_T, jnp.float32)
+            zs = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape))(
+                jnp.arange(config.num_steps)
+            )
+            states = p_sample_loop(
+                params,
+                x_T.shape,
+                config.num_steps,
+                schedule.alphas,
+                schedule.betas,
+                schedule.one_minus_alphas_bar_sqrt,
+                x_T=x_T,
+                zs=zs,
+                p_sample_fn=p_sample_for(schedule, config.parameterization),
+            )
+        return samplers.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
+    if x_T is None:
+        x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
+    return _sample_from(
+        params, schedule, key, jnp.asarray(x_T, jnp.float32), config=sampling_config, trajectory=trajectory
+    )
+
+
+def _sampling_part(config: Config) -> Config:
+    """The config with every field that does not change sampling reset, so that jit (which keys its
+    cache on the static config) compiles one sampler program per sampling setup."""
+    keep = (
+        "sampler",
+        "sample_steps",
+        "eta",
+        "variance",
+        "timestep_spacing",
+        "ode_rtol",
+        "ode_atol",
+        "prediction",
+        "loss",
+        "num_steps",
+    )
+    return Config(**{name: getattr(config, name) for name in keep})
+
+
+def sample_states(
+    params: dict,
+    schedule: Schedule,
+    config: Config,
+    n: int,
+    fold: Optional[int] = None,
+    x_T: Optional[np.ndarray] = None,
+    chunk: int = 0,
+) -> tuple[np.ndarray, int]:
+    """The reverse chains of every seed with the config's sampler, and its NFE: states (S + 1, n, 2),
+    or (seeds, S + 1, n, 2) for several, x_T first (S = T for the tutorial sampler, K for ddpm, ddim
+    and dpm-solver++, T + 1 for the ODE).
+
+    Seed i samples with run_keys(seed + i)["sample"], folded with `fold` for the evaluations and,
+    for chunk c > 0 of a large draw (`sample_points`), with c; x_T (n, 2), when given, starts every
+    seed's chain.
     """
     keys = [run_keys(config.seed + i)["sample"] for i in range(config.seeds)]
     if fold is not None:
         keys = [jax.random.fold_in(k, fold) for k in keys]
+    if chunk:
+        keys = [jax.random.fold_in(k, chunk) for k in keys]
 
     def chain(p, key):
-        return sample_chain(p, schedule, key, n, parameterization=config.parameterization)
+        out = draw_samples(p, schedule, config, key, n, x_T, trajectory=True)
+        return out.trajectory, out.nfe
 
     if config.seeds == 1:
-        return np.asarray(chain(params, keys[0]))
-    return np.asarray(jax.vmap(chain)(params, jnp.stack(keys)))
+        states, nfe = chain(params, keys[0])
+    else:
+        states, nfe = jax.vmap(chain)(params, jnp.stack(keys))
+    return np.asarray(states), int(np.max(nfe))
+
+
+SAMPLE_CHUNK = 25_000
+"""Points sampled at once: memory stays bounded whatever n (one chunk's chain is ~20 MB for T = 100)."""
+
+
+def sample_points(
+    params: dict,
+    schedule: Schedule,
+    config: Config,
+    n: int,
+    fold: Optional[int] = None,
+    out: Optional[np.ndarray] = None,
+    keep_chain: bool = False,
+    x_T: Optional[np.ndarray] = None,
+):
+    """n final samples (n, 2), or (seeds, n, 2), drawn SAMPLE_CHUNK points at a time into `out`
+    (allocated when None; a memory-mapped .npy works), and the sampler's NFE; with `keep_chain`,
+    (samples, the first chunk's chains, NFE) for the pictures. x_T (n, 2), when given, starts the chains.
+
+    Points [c * SAMPLE_CHUNK, (c + 1) * SAMPLE_CHUNK) come from chunk c's keys (`sample_states`), so
+    a draw of up to SAMPLE_CHUNK points is one chain, and the same n always gives the same points.
+    """
+    shape = (n, 2) if config.seeds == 1 else (config.seeds, n, 2)
+    out = np.empty(shape, np.float32) if out is None else out
+    first, nfe = None, 0
+    for c, start in enumerate(range(0, n, SAMPLE_CHUNK)):
+        size = min(SAMPLE_CHUNK, n - start)
+        part = None if x_T is None else x_T[start : start + size]
+        chains, nfe = sample_states(params, schedule, config, size, fold=fold, x_T=part, chunk=c)
+        out[..., start : start + size, :] = chains[..., -1, :, :]
+        if keep_chain and first is None:
+            first = chains
+        del chains  # before the next chunk's chain is made
+    return (out, first, nfe) if keep_chain else (out, nfe)
 
 
 def sample_quality(samples: np.ndarray, reference: np.ndarray) -> dict:
@@ -124,9 +291,12 @@ def sample_quality(samples: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def evaluate_state(state, schedule: Schedule, config: Config, reference: np.ndarray, epoch: int) -> dict:
-    """Sample quality of the raw and the EMA parameters: {"raw": {metric: value}, "ema": {...}}."""
+    """Sample quality of the raw and the EMA parameters, --n-eval samples each with the config's
+    sampler: {"raw": {metric: value}, "ema": {...}}."""
     return {
-        name: sample_quality(sample_states(params, schedule, config, config.n_eval, fold=epoch)[..., -1, :, :], reference)
+        name: sample_quality(
+            sample_states(params, schedule, config, config.n_eval, fold=epoch)[0][..., -1, :, :], reference
+        )
         for name, params in (("raw", state.params), ("ema", state.ema_params))
     }
 
@@ -139,8 +309,59 @@ def flat_evaluation(evaluation: dict) -> dict:
 def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """q(x_t | x_0) for every t = 0 .. T-1 with the given noise (T, N, 2): (T, N, 2)."""
     steps = jnp.arange(schedule.num_steps)
-    return np.asarray(jax.vmap(lambda t, e: q_sample(data, jnp.full(data.shape[:1], t), schedule.alphas_bar_sqrt,
-                                                     schedule.one_minus_alphas_bar_sqrt, e))(steps, noise))
+    return np.asarray(
+        jax.vmap(
+            lambda t, e: q_sample(
+                data, jnp.full(data.shape[:1], t), schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, e
+            )
+        )(steps, noise)
+    )
+
+
+class Pictures:
+    """The run's pictures, drawn on a background thread: data.png and forward.png while the main
+    thread compiles and trains, reverse.png, loss.png and the GIF while it evaluates. A single
+    model's compiled steps run on one core, so the other one draws (matplotlib, imported here
+    lazily, is among the slowest imports). An error (a full disk) is raised by `wait`."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.forward = forward_frames(run.schedule, run.data, picture_noise(run.config, run.data.shape))
+        self._error: Optional[BaseException] = None
+        self._thread = self._start(self._draw_setup)
+
+    def _start(self, target) -> threading.Thread:
+        def guarded():
+            try:
+                target()
+            except BaseException as err:  # re-raised on the main thread by wait()
+                self._error = err
+
+        thread = threading.Thread(target=guarded, name="pictures", daemon=True)
+        thread.start()
+        return thread
+
+    def _draw_setup(self) -> None:
+        from ddpm_harness.plots import draw_setup_pictures
+
+        draw_setup_pictures(self.run.run_dir, tutorial_datasets(self.run.config), self.forward)
+
+    def draw_results(self, x_seq: np.ndarray, records: list[dict]) -> None:
+        """Start reverse.png, loss.png and diffusion.gif once data.png and forward.png are done."""
+        from ddpm_harness.plots import draw_result_pictures
+
+        self.wait()
+        self._thread = self._start(lambda: draw_result_pictures(self.run.run_dir, self.forward, x_seq, records))
+
+    def join(self) -> None:
+        """Wait for the drawing in progress, keeping any error for `wait`."""
+        self._thread.join()
+
+    def wait(self) -> None:
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 # ---- 1. set up, or restore -------------------------------------------------------------------
@@ -152,9 +373,10 @@ def set_up(config: Config) -> Run:
     start = time.perf_counter()
     validate(config)
     check_fits_in_memory(config)
-    use_compile_cache(not config.no_compile_cache)
+    use_compile_cache(config.compile_cache)
     data = dataset_for(config)
-    schedule = schedule_for(config)
+    schedule = run_schedule(config)
+    check_sampler(config, schedule)
     for line in describe_setup(config, data, schedule):
         print(line)
     optimizer = optimizer_for(config)
@@ -165,8 +387,20 @@ def set_up(config: Config) -> Run:
     state = init_states(config, optimizer, mesh)
     run_dir, checkpointer, metrics, writes = distributed.open_outputs(config)  # process 0 alone opens the folder
     try:
-        run = Run(config, run_dir, data, schedule, optimizer, mesh, state, checkpointer, metrics,
-                  [], data_sha256=file_sha256(config.dataset), writes=writes)
+        run = Run(
+            config,
+            run_dir,
+            data,
+            schedule,
+            optimizer,
+            mesh,
+            state,
+            checkpointer,
+            metrics,
+            [],
+            data_sha256=file_sha256(config.dataset),
+            writes=writes,
+        )
         if config.resume and run.checkpointer.latest_epoch() is not None:
             _restore(run)
         run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
@@ -225,6 +459,7 @@ def train(run: Run) -> Trained:
     print(f"compiled a chunk of {n_chunk} epochs ({n_chunk * steps_per_epoch:,} steps) in {compile_s:.2f} s")
 
     reference = held_out_for(config, config.n_eval)
+    floor = calibration(config.dataset, config.n_eval, config.data_noise, config.seed) if config.eval_every else None
     evaluation, compute_s, evaluate_s, epoch = {}, 0.0, 0.0, run.start_epoch
     loop_start = time.perf_counter()
     with tqdm(total=config.epochs, initial=epoch, unit="epoch", file=sys.stdout, dynamic_ncols=True) as bar:
@@ -236,8 +471,13 @@ def train(run: Run) -> Trained:
             compute_s += time.perf_counter() - chunk_start
             wall_s = run.wall_before + time.perf_counter() - loop_start
             new = [
-                epoch_record(epoch + i + 1, (epoch + i + 1) * steps_per_epoch, losses[i].squeeze(),
-                             last_losses[i].squeeze(), wall_s)
+                epoch_record(
+                    epoch + i + 1,
+                    (epoch + i + 1) * steps_per_epoch,
+                    losses[i].squeeze(),
+                    last_losses[i].squeeze(),
+                    wall_s,
+                )
                 for i in range(n_chunk)
             ]
             finite = np.isfinite(losses).all(axis=1) & np.isfinite(last_losses).all(axis=1)
@@ -246,10 +486,10 @@ def train(run: Run) -> Trained:
                 run.metrics.append(new[:bad])
                 raise TrainingDiverged(_divergence_message(epoch + bad + 1, run))
             epoch += n_chunk
-            if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
+            if config.eval_every and epoch % config.eval_every == 0:
                 evaluate_start = time.perf_counter()
                 evaluation = evaluate_state(run.state, run.schedule, config, reference, epoch)
-                new[-1].update(flat_evaluation(evaluation))
+                new[-1].update(flat_evaluation(evaluation), eval_n=config.n_eval)
                 evaluate_s += time.perf_counter() - evaluate_start
             run.metrics.append(new)
             run.records += new
@@ -260,40 +500,60 @@ def train(run: Run) -> Trained:
                 run.checkpointer.save(run.state, epoch=epoch, wall_s=wall_s, config=config, data_sha256=run.data_sha256)
             distributed.meet(f"after epoch {epoch}", config.distributed_timeout)  # a no-op in one process
             bar.update(n_chunk)
-            bar.set_postfix(_postfix(run.records[-1], evaluation, (epoch - run.start_epoch) * steps_per_epoch / compute_s))
+            bar.set_postfix(
+                _postfix(run.records[-1], evaluation, floor, (epoch - run.start_epoch) * steps_per_epoch / compute_s)
+            )
     run.checkpointer.close()
     train_s = time.perf_counter() - loop_start
-    if not evaluation:  # a finished run resumed: nothing trained, evaluate what it holds
-        evaluate_start = time.perf_counter()
-        evaluation = evaluate_state(run.state, run.schedule, config, reference, config.epochs)
-        evaluate_s += time.perf_counter() - evaluate_start
-    run.timings.update(compile=compile_s, training_chunks=compute_s, evaluation=evaluate_s,
-                       training_loop=train_s)
+    run.timings.update(compile=compile_s, training_chunks=compute_s, evaluation=evaluate_s, training_loop=train_s)
     return Trained(evaluation, train_s, compute_s, compile_s, (config.epochs - run.start_epoch) * steps_per_epoch)
 
 
 # ---- 3. finish: sample, draw, summarise ------------------------------------------------------
 
 
-def finish(run: Run, trained: Trained) -> dict:
-    """Sample with the chosen parameters, draw the pictures, write summary.json and config.json."""
+def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> dict:
+    """Sample with the chosen parameters and evaluate those --n-samples samples (and as many with
+    the other parameters) against the floor and ceiling at that n; finish the pictures (drawn while
+    the evaluation runs), write summary.json and config.json."""
     config = run.config
     start = time.perf_counter()
-    params = run.state.ema_params if config.sample_with == "ema" else run.state.params
-    x_seq = sample_states(params, run.schedule, config, config.n_samples)
+    samples, x_seq, nfe = {}, None, 0
+    for name in (config.sample_with, "ema" if config.sample_with == "raw" else "raw"):
+        params = run.state.ema_params if name == "ema" else run.state.params
+        if name == config.sample_with:
+            samples[name], x_seq, nfe = sample_points(params, run.schedule, config, config.n_samples, keep_chain=True)
+        else:
+            samples[name], _ = sample_points(params, run.schedule, config, config.n_samples)
     if run.writes:
-        save_samples(run.run_dir, x_seq[..., -1, :, :])
+        save_samples(run.run_dir, samples[config.sample_with])
     run.timings["sampling"] = time.perf_counter() - start
-    if not config.no_plots and run.writes:
+    if pictures is not None:
+        pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records)
+    start = time.perf_counter()
+    reference = held_out_for(config, config.n_samples)
+    # numpy releases the GIL in its array loops: the two evaluations run on both cores.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = {name: pool.submit(sample_quality, samples[name], reference) for name in ("raw", "ema")}
+        calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed)
+        evaluation = {name: future.result() for name, future in futures.items()}
+    run.timings["final_evaluation"] = time.perf_counter() - start
+    if pictures is not None:
         start = time.perf_counter()
-        forward = forward_frames(run.schedule, run.data, picture_noise(config, run.data.shape))
-        draw_run_pictures(run.run_dir, tutorial_datasets(config), forward, x_seq if config.seeds == 1 else x_seq[0],
-                          run.records)
-        run.timings["pictures"] = time.perf_counter() - start
+        pictures.wait()
+        run.timings["pictures"] = time.perf_counter() - start  # what drawing added after the evaluation
     summary = summarize(
-        run.records, framework="jax", config=config, run_dir=run.run_dir, train_s=trained.train_s,
+        run.records,
+        framework="jax",
+        config=config,
+        run_dir=run.run_dir,
+        train_s=trained.train_s,
         steps_per_s=trained.steps / trained.compute_s if trained.compute_s else None,
-        compile_s=trained.compile_s, evaluation=trained.evaluation, timings=run.timings,
+        compile_s=trained.compile_s,
+        evaluation=evaluation,
+        timings=run.timings,
+        calibration=dict(n=config.n_samples, **calibrated),
+        sampling=sampling_record(config, nfe),
     )
     if run.writes:
         write_summary(run.run_dir, summary)
@@ -309,39 +569,66 @@ def train_and_evaluate(config: Config, imports_s: Optional[float] = None) -> dic
     run = distributed.set_up_together(set_up, config)
     if imports_s is not None:
         run.timings = {"imports": imports_s, **run.timings}
+    pictures = None
     try:
+        pictures = None if config.no_plots or not run.writes else Pictures(run)
         with distributed.told_on_failure():  # the other processes of a multi-process run stop too
             trained = train(run)
-            summary = finish(run, trained)
+            summary = finish(run, trained, pictures)
         distributed.meet("at the end", config.distributed_timeout)
         return summary
     except OSError as err:  # disk full, folder made read-only, ...: say what is kept and what to do
         raise RunWriteError(_write_failure_message(run, err)) from None
     finally:
+        if pictures is not None:
+            pictures.join()  # never leave a thread writing into a folder we release
         release_run_dir(run.run_dir)
 
 
-def _postfix(record: dict, evaluation: dict, steps_per_s: float) -> dict:
+def sampling_record(config: Config, nfe: int) -> dict:
+    """How the final samples were drawn, for summary.json: sampler, its options, NFE."""
+    record = dict(sampler=config.sampler, nfe=nfe, prediction=config.prediction)
+    if config.sampler in ("ddpm", "ddim", "dpm-solver++"):
+        record.update(sample_steps=sampler_options(config)["sample_steps"], timestep_spacing=config.timestep_spacing)
+    if config.sampler == "ddim":
+        record["eta"] = config.eta
+    if config.sampler == "ddpm":
+        record["variance"] = config.variance
+    if config.sampler == "ode":
+        record.update(rtol=config.ode_rtol, atol=config.ode_atol)
+    return record
+
+
+def _postfix(record: dict, evaluation: dict, floor: Optional[dict], steps_per_s: float) -> dict:
     postfix = {"loss": f"{np.mean(record['loss']):.4f}", "steps/s": f"{steps_per_s:,.0f}"}
     for k, v in (evaluation.get("raw") or {}).items():
-        postfix[k] = format_metric(v)
+        postfix[k] = format_against(k, v, floor, brief=True)
         break  # the first metric is enough for a progress bar
     return postfix
 
 
 def _write_failure_message(run: Run, err: OSError) -> str:
     kept = run.checkpointer.latest_epoch()
-    where = f"the last complete checkpoint (epoch {kept}) is intact" if kept is not None else "no checkpoint was written"
-    return (f"writing to {run.run_dir} failed ({err.strerror or err}); {where}; free space or make the folder "
-            "writable, then continue with --resume")
+    where = (
+        f"the last complete checkpoint (epoch {kept}) is intact" if kept is not None else "no checkpoint was written"
+    )
+    return (
+        f"writing to {run.run_dir} failed ({err.strerror or err}); {where}; free space or make the folder "
+        "writable, then continue with --resume"
+    )
 
 
 def _divergence_message(epoch: int, run: Run) -> str:
     kept = run.checkpointer.latest_epoch()
-    where = (f"the last good checkpoint (epoch {kept}) is kept in {run.checkpointer.directory}" if kept is not None
-             else "no checkpoint had been written yet")
-    return (f"the loss became NaN or inf at epoch {epoch}; training stopped and {where}, with metrics up to "
-            f"epoch {epoch - 1} in {run.run_dir}/metrics.jsonl; continue from it with --resume and a lower --lr")
+    where = (
+        f"the last good checkpoint (epoch {kept}) is kept in {run.checkpointer.directory}"
+        if kept is not None
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"the loss became NaN or inf at epoch {epoch}; training stopped and {where}, with metrics up to "
+        f"epoch {epoch - 1} in {run.run_dir}/metrics.jsonl; continue from it with --resume and a lower --lr"
+    )
 
 
 # ---- the same machinery without a run folder (benchmarks, tests) -----------------------------
@@ -353,7 +640,7 @@ def train_models(config: Config, data: Optional[np.ndarray] = None) -> list[dict
     data = dataset_for(config) if data is None else data
     optimizer = optimizer_for(config)
     state = init_states(config, optimizer)
-    chunk = make_train_chunk(config, schedule_for(config), optimizer, config.epochs)
+    chunk = make_train_chunk(config, run_schedule(config), optimizer, config.epochs)
     state, _ = chunk(state, jnp.asarray(data))
     params = state.ema_params if config.sample_with == "ema" else state.params
     if config.seeds == 1:
@@ -362,12 +649,7 @@ def train_models(config: Config, data: Optional[np.ndarray] = None) -> list[dict
 
 
 def final_samples(params: dict, config: Config, seed: int, n: int, x_T: Optional[np.ndarray] = None) -> np.ndarray:
-    """n final samples (n, 2) of the ancestral chain with seed's sampling key: from x_T ~ N(0, I),
+    """n final samples (n, 2) of the config's sampler with seed's sampling key: from x_T ~ N(0, I),
     or from the given x_T (n, 2) with the step noise drawn from the same key."""
-    schedule, key = schedule_for(config), run_keys(seed)["sample"]
-    if x_T is None:
-        return np.asarray(sample_chain(params, schedule, key, n, config.parameterization)[-1])
-    zs = jax.random.normal(key, (config.num_steps,) + x_T.shape)
-    return np.asarray(p_sample_loop(params, x_T.shape, config.num_steps, schedule.alphas, schedule.betas,
-                                    schedule.one_minus_alphas_bar_sqrt, x_T=jnp.asarray(x_T), zs=zs,
-                                    p_sample_fn=p_sample_for(schedule, config.parameterization))[-1])
+    out = draw_samples(params, run_schedule(config), config, run_keys(seed)["sample"], n, x_T)
+    return np.asarray(out.x_0)

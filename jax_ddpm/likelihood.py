@@ -8,7 +8,8 @@ to t = T-1 (sigma_max):
     log p_0(x_0) = log p_Y(y_max) + int_0^sigma_max div_y eps dsigma,
     log p_Y(y_max) = log prior(x_{T-1}) + (d / 2) log abar_{T-1},   x_{T-1} = sqrt(abar_{T-1}) y_max
 (the last term is the Jacobian of y = x / sqrt(abar)). In 2D the divergence is the trace of the 2x2
-Jacobian of each point's eps (jax.jacfwd): exact, no Hutchinson estimator. Solved by diffrax's Tsit5
+Jacobian of each point's eps (jax.jacrev: the model's `dense` layer has a custom VJP, which
+forward mode cannot differentiate): exact, no Hutchinson estimator. Solved by diffrax's Tsit5
 with PIDController(rtol, atol), as the ODE sampler.
 
 The prior is N(0, I) on x at t = T-1, where every sampler starts; it is the exact marginal only when
@@ -42,7 +43,7 @@ class Likelihood:
 
 def standard_normal_logp(x: jax.Array) -> jax.Array:
     """log N(x; 0, I) per point: (N, d) -> (N,)."""
-    return -0.5 * (jnp.sum(x ** 2, axis=-1) + x.shape[-1] * np.log(2 * np.pi))
+    return -0.5 * (jnp.sum(x**2, axis=-1) + x.shape[-1] * np.log(2 * np.pi))
 
 
 def _augmented_vector_field(model_fn, schedule, prediction):
@@ -56,7 +57,7 @@ def _augmented_vector_field(model_fn, schedule, prediction):
             out = eps_field(sigma, y_i[None], None)[0]
             return out, out
 
-        jac, eps = jax.vmap(jax.jacfwd(eps_of_point, has_aux=True))(y)  # (N, 2, 2), (N, 2)
+        jac, eps = jax.vmap(jax.jacrev(eps_of_point, has_aux=True))(y)  # (N, 2, 2), (N, 2)
         return eps, jnp.trace(jac, axis1=-2, axis2=-1)
 
     return vector_field
@@ -66,20 +67,34 @@ def _augmented_vector_field(model_fn, schedule, prediction):
 def _nll(model_fn, schedule, x_0, *, prediction, prior_logp, rtol, atol, max_steps):
     sigma_max = samplers.ode_sigmas(schedule)[-1]
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(_augmented_vector_field(model_fn, schedule, prediction)), diffrax.Tsit5(),
-        t0=jnp.zeros((), sigma_max.dtype), t1=sigma_max, dt0=None, y0=(x_0, jnp.zeros(x_0.shape[:1], x_0.dtype)),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps)
+        diffrax.ODETerm(_augmented_vector_field(model_fn, schedule, prediction)),
+        diffrax.Tsit5(),
+        t0=jnp.zeros((), sigma_max.dtype),
+        t1=sigma_max,
+        dt0=None,
+        y0=(x_0, jnp.zeros(x_0.shape[:1], x_0.dtype)),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+    )
     y_max, delta = solution.ys[0][-1], solution.ys[1][-1]
-    alpha_prod_max = 1 / (1 + sigma_max ** 2)
+    alpha_prod_max = 1 / (1 + sigma_max**2)
     d = x_0.shape[-1]
     log_p_y = prior_logp(y_max * jnp.sqrt(alpha_prod_max)) + 0.5 * d * jnp.log(alpha_prod_max)
     log_p = log_p_y + delta
     return Likelihood(-log_p / (d * np.log(2.0)), samplers._nfe(solution))
 
 
-def nll_bits_per_dim(model_fn: samplers.ModelFn, schedule: Schedule, x_0: jax.Array, *, prediction: str = "eps",
-                     prior_logp: Callable[[jax.Array], jax.Array] | None = None, rtol: float = samplers.ODE_RTOL,
-                     atol: float = samplers.ODE_ATOL, max_steps: int = 4096) -> Likelihood:
+def nll_bits_per_dim(
+    model_fn: samplers.ModelFn,
+    schedule: Schedule,
+    x_0: jax.Array,
+    *,
+    prediction: str = "eps",
+    prior_logp: Callable[[jax.Array], jax.Array] | None = None,
+    rtol: float = samplers.ODE_RTOL,
+    atol: float = samplers.ODE_ATOL,
+    max_steps: int = 4096,
+) -> Likelihood:
     """Negative log-likelihood of points x_0 (N, 2) in bits per dimension under the probability-flow ODE.
 
     model_fn(x, t) is called at float t in [-1, T-1] (t < 0 between the data and step 0: wrap an
@@ -87,7 +102,17 @@ def nll_bits_per_dim(model_fn: samplers.ModelFn, schedule: Schedule, x_0: jax.Ar
     prior_logp(x_{T-1}) -> (N,): the log-density at t = T-1 (default N(0, I); static under jit).
     """
     if prediction not in ("eps", "v"):
-        raise ValueError(f"the likelihood ODE starts at the data, where an {prediction!r}-prediction model's "
-                         "eps = (x - x0) / sigma is 0 / 0: use a model with --prediction eps or v.")
-    return _nll(model_fn, schedule, x_0, prediction=prediction, prior_logp=prior_logp or standard_normal_logp,
-                rtol=float(rtol), atol=float(atol), max_steps=max_steps)
+        raise ValueError(
+            f"the likelihood ODE starts at the data, where an {prediction!r}-prediction model's "
+            "eps = (x - x0) / sigma is 0 / 0: use a model with --prediction eps or v."
+        )
+    return _nll(
+        model_fn,
+        schedule,
+        x_0,
+        prediction=prediction,
+        prior_logp=prior_logp or standard_normal_logp,
+        rtol=float(rtol),
+        atol=float(atol),
+        max_steps=max_steps,
+    )

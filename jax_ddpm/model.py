@@ -61,7 +61,7 @@ def torch_softplus(x):
 
 def torch_linear_init(fan_in):
     """nn.Linear's default init: uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)]."""
-    bound = 1.0 / fan_in ** 0.5
+    bound = 1.0 / fan_in**0.5
 
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)

@@ -1,13 +1,18 @@
 """`python -m jax_ddpm.sample --run runs/<name> --n 10000 --params raw|ema --out samples.npy`.
 
-Samples from the newest checkpoint of a run folder with the ancestral sampler. By default the
-chain uses the run's own sampling key, so `--n` equal to the run's --n-samples with the
-parameters it sampled with reproduces its samples.npy exactly.
+Samples from the newest checkpoint of a run folder, with the run's own sampler and options unless
+--sampler, --sample-steps, --eta, ... say otherwise. By default the chain uses the run's own
+sampling key, so `--n` equal to the run's --n-samples with the parameters and the sampler it
+sampled with reproduces its samples.npy exactly. `--x-T points.npy` starts the chain from given
+points (N, 2) instead of N(0, I): a deterministic sampler (ddim with eta 0, dpm-solver++, ode) then
+reproduces a trajectory exactly (`--trajectory` writes every state).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -15,27 +20,74 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import ConfigError
+from ddpm_harness.config import SEED_MAX, ConfigError, validate_sampling
+from ddpm_harness.data import DataError, load_points
 from ddpm_harness.runs import RunDirError
-from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.experiment import sample_states
-from jax_ddpm.schedule import schedule_for
+from jax_ddpm.checkpoint import SAMPLING_FIELDS, CheckpointError, IncompatibleCheckpointError, restore_run
+from jax_ddpm.experiment import check_sampler, sample_points, sample_states
+from jax_ddpm.predictions import run_schedule
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleArgs:
-    """Draw samples from a trained run's newest checkpoint."""
+class RunSampling:
+    """A run folder and how to sample it: the run's own sampler and options unless given."""
 
     run: str
     """Run folder written by `python -m jax_ddpm.train` (holds config.json and checkpoints/)."""
+    sampler: Optional[Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"]] = None
+    """Sampler (default: the run's own; see python -m jax_ddpm.train --help)."""
+    sample_steps: Optional[int] = None
+    """K, model evaluations of ddpm, ddim and dpm-solver++ (default: the run's own, or the sampler's
+    default when --sampler changes it)."""
+    eta: Optional[float] = None
+    """DDIM's eta (default: the run's own)."""
+    variance: Optional[Literal["beta", "posterior"]] = None
+    """Variance of each ddpm step (default: the run's own)."""
+    timestep_spacing: Optional[Literal["leading", "trailing", "linspace"]] = None
+    """Spacing of the K steps (default: the run's own)."""
+    ode_rtol: Optional[float] = None
+    """Relative tolerance of the ODE solver (default: the run's own)."""
+    ode_atol: Optional[float] = None
+    """Absolute tolerance of the ODE solver (default: the run's own)."""
+    seed: Optional[int] = None
+    """Sample with the keys of this seed instead of the run's own sampling key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleArgs(RunSampling):
+    """Draw samples from a trained run's newest checkpoint."""
+
     n: int = 10_000
-    """Number of points to sample (per seed for a run trained with --seeds)."""
+    """Number of points to sample (per seed for a run trained with --seeds); --x-T sets it."""
     params: Literal["raw", "ema"] = "raw"
     """Sample with the raw parameters (as the tutorial does) or their EMA."""
     out: Optional[str] = None
-    """Output .npy file, (n, 2) or (seeds, n, 2); by default <run>/samples_<params>_<n>.npy. Never overwritten."""
-    seed: Optional[int] = None
-    """Sample with the keys of this seed instead of the run's own sampling key."""
+    """Output .npy file, (n, 2) or (seeds, n, 2); by default <run>/samples_<params>[_<sampler>]_<n>.npy.
+    Never overwritten."""
+    x_T: Optional[str] = None
+    """Start every chain from these points: a .npy or .csv file of shape (N, 2), finite (N samples)."""
+    trajectory: bool = False
+    """Write every state of the chain, (S + 1, n, 2) with x_T first, instead of the final samples."""
+
+
+def sampling_config(config, args: RunSampling):
+    """The run's config with the sampling options given on the command line."""
+    given = {name: getattr(args, name) for name in SAMPLING_FIELDS if getattr(args, name) is not None}
+    if args.sampler is not None and args.sampler != config.sampler and args.sample_steps is None:
+        given["sample_steps"] = None  # the run's K belongs to the run's sampler
+    if args.seed is not None:
+        given["seed"] = args.seed
+    config = dataclasses.replace(config, **given)
+    validate_sampling(config)
+    return config
+
+
+def read_x_T(path: str) -> np.ndarray:
+    """Starting points (N, 2) float32 from a .npy or .csv file; ConfigError when it is not (N, 2) finite."""
+    try:
+        return load_points(path)
+    except DataError as err:
+        raise ConfigError(f"--x-T: {err}") from None
 
 
 def sample_run(args: SampleArgs) -> Path:
@@ -43,23 +95,61 @@ def sample_run(args: SampleArgs) -> Path:
     run_dir = Path(args.run)
     if args.n < 1:
         raise ConfigError(f"--n must be a positive integer, got {args.n}")
-    out = Path(args.out) if args.out else run_dir / f"samples_{args.params}_{args.n}.npy"
+    if args.seed is not None and not 0 <= args.seed <= SEED_MAX:
+        raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {args.seed}")
+    x_T = read_x_T(args.x_T) if args.x_T is not None else None
+    n = args.n if x_T is None else x_T.shape[0]
+    config, state, record = restore_run(run_dir)
+    config = sampling_config(config, args)
+    schedule = run_schedule(config)
+    check_sampler(config, schedule)
+    which = "" if args.sampler is None else f"_{args.sampler}"
+    kind = "trajectory" if args.trajectory else "samples"
+    out = Path(args.out) if args.out else run_dir / f"{kind}_{args.params}{which}_{n}.npy"
     if out.exists():
         raise RunDirError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")
-    config, state, record = restore_run(run_dir)
-    schedule = schedule_for(config)
     params = state.ema_params if args.params == "ema" else state.params
-    sampling_config = config if args.seed is None else dataclasses.replace(config, seed=args.seed)
-    samples = sample_states(params, schedule, sampling_config, args.n)[..., -1, :, :]
-    np.save(out, samples.astype(np.float32))
-    print(f"{args.n:,} samples from epoch {record['epoch']} of {run_dir} ({args.params} parameters) -> {out}")
+    shape = (n, 2) if config.seeds == 1 else (config.seeds, n, 2)
+    needed, free = 4 * int(np.prod(shape)), shutil.disk_usage(out.parent if out.parent.exists() else ".").free
+    if needed > free:
+        raise ConfigError(
+            f"--n {n:,} needs {needed / 2**30:,.1f} GiB on disk for {out.name}, more than the "
+            f"{free / 2**30:,.1f} GiB free; ask for fewer points or another --out"
+        )
+    # Written into a temporary file renamed into place when complete (a killed draw leaves no
+    # half-written file under the name); final points chunk by chunk into a memory-mapped file, so
+    # memory stays bounded whatever --n (a --trajectory holds every state and is not streamed).
+    partial = out.with_name(out.name + ".partial.npy")
+    try:
+        if args.trajectory:
+            states, nfe = sample_states(params, schedule, config, n, x_T=x_T)
+            np.save(partial, states.astype(np.float32))
+        else:
+            samples = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+            _, nfe = sample_points(params, schedule, config, n, out=samples, x_T=x_T)
+            samples.flush()
+            del samples
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    start = "given x_T" if x_T is not None else "x_T ~ N(0, I)"
+    print(
+        f"{n:,} {kind} from epoch {record['epoch']} of {run_dir} ({args.params} parameters, {config.sampler} "
+        f"sampler, NFE {nfe}, {start}) -> {out}"
+    )
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv (default: sys.argv[1:]) and sample; the exit status."""
-    return run(SampleArgs, argv, "python -m jax_ddpm.sample", sample_run,
-               (ConfigError, RunDirError, IncompatibleCheckpointError), (CheckpointError, OSError))
+    return run(
+        SampleArgs,
+        argv,
+        "python -m jax_ddpm.sample",
+        sample_run,
+        (ConfigError, RunDirError, IncompatibleCheckpointError),
+        (CheckpointError, OSError),
+    )
 
 
 if __name__ == "__main__":

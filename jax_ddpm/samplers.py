@@ -52,7 +52,7 @@ ODE_ATOL = 1e-5
 # DPM-Solver and the ODE cannot start at alpha_bar = 0 (sigma = sqrt(1 - abar) / sqrt(abar) = inf):
 # a zero-terminal-SNR schedule's last alpha_bar is replaced by 2^-24 there, as diffusers'
 # DPMSolverMultistepScheduler does.
-ZERO_SNR_ALPHA_PROD = 2.0 ** -24
+ZERO_SNR_ALPHA_PROD = 2.0**-24
 
 
 @flax.struct.dataclass
@@ -77,9 +77,9 @@ def predict_x0(model_output: jax.Array, x_t: jax.Array, alpha_prod_t: jax.Array,
     """
     beta_prod_t = 1 - alpha_prod_t
     if prediction == "eps":
-        return (x_t - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5
+        return (x_t - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
     if prediction == "v":
-        return alpha_prod_t ** 0.5 * x_t - beta_prod_t ** 0.5 * model_output
+        return alpha_prod_t**0.5 * x_t - beta_prod_t**0.5 * model_output
     if prediction == "x0":
         return model_output
     raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -92,9 +92,9 @@ def predict_eps(model_output: jax.Array, x_t: jax.Array, alpha_prod_t: jax.Array
     if prediction == "eps":
         return model_output
     if prediction == "v":
-        return alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * x_t
+        return alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * x_t
     if prediction == "x0":
-        return (x_t - alpha_prod_t ** 0.5 * model_output) / beta_prod_t ** 0.5
+        return (x_t - alpha_prod_t**0.5 * model_output) / beta_prod_t**0.5
     raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
@@ -117,7 +117,7 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     alphas_bar_sqrt = alphas_bar_sqrt - alphas_bar_sqrt_T
     alphas_bar_sqrt = alphas_bar_sqrt * (alphas_bar_sqrt_0 / (alphas_bar_sqrt_0 - alphas_bar_sqrt_T))
     # 4. convert alphas_bar_sqrt back to betas
-    alphas_bar = alphas_bar_sqrt ** 2
+    alphas_bar = alphas_bar_sqrt**2
     alphas = np.concatenate([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
     return (1 - alphas).astype(dtype)
 
@@ -197,8 +197,17 @@ def _scan_chain(body, init, xs, trajectory: bool):
 # --- DDPM ---------------------------------------------------------------------------------------
 
 
-def ddpm_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t, t_prev, z: jax.Array,
-              *, variance: str = "beta", prediction: str = "eps") -> jax.Array:
+def ddpm_step(
+    schedule: Schedule,
+    model_output: jax.Array,
+    x_t: jax.Array,
+    t,
+    t_prev,
+    z: jax.Array,
+    *,
+    variance: str = "beta",
+    prediction: str = "eps",
+) -> jax.Array:
     """One ancestral step x_t -> x_{t_prev} (Ho et al. 2020, Algorithm 2 on any sub-sequence of steps).
 
     The respaced beta_t = 1 - abar_t / abar_prev (= betas[t] when t_prev = t - 1); sigma_t^2 =
@@ -215,8 +224,8 @@ def ddpm_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t, t_
     # 2. compute predicted original sample, formula (15)
     pred_original_sample = predict_x0(model_output, x_t, alpha_prod_t, prediction)
     # 4. coefficients for pred_original_sample x_0 and current sample x_t, formula (7)
-    pred_original_sample_coeff = (alpha_prod_t_prev ** 0.5 * current_beta_t) / beta_prod_t
-    current_sample_coeff = current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t
+    pred_original_sample_coeff = (alpha_prod_t_prev**0.5 * current_beta_t) / beta_prod_t
+    current_sample_coeff = current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t
     # 5. predicted previous sample mu_t, formula (7)
     pred_prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * x_t
     # 6. add noise sigma_t z, none at the last step (Algorithm 2, line 3)
@@ -226,7 +235,7 @@ def ddpm_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t, t_
         var = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t
     else:
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-    return pred_prev_sample + jnp.where(jnp.asarray(t_prev) >= 0, var ** 0.5, 0) * z
+    return pred_prev_sample + jnp.where(jnp.asarray(t_prev) >= 0, var**0.5, 0) * z
 
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "timesteps", "variance", "prediction", "trajectory"))
@@ -237,30 +246,59 @@ def _ddpm(model_fn, schedule, x_T, noise, key, *, timesteps, variance, predictio
     def body(x, xs):
         i, t, t_prev = xs
         out = model_fn(x, jnp.reshape(t, (1,)))
-        x = ddpm_step(schedule, out, x, t, t_prev, _step_noise(noise, key, i, x), variance=variance,
-                      prediction=prediction)
+        x = ddpm_step(
+            schedule, out, x, t, t_prev, _step_noise(noise, key, i, x), variance=variance, prediction=prediction
+        )
         return x, x
 
     x_0, traj = _scan_chain(body, x_T, (jnp.arange(len(ts)), ts, prev), trajectory)
     return Samples(x_0, traj, jnp.asarray(len(ts), jnp.int32))
 
 
-def ddpm(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, noise: jax.Array | None = None,
-         key: jax.Array | None = None, *, sample_steps: int | None = None, timestep_spacing: str = "leading",
-         variance: str = "beta", prediction: str = "eps", trajectory: bool = False) -> Samples:
+def ddpm(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x_T: jax.Array,
+    noise: jax.Array | None = None,
+    key: jax.Array | None = None,
+    *,
+    sample_steps: int | None = None,
+    timestep_spacing: str = "leading",
+    variance: str = "beta",
+    prediction: str = "eps",
+    trajectory: bool = False,
+) -> Samples:
     """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2) on K = sample_steps of the T steps
     (default all T: 99, 98, ..., 0), from x_T (N, 2); noise (K, N, 2) injected (noise[i] at step i,
     the last one unused) or drawn from key. See `ddpm_step`."""
     ts = ddim_timesteps(schedule.num_steps, sample_steps or schedule.num_steps, timestep_spacing)
-    return _ddpm(model_fn, schedule, x_T, noise, key, timesteps=tuple(int(t) for t in ts), variance=variance,
-                 prediction=prediction, trajectory=trajectory)
+    return _ddpm(
+        model_fn,
+        schedule,
+        x_T,
+        noise,
+        key,
+        timesteps=tuple(int(t) for t in ts),
+        variance=variance,
+        prediction=prediction,
+        trajectory=trajectory,
+    )
 
 
 # --- DDIM ---------------------------------------------------------------------------------------
 
 
-def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t, t_prev, z: jax.Array | None,
-              *, eta: float = 0.0, prediction: str = "eps") -> jax.Array:
+def ddim_step(
+    schedule: Schedule,
+    model_output: jax.Array,
+    x_t: jax.Array,
+    t,
+    t_prev,
+    z: jax.Array | None,
+    *,
+    eta: float = 0.0,
+    prediction: str = "eps",
+) -> jax.Array:
     """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12), abar_prev = 1 when t_prev < 0.
 
     x_prev = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma^2) eps_pred + sigma z with
@@ -275,11 +313,11 @@ def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t, t_
     pred_epsilon = predict_eps(model_output, x_t, alpha_prod_t, prediction)
     # 5. compute variance: "sigma_t(eta)" -> see formula (16)
     variance = (1 - alpha_prod_t_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_t_prev)
-    std_dev_t = eta * variance ** 0.5
+    std_dev_t = eta * variance**0.5
     # 6. compute "direction pointing to x_t" of formula (12)
-    pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5 * pred_epsilon
+    pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * pred_epsilon
     # 7. compute x_t without "random noise" of formula (12)
-    prev_sample = alpha_prod_t_prev ** 0.5 * pred_original_sample + pred_sample_direction
+    prev_sample = alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction
     if eta > 0:
         prev_sample = prev_sample + std_dev_t * z
     return prev_sample
@@ -301,15 +339,34 @@ def _ddim(model_fn, schedule, x_T, noise, key, *, timesteps, eta, prediction, tr
     return Samples(x_0, traj, jnp.asarray(len(ts), jnp.int32))
 
 
-def ddim(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, noise: jax.Array | None = None,
-         key: jax.Array | None = None, *, sample_steps: int | None = None, eta: float = 0.0,
-         timestep_spacing: str = "leading", prediction: str = "eps", trajectory: bool = False) -> Samples:
+def ddim(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x_T: jax.Array,
+    noise: jax.Array | None = None,
+    key: jax.Array | None = None,
+    *,
+    sample_steps: int | None = None,
+    eta: float = 0.0,
+    timestep_spacing: str = "leading",
+    prediction: str = "eps",
+    trajectory: bool = False,
+) -> Samples:
     """DDIM (Song et al. 2021, eq. 12) on the K = sample_steps steps of `ddim_timesteps` (default all
     T), each step to the next one of the sequence and the last to alpha_bar = 1 (diffusers'
     set_alpha_to_one=True). eta = 0: deterministic; eta > 0 uses noise (K, N, 2) or key."""
     ts = ddim_timesteps(schedule.num_steps, sample_steps or schedule.num_steps, timestep_spacing)
-    return _ddim(model_fn, schedule, x_T, noise, key, timesteps=tuple(int(t) for t in ts), eta=float(eta),
-                 prediction=prediction, trajectory=trajectory)
+    return _ddim(
+        model_fn,
+        schedule,
+        x_T,
+        noise,
+        key,
+        timesteps=tuple(int(t) for t in ts),
+        eta=float(eta),
+        prediction=prediction,
+        trajectory=trajectory,
+    )
 
 
 # --- DPM-Solver++(2M) ---------------------------------------------------------------------------
@@ -347,8 +404,9 @@ def _dpm_solver_pp(model_fn, schedule, x_T, *, timesteps, prediction, trajectory
         h_0 = jnp.where(second_order, lambda_s0 - lambda_s1, 1.0)
         r0 = h_0 / h_safe
         D0, D1 = m0, (1.0 / r0) * (m0 - m1)
-        x_second = ((sigma_t / sigma_s0) * x - (alpha_t * (jnp.exp(-h) - 1.0)) * D0
-                    - 0.5 * (alpha_t * (jnp.exp(-h) - 1.0)) * D1)
+        x_second = (
+            (sigma_t / sigma_s0) * x - (alpha_t * (jnp.exp(-h) - 1.0)) * D0 - 0.5 * (alpha_t * (jnp.exp(-h) - 1.0)) * D1
+        )
         x = jnp.where(second_order, x_second, x_first)
         return (x, m0), x
 
@@ -356,8 +414,16 @@ def _dpm_solver_pp(model_fn, schedule, x_T, *, timesteps, prediction, trajectory
     return Samples(x_0, traj, jnp.asarray(k, jnp.int32))
 
 
-def dpm_solver_pp(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, *, sample_steps: int = 20,
-                  timestep_spacing: str = "linspace", prediction: str = "eps", trajectory: bool = False) -> Samples:
+def dpm_solver_pp(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x_T: jax.Array,
+    *,
+    sample_steps: int = 20,
+    timestep_spacing: str = "linspace",
+    prediction: str = "eps",
+    trajectory: bool = False,
+) -> Samples:
     """DPM-Solver++(2M) (Lu et al. 2022b, "DPM-Solver++", Algorithm 2, data prediction, midpoint form)
     in K = sample_steps model evaluations, as diffusers' DPMSolverMultistepScheduler(algorithm_type=
     "dpmsolver++", solver_order=2) with its defaults: solver_type="midpoint", timestep_spacing="linspace"
@@ -365,8 +431,9 @@ def dpm_solver_pp(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, *, samp
     order), lower_order_final=True (no effect at order 2 once the last step is first order), no
     thresholding, no Karras/exponential/beta/Lu sigmas, euler_at_final=False. Deterministic."""
     ts = dpm_solver_timesteps(schedule.num_steps, sample_steps, timestep_spacing)
-    return _dpm_solver_pp(model_fn, schedule, x_T, timesteps=tuple(int(t) for t in ts), prediction=prediction,
-                          trajectory=trajectory)
+    return _dpm_solver_pp(
+        model_fn, schedule, x_T, timesteps=tuple(int(t) for t in ts), prediction=prediction, trajectory=trajectory
+    )
 
 
 # --- the probability-flow ODE ------------------------------------------------------------------
@@ -388,7 +455,7 @@ def continuous_time(schedule: Schedule, sigma: jax.Array) -> jax.Array:
     log abar(t) being linear between integer steps: t = interp(log(1 + sigma^2), -log abar, steps)."""
     la = _log_alpha_prod_grid(schedule)
     steps = jnp.arange(-1, schedule.num_steps, dtype=la.dtype)
-    return jnp.interp(jnp.log1p(sigma ** 2), -la, steps)
+    return jnp.interp(jnp.log1p(sigma**2), -la, steps)
 
 
 def ode_sigmas(schedule: Schedule) -> jax.Array:
@@ -414,7 +481,7 @@ def _ode_eps(model_fn, schedule, prediction):
     """The vector field dy/dsigma = eps(x = y / sqrt(1 + sigma^2), t(sigma)) of the ODE in (sigma, y)."""
 
     def vector_field(sigma, y, args):
-        alpha_prod = 1 / (1 + sigma ** 2)
+        alpha_prod = 1 / (1 + sigma**2)
         x = y * jnp.sqrt(alpha_prod)
         t = continuous_time(schedule, sigma)
         return predict_eps(model_fn(x, jnp.reshape(t, (1,))), x, alpha_prod, prediction)
@@ -433,23 +500,39 @@ def _nfe(solution) -> jax.Array:
 def _ode(model_fn, schedule, x_T, *, prediction, rtol, atol, trajectory, max_steps):
     sigmas = ode_sigmas(schedule)  # (T + 1,) at t = -1, 0, ..., T-1
     sigma_max, sigma_min = sigmas[-1], sigmas[1]
-    y_T = x_T * jnp.sqrt(1 + sigma_max ** 2)
+    y_T = x_T * jnp.sqrt(1 + sigma_max**2)
     save_at = sigmas[:0:-1]  # sigma at t = T-1, ..., 0
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(_ode_eps(model_fn, schedule, prediction)), diffrax.Tsit5(), t0=sigma_max, t1=sigma_min,
-        dt0=None, y0=y_T, stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        saveat=diffrax.SaveAt(ts=save_at) if trajectory else diffrax.SaveAt(t1=True), max_steps=max_steps)
+        diffrax.ODETerm(_ode_eps(model_fn, schedule, prediction)),
+        diffrax.Tsit5(),
+        t0=sigma_max,
+        t1=sigma_min,
+        dt0=None,
+        y0=y_T,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        saveat=diffrax.SaveAt(ts=save_at) if trajectory else diffrax.SaveAt(t1=True),
+        max_steps=max_steps,
+    )
     # x at the noise levels of t = T-1 .. 0; then the last step from t = 0 to alpha_bar = 1 as DDIM's:
     # x_0 = predicted x_0 (the Euler step of the same ODE to sigma = 0; no model call below t = 0).
-    xs = solution.ys / jnp.sqrt(1 + save_at[-solution.ys.shape[0]:] ** 2)[:, None, None]
+    xs = solution.ys / jnp.sqrt(1 + save_at[-solution.ys.shape[0] :] ** 2)[:, None, None]
     t_0 = jnp.zeros((1,), sigmas.dtype)
-    x_0 = predict_x0(model_fn(xs[-1], t_0), xs[-1], 1 / (1 + sigma_min ** 2), prediction)
+    x_0 = predict_x0(model_fn(xs[-1], t_0), xs[-1], 1 / (1 + sigma_min**2), prediction)
     traj = jnp.concatenate([x_T[None], xs[1:], x_0[None]]) if trajectory else None
     return Samples(x_0, traj, _nfe(solution) + 1)
 
 
-def ode(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, *, prediction: str = "eps",
-        rtol: float = ODE_RTOL, atol: float = ODE_ATOL, trajectory: bool = False, max_steps: int = 4096) -> Samples:
+def ode(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x_T: jax.Array,
+    *,
+    prediction: str = "eps",
+    rtol: float = ODE_RTOL,
+    atol: float = ODE_ATOL,
+    trajectory: bool = False,
+    max_steps: int = 4096,
+) -> Samples:
     """The probability-flow ODE from x_T at t = T-1 down to t = 0, solved by diffrax's Tsit5 (5th order,
     adaptive: PIDController(rtol, atol), dt0 chosen by diffrax), then DDIM's last step to alpha_bar = 1.
 
@@ -457,15 +540,31 @@ def ode(model_fn: ModelFn, schedule: Schedule, x_T: jax.Array, *, prediction: st
     nfe counts calls of model_fn (6 per attempted solver step + 1 at the start + 1 for the last step).
     The trajectory has the T + 1 states at t = T-1, ..., 0 and alpha_bar = 1, like the tutorial's.
     """
-    return _ode(model_fn, schedule, x_T, prediction=prediction, rtol=float(rtol), atol=float(atol),
-                trajectory=trajectory, max_steps=max_steps)
+    return _ode(
+        model_fn,
+        schedule,
+        x_T,
+        prediction=prediction,
+        rtol=float(rtol),
+        atol=float(atol),
+        trajectory=trajectory,
+        max_steps=max_steps,
+    )
 
 
 # --- the tutorial's sampler, the registry -------------------------------------------------------
 
 
-def tutorial(params: dict, schedule: Schedule, x_T: jax.Array | None = None, noise: jax.Array | None = None,
-             key: jax.Array | None = None, *, n: int | None = None, trajectory: bool = False) -> Samples:
+def tutorial(
+    params: dict,
+    schedule: Schedule,
+    x_T: jax.Array | None = None,
+    noise: jax.Array | None = None,
+    key: jax.Array | None = None,
+    *,
+    n: int | None = None,
+    trajectory: bool = False,
+) -> Samples:
     """The tutorial's ancestral sampler, unchanged (`jax_ddpm.sampling`, noise at t = 0 included).
 
     x_T None: `sampling.sample_chain(params, schedule, key, n)`, bit for bit today's default; x_T given:
@@ -475,10 +574,22 @@ def tutorial(params: dict, schedule: Schedule, x_T: jax.Array | None = None, noi
         states = sampling.sample_chain(params, schedule, key, n)
     else:
         if noise is None:
-            noise = jnp.stack([jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape, x_T.dtype)
-                               for k in range(schedule.num_steps)])
-        states = sampling.p_sample_loop(params, x_T.shape, schedule.num_steps, schedule.alphas, schedule.betas,
-                                        schedule.one_minus_alphas_bar_sqrt, x_T=x_T, zs=noise)
+            noise = jnp.stack(
+                [
+                    jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape, x_T.dtype)
+                    for k in range(schedule.num_steps)
+                ]
+            )
+        states = sampling.p_sample_loop(
+            params,
+            x_T.shape,
+            schedule.num_steps,
+            schedule.alphas,
+            schedule.betas,
+            schedule.one_minus_alphas_bar_sqrt,
+            x_T=x_T,
+            zs=noise,
+        )
     return Samples(states[-1], states if trajectory else None, jnp.asarray(schedule.num_steps, jnp.int32))
 
 
@@ -495,8 +606,16 @@ def sampler_timesteps(name: str, num_steps: int, sample_steps: int, spacing: str
     return ddim_timesteps(num_steps, sample_steps, spacing)
 
 
-def validate(name: str, schedule: Schedule, *, sample_steps: int | None = None, prediction: str = "eps",
-             eta: float = 0.0, variance: str = "beta", timestep_spacing: str | None = None) -> None:
+def validate(
+    name: str,
+    schedule: Schedule,
+    *,
+    sample_steps: int | None = None,
+    prediction: str = "eps",
+    eta: float = 0.0,
+    variance: str = "beta",
+    timestep_spacing: str | None = None,
+) -> None:
     """Raise ValueError, one sentence saying what to do, for options no sampler can run."""
     num_steps = schedule.num_steps
     if name not in SAMPLERS:
@@ -510,11 +629,15 @@ def validate(name: str, schedule: Schedule, *, sample_steps: int | None = None, 
     if eta < 0:
         raise ValueError(f"--eta is {eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
     if prediction == "eps" and has_zero_terminal_snr(schedule):
-        raise ValueError("a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
-                         "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0.")
+        raise ValueError(
+            "a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
+            "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0."
+        )
     if name == "tutorial" and prediction != "eps":
-        raise ValueError(f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm for "
-                         f"--prediction {prediction}.")
+        raise ValueError(
+            f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm for "
+            f"--prediction {prediction}."
+        )
     if sample_steps is None:
         return
     if name in ("tutorial", "ode") and sample_steps != num_steps:
@@ -526,15 +649,31 @@ def validate(name: str, schedule: Schedule, *, sample_steps: int | None = None, 
         spacing = timestep_spacing or ("linspace" if name == "dpm-solver++" else "leading")
         ts = sampler_timesteps(name, num_steps, sample_steps, spacing)
         if len(np.unique(ts)) != len(ts) or len(ts) != sample_steps:
-            raise ValueError(f"{name} with --timestep-spacing {spacing} gives repeated or missing steps for "
-                             f"K = {sample_steps} of T = {num_steps}: choose a smaller K or another spacing.")
+            raise ValueError(
+                f"{name} with --timestep-spacing {spacing} gives repeated or missing steps for "
+                f"K = {sample_steps} of T = {num_steps}: choose a smaller K or another spacing."
+            )
 
 
-def sample(name: str, model_fn: ModelFn | None, schedule: Schedule, x_T: jax.Array | None = None, *,
-           key: jax.Array | None = None, noise: jax.Array | None = None, n: int | None = None,
-           params: dict | None = None, sample_steps: int | None = None, prediction: str = "eps",
-           eta: float = 0.0, variance: str = "beta", timestep_spacing: str | None = None,
-           rtol: float = ODE_RTOL, atol: float = ODE_ATOL, trajectory: bool = False) -> Samples:
+def sample(
+    name: str,
+    model_fn: ModelFn | None,
+    schedule: Schedule,
+    x_T: jax.Array | None = None,
+    *,
+    key: jax.Array | None = None,
+    noise: jax.Array | None = None,
+    n: int | None = None,
+    params: dict | None = None,
+    sample_steps: int | None = None,
+    prediction: str = "eps",
+    eta: float = 0.0,
+    variance: str = "beta",
+    timestep_spacing: str | None = None,
+    rtol: float = ODE_RTOL,
+    atol: float = ODE_ATOL,
+    trajectory: bool = False,
+) -> Samples:
     """Run sampler `name` (one of SAMPLERS) after `validate`.
 
     x_T (N, 2), or None: drawn from fold_in(key, 0) with shape (n, 2) (the tutorial's sample_chain
@@ -542,8 +681,15 @@ def sample(name: str, model_fn: ModelFn | None, schedule: Schedule, x_T: jax.Arr
     model with `params` (model_fn unused); the others call model_fn. timestep_spacing None: each
     sampler's diffusers default (leading for ddpm/ddim, linspace for dpm-solver++).
     """
-    validate(name, schedule, sample_steps=sample_steps, prediction=prediction, eta=eta, variance=variance,
-             timestep_spacing=timestep_spacing)
+    validate(
+        name,
+        schedule,
+        sample_steps=sample_steps,
+        prediction=prediction,
+        eta=eta,
+        variance=variance,
+        timestep_spacing=timestep_spacing,
+    )
     if x_T is None and (key is None or n is None):
         raise ValueError("give x_T (N, 2), or a key and n to draw x_T ~ N(0, I).")
     if name == "tutorial":
@@ -554,12 +700,39 @@ def sample(name: str, model_fn: ModelFn | None, schedule: Schedule, x_T: jax.Arr
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2), schedule.alphas_prod.dtype)
     k = sample_steps or default_sample_steps(name, schedule.num_steps)
     if name == "ddpm":
-        return ddpm(model_fn, schedule, x_T, noise, key, sample_steps=k, timestep_spacing=timestep_spacing or "leading",
-                    variance=variance, prediction=prediction, trajectory=trajectory)
+        return ddpm(
+            model_fn,
+            schedule,
+            x_T,
+            noise,
+            key,
+            sample_steps=k,
+            timestep_spacing=timestep_spacing or "leading",
+            variance=variance,
+            prediction=prediction,
+            trajectory=trajectory,
+        )
     if name == "ddim":
-        return ddim(model_fn, schedule, x_T, noise, key, sample_steps=k, eta=eta,
-                    timestep_spacing=timestep_spacing or "leading", prediction=prediction, trajectory=trajectory)
+        return ddim(
+            model_fn,
+            schedule,
+            x_T,
+            noise,
+            key,
+            sample_steps=k,
+            eta=eta,
+            timestep_spacing=timestep_spacing or "leading",
+            prediction=prediction,
+            trajectory=trajectory,
+        )
     if name == "dpm-solver++":
-        return dpm_solver_pp(model_fn, schedule, x_T, sample_steps=k, timestep_spacing=timestep_spacing or "linspace",
-                             prediction=prediction, trajectory=trajectory)
+        return dpm_solver_pp(
+            model_fn,
+            schedule,
+            x_T,
+            sample_steps=k,
+            timestep_spacing=timestep_spacing or "linspace",
+            prediction=prediction,
+            trajectory=trajectory,
+        )
     return ode(model_fn, schedule, x_T, prediction=prediction, rtol=rtol, atol=atol, trajectory=trajectory)

@@ -19,7 +19,7 @@ from jax_ddpm.schedule import Schedule, extract
 def p_sample(params, x, t, alphas, betas, one_minus_alphas_bar_sqrt, z):
     t = jnp.array([t])
     # Factor to the model output
-    eps_factor = ((1 - extract(alphas, t, x)) / extract(one_minus_alphas_bar_sqrt, t, x))
+    eps_factor = (1 - extract(alphas, t, x)) / extract(one_minus_alphas_bar_sqrt, t, x)
     # Model output
     eps_theta = apply_model(params, x, t)
     # Final values
@@ -27,11 +27,12 @@ def p_sample(params, x, t, alphas, betas, one_minus_alphas_bar_sqrt, z):
     # Fixed sigma
     sigma_t = jnp.sqrt(extract(betas, t, x))
     sample = mean + sigma_t * z
-    return (sample)
+    return sample
 
 
-def p_sample_loop(params, shape, n_steps, alphas, betas, one_minus_alphas_bar_sqrt, x_T=None, zs=None, key=None,
-                  p_sample_fn=p_sample):
+def p_sample_loop(
+    params, shape, n_steps, alphas, betas, one_minus_alphas_bar_sqrt, x_T=None, zs=None, key=None, p_sample_fn=p_sample
+):
     """All n_steps + 1 states, x_T first; zs[k] is the noise of the k-th step taken (step n_steps-1-k).
 
     Drawn from `key` when not given: x_T from fold_in(key, 0), zs[k] from fold_in(key, k + 1), inside the
@@ -41,8 +42,7 @@ def p_sample_loop(params, shape, n_steps, alphas, betas, one_minus_alphas_bar_sq
     def body(cur_x, k_i):  # for k, i in enumerate(reversed(range(n_steps)))
         k, i = k_i
         z = jax.random.normal(jax.random.fold_in(key, k + 1), cur_x.shape, cur_x.dtype) if zs is None else zs[k]
-        cur_x = p_sample_fn(params, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt,
-                            z=z)
+        cur_x = p_sample_fn(params, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt, z=z)
         return cur_x, cur_x
 
     _, x_seq = jax.lax.scan(body, cur_x, (jnp.arange(n_steps), jnp.arange(n_steps - 1, -1, -1)))
@@ -61,8 +61,7 @@ def p_sample_for(schedule: Schedule, parameterization: str = "eps"):
     return step
 
 
-def sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int,
-                 parameterization: str = "eps") -> jax.Array:
+def sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int, parameterization: str = "eps") -> jax.Array:
     """Draw x_T ~ N(0, I) of shape (n, 2) and run the whole chain from `key`; (T + 1, n, 2), x_T first.
 
     Jitted, with `speed.SAMPLING` when JAX runs on CPU.
@@ -72,11 +71,19 @@ def sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int,
 
 @functools.lru_cache(maxsize=None)
 def _jitted_chain():
-    return jax.jit(_sample_chain, static_argnames=("n", "parameterization"),
-                   compiler_options=speed.on_cpu(speed.SAMPLING))
+    return jax.jit(
+        _sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(speed.SAMPLING)
+    )
 
 
 def _sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int, parameterization: str) -> jax.Array:
-    return p_sample_loop(params, (n, 2), schedule.num_steps, schedule.alphas, schedule.betas,
-                         schedule.one_minus_alphas_bar_sqrt, key=key,
-                         p_sample_fn=p_sample_for(schedule, parameterization))
+    return p_sample_loop(
+        params,
+        (n, 2),
+        schedule.num_steps,
+        schedule.alphas,
+        schedule.betas,
+        schedule.one_minus_alphas_bar_sqrt,
+        key=key,
+        p_sample_fn=p_sample_for(schedule, parameterization),
+    )

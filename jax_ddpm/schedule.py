@@ -20,7 +20,7 @@ def make_beta_schedule(schedule="linear", n_timesteps=1000, start=1e-5, end=1e-2
     if schedule == "linear":
         betas = np.linspace(start, end, n_timesteps, dtype=dtype)
     elif schedule == "quad":
-        betas = np.linspace(start ** 0.5, end ** 0.5, n_timesteps, dtype=dtype) ** 2
+        betas = np.linspace(start**0.5, end**0.5, n_timesteps, dtype=dtype) ** 2
     elif schedule == "sigmoid":
         betas = np.linspace(-6, 6, n_timesteps, dtype=dtype)
         betas = 1 / (1 + np.exp(-betas)) * dtype.type(end - start) + dtype.type(start)
@@ -70,14 +70,25 @@ def schedule_from_betas(betas: np.ndarray) -> Schedule:
     alphas_bar_sqrt = np.sqrt(alphas_prod)
     one_minus_alphas_bar_log = np.log(1 - alphas_prod)
     one_minus_alphas_bar_sqrt = np.sqrt(1 - alphas_prod)
-    posterior_mean_coef_1 = (betas * np.sqrt(alphas_prod_p) / (1 - alphas_prod))
-    posterior_mean_coef_2 = ((1 - alphas_prod_p) * np.sqrt(alphas) / (1 - alphas_prod))
+    posterior_mean_coef_1 = betas * np.sqrt(alphas_prod_p) / (1 - alphas_prod)
+    posterior_mean_coef_2 = (1 - alphas_prod_p) * np.sqrt(alphas) / (1 - alphas_prod)
     posterior_variance = betas * (1 - alphas_prod_p) / (1 - alphas_prod)
     posterior_log_variance_clipped = np.log(
-        np.concatenate((posterior_variance[1].reshape(1, 1), posterior_variance[1:].reshape(-1, 1)), 0)).reshape(-1)
-    return Schedule(betas, alphas, alphas_prod, alphas_prod_p, alphas_bar_sqrt, one_minus_alphas_bar_log,
-                    one_minus_alphas_bar_sqrt, posterior_mean_coef_1, posterior_mean_coef_2,
-                    posterior_variance, posterior_log_variance_clipped)
+        np.concatenate((posterior_variance[1].reshape(1, 1), posterior_variance[1:].reshape(-1, 1)), 0)
+    ).reshape(-1)
+    return Schedule(
+        betas,
+        alphas,
+        alphas_prod,
+        alphas_prod_p,
+        alphas_bar_sqrt,
+        one_minus_alphas_bar_log,
+        one_minus_alphas_bar_sqrt,
+        posterior_mean_coef_1,
+        posterior_mean_coef_2,
+        posterior_variance,
+        posterior_log_variance_clipped,
+    )
 
 
 def extract(input, t, x):
@@ -91,11 +102,12 @@ def q_sample(x_0, t, alphas_bar_sqrt, one_minus_alphas_bar_sqrt, noise):
     """The tutorial's q_x(x_0, t, noise); JAX takes the noise explicitly."""
     alphas_t = extract(alphas_bar_sqrt, t, x_0)
     alphas_1_m_t = extract(one_minus_alphas_bar_sqrt, t, x_0)
-    return (alphas_t * x_0 + alphas_1_m_t * noise)
+    return alphas_t * x_0 + alphas_1_m_t * noise
 
 
-def q_posterior_mean_variance(x_0, x_t, t, posterior_mean_coef_1, posterior_mean_coef_2,
-                              posterior_log_variance_clipped):
+def q_posterior_mean_variance(
+    x_0, x_t, t, posterior_mean_coef_1, posterior_mean_coef_2, posterior_log_variance_clipped
+):
     coef_1 = extract(posterior_mean_coef_1, t, x_0)
     coef_2 = extract(posterior_mean_coef_2, t, x_0)
     mean = coef_1 * x_0 + coef_2 * x_t

@@ -3,19 +3,24 @@
 - `dense` / `FastLinear`: a linear layer whose backward pass computes the kernel gradient from a
   materialised transpose, which XLA:CPU runs as a fast row-major matmul.
 - `epoch_permutation`: a uniform random permutation from packed uint32 sorts.
-- `TRAINING` / `SAMPLING` / `on_cpu`: per-program XLA:CPU compiler options.
+- `TRAINING` / `SAMPLING` / `on_cpu`: per-program XLA:CPU compiler options, chosen by the CPU's
+  vector ISA (`options_for`).
 
 Each changes results at most by float rounding (tests/test_speed.py). Why each pays, and by how much on
-the machine the project was measured on: benchmarks/results/cpu.md and the README's Speed section.
+each kind of CPU measured: benchmarks/results/cpu-<isa>.md and the README's Speed section.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from ddpm_harness.cpu_isa import vector_isa
 
 
 @jax.custom_vjp
@@ -25,7 +30,7 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     Same gradients as autodiff up to float rounding; only the kernel gradient x^T g is computed
     differently: XLA:CPU runs a dot that contracts both operands' leading axis as a slow generic
     loop, but a materialised x^T times g as a fast row-major matmul (copy included, about twice as
-    fast: benchmarks/results/cpu.md). Forward and the other gradients are the plain matmuls.
+    fast: benchmarks/results/cpu-avx512.md). Forward and the other gradients are the plain matmuls.
     """
     return x @ kernel + bias
 
@@ -52,7 +57,7 @@ class FastLinear(nnx.Linear):
 
 def epoch_permutation(key: jax.Array, n: int) -> jax.Array:
     """A uniform random permutation of range(n) (int32), several times faster on XLA:CPU than
-    `jax.random.permutation` (benchmarks/results/cpu.md).
+    `jax.random.permutation` (benchmarks/results/cpu-avx512.md).
 
     XLA:CPU sorts a lone uint32 array several times faster than key-value pairs, so each round
     sorts random bits with the position packed into the low bits (all keys distinct: no ties to
@@ -77,19 +82,61 @@ def epoch_permutation(key: jax.Array, n: int) -> jax.Array:
 # Per-program XLA:CPU compiler options, passed to `jax.jit(..., compiler_options=...)` of one
 # program each rather than set in XLA_FLAGS, because what speeds one program up slows the other.
 # Both change results only by float rounding. They are XLA DebugOptions of jax 0.10 (pyproject pins
-# jax < 0.11); other backends get none. Measured effects: benchmarks/results/cpu.md.
+# jax < 0.11); other backends get none.
 #
-# The scan-fused training chunk: 512-bit vectors for the element-wise fusions (softplus, Adam,
-# EMA). Not YNNPACK's reductions (LibraryFusionType REDUCE = 3): a little faster on an idle machine,
-# but they keep a pool thread spinning, which halves the rate when the other core is busy
-# (--seeds K --devices 2, a neighbour). Not YNNPACK's dots (types 1, 4): slower.
-TRAINING = {"xla_cpu_prefer_vector_width": 512}
-# The sampling chain: YNNPACK's fused element-wise kernels (ELTWISE = 2) run the gains, softplus
-# and posterior arithmetic over n x 128 values about twice as fast; the small training step is
-# slower with them.
-SAMPLING = {"xla_cpu_experimental_ynn_fusion_type": "2"}
+# Chosen by the CPU's widest vector ISA (ddpm_harness.cpu_isa), as measured on each; the benchmark
+# measures every set on the CPU it runs on (benchmarks/results/cpu-<isa>.md, "Per-program options").
+# - The scan-fused training chunk: 512-bit vectors for the element-wise fusions (softplus, Adam,
+#   EMA) pay on AVX-512 and made no difference on AVX2, so AVX2 gets none. Not YNNPACK's
+#   reductions (LibraryFusionType REDUCE = 3): a little faster on an idle machine, but they keep a
+#   pool thread spinning, which halves the rate when the other core is busy (--seeds K --devices 2,
+#   a neighbour). Not YNNPACK's dots (types 1, 4): slower.
+# - The sampling chain: YNNPACK's fused element-wise kernels (ELTWISE = 2) run the gains, softplus
+#   and posterior arithmetic over n x 128 values faster (much on AVX-512, a little on AVX2); the
+#   small training step is slower with them.
+# A CPU of another ISA (Arm, x86 without AVX2) gets no options: none was measured there.
+WIDE_VECTORS = {"xla_cpu_prefer_vector_width": 512}
+YNN_ELTWISE = {"xla_cpu_experimental_ynn_fusion_type": "2"}
+OPTIONS_BY_ISA = {
+    "avx512": dict(training=WIDE_VECTORS, sampling=YNN_ELTWISE),
+    "avx2": dict(training={}, sampling=YNN_ELTWISE),
+}
+
+
+def options_for(isa: str) -> tuple[dict, dict]:
+    """(training chunk options, sampling chain options) for a vector ISA; none for an unknown one."""
+    chosen = OPTIONS_BY_ISA.get(isa, {})
+    return dict(chosen.get("training", {})), dict(chosen.get("sampling", {}))
+
+
+ISA = vector_isa()
+TRAINING, SAMPLING = options_for(ISA)
 
 
 def on_cpu(options: dict) -> Optional[dict]:
-    """`options` when JAX runs on CPU, else None (jit's default)."""
-    return options if jax.default_backend() == "cpu" else None
+    """The `supported_options` of `options` when JAX runs on CPU, else None (jit's default)."""
+    return (supported_options(options) or None) if jax.default_backend() == "cpu" else None
+
+
+def supported_options(options: dict) -> dict:
+    """The entries of `options` that this jaxlib's XLA accepts. They are XLA DebugOptions, which come
+    and go between XLA versions: each rejected one (an unknown name, a bad value) is dropped with
+    one warning line on stderr, once per process."""
+    return {name: value for name, value in options.items() if _option_accepted(name, value)}
+
+
+@functools.cache
+def _option_accepted(name: str, value) -> bool:
+    """Compile a one-addition program with the option alone: XLA refuses unknown names and bad
+    values at compile time (JaxRuntimeError: "No such compile option")."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(jnp.zeros((), jnp.float32)).compile()
+    except Exception as err:  # noqa: BLE001  (jaxlib's error types vary between versions)
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        print(
+            f"warning: XLA option {name}={value!r} is not accepted by jax {jax.__version__} ({reason}); "
+            "compiling without it",
+            file=sys.stderr,
+        )
+        return False
+    return True

@@ -15,7 +15,7 @@ import sys  # noqa: E402  (the imports below are timed for the run's time breakd
 from typing import Sequence  # noqa: E402
 
 from ddpm_harness.cli import run  # noqa: E402
-from ddpm_harness.config import Config, ConfigError  # noqa: E402
+from ddpm_harness.config import Config, ConfigError, resolve_preset  # noqa: E402
 from ddpm_harness.data import DataError  # noqa: E402
 from ddpm_harness.runs import RunDirError  # noqa: E402
 from jax_ddpm import distributed  # noqa: E402
@@ -36,8 +36,8 @@ def train(config: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse argv (default: sys.argv[1:]) into a Config and train; the exit status."""
-    return run(Config, argv, "python -m jax_ddpm.train", train, USAGE_ERRORS, RUNTIME_ERRORS)
+    """Parse argv (default: sys.argv[1:]) into a Config, apply its --preset, train; the exit status."""
+    return run(Config, argv, "python -m jax_ddpm.train", train, USAGE_ERRORS, RUNTIME_ERRORS, resolve_preset)
 
 
 if __name__ == "__main__":

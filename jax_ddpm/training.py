@@ -23,13 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jax_ddpm import speed
 from ddpm_harness.config import Config
+from jax_ddpm import speed
 from jax_ddpm.elbo import hybrid_loss
 from jax_ddpm.losses import antithetic_timesteps, loss_variational, noise_estimation_loss
 from jax_ddpm.model import init_params
+from jax_ddpm.predictions import loss_fn_for
 from jax_ddpm.schedule import Schedule
 from jax_ddpm.speed import epoch_permutation
 
@@ -52,11 +54,13 @@ def ema_update(ema_params: dict, params: dict, mu: float) -> dict:
     return optax.incremental_update(params, ema_params, 1.0 - mu)
 
 
-def noise_loss(params: dict, batch_x: jax.Array, schedule: Schedule, n_steps: int, t: jax.Array,
-               e: jax.Array) -> jax.Array:
+def noise_loss(
+    params: dict, batch_x: jax.Array, schedule: Schedule, n_steps: int, t: jax.Array, e: jax.Array
+) -> jax.Array:
     """The loss train_step trains with unless told otherwise: the tutorial's, on `schedule`'s arrays."""
-    return noise_estimation_loss(params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt,
-                                 n_steps, t=t, e=e)
+    return noise_estimation_loss(
+        params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, n_steps, t=t, e=e
+    )
 
 
 def train_step(state, optimizer, ema_mu, batch_x, schedule, n_steps, t=None, e=None, loss_fn=noise_loss):
@@ -78,8 +82,9 @@ def train_step(state, optimizer, ema_mu, batch_x, schedule, n_steps, t=None, e=N
     return state, loss
 
 
-def batch_noise(noise_key: jax.Array, opt_step: jax.Array, shape: tuple[int, int],
-                n_steps: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+def batch_noise(
+    noise_key: jax.Array, opt_step: jax.Array, shape: tuple[int, int], n_steps: int, dtype=jnp.float32
+) -> tuple[jax.Array, jax.Array]:
     """Antithetic diffusion steps t (B,) and noise e (B, D) of optimizer step `opt_step`, from
     fold_in(noise_key, opt_step)."""
     k_t, k_e = jax.random.split(jax.random.fold_in(noise_key, opt_step))
@@ -92,8 +97,15 @@ def make_optimizer(lr: float = 1e-3, clip_norm: float = 1.0) -> optax.GradientTr
     return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
 
 
-def train_epoch(state: TrainState, dataset: jax.Array, *, batch_size: int, train_step_fn: Callable,
-                n_steps: int, batch_sharding: Optional[NamedSharding] = None) -> tuple[TrainState, dict]:
+def train_epoch(
+    state: TrainState,
+    dataset: jax.Array,
+    *,
+    batch_size: int,
+    train_step_fn: Callable,
+    n_steps: int,
+    batch_sharding: Optional[NamedSharding] = None,
+) -> tuple[TrainState, dict]:
     """One pass of the tutorial's epoch loop over `dataset` (N, 2); returns the mean and last-batch loss.
 
     `train_step_fn(state, batch_x=, t=, e=)` is `train_step` with its other arguments bound. Every
@@ -114,12 +126,13 @@ def train_epoch(state: TrainState, dataset: jax.Array, *, batch_size: int, train
         xs = (batches, t, e)
         if batch_sharding is not None:
             xs = jax.lax.with_sharding_constraint(xs, batch_sharding)
-        state, full_losses = jax.lax.scan(lambda s, x_t_e: train_step_fn(s, batch_x=x_t_e[0], t=x_t_e[1], e=x_t_e[2]),
-                                          state, xs)
+        state, full_losses = jax.lax.scan(
+            lambda s, x_t_e: train_step_fn(s, batch_x=x_t_e[0], t=x_t_e[1], e=x_t_e[2]), state, xs
+        )
         losses.append(full_losses)
     if rest:  # the tutorial keeps the short last batch
         t, e = batch_noise(state.noise_key, state.opt_step, (rest, dim), n_steps, dataset.dtype)
-        state, loss = train_step_fn(state, batch_x=shuffled[n_full * batch_size:], t=t, e=e)
+        state, loss = train_step_fn(state, batch_x=shuffled[n_full * batch_size :], t=t, e=e)
         losses.append(loss[None])
     losses = jnp.concatenate(losses)
     # The tutorial's mean epoch loss weights batches equally, as it prints single-batch losses.
@@ -141,23 +154,37 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
     return dict(init=init, order=order, noise=noise, sample=sample)
 
 
-def init_train_state(seed: int, n_steps: int, n_outputs: int,
-                     optimizer: optax.GradientTransformation) -> TrainState:
+def init_train_state(seed: int, n_steps: int, n_outputs: int, optimizer: optax.GradientTransformation) -> TrainState:
     """Fresh state for one seed: reference-distributed weights, EMA registered as a copy."""
     keys = run_keys(seed)
     params = init_params(keys["init"], n_steps, n_outputs)
-    return TrainState(opt_step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree_util.tree_map(jnp.array, params), opt_state=optimizer.init(params),
-                      order_key=keys["order"], noise_key=keys["noise"])
+    return TrainState(
+        opt_step=jnp.zeros((), jnp.int32),
+        epoch=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree_util.tree_map(jnp.array, params),
+        opt_state=optimizer.init(params),
+        order_key=keys["order"],
+        noise_key=keys["noise"],
+    )
 
 
 def make_loss_fn(loss: str = "noise", hybrid_lambda: float = 0.001) -> Callable:
     """loss_fn(params, batch_x, schedule, n_steps, t, e) of train_step for --loss noise | variational | hybrid."""
 
     def variational(params, batch_x, schedule, n_steps, t, e):
-        return loss_variational(params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt,
-                                schedule.posterior_mean_coef_1, schedule.posterior_mean_coef_2,
-                                schedule.posterior_log_variance_clipped, n_steps, t=t, noise=e)
+        return loss_variational(
+            params,
+            batch_x,
+            schedule.alphas_bar_sqrt,
+            schedule.one_minus_alphas_bar_sqrt,
+            schedule.posterior_mean_coef_1,
+            schedule.posterior_mean_coef_2,
+            schedule.posterior_log_variance_clipped,
+            n_steps,
+            t=t,
+            noise=e,
+        )
 
     def hybrid(params, batch_x, schedule, n_steps, t, e):
         return hybrid_loss(params, schedule, batch_x, t, e, hybrid_lambda)
@@ -168,8 +195,13 @@ def make_loss_fn(loss: str = "noise", hybrid_lambda: float = 0.001) -> Callable:
     return losses[loss]
 
 
-def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.GradientTransformation,
-                     n_epochs: int, mesh: Optional[Mesh] = None) -> Callable:
+def make_train_chunk(
+    config: Config,
+    schedule: Schedule,
+    optimizer: optax.GradientTransformation,
+    n_epochs: int,
+    mesh: Optional[Mesh] = None,
+) -> Callable:
     """Compile `n_epochs` epochs into one program: (state, data) -> (state, per-epoch metrics).
 
     With `config.seeds > 1` the state carries a leading seed axis and the program is vmapped over
@@ -177,13 +209,23 @@ def make_train_chunk(config: Config, schedule: Schedule, optimizer: optax.Gradie
     devices (parameters replicated, gradients all-reduced every step); several seeds are split
     instead (`shard_map`: each device trains seeds / devices whole models, no communication).
     """
-    train_step_fn = functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
-                                      n_steps=schedule.num_steps,
-                                      loss_fn=make_loss_fn(config.loss, config.hybrid_lambda))
+    train_step_fn = functools.partial(
+        train_step,
+        optimizer=optimizer,
+        ema_mu=config.ema_decay,
+        schedule=schedule,
+        n_steps=schedule.num_steps,
+        loss_fn=loss_fn_for(config),
+    )
     seeds_on_devices = mesh is not None and config.seeds > 1
     batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None and not seeds_on_devices else None
-    epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn,
-                                 n_steps=schedule.num_steps, batch_sharding=batch_sharding)
+    epoch_fn = functools.partial(
+        train_epoch,
+        batch_size=config.batch_size,
+        train_step_fn=train_step_fn,
+        n_steps=schedule.num_steps,
+        batch_sharding=batch_sharding,
+    )
 
     def chunk(state, data):
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=n_epochs)
@@ -206,8 +248,10 @@ def init_states(config: Config, optimizer: optax.GradientTransformation, mesh: O
     if config.seeds == 1:
         state = init_train_state(config.seed, config.num_steps, config.n_outputs, optimizer)
     else:
-        states = [init_train_state(config.seed + i, config.num_steps, config.n_outputs, optimizer)
-                  for i in range(config.seeds)]
+        states = [
+            init_train_state(config.seed + i, config.num_steps, config.n_outputs, optimizer)
+            for i in range(config.seeds)
+        ]
         state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
     return state if mesh is None else jax.device_put(state, state_sharding(config, mesh))
 
@@ -218,7 +262,9 @@ def make_mesh(n_devices: int) -> Optional[Mesh]:
         return None
     devices = jax.devices()
     if len(devices) < n_devices:
-        raise ValueError(f"--devices {n_devices} asked for, but JAX sees {len(devices)} "
-                         f"({devices[0].platform}); on CPU set "
-                         f"XLA_FLAGS=--xla_force_host_platform_device_count={n_devices}")
+        raise ValueError(
+            f"--devices {n_devices} asked for, but JAX sees {len(devices)} "
+            f"({devices[0].platform}); on CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={n_devices}"
+        )
     return Mesh(np.array(devices[:n_devices]), ("data",))

@@ -17,16 +17,21 @@ from parity_tests.compare import PRECISIONS, Errors, Pairs, Precision, worst
 
 def _select(fn, *prefixes):
     """fn's pairs whose names start with one of the prefixes (drops the extra return values)."""
+
     def select(p: Precision) -> Pairs:
         pairs = fn(p)
         pairs = pairs[0] if isinstance(pairs, tuple) else pairs
         return {k: v for k, v in pairs.items() if k.startswith(prefixes)}
+
     return select
 
 
 def _all_schedules(p: Precision) -> Pairs:
-    return {f"{case} {name}": pair for case in layers.SCHEDULE_CASES
-            for name, pair in layers.schedule_pairs(p, *case).items()}
+    return {
+        f"{case} {name}": pair
+        for case in layers.SCHEDULE_CASES
+        for name, pair in layers.schedule_pairs(p, *case).items()
+    }
 
 
 # Each run serves several rows.
@@ -41,8 +46,7 @@ ROWS = [
     ("noise-estimation loss", layers.noise_loss_pairs),
     ("gradients, all 11 parameters", layers.gradient_pairs),
     ("clipped gradients (torch divides by norm + 1e-6)", _select(lambda p: layers.clip_pairs(p, 1.0), "")),
-    ("one clip + Adam step, clipped: params and EMA",
-     _select(lambda p: _step(p, 1.0), "params.", "ema.")),
+    ("one clip + Adam step, clipped: params and EMA", _select(lambda p: _step(p, 1.0), "params.", "ema.")),
     ("one clip + Adam step, clipped: Adam moments", _select(lambda p: _step(p, 1.0), "adam_")),
     ("one Adam step, unclipped: params, EMA, moments", _select(lambda p: _step(p, 1000.0), "params.", "ema.", "adam_")),
     ("EMA update", layers.ema_pairs),
@@ -82,8 +86,10 @@ def schedule_elementwise() -> dict[str, float]:
 
 def markdown(table: dict[str, dict[str, Errors]]) -> str:
     names = [p.name for p in PRECISIONS]
-    lines = ["| layer | " + " | ".join(f"max abs {n} | max rel {n}" for n in names) + " |",
-             "|---|" + "---:|" * (2 * len(names))]
+    lines = [
+        "| layer | " + " | ".join(f"max abs {n} | max rel {n}" for n in names) + " |",
+        "|---|" + "---:|" * (2 * len(names)),
+    ]
     for label, by_precision in table.items():
         cells = [f"{by_precision[n].max_abs:.1e} | {by_precision[n].max_rel:.1e}" for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -93,9 +99,11 @@ def markdown(table: dict[str, dict[str, Errors]]) -> str:
 def main() -> None:
     print(markdown(measure()))
     elementwise = schedule_elementwise()
-    print(f"\nRelative errors are normwise (max |ans - ref| / max |ref| per array). Element-wise, the "
-          f"schedule arrays agree to {elementwise['float32']:.1e} (float32) and {elementwise['float64']:.1e} "
-          f"(float64).\nMeasured with jax {jax.__version__}, torch {torch.__version__}, on {jax.devices()[0].platform}.")
+    print(
+        f"\nRelative errors are normwise (max |ans - ref| / max |ref| per array). Element-wise, the "
+        f"schedule arrays agree to {elementwise['float32']:.1e} (float32) and {elementwise['float64']:.1e} "
+        f"(float64).\nMeasured with jax {jax.__version__}, torch {torch.__version__}, on {jax.devices()[0].platform}."
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,11 @@ from torch_reference.ema import EMA
 from torch_reference.model import ConditionalModel
 
 # (kind, T, start, end): the tutorial's, the DDPM paper's (T = 1000), and a short steep one.
-SCHEDULE_CASES = [(kind, n, start, end)
-                  for kind in ("linear", "quad", "sigmoid", "constant")
-                  for n, start, end in ((100, 1e-5, 5e-3), (1000, 1e-4, 2e-2), (10, 1e-3, 0.2))]
+SCHEDULE_CASES = [
+    (kind, n, start, end)
+    for kind in ("linear", "quad", "sigmoid", "constant")
+    for n, start, end in ((100, 1e-5, 5e-3), (1000, 1e-4, 2e-2), (10, 1e-3, 0.2))
+]
 N_STEPS = 100  # the tutorial's schedule: sigmoid, 1e-5 .. 5e-3 over 100 steps
 EMA_DECAY = 0.9
 LR = 1e-3
@@ -41,14 +43,15 @@ def schedule_pairs(p: Precision, kind: str, n_timesteps: int, start: float, end:
     """Every array of the Schedule (betas and all derived ones)."""
     out_ref = ref_schedule.make_schedule(kind, n_timesteps, start, end, dtype=p.torch_dtype)
     out_ans = schedule.make_schedule(kind, n_timesteps, start, end, dtype=p.np_dtype)
-    return {name: (to_numpy(getattr(out_ref, name)), to_numpy(getattr(out_ans, name)))
-            for name in schedule.Schedule.__dataclass_fields__}
+    return {
+        name: (to_numpy(getattr(out_ref, name)), to_numpy(getattr(out_ans, name)))
+        for name in schedule.Schedule.__dataclass_fields__
+    }
 
 
 def tutorial_schedules(p: Precision):
     """The tutorial's schedule on both sides: (torch Schedule, jax Schedule)."""
-    return (ref_schedule.make_schedule(dtype=p.torch_dtype),
-            schedule.make_schedule(dtype=p.np_dtype))
+    return (ref_schedule.make_schedule(dtype=p.torch_dtype), schedule.make_schedule(dtype=p.np_dtype))
 
 
 def ported_model(p: Precision, n_outputs: int = 2, seed: int = 0):
@@ -89,8 +92,9 @@ def both(*arrays):
 def q_sample_pairs(p: Precision) -> Pairs:
     sched_ref, sched_ans = tutorial_schedules(p)
     (x0_ref, x0_ans), (t_ref, t_ans), (e_ref, e_ans) = both(*inputs(p, 512))
-    out_ref = ref_schedule.q_sample(x0_ref, t_ref, sched_ref.alphas_bar_sqrt, sched_ref.one_minus_alphas_bar_sqrt,
-                                    noise=e_ref)
+    out_ref = ref_schedule.q_sample(
+        x0_ref, t_ref, sched_ref.alphas_bar_sqrt, sched_ref.one_minus_alphas_bar_sqrt, noise=e_ref
+    )
     out_ans = schedule.q_sample(x0_ans, t_ans, sched_ans.alphas_bar_sqrt, sched_ans.one_minus_alphas_bar_sqrt, e_ans)
     return {"x_t": (to_numpy(out_ref), to_numpy(out_ans))}
 
@@ -101,13 +105,25 @@ def posterior_pairs(p: Precision) -> Pairs:
     x_t = x_0 + e  # any x_t will do: the posterior is linear in (x_0, x_t)
     (x0_ref, x0_ans), (xt_ref, xt_ans), (t_ref, t_ans) = both(x_0, x_t, t)
     mean_ref, log_var_ref = ref_schedule.q_posterior_mean_variance(
-        x0_ref, xt_ref, t_ref, sched_ref.posterior_mean_coef_1, sched_ref.posterior_mean_coef_2,
-        sched_ref.posterior_log_variance_clipped)
+        x0_ref,
+        xt_ref,
+        t_ref,
+        sched_ref.posterior_mean_coef_1,
+        sched_ref.posterior_mean_coef_2,
+        sched_ref.posterior_log_variance_clipped,
+    )
     mean_ans, log_var_ans = schedule.q_posterior_mean_variance(
-        x0_ans, xt_ans, t_ans, sched_ans.posterior_mean_coef_1, sched_ans.posterior_mean_coef_2,
-        sched_ans.posterior_log_variance_clipped)
-    return {"mean": (to_numpy(mean_ref), to_numpy(mean_ans)),
-            "log_variance": (to_numpy(log_var_ref), to_numpy(log_var_ans))}
+        x0_ans,
+        xt_ans,
+        t_ans,
+        sched_ans.posterior_mean_coef_1,
+        sched_ans.posterior_mean_coef_2,
+        sched_ans.posterior_log_variance_clipped,
+    )
+    return {
+        "mean": (to_numpy(mean_ref), to_numpy(mean_ans)),
+        "log_variance": (to_numpy(log_var_ref), to_numpy(log_var_ans)),
+    }
 
 
 def forward_pairs(p: Precision, n_outputs: int = 2) -> Pairs:
@@ -124,13 +140,15 @@ def forward_pairs(p: Precision, n_outputs: int = 2) -> Pairs:
 
 
 def _torch_noise_loss(model, sched_ref, x0_ref, t_ref, e_ref):
-    return ref_losses.noise_estimation_loss(model, x0_ref, sched_ref.alphas_bar_sqrt,
-                                            sched_ref.one_minus_alphas_bar_sqrt, N_STEPS, t=t_ref, e=e_ref)
+    return ref_losses.noise_estimation_loss(
+        model, x0_ref, sched_ref.alphas_bar_sqrt, sched_ref.one_minus_alphas_bar_sqrt, N_STEPS, t=t_ref, e=e_ref
+    )
 
 
 def _jax_noise_loss(params, sched_ans, x0_ans, t_ans, e_ans):
-    return losses.noise_estimation_loss(params, x0_ans, sched_ans.alphas_bar_sqrt, sched_ans.one_minus_alphas_bar_sqrt,
-                                        N_STEPS, t=t_ans, e=e_ans)
+    return losses.noise_estimation_loss(
+        params, x0_ans, sched_ans.alphas_bar_sqrt, sched_ans.one_minus_alphas_bar_sqrt, N_STEPS, t=t_ans, e=e_ans
+    )
 
 
 def noise_loss_pairs(p: Precision) -> Pairs:
@@ -177,9 +195,15 @@ def clip_pairs(p: Precision, max_norm: float) -> tuple[Pairs, float]:
 
 def _jax_state(params: dict, optimizer: optax.GradientTransformation) -> training.TrainState:
     key = jax.random.PRNGKey(0)  # unused by train_step: t and e are injected
-    return training.TrainState(opt_step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32), params=params,
-                               ema_params=jax.tree_util.tree_map(jnp.array, params),
-                               opt_state=optimizer.init(params), order_key=key, noise_key=key)
+    return training.TrainState(
+        opt_step=jnp.zeros((), jnp.int32),
+        epoch=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree_util.tree_map(jnp.array, params),
+        opt_state=optimizer.init(params),
+        order_key=key,
+        noise_key=key,
+    )
 
 
 def _train_both(p: Precision, batches, clip_norm: float) -> tuple[Pairs, list[float]]:
@@ -193,15 +217,33 @@ def _train_both(p: Precision, batches, clip_norm: float) -> tuple[Pairs, list[fl
     ema.register(model)
     optimizer = training.make_optimizer(LR, clip_norm)
     state = _jax_state(params, optimizer)
-    train_step = jax.jit(functools.partial(training.train_step, optimizer=optimizer, ema_mu=EMA_DECAY,
-                                           schedule=sched_ans, n_steps=N_STEPS))
+    train_step = jax.jit(
+        functools.partial(
+            training.train_step, optimizer=optimizer, ema_mu=EMA_DECAY, schedule=sched_ans, n_steps=N_STEPS
+        )
+    )
     losses_ref, losses_ans, norms = [], [], []
     for x_0, t, e in batches:
         (x0_ref, x0_ans), (t_ref, t_ans), (e_ref, e_ans) = both(x_0, t, e)
-        norms.append(float(torch.linalg.vector_norm(torch.stack([
-            torch.linalg.vector_norm(g) for g in _torch_grads(model, sched_ref, x0_ref, t_ref, e_ref).values()]))))
-        losses_ref.append(to_numpy(ref_training.train_step(model, optimizer_ref, ema, x0_ref, sched_ref, N_STEPS,
-                                                           clip_norm, t=t_ref, e=e_ref)))
+        norms.append(
+            float(
+                torch.linalg.vector_norm(
+                    torch.stack(
+                        [
+                            torch.linalg.vector_norm(g)
+                            for g in _torch_grads(model, sched_ref, x0_ref, t_ref, e_ref).values()
+                        ]
+                    )
+                )
+            )
+        )
+        losses_ref.append(
+            to_numpy(
+                ref_training.train_step(
+                    model, optimizer_ref, ema, x0_ref, sched_ref, N_STEPS, clip_norm, t=t_ref, e=e_ref
+                )
+            )
+        )
         state, loss = train_step(state, batch_x=x0_ans, t=t_ans, e=e_ans)
         losses_ans.append(to_numpy(loss))
     named = dict(model.named_parameters())
@@ -209,8 +251,11 @@ def _train_both(p: Precision, batches, clip_norm: float) -> tuple[Pairs, list[fl
     pairs |= tree_pairs(flat_torch(model.state_dict()), flat_params(state.params), "params.")
     pairs |= tree_pairs(flat_torch(ema.shadow), flat_params(state.ema_params), "ema.")
     for moment_ref, moment_ans in (("exp_avg", "mu"), ("exp_avg_sq", "nu")):
-        pairs |= tree_pairs(flat_torch({n: optimizer_ref.state[q][moment_ref] for n, q in named.items()}),
-                            flat_params(optax.tree.get(state.opt_state, moment_ans)), f"adam_{moment_ans}.")
+        pairs |= tree_pairs(
+            flat_torch({n: optimizer_ref.state[q][moment_ref] for n, q in named.items()}),
+            flat_params(optax.tree.get(state.opt_state, moment_ans)),
+            f"adam_{moment_ans}.",
+        )
     return pairs, norms
 
 
@@ -247,25 +292,45 @@ def variational_pairs(p: Precision) -> Pairs:
     model, params = ported_model(p, n_outputs=4)
     sched_ref, sched_ans = tutorial_schedules(p)
     (x0_ref, x0_ans), (t_ref, t_ans), (e_ref, e_ans) = both(*variational_inputs(p))
-    coefs = [getattr(sched_ref, name) for name in ("alphas_bar_sqrt", "one_minus_alphas_bar_sqrt",
-                                                   "posterior_mean_coef_1", "posterior_mean_coef_2",
-                                                   "posterior_log_variance_clipped")]
+    coefs = [
+        getattr(sched_ref, name)
+        for name in (
+            "alphas_bar_sqrt",
+            "one_minus_alphas_bar_sqrt",
+            "posterior_mean_coef_1",
+            "posterior_mean_coef_2",
+            "posterior_log_variance_clipped",
+        )
+    ]
     with torch.no_grad():
         # The reference returns only the batch mean; its per-example terms are that mean of a batch of one.
         loss_ref = ref_losses.loss_variational(model, x0_ref, *coefs, N_STEPS, t=t_ref, noise=e_ref)
-        terms_ref = torch.stack([ref_losses.loss_variational(model, x0_ref[i:i + 1], *coefs, N_STEPS,
-                                                             t=t_ref[i:i + 1], noise=e_ref[i:i + 1])
-                                 for i in range(x0_ref.shape[0])])
-    coefs_ans = [getattr(sched_ans, name) for name in ("alphas_bar_sqrt", "one_minus_alphas_bar_sqrt",
-                                                       "posterior_mean_coef_1", "posterior_mean_coef_2",
-                                                       "posterior_log_variance_clipped")]
+        terms_ref = torch.stack(
+            [
+                ref_losses.loss_variational(
+                    model, x0_ref[i : i + 1], *coefs, N_STEPS, t=t_ref[i : i + 1], noise=e_ref[i : i + 1]
+                )
+                for i in range(x0_ref.shape[0])
+            ]
+        )
+    coefs_ans = [
+        getattr(sched_ans, name)
+        for name in (
+            "alphas_bar_sqrt",
+            "one_minus_alphas_bar_sqrt",
+            "posterior_mean_coef_1",
+            "posterior_mean_coef_2",
+            "posterior_log_variance_clipped",
+        )
+    ]
     loss_variational = jax.jit(
-        lambda x_0, t, e: losses.loss_variational(params, x_0, *coefs_ans, N_STEPS, t=t, noise=e))
+        lambda x_0, t, e: losses.loss_variational(params, x_0, *coefs_ans, N_STEPS, t=t, noise=e)
+    )
     loss_ans = loss_variational(x0_ans, t_ans, e_ans)
-    terms_ans = jnp.stack([loss_variational(x0_ans[i:i + 1], t_ans[i:i + 1], e_ans[i:i + 1])
-                           for i in range(x0_ans.shape[0])])
-    return {"loss": (to_numpy(loss_ref), to_numpy(loss_ans)),
-            "terms": (to_numpy(terms_ref), to_numpy(terms_ans))}
+    terms_ans = jnp.stack(
+        [loss_variational(x0_ans[i : i + 1], t_ans[i : i + 1], e_ans[i : i + 1]) for i in range(x0_ans.shape[0])]
+    )
+    return {"loss": (to_numpy(loss_ref), to_numpy(loss_ans)), "terms": (to_numpy(terms_ref), to_numpy(terms_ans))}
 
 
 def p_sample_pairs(p: Precision) -> Pairs:
@@ -278,10 +343,12 @@ def p_sample_pairs(p: Precision) -> Pairs:
     pairs = {}
     for t in (N_STEPS - 1, N_STEPS // 2, 0):
         with torch.no_grad():
-            out_ref = ref_sampling.p_sample(model, x_ref, t, sched_ref.alphas, sched_ref.betas,
-                                            sched_ref.one_minus_alphas_bar_sqrt, z=z_ref)
-        out_ans = sampling.p_sample(params, x_ans, t, sched_ans.alphas, sched_ans.betas,
-                                    sched_ans.one_minus_alphas_bar_sqrt, z=z_ans)
+            out_ref = ref_sampling.p_sample(
+                model, x_ref, t, sched_ref.alphas, sched_ref.betas, sched_ref.one_minus_alphas_bar_sqrt, z=z_ref
+            )
+        out_ans = sampling.p_sample(
+            params, x_ans, t, sched_ans.alphas, sched_ans.betas, sched_ans.one_minus_alphas_bar_sqrt, z=z_ans
+        )
         pairs[f"t={t}"] = (to_numpy(out_ref), to_numpy(out_ans))
     return pairs
 
@@ -295,11 +362,26 @@ def chain_pairs(p: Precision, n_points: int = 500) -> Pairs:
     zs = rng.standard_normal((N_STEPS, n_points, 2)).astype(p.np_dtype)
     (xT_ref, xT_ans), (zs_ref, zs_ans) = both(x_T, zs)
     with torch.no_grad():
-        out_ref = ref_sampling.p_sample_loop(model, x_T.shape, N_STEPS, sched_ref.alphas, sched_ref.betas,
-                                             sched_ref.one_minus_alphas_bar_sqrt, x_T=xT_ref, zs=zs_ref)
+        out_ref = ref_sampling.p_sample_loop(
+            model,
+            x_T.shape,
+            N_STEPS,
+            sched_ref.alphas,
+            sched_ref.betas,
+            sched_ref.one_minus_alphas_bar_sqrt,
+            x_T=xT_ref,
+            zs=zs_ref,
+        )
     out_ans = jax.jit(sampling.p_sample_loop, static_argnums=(1, 2))(
-        params, x_T.shape, N_STEPS, sched_ans.alphas, sched_ans.betas, sched_ans.one_minus_alphas_bar_sqrt,
-        x_T=xT_ans, zs=zs_ans)
+        params,
+        x_T.shape,
+        N_STEPS,
+        sched_ans.alphas,
+        sched_ans.betas,
+        sched_ans.one_minus_alphas_bar_sqrt,
+        x_T=xT_ans,
+        zs=zs_ans,
+    )
     return {"x_seq": (np.stack([to_numpy(x) for x in out_ref]), to_numpy(out_ans))}
 
 
@@ -307,8 +389,14 @@ def training_batches(p: Precision, n_steps: int, batch_size: int = 128):
     """n_steps (x_0, t, e) batches: moons drawn in fresh permutations, antithetic t, normal e."""
     rng = np.random.default_rng(5)
     data = make_dataset("moons", 1000, 0.1, 5).astype(p.np_dtype)
-    return [(data[rng.permutation(len(data))[:batch_size]], antithetic_t(rng, batch_size),
-             rng.standard_normal((batch_size, 2)).astype(p.np_dtype)) for _ in range(n_steps)]
+    return [
+        (
+            data[rng.permutation(len(data))[:batch_size]],
+            antithetic_t(rng, batch_size),
+            rng.standard_normal((batch_size, 2)).astype(p.np_dtype),
+        )
+        for _ in range(n_steps)
+    ]
 
 
 def training_pairs(p: Precision, clip_norm: float = 1.0, n_steps: int = 50) -> tuple[Pairs, list[float]]:

@@ -41,8 +41,10 @@ for _i, (_num_in, _num_out) in enumerate([(2, 128), (128, 128), (128, 128)], sta
 
 
 def head(n_outputs: int) -> dict:
-    return {"lin4.weight": (("lin4", "kernel"), 128, (n_outputs, 128)),
-            "lin4.bias": (("lin4", "bias"), 128, (n_outputs,))}
+    return {
+        "lin4.weight": (("lin4", "kernel"), 128, (n_outputs, 128)),
+        "lin4.bias": (("lin4", "bias"), 128, (n_outputs,)),
+    }
 
 
 def get(tree: dict, path: tuple[str, ...]):
@@ -122,8 +124,10 @@ def test_ks_against_torch_and_the_uniform_cdf(draws):
         two_sample = scipy.stats.ks_2samp(u_ans, u_ref)
         exact = scipy.stats.kstest(u_ans, cdf)
         if two_sample.pvalue < ALPHA or exact.pvalue < ALPHA:
-            failures.append(f"{key} (n = {u_ans.size}): vs torch D = {two_sample.statistic:.4f} "
-                            f"p = {two_sample.pvalue:.2g}; vs uniform D = {exact.statistic:.4f} p = {exact.pvalue:.2g}")
+            failures.append(
+                f"{key} (n = {u_ans.size}): vs torch D = {two_sample.statistic:.4f} "
+                f"p = {two_sample.pvalue:.2g}; vs uniform D = {exact.statistic:.4f} p = {exact.pvalue:.2g}"
+            )
     assert not failures, failures
 
 
@@ -137,5 +141,7 @@ def test_parameters_are_independent_draws(draws):
         a, b = values["lin2.lin.weight"][0].ravel(), values["lin3.lin.weight"][0].ravel()
         # 16,384 pairs: the correlation of independent draws has sd 1/128; 0.05 is 6 sd.
         assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
-        assert abs(np.corrcoef(values["lin2.embed.weight"][0].ravel(),
-                               values["lin3.embed.weight"][0].ravel())[0, 1]) < 0.05
+        assert (
+            abs(np.corrcoef(values["lin2.embed.weight"][0].ravel(), values["lin3.embed.weight"][0].ravel())[0, 1])
+            < 0.05
+        )

@@ -10,6 +10,8 @@ from jax_ddpm import losses
 from parity_tests import layers
 from parity_tests.compare import assert_pairs_close, to_numpy
 
+pytestmark = pytest.mark.torch
+
 
 def assert_antithetic(t: np.ndarray, batch_size: int, n_steps: int, side: str) -> None:
     """t = concat(t0, T - 1 - t0)[:B] with t0 of size B//2 + 1: t[i] + t[B//2 + 1 + i] == T - 1."""
@@ -24,9 +26,11 @@ def assert_antithetic(t: np.ndarray, batch_size: int, n_steps: int, side: str) -
 @pytest.mark.parametrize("batch_size", [128, 7, 2])
 def test_antithetic_timesteps_structure(batch_size):
     torch.manual_seed(0)
-    draws = {"torch": to_numpy(ref_losses.antithetic_timesteps(batch_size, layers.N_STEPS)),
-             "jax": to_numpy(losses.antithetic_timesteps(jax.random.PRNGKey(0), batch_size, layers.N_STEPS)),
-             "numpy (the parity inputs)": layers.antithetic_t(np.random.default_rng(0), batch_size)}
+    draws = {
+        "torch": to_numpy(ref_losses.antithetic_timesteps(batch_size, layers.N_STEPS)),
+        "jax": to_numpy(losses.antithetic_timesteps(jax.random.PRNGKey(0), batch_size, layers.N_STEPS)),
+        "numpy (the parity inputs)": layers.antithetic_t(np.random.default_rng(0), batch_size),
+    }
     for side, t in draws.items():
         assert_antithetic(t, batch_size, layers.N_STEPS, side)
 

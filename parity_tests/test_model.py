@@ -13,6 +13,8 @@ from parity_tests import layers
 from parity_tests.compare import FLOAT32, assert_pairs_close, flat_params, to_numpy
 from torch_reference.model import ConditionalModel
 
+pytestmark = pytest.mark.torch
+
 
 @pytest.mark.parametrize("n_outputs", [2, 4])
 def test_torch_to_flax_round_trip_is_exact(precision, n_outputs):
@@ -49,9 +51,12 @@ def _state_dict():
 def test_torch_to_flax_names_a_wrong_key():
     state_dict = _state_dict()
     state_dict["lin1.linear.weight"] = state_dict.pop("lin1.lin.weight")
-    with pytest.raises(ConversionError, match=re.escape(
-            "state dict does not match ConditionalModel: missing ['lin1.lin.weight'], "
-            "unexpected ['lin1.linear.weight']")):
+    with pytest.raises(
+        ConversionError,
+        match=re.escape(
+            "state dict does not match ConditionalModel: missing ['lin1.lin.weight'], unexpected ['lin1.linear.weight']"
+        ),
+    ):
         torch_to_flax(state_dict)
 
 
@@ -63,11 +68,14 @@ def test_torch_to_flax_names_a_missing_and_an_extra_key():
         torch_to_flax(state_dict)
 
 
-@pytest.mark.parametrize("key, shape, message", [
-    ("lin2.lin.weight", (128, 64), "lin2.lin.weight has shape (128, 64), expected (128, 128)"),
-    ("lin3.embed.weight", (50, 128), "lin3.embed.weight has shape (50, 128), expected (100, 128)"),
-    ("lin4.weight", (4, 128), "lin4.weight has shape (4, 128), expected (2, 128)"),
-])
+@pytest.mark.parametrize(
+    "key, shape, message",
+    [
+        ("lin2.lin.weight", (128, 64), "lin2.lin.weight has shape (128, 64), expected (128, 128)"),
+        ("lin3.embed.weight", (50, 128), "lin3.embed.weight has shape (50, 128), expected (100, 128)"),
+        ("lin4.weight", (4, 128), "lin4.weight has shape (4, 128), expected (2, 128)"),
+    ],
+)
 def test_torch_to_flax_names_a_wrong_shape(key, shape, message):
     state_dict = _state_dict()
     state_dict[key] = torch.zeros(shape)
@@ -78,9 +86,13 @@ def test_torch_to_flax_names_a_wrong_shape(key, shape, message):
 def test_flax_to_torch_names_a_wrong_key():
     params = init_params(jax.random.PRNGKey(0), layers.N_STEPS)
     params["lin3"]["gamma"] = params["lin3"].pop("embed")
-    with pytest.raises(ConversionError, match=re.escape(
+    with pytest.raises(
+        ConversionError,
+        match=re.escape(
             "Flax params does not match ConditionalModel: missing ['lin3.embed.embedding'], "
-            "unexpected ['lin3.gamma.embedding']")):
+            "unexpected ['lin3.gamma.embedding']"
+        ),
+    ):
         flax_to_torch(params)
 
 

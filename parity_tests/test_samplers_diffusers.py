@@ -62,8 +62,9 @@ def fake_model_jax(x: jax.Array, t: jax.Array) -> jax.Array:
     """The same function in JAX; t (1,) broadcast over the batch."""
     t = t.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32)
     gain, skip = 1 + 0.5 * jnp.sin(0.07 * t), jnp.cos(0.05 * t)
-    return jnp.tanh(x @ jnp.asarray(W, x.dtype) + jnp.asarray(B, x.dtype)) * gain.astype(x.dtype) \
-        + 0.3 * x * skip.astype(x.dtype)
+    return jnp.tanh(x @ jnp.asarray(W, x.dtype) + jnp.asarray(B, x.dtype)) * gain.astype(
+        x.dtype
+    ) + 0.3 * x * skip.astype(x.dtype)
 
 
 def diffusers_scheduler(cls, betas: np.ndarray, *, zero_snr: bool = False, **config):
@@ -80,7 +81,7 @@ def diffusers_scheduler(cls, betas: np.ndarray, *, zero_snr: bool = False, **con
         sched.alphas_cumprod = torch.cumprod(sched.alphas, dim=0)
         sched.final_alpha_cumprod = sched.one = torch.tensor(1.0, dtype=torch.float64)
         if zero_snr and cls is DPMSolverMultistepScheduler:
-            sched.alphas_cumprod[-1] = 2 ** -24
+            sched.alphas_cumprod[-1] = 2**-24
     return sched
 
 
@@ -156,8 +157,9 @@ def test_ddpm_step_matches_diffusers(precision, variance, prediction, monkeypatc
     # One step at t = 90 -> 80 and 0 -> end (K = 10, leading), same x_t, model output and z on both sides.
     betas = betas_for("linear", precision.np_dtype)
     variance_type = {"beta": "fixed_large", "posterior": "fixed_small"}[variance]
-    sched = diffusers_scheduler(DDPMScheduler, betas, prediction_type=PREDICTION_TYPE[prediction],
-                                variance_type=variance_type)
+    sched = diffusers_scheduler(
+        DDPMScheduler, betas, prediction_type=PREDICTION_TYPE[prediction], variance_type=variance_type
+    )
     sched.set_timesteps(10)
     schedule = our_schedule(betas)
     x_t, (out, z) = inputs(precision.np_dtype, 2, seed=1)
@@ -165,27 +167,52 @@ def test_ddpm_step_matches_diffusers(precision, variance, prediction, monkeypatc
     for t, t_prev in ((90, 80), (0, -1)):
         monkeypatch.setattr(scheduling_ddpm, "randn_tensor", lambda *a, **kw: torch.tensor(z))
         out_ref = sched.step(torch.tensor(out), t, torch.tensor(x_t)).prev_sample.numpy()
-        out_ans = samplers.ddpm_step(schedule, jnp.asarray(out), jnp.asarray(x_t), t, t_prev, jnp.asarray(z),
-                                     variance=variance, prediction=prediction)
+        out_ans = samplers.ddpm_step(
+            schedule,
+            jnp.asarray(out),
+            jnp.asarray(x_t),
+            t,
+            t_prev,
+            jnp.asarray(z),
+            variance=variance,
+            prediction=prediction,
+        )
         pairs[f"t={t}"] = (out_ref, np.asarray(out_ans))
     # A few roundings of O(1) terms; measured <= 1 eps of max|x|.
     assert_pairs_close(pairs, rel=8 * precision.eps)
 
 
-@pytest.mark.parametrize("variance, prediction, spacing, k", [
-    ("beta", "eps", "leading", 100),  # Ho et al. Algorithm 2 on all T steps
-    ("beta", "v", "trailing", 10),  # diffusers' last step (t = 9) gets z = 0, see the module docstring
-    ("posterior", "x0", "linspace", 5),
-])
+@pytest.mark.parametrize(
+    "variance, prediction, spacing, k",
+    [
+        ("beta", "eps", "leading", 100),  # Ho et al. Algorithm 2 on all T steps
+        ("beta", "v", "trailing", 10),  # diffusers' last step (t = 9) gets z = 0, see the module docstring
+        ("posterior", "x0", "linspace", 5),
+    ],
+)
 def test_ddpm_chain_matches_diffusers(precision, variance, prediction, spacing, k, monkeypatch):
     betas = betas_for("linear", precision.np_dtype)
     variance_type = {"beta": "fixed_large", "posterior": "fixed_small"}[variance]
-    sched = diffusers_scheduler(DDPMScheduler, betas, prediction_type=PREDICTION_TYPE[prediction],
-                                variance_type=variance_type, timestep_spacing=spacing)
+    sched = diffusers_scheduler(
+        DDPMScheduler,
+        betas,
+        prediction_type=PREDICTION_TYPE[prediction],
+        variance_type=variance_type,
+        timestep_spacing=spacing,
+    )
     x_T, noise = inputs(precision.np_dtype, k)
     states = run_diffusers_ddpm(sched, x_T, noise, monkeypatch, k)
-    ours = samplers.ddpm(fake_model_jax, our_schedule(betas), jnp.asarray(x_T), jnp.asarray(noise), sample_steps=k,
-                         timestep_spacing=spacing, variance=variance, prediction=prediction, trajectory=True)
+    ours = samplers.ddpm(
+        fake_model_jax,
+        our_schedule(betas),
+        jnp.asarray(x_T),
+        jnp.asarray(noise),
+        sample_steps=k,
+        timestep_spacing=spacing,
+        variance=variance,
+        prediction=prediction,
+        trajectory=True,
+    )
     assert int(ours.nfe) == k
     assert_pairs_close(trajectory_pairs(states, ours), rel=CHAIN_RTOL * precision.eps)
 
@@ -211,11 +238,14 @@ def numpy_ddim_chain(betas, x_T, noise, timesteps, eta, prediction):
     for i, t in enumerate(timesteps):
         a_t, a_prev = abar[t], (abar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0)
         out = fake_model_torch(torch.tensor(x), int(t)).numpy()
-        eps = {"eps": out, "v": np.sqrt(a_t) * out + np.sqrt(1 - a_t) * x,
-               "x0": (x - np.sqrt(a_t) * out) / np.sqrt(1 - a_t)}[prediction]
+        eps = {
+            "eps": out,
+            "v": np.sqrt(a_t) * out + np.sqrt(1 - a_t) * x,
+            "x0": (x - np.sqrt(a_t) * out) / np.sqrt(1 - a_t),
+        }[prediction]
         x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
         sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps + sigma * noise[i]
+        x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma**2) * eps + sigma * noise[i]
         states.append(x)
     return np.stack(states)
 
@@ -233,27 +263,41 @@ def test_ddim_step_matches_diffusers(precision, spacing, eta):
     pairs = {}
     for t in (int(sched.timesteps[0]), int(sched.timesteps[5]), int(sched.timesteps[-1])):
         out_ref = sched.step(torch.tensor(out), t, torch.tensor(x_t), eta=eta, variance_noise=torch.tensor(z))
-        out_ans = samplers.ddim_step(schedule, jnp.asarray(out), jnp.asarray(x_t), t, t - T // 10, jnp.asarray(z),
-                                     eta=eta, prediction="v")
+        out_ans = samplers.ddim_step(
+            schedule, jnp.asarray(out), jnp.asarray(x_t), t, t - T // 10, jnp.asarray(z), eta=eta, prediction="v"
+        )
         pairs[f"t={t}"] = (out_ref.prev_sample.numpy(), np.asarray(out_ans))
     # A few roundings of O(1) terms; measured <= 1 eps of max|x|.
     assert_pairs_close(pairs, rel=8 * precision.eps)
 
 
-@pytest.mark.parametrize("prediction, eta, spacing, k", [
-    ("eps", 0.7, "leading", 10),
-    ("v", 0.0, "trailing", 10),
-    ("v", 1.0, "leading", 50),
-    ("x0", 0.3, "trailing", 5),
-])
+@pytest.mark.parametrize(
+    "prediction, eta, spacing, k",
+    [
+        ("eps", 0.7, "leading", 10),
+        ("v", 0.0, "trailing", 10),
+        ("v", 1.0, "leading", 50),
+        ("x0", 0.3, "trailing", 5),
+    ],
+)
 def test_ddim_chain_matches_diffusers(precision, prediction, eta, spacing, k):
     betas = betas_for("linear", precision.np_dtype)
-    sched = diffusers_scheduler(DDIMScheduler, betas, timestep_spacing=spacing,
-                                prediction_type=PREDICTION_TYPE[prediction])
+    sched = diffusers_scheduler(
+        DDIMScheduler, betas, timestep_spacing=spacing, prediction_type=PREDICTION_TYPE[prediction]
+    )
     x_T, noise = inputs(precision.np_dtype, k)
     states = run_diffusers_ddim(sched, x_T, noise, k, eta)
-    ours = samplers.ddim(fake_model_jax, our_schedule(betas), jnp.asarray(x_T), jnp.asarray(noise), sample_steps=k,
-                         eta=eta, timestep_spacing=spacing, prediction=prediction, trajectory=True)
+    ours = samplers.ddim(
+        fake_model_jax,
+        our_schedule(betas),
+        jnp.asarray(x_T),
+        jnp.asarray(noise),
+        sample_steps=k,
+        eta=eta,
+        timestep_spacing=spacing,
+        prediction=prediction,
+        trajectory=True,
+    )
     assert int(ours.nfe) == k
     assert_pairs_close(trajectory_pairs(states, ours), rel=CHAIN_RTOL * precision.eps)
 
@@ -266,12 +310,21 @@ def test_ddim_linspace_chain_against_numpy(precision, prediction, eta, k):
     x_T, noise = inputs(precision.np_dtype, k)
     timesteps = samplers.ddim_timesteps(T, k, "linspace")
     out_ref = numpy_ddim_chain(betas, x_T, noise, timesteps, eta, prediction).astype(precision.np_dtype)
-    ours = samplers.ddim(fake_model_jax, our_schedule(betas), jnp.asarray(x_T), jnp.asarray(noise), sample_steps=k,
-                         eta=eta, timestep_spacing="linspace", prediction=prediction, trajectory=True)
-    assert_pairs_close({"trajectory": (out_ref, np.asarray(ours.trajectory))},
-                       rel=CHAIN_RTOL * precision.eps)
-    sched = diffusers_scheduler(DDIMScheduler, betas, timestep_spacing="linspace",
-                                prediction_type=PREDICTION_TYPE[prediction])
+    ours = samplers.ddim(
+        fake_model_jax,
+        our_schedule(betas),
+        jnp.asarray(x_T),
+        jnp.asarray(noise),
+        sample_steps=k,
+        eta=eta,
+        timestep_spacing="linspace",
+        prediction=prediction,
+        trajectory=True,
+    )
+    assert_pairs_close({"trajectory": (out_ref, np.asarray(ours.trajectory))}, rel=CHAIN_RTOL * precision.eps)
+    sched = diffusers_scheduler(
+        DDIMScheduler, betas, timestep_spacing="linspace", prediction_type=PREDICTION_TYPE[prediction]
+    )
     theirs = run_diffusers_ddim(sched, x_T, noise, k, eta)[-1].numpy()
     assert np.abs(theirs - out_ref[-1]).max() > 1e-3
 
@@ -305,21 +358,37 @@ def run_diffusers_dpm_solver(sched, x_T, k: int):
     return states
 
 
-@pytest.mark.parametrize("prediction, spacing, k, schedule, zero_snr", [
-    ("eps", "linspace", 10, "tutorial", False),
-    ("eps", "linspace", 50, "linear", False),
-    ("x0", "trailing", 5, "linear", False),
-    ("v", "leading", 10, "linear", True),  # zero terminal SNR: alpha_bar_{T-1} = 2^-24 on both sides
-])
+@pytest.mark.parametrize(
+    "prediction, spacing, k, schedule, zero_snr",
+    [
+        ("eps", "linspace", 10, "tutorial", False),
+        ("eps", "linspace", 50, "linear", False),
+        ("x0", "trailing", 5, "linear", False),
+        ("v", "leading", 10, "linear", True),  # zero terminal SNR: alpha_bar_{T-1} = 2^-24 on both sides
+    ],
+)
 def test_dpm_solver_chain_matches_diffusers(precision, prediction, spacing, k, schedule, zero_snr):
     betas = betas_for(schedule, precision.np_dtype)
-    sched = diffusers_scheduler(DPMSolverMultistepScheduler, betas, zero_snr=zero_snr, timestep_spacing=spacing,
-                                prediction_type=PREDICTION_TYPE[prediction], algorithm_type="dpmsolver++",
-                                solver_order=2)
+    sched = diffusers_scheduler(
+        DPMSolverMultistepScheduler,
+        betas,
+        zero_snr=zero_snr,
+        timestep_spacing=spacing,
+        prediction_type=PREDICTION_TYPE[prediction],
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+    )
     x_T, _ = inputs(precision.np_dtype, k)
     states = run_diffusers_dpm_solver(sched, x_T, k)
-    ours = samplers.dpm_solver_pp(fake_model_jax, our_schedule(betas, zero_snr), jnp.asarray(x_T), sample_steps=k,
-                                  timestep_spacing=spacing, prediction=prediction, trajectory=True)
+    ours = samplers.dpm_solver_pp(
+        fake_model_jax,
+        our_schedule(betas, zero_snr),
+        jnp.asarray(x_T),
+        sample_steps=k,
+        timestep_spacing=spacing,
+        prediction=prediction,
+        trajectory=True,
+    )
     assert int(ours.nfe) == k
     assert_pairs_close(trajectory_pairs(states, ours), rel=CHAIN_RTOL * precision.eps)
 
@@ -329,10 +398,20 @@ def test_ddim_zero_terminal_snr_matches_diffusers(precision, prediction):
     # rescale_betas_zero_snr=True on diffusers' side, our rescale_zero_terminal_snr on ours (eps
     # prediction is refused by the registry there: x_0 = (x_T - eps) / 0 at the first step).
     betas = betas_for("linear", precision.np_dtype)
-    sched = diffusers_scheduler(DDIMScheduler, betas, zero_snr=True, timestep_spacing="trailing",
-                                prediction_type=PREDICTION_TYPE[prediction])
+    sched = diffusers_scheduler(
+        DDIMScheduler, betas, zero_snr=True, timestep_spacing="trailing", prediction_type=PREDICTION_TYPE[prediction]
+    )
     x_T, noise = inputs(precision.np_dtype, 10)
     states = run_diffusers_ddim(sched, x_T, noise, 10, 0.5)
-    ours = samplers.ddim(fake_model_jax, our_schedule(betas, True), jnp.asarray(x_T), jnp.asarray(noise),
-                         sample_steps=10, eta=0.5, timestep_spacing="trailing", prediction=prediction, trajectory=True)
+    ours = samplers.ddim(
+        fake_model_jax,
+        our_schedule(betas, True),
+        jnp.asarray(x_T),
+        jnp.asarray(noise),
+        sample_steps=10,
+        eta=0.5,
+        timestep_spacing="trailing",
+        prediction=prediction,
+        trajectory=True,
+    )
     assert_pairs_close(trajectory_pairs(states, ours), rel=CHAIN_RTOL * precision.eps)

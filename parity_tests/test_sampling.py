@@ -1,7 +1,11 @@
 """One reverse step p_sample with injected z, and the whole chain with injected x_T and zs."""
 
+import pytest
+
 from parity_tests import layers
 from parity_tests.compare import assert_pairs_close
+
+pytestmark = pytest.mark.torch
 
 
 def test_p_sample_with_injected_noise(precision):

@@ -6,6 +6,8 @@ import pytest
 from parity_tests import layers
 from parity_tests.compare import assert_pairs_close
 
+pytestmark = pytest.mark.torch
+
 
 @pytest.mark.parametrize("kind, n_timesteps, start, end", layers.SCHEDULE_CASES)
 def test_schedule_arrays(precision, kind, n_timesteps, start, end):

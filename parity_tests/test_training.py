@@ -12,6 +12,8 @@ import pytest
 from parity_tests import layers
 from parity_tests.compare import assert_pairs_close, errors
 
+pytestmark = pytest.mark.torch
+
 CLIPPED, UNCLIPPED = 1.0, 1000.0  # clip norms: fresh gradients have global norm 0.1 .. 5
 
 
@@ -30,8 +32,7 @@ def test_clip_clipped_regime(precision):
     assert norm > CLIPPED
     c = clip_factor(norm, CLIPPED)
     # Same input gradients on both sides; after undoing torch's 1e-6, one scaling each: 4 eps.
-    assert_pairs_close({k: (out_ref * c, out_ans) for k, (out_ref, out_ans) in pairs.items()},
-                       rel=4 * precision.eps)
+    assert_pairs_close({k: (out_ref * c, out_ans) for k, (out_ref, out_ans) in pairs.items()}, rel=4 * precision.eps)
     if precision.name == "float64":  # the raw difference is the documented one, not more
         for out_ref, out_ans in pairs.values():
             assert errors(out_ref, out_ans).max_rel == pytest.approx(1e-6 / norm, rel=1e-6)
@@ -53,7 +54,7 @@ def test_one_adam_and_clip_step(precision, clip_norm):
     # Adam's moments are (1 - beta) g and (1 - beta2) g^2 of the clipped gradient: scale by c and
     # c^2 and they agree like the gradients do (measured <= 8 eps).
     assert_pairs_close({k: (r * c, a) for k, (r, a) in mu.items()}, rel=32 * precision.eps)
-    assert_pairs_close({k: (r * c ** 2, a) for k, (r, a) in nu.items()}, rel=32 * precision.eps)
+    assert_pairs_close({k: (r * c**2, a) for k, (r, a) in nu.items()}, rel=32 * precision.eps)
     # Parameters (and the EMA, a tenth of the step): the first Adam step is lr g / (|g| + 1e-8),
     # blind to the scale of g except through 1e-8, so c moves it by at most lr (c - 1) (measured
     # 0.25 of that in float64). In float32, gradient entries of ~1e-9 (embedding rows and kernel

@@ -32,8 +32,10 @@ def main() -> None:
     print(f"{'pair':<10} {'shared':>6} {'torch lines':>12} {'jax lines':>10}  (stripped, non-blank; difflib)")
     for name in PAIRS:
         shared, n_ref, n_ans = shared_lines(name)
-        print(f"{name:<10} {shared:>6} {n_ref:>12} {n_ans:>10}   "
-              f"{shared / n_ref:4.0%} of torch, {shared / n_ans:4.0%} of jax")
+        print(
+            f"{name:<10} {shared:>6} {n_ref:>12} {n_ans:>10}   "
+            f"{shared / n_ref:4.0%} of torch, {shared / n_ans:4.0%} of jax"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,22 @@ from jax_ddpm.train import main as train_main
 # their own, never the user's ~/.cache.
 os.environ.setdefault(CACHE_DIR_ENV, tempfile.mkdtemp(prefix="jax_ddpm_test_cache_"))
 
-TINY = ["--n-points", "256", "--batch-size", "32", "--epochs", "20", "--checkpoint-every", "10",
-        "--log-every", "10", "--n-samples", "128", "--n-eval", "128"]
+TINY = [
+    "--n-points",
+    "256",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "20",
+    "--checkpoint-every",
+    "10",
+    "--log-every",
+    "10",
+    "--n-samples",
+    "128",
+    "--n-eval",
+    "128",
+]
 STEPS_PER_EPOCH = 256 // 32
 
 
@@ -33,8 +47,11 @@ def tiny_argv(out_dir: Path, *extra: str) -> list[str]:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file under folder, by relative path: to prove nothing was changed or lost."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="session")

@@ -144,12 +144,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(earlier_run, capsys):
 
 def test_subprocess_reports_one_line_and_exit_status(tmp_path):
     """The real command line: exit status 2 and one stderr line, no traceback."""
-    result = subprocess.run([sys.executable, "-m", "jax_ddpm.train", "--dataset", "spiral",
-                             "--out-dir", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "jax_ddpm.train", "--dataset", "spiral", "--out-dir", str(tmp_path / "run")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown dataset 'spiral'; choose one of moons, swiss_roll, s_curve, circles, checkerboard, "
-        "eight_gaussians or give a path to a .npy or .csv file of shape (N, 2)"]
+        "eight_gaussians or give a path to a .npy or .csv file of shape (N, 2)"
+    ]
     assert not (tmp_path / "run").exists()
 
 

@@ -9,9 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from jax_ddpm.checkpoint import (CheckpointError, Checkpointer, IncompatibleCheckpointError, changed_options,
-                                 check_compatible)
 from ddpm_harness.config import Config
+from jax_ddpm.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    IncompatibleCheckpointError,
+    changed_options,
+    check_compatible,
+)
 from jax_ddpm.training import init_states, optimizer_for
 
 

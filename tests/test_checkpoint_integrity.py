@@ -54,8 +54,9 @@ def test_bad_newest_checkpoint_falls_back_to_the_previous(uninterrupted, tmp_pat
     assert len(err) == 1 and err[0].startswith("warning: checkpoint 20") and "using checkpoint 10" in err[0], err
     assert len([p for p in (run_dir / "corrupt_checkpoints").glob("20-*") if p.is_dir()]) == 1  # kept, not deleted
     # Resumed from epoch 10, the run ends where the uninterrupted one ends.
-    for a, b in zip(jax.tree_util.tree_leaves(restore_run(run_dir)[1]),
-                    jax.tree_util.tree_leaves(restore_run(uninterrupted)[1])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(uninterrupted)[1])
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), np.load(uninterrupted / "samples.npy"))
 

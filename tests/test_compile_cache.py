@@ -30,7 +30,7 @@ def test_second_run_loads_its_programs_and_a_garbled_cache_is_recompiled(tmp_pat
     monkeypatch.setenv(CACHE_DIR_ENV, str(cache))
     assert train_main(tiny_argv(tmp_path / "first", "--no-plots")) == 0
     assert "cache_misses" in cache_events and "cache_hits" not in cache_events, cache_events
-    entries = [p for p in cache.rglob("*") if p.is_file()]
+    entries = [p for p in (cache / "xla").rglob("*") if p.is_file()]
     assert entries, "the first run wrote no cache entry"
 
     cache_events.clear()
@@ -50,4 +50,4 @@ def test_no_compile_cache_uses_none(tmp_path, monkeypatch, cache_events):
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     assert train_main(tiny_argv(tmp_path / "run", "--no-plots", "--no-compile-cache")) == 0
     assert not cache_events
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*"))
+    assert not (tmp_path / "cache" / "xla").exists() or not any((tmp_path / "cache" / "xla").rglob("*"))

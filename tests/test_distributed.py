@@ -36,8 +36,21 @@ from jax_ddpm.train import main as train_main
 ROOT = Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 300
 # 256 points in batches of 32: 8 optimizer steps an epoch, checkpoints every 2 epochs.
-TINY = ["--n-points", "256", "--batch-size", "32", "--n-samples", "128", "--n-eval", "128", "--no-plots",
-        "--checkpoint-every", "2", "--log-every", "2"]
+TINY = [
+    "--n-points",
+    "256",
+    "--batch-size",
+    "32",
+    "--n-samples",
+    "128",
+    "--n-eval",
+    "128",
+    "--no-plots",
+    "--checkpoint-every",
+    "2",
+    "--log-every",
+    "2",
+]
 # Adam's float32 step (README, Parity): a gradient round-off can move a parameter by up to ~0.02 lr = 2e-5.
 RTOL, ATOL = 1e-4, 2e-5
 
@@ -76,8 +89,10 @@ def launch(commands: list[list[str]], envs: list[dict], folder: Path) -> list[tu
                 process.wait()
             out.close()
             err.close()
-    return [(p.returncode, (folder / f"{i}.out").read_text(), (folder / f"{i}.err").read_text())
-            for i, (p, _, _) in enumerate(running)]
+    return [
+        (p.returncode, (folder / f"{i}.out").read_text(), (folder / f"{i}.err").read_text())
+        for i, (p, _, _) in enumerate(running)
+    ]
 
 
 def train_command(*options: str) -> list[str]:
@@ -92,14 +107,24 @@ def worker_command(folder: Path, *options: str) -> list[str]:
 
 def over_two_processes(port: int, i: int) -> list[str]:
     """Process i of 2 meeting at 127.0.0.1:port; a process that waits 120 s for the other stops with one line."""
-    return ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-            "--distributed-timeout", "120"]
+    return [
+        "--coordinator-address",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(i),
+        "--distributed-timeout",
+        "120",
+    ]
 
 
 def state_gap(actual, desired) -> float:
     """max |a - d| over every leaf of two TrainStates."""
-    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(d, np.float64))))
-               for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)))
+    return max(
+        float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(d, np.float64))))
+        for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired))
+    )
 
 
 def assert_states_close(actual, desired) -> None:
@@ -119,16 +144,48 @@ def test_two_processes_train_one_model_as_one_device_does(tmp_path):
     """2 processes of one device each train epochs 1-2; 2 processes of two host devices each resume to epoch 4."""
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
     port = free_port()
-    first = launch([train_command(*TINY, "--epochs", "2", "--devices", "2", "--out-dir", str(run_dir),
-                                  "--no-compile-cache", *over_two_processes(port, i)) for i in (0, 1)],
-                   [process_env(1), process_env(1)], tmp_path / "logs1")
+    first = launch(
+        [
+            train_command(
+                *TINY,
+                "--epochs",
+                "2",
+                "--devices",
+                "2",
+                "--out-dir",
+                str(run_dir),
+                "--no-compile-cache",
+                *over_two_processes(port, i),
+            )
+            for i in (0, 1)
+        ],
+        [process_env(1), process_env(1)],
+        tmp_path / "logs1",
+    )
     for status, _, err in first:
         assert status == 0, err[-3000:]
     assert "Trained jax on moons for 2 epochs" in first[0][1] and no_output_but_gloo(first[1][1]), first[1][1]
     port = free_port()
-    second = launch([worker_command(tmp_path / f"worker{i}", *TINY, "--epochs", "4", "--devices", "4", "--resume",
-                                    "--out-dir", str(run_dir), "--no-compile-cache", *over_two_processes(port, i))
-                     for i in (0, 1)], [process_env(2), process_env(2)], tmp_path / "logs2")
+    second = launch(
+        [
+            worker_command(
+                tmp_path / f"worker{i}",
+                *TINY,
+                "--epochs",
+                "4",
+                "--devices",
+                "4",
+                "--resume",
+                "--out-dir",
+                str(run_dir),
+                "--no-compile-cache",
+                *over_two_processes(port, i),
+            )
+            for i in (0, 1)
+        ],
+        [process_env(2), process_env(2)],
+        tmp_path / "logs2",
+    )
     for status, _, err in second:
         assert status == 0, err[-3000:]
     assert "resuming" in second[0][1] and no_output_but_gloo(second[1][1]), second[1][1]
@@ -145,8 +202,14 @@ def test_two_processes_train_one_model_as_one_device_does(tmp_path):
     summaries = [json.loads((tmp_path / f"worker{i}" / "summary.json").read_text()) for i in (0, 1)]
     for key in ("epochs", "steps", "final_loss", "final_last_loss", "evaluation", "run_dir"):
         assert summaries[0][key] == summaries[1][key], key  # every process holds the same metrics
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs1", "logs2", "reference", "run", "worker0",
-                                                           "worker1"]  # process 0 alone wrote the run
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "logs1",
+        "logs2",
+        "reference",
+        "run",
+        "worker0",
+        "worker1",
+    ]  # process 0 alone wrote the run
 
 
 def test_launched_by_srun_a_refused_run_folder_stops_both_processes(tmp_path):
@@ -155,23 +218,47 @@ def test_launched_by_srun_a_refused_run_folder_stops_both_processes(tmp_path):
     taken.mkdir()
     (taken / "results.txt").write_text("earlier results")
     port = str(free_port())
-    envs = [process_env(1, SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
-                        SLURM_PROCID=str(i), SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=port) for i in (0, 1)]
+    envs = [
+        process_env(
+            1,
+            SLURM_JOB_ID="4242",
+            SLURM_STEP_NODELIST="localhost",
+            SLURM_NTASKS="2",
+            SLURM_PROCID=str(i),
+            SLURM_LOCALID=str(i),
+            JAX_COORDINATOR_PORT=port,
+        )
+        for i in (0, 1)
+    ]
     results = launch([train_command(*TINY, "--devices", "2", "--out-dir", str(taken))] * 2, envs, tmp_path / "logs")
     (status0, _, err0), (status1, _, err1) = results
     assert status0 == 2 and err0.strip().splitlines() == [
         f"error: {str(taken)!r} already exists and is not empty; add --resume to continue that run, "
-        "or choose another --out-dir (earlier results are never overwritten)"]
+        "or choose another --out-dir (earlier results are never overwritten)"
+    ]
     assert status1 == 1 and err1.strip().splitlines() == [
-        f"error: process 0 of 2 stopped while setting up: {err0.strip()[len('error: '):]}"]
+        f"error: process 0 of 2 stopped while setting up: {err0.strip()[len('error: ') :]}"
+    ]
     assert sorted(p.name for p in taken.iterdir()) == ["results.txt"]
 
 
 def test_a_coordinator_nobody_hosts_gives_one_line_within_the_timeout(tmp_path):
     start = time.monotonic()
-    [(status, out, err)] = launch([train_command(*over_two_processes(free_port(), 1), "--devices", "2",
-                                                 "--distributed-timeout", "2", "--out-dir", str(tmp_path / "run"))],
-                                  [process_env(1)], tmp_path / "logs")
+    [(status, out, err)] = launch(
+        [
+            train_command(
+                *over_two_processes(free_port(), 1),
+                "--devices",
+                "2",
+                "--distributed-timeout",
+                "2",
+                "--out-dir",
+                str(tmp_path / "run"),
+            )
+        ],
+        [process_env(1)],
+        tmp_path / "logs",
+    )
     assert status == 1, err
     [line] = err.strip().splitlines()
     assert line.startswith("error: process 1 of 2 could not join the coordinator at 127.0.0.1:"), line
@@ -190,8 +277,9 @@ def test_plan_launch_from_options_and_launchers():
     assert distributed.plan_launch(None, 2, 0, environ={"JAX_COORDINATOR_ADDRESS": "c:9"}).coordinator_address == "c:9"
     with pytest.raises(ConfigError, match="needs --coordinator-address and --process-id too"):
         distributed.plan_launch(None, 2, None, environ={})
-    slurm = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="n[01-04]", SLURM_NTASKS="4", SLURM_PROCID="3",
-                 SLURM_LOCALID="0")
+    slurm = dict(
+        SLURM_JOB_ID="7", SLURM_STEP_NODELIST="n[01-04]", SLURM_NTASKS="4", SLURM_PROCID="3", SLURM_LOCALID="0"
+    )
     assert distributed.plan_launch(environ=slurm) == distributed.Launch(4, 3, None, "slurm")
     assert distributed.plan_launch(environ=dict(slurm, SLURM_NTASKS="1")) == single  # one task: one process
     assert distributed.plan_launch(None, 1, environ=slurm) == single
@@ -199,14 +287,17 @@ def test_plan_launch_from_options_and_launchers():
     assert distributed.plan_launch(environ=ompi) == distributed.Launch(2, 1, None, "ompi")
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(num_processes=0), "--num-processes must be a positive integer"),
-    (dict(num_processes=2, process_id=2), "--process-id must lie in 0 .. 1"),
-    (dict(process_id=-1), "--process-id must be >= 0"),
-    (dict(coordinator_address="localhost"), "--coordinator-address must be HOST:PORT"),
-    (dict(coordinator_address="h:70000"), "--coordinator-address must be HOST:PORT"),
-    (dict(distributed_timeout=0), "--distributed-timeout must be a positive"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(num_processes=0), "--num-processes must be a positive integer"),
+        (dict(num_processes=2, process_id=2), "--process-id must lie in 0 .. 1"),
+        (dict(process_id=-1), "--process-id must be >= 0"),
+        (dict(coordinator_address="localhost"), "--coordinator-address must be HOST:PORT"),
+        (dict(coordinator_address="h:70000"), "--coordinator-address must be HOST:PORT"),
+        (dict(distributed_timeout=0), "--distributed-timeout must be a positive"),
+    ],
+)
 def test_bad_process_options_are_refused(options, message):
     with pytest.raises(ConfigError, match=message):
         validate(Config(**options))

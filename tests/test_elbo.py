@@ -14,14 +14,16 @@ import pytest
 import scipy.stats
 import torch
 
+from ddpm_harness.data import make_dataset
 from jax_ddpm import elbo, losses
 from jax_ddpm.convert import flax_to_torch
-from ddpm_harness.data import make_dataset
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, q_sample, schedule_from_betas
 from torch_reference import losses as ref_losses
 from torch_reference import schedule as ref_schedule
 from torch_reference.model import ConditionalModel
+
+pytestmark = pytest.mark.torch
 
 T = 100
 
@@ -48,10 +50,20 @@ def test_terms_equal_reference_variational_loss_at_every_step(x_0):
     for t in range(T):  # the tutorial's loss_variational with every point at step t, same noise
         noise = np.array(jax.random.normal(jax.random.fold_in(key, t), x_0.shape))
         with torch.no_grad():
-            out_ref.append(ref_losses.loss_variational(
-                model, torch.from_numpy(x_0), s.alphas_bar_sqrt, s.one_minus_alphas_bar_sqrt,
-                s.posterior_mean_coef_1, s.posterior_mean_coef_2, s.posterior_log_variance_clipped, T,
-                t=torch.full((len(x_0),), t, dtype=torch.long), noise=torch.from_numpy(noise)).item())
+            out_ref.append(
+                ref_losses.loss_variational(
+                    model,
+                    torch.from_numpy(x_0),
+                    s.alphas_bar_sqrt,
+                    s.one_minus_alphas_bar_sqrt,
+                    s.posterior_mean_coef_1,
+                    s.posterior_mean_coef_2,
+                    s.posterior_log_variance_clipped,
+                    T,
+                    t=torch.full((len(x_0),), t, dtype=torch.long),
+                    noise=torch.from_numpy(noise),
+                ).item()
+            )
     # float32 model and schedule on both sides; only summation order differs.
     np.testing.assert_allclose(out_ans, out_ref, rtol=1e-4)
 
@@ -70,8 +82,10 @@ def test_negative_elbo_of_eps_model_follows_ddpm_eq_12(x_0):
         x_t = np.sqrt(s["alphas_prod"][t]) * x_0 + np.sqrt(1 - s["alphas_prod"][t]) * e
         eps_theta = np.asarray(apply_model(params, jnp.asarray(x_t, jnp.float32), jnp.full((len(x_0),), t)))
         beta, var_q = s["betas"][t], np.exp(s["posterior_log_variance_clipped"][t])
-        kl = (0.5 * (np.log(beta / var_q) + var_q / beta - 1)
-              + beta ** 2 / (2 * beta * s["alphas"][t] * (1 - s["alphas_prod"][t])) * (e - eps_theta) ** 2)
+        kl = (
+            0.5 * (np.log(beta / var_q) + var_q / beta - 1)
+            + beta**2 / (2 * beta * s["alphas"][t] * (1 - s["alphas_prod"][t])) * (e - eps_theta) ** 2
+        )
         diffusion += kl.mean() / np.log(2)
     abar = s["alphas_prod"][-1]
     prior = np.mean(0.5 * (abar * x_0.astype(np.float64) ** 2 - abar - np.log(1 - abar))) / np.log(2)
@@ -93,8 +107,9 @@ def decoder_nll_by_hand(params, s, x_0, key):
     written from the tutorial's description in float64: a Gaussian discretised to bins of width 2/255, its
     CDF the tanh approximation, probabilities clamped at 1e-12, the edge bins open below -0.999 and above
     0.999; x_1 = q_sample at step 0 with the noise of fold_in(key, 0), as negative_elbo draws it."""
+
     def cdf(z):
-        return 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+        return 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
 
     x_0 = x_0.astype(np.float64)
     e = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), x_0.shape), np.float64)
@@ -114,8 +129,15 @@ def test_gaussian_decoder_is_the_normal_density(x_0):
     out_ref = scipy.stats.norm.logpdf(x_0, loc=means, scale=np.exp(0.5 * log_var))
     np.testing.assert_allclose(np.asarray(out_ans), out_ref, rtol=1e-5)
     steps = jnp.zeros(len(x_0), jnp.int32)
-    term = elbo.vlb_terms(make_schedule(), jnp.asarray(x_0), jnp.asarray(x_0), steps, jnp.asarray(means),
-                          jnp.asarray(log_var), decoder="gaussian")
+    term = elbo.vlb_terms(
+        make_schedule(),
+        jnp.asarray(x_0),
+        jnp.asarray(x_0),
+        steps,
+        jnp.asarray(means),
+        jnp.asarray(log_var),
+        decoder="gaussian",
+    )
     np.testing.assert_allclose(np.asarray(term), -out_ref.mean(axis=1) / np.log(2), rtol=1e-5)
 
 
@@ -160,7 +182,8 @@ def test_hybrid_loss_value_and_stop_gradient(x_0):
     q_log_var = s["posterior_log_variance_clipped"][tn][:, None]
     kl = 0.5 * (-1 + log_var - q_log_var + np.exp(q_log_var - log_var) + (q_mean - mean) ** 2 * np.exp(-log_var))
     nll = -ref_losses.discretized_gaussian_log_likelihood(
-        torch.from_numpy(xn), torch.from_numpy(mean), torch.from_numpy(0.5 * log_var)).numpy()
+        torch.from_numpy(xn), torch.from_numpy(mean), torch.from_numpy(0.5 * log_var)
+    ).numpy()
     terms = np.where(tn == 0, nll.mean(1), kl.mean(1)) / np.log(2)
     out_ref = np.mean((en - eps) ** 2) + lam * T * terms.mean()
     # float32 forward vs float64 numpy; the t = 0 decoder's bins make it the least smooth term.

@@ -31,23 +31,46 @@ from tests.test_bad_input import one_error_line
 REPO = Path(__file__).resolve().parents[1]
 KILLS = int(os.environ.get("JAX_DDPM_KILLS", "3"))
 # 32 steps an epoch, 100 epochs, a checkpoint every 10: training long enough to be hit mid-chunk.
-ARGV = ["--n-points", "256", "--batch-size", "8", "--epochs", "100", "--checkpoint-every", "10", "--log-every", "10",
-        "--n-samples", "64", "--n-eval", "64", "--no-plots"]
+ARGV = [
+    "--n-points",
+    "256",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "100",
+    "--checkpoint-every",
+    "10",
+    "--log-every",
+    "10",
+    "--n-samples",
+    "64",
+    "--n-eval",
+    "64",
+    "--no-plots",
+]
 
 
 def start(run_dir: Path) -> subprocess.Popen:
     resume = ["--resume"] if (run_dir / CONFIG_FILE).is_file() else []
-    return subprocess.Popen([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), *resume],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), *resume],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def assert_same_run(run_dir: Path, whole: Path) -> None:
-    for a, b in zip(jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(whole)[1])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(whole)[1])
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["loss"], r["last_loss"]) for r in records] == [
-        (r["epoch"], r["loss"], r["last_loss"]) for r in expected]
+        (r["epoch"], r["loss"], r["last_loss"]) for r in expected
+    ]
     np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), np.load(whole / "samples.npy"))
 
 
@@ -58,34 +81,33 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
     duration = time.monotonic() - began
 
+    # Start (or resume) a run and kill it at a random moment, KILLS times; a run that finishes
+    # before its moment is done, and the next kill goes to a fresh run folder.
     rng = np.random.default_rng(2026)
-    killed, tried, survived = tmp_path / "killed", 0, 0
-    for moment in rng.uniform(0.0, duration, KILLS):
-        proc = start(killed)
-        time.sleep(moment)
-        finished = proc.poll() is not None
-        if not finished:
+    folders, current, tried = [], None, 0
+    while tried < KILLS:
+        if current is None:
+            current = tmp_path / f"killed{len(folders)}"
+            folders.append(current)
+        proc = start(current)
+        time.sleep(rng.uniform(0.0, duration))
+        if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             tried += 1
+        elif proc.returncode == 0:
+            current = None
+        else:
+            raise AssertionError(f"a resumed run failed: {proc.stderr.read()}")
         proc.wait()
-        if finished:
-            assert proc.returncode == 0, proc.stderr.read()
-            break
-        survived += 1
-    while not (killed / "summary.json").is_file() or start_and_wait_needed(killed):
-        proc = start(killed)
+    for folder in folders:  # each killed run resumed to its end equals the uninterrupted one
+        proc = start(folder)
         assert proc.wait(timeout=600) == 0, proc.stderr.read()
-    assert_same_run(killed, whole)
+        assert_same_run(folder, whole)
     report = os.environ.get("JAX_DDPM_FAULT_REPORT")
     if report:
-        Path(report).write_text(json.dumps(dict(kills_tried=tried, kills_survived=survived, seconds=duration)))
-
-
-def start_and_wait_needed(run_dir: Path) -> bool:
-    """A killed run may have left summary.json of an earlier finish? Never: summary.json is written
-    last, once; but a kill after it and before config.json's rewrite leaves a run to finish again."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return summary["epochs"] != 100
+        Path(report).write_text(
+            json.dumps(dict(kills=tried, runs=len(folders), all_equal=True, seconds_per_run=round(duration, 1)))
+        )
 
 
 def test_resume_with_another_chunk_length_equals_an_uninterrupted_run(tmp_path):
@@ -99,15 +121,24 @@ def test_resume_with_another_chunk_length_equals_an_uninterrupted_run(tmp_path):
 
 def test_a_second_writer_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--epochs", "100000",
-                              "--out-dir", str(run_dir)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--epochs", "100000", "--out-dir", str(run_dir)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / CONFIG_FILE).is_file():  # written once the first run holds the lock
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
             time.sleep(0.01)
-        second = subprocess.run([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), "--resume"],
-                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), "--resume"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert first.poll() is None, "the first run ended before the second tried"
     finally:
         first.kill()
@@ -122,7 +153,9 @@ def small_disk(tmp_path):
     """A 3 MiB tmpfs: enough for the run's first checkpoints, too small for all of them."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     assert done.returncode == 0, f"this test mounts a small tmpfs (as root): {done.stderr}"
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)

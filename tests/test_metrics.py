@@ -28,7 +28,7 @@ def brute_mmd2_energy(x, y, h):
     x, y = x.astype(np.float64), y.astype(np.float64)
     n, m = len(x), len(y)
     d_xx, d_yy, d_xy = cdist(x, x), cdist(y, y), cdist(x, y)
-    k = lambda d: np.exp(-d ** 2 / (2 * h * h))
+    k = lambda d: np.exp(-(d**2) / (2 * h * h))
     k_xx = (k(d_xx).sum() - n) / (n * (n - 1))
     k_yy = (k(d_yy).sum() - m) / (m * (m - 1))
     mmd2 = k_xx + k_yy - 2 * k(d_xy).mean()
@@ -74,8 +74,7 @@ def test_sliced_w2_matches_sorting_brute_force(rng):
     x, y = gaussian(rng, 500, [0, 0], 1.0), gaussian(rng, 500, [1, 0.5], 0.8)
     directions = metrics.projection_directions(16)
     per_direction = [np.mean((np.sort(x @ d) - np.sort(y @ d)) ** 2) for d in directions.astype(np.float64)]
-    np.testing.assert_allclose(metrics.sliced_w2(x, y, n_projections=16), np.sqrt(np.mean(per_direction)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(metrics.sliced_w2(x, y, n_projections=16), np.sqrt(np.mean(per_direction)), rtol=1e-5)
 
 
 def test_one_projection_matches_pot_1d_for_unequal_sizes(rng):
@@ -99,9 +98,8 @@ def test_mmd2_closed_form_for_gaussians(rng):
     # With RBF bandwidth h in d = 2: E k(X, X') = h^2 / (h^2 + 2 s^2) for X, X' ~ N(m, s^2 I), and
     # E k(X, Y) = h^2 / (h^2 + s1^2 + s2^2) exp(-|dm|^2 / (2 (h^2 + s1^2 + s2^2))).
     h, s1, s2, dm = 1.0, 0.5, 0.8, np.array([0.7, 0.0])
-    c = h * h + s1 ** 2 + s2 ** 2
-    out_ref = (h * h / (h * h + 2 * s1 ** 2) + h * h / (h * h + 2 * s2 ** 2)
-               - 2 * h * h / c * np.exp(-dm @ dm / (2 * c)))
+    c = h * h + s1**2 + s2**2
+    out_ref = h * h / (h * h + 2 * s1**2) + h * h / (h * h + 2 * s2**2) - 2 * h * h / c * np.exp(-dm @ dm / (2 * c))
     x, y = gaussian(rng, 4000, [0, 0], s1), gaussian(rng, 4000, dm, s2)
     out_ans = metrics.mmd_and_energy(x, y, bandwidth=h)["mmd2"]
     # The unbiased estimator's standard deviation at n = 4000 is ~1e-3 here (out_ref ~0.17).
@@ -112,8 +110,11 @@ def test_energy_closed_form_for_gaussians(rng):
     # X - Y ~ N(dm, (s1^2 + s2^2) I): |X - Y| is Rice-distributed; X - X' gives a Rayleigh.
     s1, s2, dm = 0.5, 0.8, np.array([0.7, 0.0])
     rice_mean = lambda nu, s: scipy.stats.rice.mean(nu / s, scale=s)
-    out_ref = (2 * rice_mean(np.linalg.norm(dm), np.hypot(s1, s2))
-               - rice_mean(0.0, np.sqrt(2) * s1) - rice_mean(0.0, np.sqrt(2) * s2))
+    out_ref = (
+        2 * rice_mean(np.linalg.norm(dm), np.hypot(s1, s2))
+        - rice_mean(0.0, np.sqrt(2) * s1)
+        - rice_mean(0.0, np.sqrt(2) * s2)
+    )
     x, y = gaussian(rng, 4000, [0, 0], s1), gaussian(rng, 4000, dm, s2)
     # V-statistic bias ~ (E|X-X'| / n) ~ 3e-4, sampling sd ~ 5e-3 (out_ref ~0.38).
     assert abs(metrics.mmd_and_energy(x, y)["energy"] - out_ref) < 0.02
@@ -134,7 +135,7 @@ def test_exact_w2_closed_form_for_gaussians_with_equal_covariance(rng):
     assert abs(out_ans - 3.0) < 0.1
     gap = x.mean(0, dtype=np.float64) - y.mean(0, dtype=np.float64)
     centred = metrics.exact_w2(x - x.mean(0), y - y.mean(0))
-    np.testing.assert_allclose(out_ans ** 2, gap @ gap + centred ** 2, rtol=1e-5)
+    np.testing.assert_allclose(out_ans**2, gap @ gap + centred**2, rtol=1e-5)
 
 
 def test_exact_w2_matches_pot_1d_on_a_line(rng):

@@ -27,8 +27,10 @@ N = 200
 
 def schedules(dtype):
     """The tutorial's (alpha_bar_{T-1} = 0.78) and one that ends near noise (alpha_bar_{T-1} = 4e-5)."""
-    return {"tutorial": make_schedule("sigmoid", 100, 1e-5, 5e-3, dtype),
-            "linear": make_schedule("linear", 100, 1e-4, 0.2, dtype)}
+    return {
+        "tutorial": make_schedule("sigmoid", 100, 1e-5, 5e-3, dtype),
+        "linear": make_schedule("linear", 100, 1e-4, 0.2, dtype),
+    }
 
 
 def gaussian_eps_model(schedule):
@@ -39,7 +41,7 @@ def gaussian_eps_model(schedule):
     def model_fn(x, t):
         abar = jnp.exp(jnp.interp(t[0], jnp.asarray(steps, x.dtype), jnp.asarray(log_abar, x.dtype)))
         mu = jnp.asarray(MU, x.dtype)
-        return jnp.sqrt(1 - abar) * (x - jnp.sqrt(abar) * mu) / (abar * S ** 2 + 1 - abar)
+        return jnp.sqrt(1 - abar) * (x - jnp.sqrt(abar) * mu) / (abar * S**2 + 1 - abar)
 
     return model_fn
 
@@ -49,12 +51,13 @@ def exact_ode_sample(schedule, x_T):
     abar = np.asarray(schedule.alphas_prod, np.float64)
     sigma_max2, sigma_min2 = (1 - abar[-1]) / abar[-1], (1 - abar[0]) / abar[0]
     y_max = x_T / np.sqrt(abar[-1])
-    y_min = MU + (y_max - MU) * np.sqrt((S ** 2 + sigma_min2) / (S ** 2 + sigma_max2))
-    return MU + (y_min - MU) * S ** 2 / (S ** 2 + sigma_min2)  # y - sigma eps*(y) at sigma_min
+    y_min = MU + (y_max - MU) * np.sqrt((S**2 + sigma_min2) / (S**2 + sigma_max2))
+    return MU + (y_min - MU) * S**2 / (S**2 + sigma_min2)  # y - sigma eps*(y) at sigma_min
 
 
-@pytest.mark.parametrize("precision, name", [(FLOAT64, "tutorial"), (FLOAT32, "linear")],
-                         ids=lambda p: getattr(p, "name", p))
+@pytest.mark.parametrize(
+    "precision, name", [(FLOAT64, "tutorial"), (FLOAT32, "linear")], ids=lambda p: getattr(p, "name", p)
+)
 def test_ode_sample_is_the_exact_flow_for_gaussian_data(precision, name):
     with precision.context():
         schedule = schedules(precision.np_dtype)[name]
@@ -71,8 +74,9 @@ def test_ode_sample_is_the_exact_flow_for_gaussian_data(precision, name):
         # 9.0e-6 / 2.6e-5 (float32, 1e-6), tutorial / linear; allow 2e-7 and 1e-4. (At the default
         # 1e-5 the error is ~1e-4, far below the data's scale.)
         tol = 1e-8 if precision.np_dtype == np.float64 else 1e-6
-        out = samplers.ode(counted_model, schedule, jnp.asarray(x_T, precision.np_dtype), rtol=tol, atol=tol,
-                           trajectory=True)
+        out = samplers.ode(
+            counted_model, schedule, jnp.asarray(x_T, precision.np_dtype), rtol=tol, atol=tol, trajectory=True
+        )
         err = np.abs(np.asarray(out.x_0, np.float64) - exact_ode_sample(schedule, x_T)).max()
         assert err <= (2e-7 if precision.np_dtype == np.float64 else 1e-4), err
         # nfe is every call of model_fn, counted on the host.
@@ -98,13 +102,16 @@ def exact_nll(schedule, x_0, prior_logp):
     """-log p(x_0) / (d ln 2) under the exact flow: x_{T-1} = sqrt(abar) (mu + (x_0 - mu) r), r =
     sqrt((s^2 + sigma^2) / s^2), log p = prior(x_{T-1}) + (d / 2) log abar + d log r."""
     abar = float(np.asarray(schedule.alphas_prod, np.float64)[-1])
-    r = np.sqrt((S ** 2 + (1 - abar) / abar) / S ** 2)
+    r = np.sqrt((S**2 + (1 - abar) / abar) / S**2)
     x_max = np.sqrt(abar) * (MU + (x_0 - MU) * r)
     return -(prior_logp(x_max) + np.log(abar) + 2 * np.log(r)) / (2 * np.log(2))
 
 
-@pytest.mark.parametrize("precision, name, prior", [(FLOAT64, "tutorial", "exact"), (FLOAT32, "linear", "standard")],
-                         ids=lambda p: getattr(p, "name", p))
+@pytest.mark.parametrize(
+    "precision, name, prior",
+    [(FLOAT64, "tutorial", "exact"), (FLOAT32, "linear", "standard")],
+    ids=lambda p: getattr(p, "name", p),
+)
 def test_nll_is_the_gaussian_closed_form(precision, name, prior):
     # With the exact marginal N(sqrt(abar) mu, abar s^2 + 1 - abar) at t = T-1 as prior, the NLL is
     # the data's own -log N(x_0; mu, s^2 I); with N(0, I) (what the library assumes by default) it is
@@ -115,16 +122,20 @@ def test_nll_is_the_gaussian_closed_form(precision, name, prior):
     with precision.context():
         schedule = schedules(precision.np_dtype)[name]
         abar = float(np.asarray(schedule.alphas_prod, np.float64)[-1])
-        mean, var = np.sqrt(abar) * MU, abar * S ** 2 + 1 - abar
+        mean, var = np.sqrt(abar) * MU, abar * S**2 + 1 - abar
         x_0 = MU + S * np.random.default_rng(1).normal(size=(N, 2))
 
         def exact_prior(x):
             return -0.5 * jnp.sum((x - mean) ** 2 / var + np.log(2 * np.pi * var), axis=-1)
 
-        out = likelihood.nll_bits_per_dim(gaussian_eps_model(schedule), schedule, jnp.asarray(x_0, precision.np_dtype),
-                                          prior_logp=exact_prior if prior == "exact" else None)
+        out = likelihood.nll_bits_per_dim(
+            gaussian_eps_model(schedule),
+            schedule,
+            jnp.asarray(x_0, precision.np_dtype),
+            prior_logp=exact_prior if prior == "exact" else None,
+        )
         if prior == "exact":
-            expected = -gaussian_logp(x_0, MU, S ** 2) / (2 * np.log(2))
+            expected = -gaussian_logp(x_0, MU, S**2) / (2 * np.log(2))
             np.testing.assert_allclose(exact_nll(schedule, x_0, lambda x: gaussian_logp(x, mean, var)), expected)
         else:
             expected = exact_nll(schedule, x_0, lambda x: gaussian_logp(x, 0.0, 1.0))

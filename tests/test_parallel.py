@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, ConfigError, dataset_for, validate
-
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import init_states, make_mesh, optimizer_for, make_train_chunk
+from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for
 
 # 100 points in batches of 16: 6 full batches and a short one of 4 per epoch.
 TINY = Config(n_points=100, batch_size=16, epochs=3, seed=5)
@@ -56,8 +55,11 @@ def train_tiny(config: Config, mesh=None):
 
 def max_relative_gap(actual, desired) -> float:
     """Largest |a - d| / (ATOL + RTOL |d|) over two pytrees: <= 1 means allclose."""
-    gaps = jax.tree.map(lambda a, d: float(np.max(np.abs(np.asarray(a) - np.asarray(d))
-                                                   / (ATOL + RTOL * np.abs(np.asarray(d))))), actual, desired)
+    gaps = jax.tree.map(
+        lambda a, d: float(np.max(np.abs(np.asarray(a) - np.asarray(d)) / (ATOL + RTOL * np.abs(np.asarray(d))))),
+        actual,
+        desired,
+    )
     return max(jax.tree.leaves(gaps))
 
 
@@ -67,7 +69,9 @@ def test_each_seed_equals_a_separate_single_seed_run():
     single_chunk, _, data = compile_tiny(TINY)  # the seed only sets the initial state's values
     optimizer = optimizer_for(TINY)
     for i in range(k):
-        single, single_metrics = single_chunk(init_states(dataclasses.replace(TINY, seed=TINY.seed + i), optimizer), data)
+        single, single_metrics = single_chunk(
+            init_states(dataclasses.replace(TINY, seed=TINY.seed + i), optimizer), data
+        )
         ith = jax.tree.map(lambda x: x[i], (stacked, stacked_metrics))
         assert int(ith[0].opt_step) == int(single.opt_step) == TINY.epochs * 7
         assert max_relative_gap(ith, (single, single_metrics)) <= 1.0, f"seed {TINY.seed + i} differs"

@@ -23,18 +23,21 @@ def tutorial_setup():
     return params, make_schedule(), functools.partial(apply_model, params)
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("ddim2", {}, "unknown sampler 'ddim2': choose one of tutorial, ddpm, ddim, dpm-solver\\+\\+, ode."),
-    ("ddim", {"sample_steps": 0}, "--sample-steps is 0, but it must be between 1 and T = 100."),
-    ("ddpm", {"sample_steps": 101}, "--sample-steps is 101, but it must be between 1 and T = 100."),
-    ("ddim", {"eta": -0.1}, "--eta is -0.1, but it must be >= 0"),
-    ("ddim", {"prediction": "score"}, "unknown prediction 'score'"),
-    ("ddpm", {"variance": "large"}, "unknown variance 'large'"),
-    ("ddim", {"timestep_spacing": "uniform"}, "unknown timestep spacing 'uniform'"),
-    ("ode", {"sample_steps": 10}, "--sample-steps does not apply to the ode sampler"),
-    ("tutorial", {"prediction": "v"}, "the tutorial sampler runs the tutorial's eps model only"),
-    ("dpm-solver++", {"sample_steps": 100}, "gives repeated or missing steps for K = 100 of T = 100"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("ddim2", {}, "unknown sampler 'ddim2': choose one of tutorial, ddpm, ddim, dpm-solver\\+\\+, ode."),
+        ("ddim", {"sample_steps": 0}, "--sample-steps is 0, but it must be between 1 and T = 100."),
+        ("ddpm", {"sample_steps": 101}, "--sample-steps is 101, but it must be between 1 and T = 100."),
+        ("ddim", {"eta": -0.1}, "--eta is -0.1, but it must be >= 0"),
+        ("ddim", {"prediction": "score"}, "unknown prediction 'score'"),
+        ("ddpm", {"variance": "large"}, "unknown variance 'large'"),
+        ("ddim", {"timestep_spacing": "uniform"}, "unknown timestep spacing 'uniform'"),
+        ("ode", {"sample_steps": 10}, "--sample-steps does not apply to the ode sampler"),
+        ("tutorial", {"prediction": "v"}, "the tutorial sampler runs the tutorial's eps model only"),
+        ("dpm-solver++", {"sample_steps": 100}, "gives repeated or missing steps for K = 100 of T = 100"),
+    ],
+)
 def test_bad_options_get_one_sentence(name, options, message):
     with pytest.raises(ValueError, match=message):
         samplers.sample(name, None, make_schedule(), jnp.zeros((4, 2)), **options)
@@ -75,7 +78,16 @@ def test_ddpm_with_beta_variance_is_the_tutorials_chain_without_its_last_noise()
         schedule = make_schedule(dtype=np.float64)
         rng = np.random.default_rng(0)
         x_T, zs = jnp.asarray(rng.normal(size=(64, 2))), jnp.asarray(rng.normal(size=(T, 64, 2)))
-        out_ref = sampling.p_sample_loop(params, schedule, x_T, zs.at[-1].set(0))
+        out_ref = sampling.p_sample_loop(
+            params,
+            x_T.shape,
+            T,
+            schedule.alphas,
+            schedule.betas,
+            schedule.one_minus_alphas_bar_sqrt,
+            x_T=x_T,
+            zs=zs.at[-1].set(0),
+        )
         out = samplers.ddpm(functools.partial(apply_model, params), schedule, x_T, zs, variance="beta", trajectory=True)
         err = np.abs(np.asarray(out.trajectory) - np.asarray(out_ref)).max() / np.abs(np.asarray(out_ref)).max()
     assert err <= 1e-10, err

@@ -1,6 +1,8 @@
 """The per-program XLA:CPU options (jax_ddpm.speed) change speed, not results: the compiled
 training chunk equals the same epochs jitted without options, and `sample_chain` equals
-`p_sample_loop` fed the noise it draws from its key, both up to float rounding."""
+`p_sample_loop` fed the noise it draws from its key, both up to float rounding. An option this
+jaxlib does not know is dropped with one warning line instead of breaking compilation, and every
+ISA's option set is checked on whatever CPU runs the tests (an option only changes the code XLA generates)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ddpm_harness.config import Config, dataset_for
-
+from jax_ddpm import sampling, speed
 from jax_ddpm.model import init_params
-from jax_ddpm.sampling import p_sample_loop, sample_chain
+from jax_ddpm.sampling import p_sample_loop
 from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import init_states, make_loss_fn, make_train_chunk, optimizer_for, train_epoch, train_step
 
@@ -22,17 +25,37 @@ from jax_ddpm.training import init_states, make_loss_fn, make_train_chunk, optim
 RTOL, ATOL = 1e-4, 1e-4
 
 
-def test_training_chunk_equals_epochs_jitted_without_options():
+def _option_sets(program: str) -> dict:
+    """Each distinct option set some ISA uses for `program`, and none."""
+    sets = {"none": {}}
+    for isa, chosen in speed.OPTIONS_BY_ISA.items():
+        if chosen[program] and chosen[program] not in sets.values():
+            sets[isa] = chosen[program]
+    return sets
+
+
+@pytest.mark.parametrize("options", list(_option_sets("training").values()), ids=list(_option_sets("training")))
+def test_training_chunk_equals_epochs_jitted_without_options(options, monkeypatch):
+    monkeypatch.setattr(speed, "TRAINING", options)  # read when the chunk is built
     config = Config(n_points=200, batch_size=32, epochs=2, seed=7)  # 6 full batches and one of 8
     schedule = schedule_for(config)
     optimizer = optimizer_for(config)
     data = jnp.asarray(dataset_for(config))
     state = init_states(config, optimizer)
     chunked, metrics = make_train_chunk(config, schedule, optimizer, config.epochs)(state, data)
-    train_step_fn = functools.partial(train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule,
-                                      n_steps=config.num_steps, loss_fn=make_loss_fn(config.loss))
-    epoch = jax.jit(functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn,
-                                      n_steps=config.num_steps))
+    train_step_fn = functools.partial(
+        train_step,
+        optimizer=optimizer,
+        ema_mu=config.ema_decay,
+        schedule=schedule,
+        n_steps=config.num_steps,
+        loss_fn=make_loss_fn(config.loss),
+    )
+    epoch = jax.jit(
+        functools.partial(
+            train_epoch, batch_size=config.batch_size, train_step_fn=train_step_fn, n_steps=config.num_steps
+        )
+    )
     plain, losses = state, []
     for _ in range(config.epochs):
         plain, epoch_metrics = epoch(plain, data)
@@ -43,16 +66,52 @@ def test_training_chunk_equals_epochs_jitted_without_options():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL, atol=ATOL)
 
 
-def test_sample_chain_equals_p_sample_loop_with_the_same_noise():
+@pytest.mark.parametrize("options", list(_option_sets("sampling").values()), ids=list(_option_sets("sampling")))
+def test_sample_chain_equals_p_sample_loop_with_the_same_noise(options):
+    chain = jax.jit(
+        sampling._sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(options)
+    )
     config, n = Config(), 500
     schedule = schedule_for(config)
     params = init_params(jax.random.PRNGKey(3), config.num_steps)
     key = jax.random.PRNGKey(11)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
     zs = jnp.stack([jax.random.normal(jax.random.fold_in(key, k + 1), (n, 2)) for k in range(config.num_steps)])
-    expected = np.asarray(p_sample_loop(params, (n, 2), config.num_steps, schedule.alphas, schedule.betas,
-                                        schedule.one_minus_alphas_bar_sqrt, x_T=x_T, zs=zs))
-    actual = np.asarray(sample_chain(params, schedule, key, n))
+    expected = np.asarray(
+        p_sample_loop(
+            params,
+            (n, 2),
+            config.num_steps,
+            schedule.alphas,
+            schedule.betas,
+            schedule.one_minus_alphas_bar_sqrt,
+            x_T=x_T,
+            zs=zs,
+        )
+    )
+    actual = np.asarray(chain(params, schedule, key, n=n, parameterization="eps"))
     assert actual.shape == (config.num_steps + 1, n, 2)
+    if options == speed.SAMPLING:  # the program sample_chain runs on this CPU
+        np.testing.assert_array_equal(np.asarray(sampling.sample_chain(params, schedule, key, n)), actual)
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
     assert np.abs(expected[-1] - expected[0]).mean() > 0.1  # the chain really moved the points
+
+
+def test_an_unknown_option_is_dropped_with_one_warning_line(capsys):
+    options = {"xla_cpu_prefer_vector_width": 512, "xla_jax_ddpm_no_such_option": "1"}
+    assert speed.supported_options(options) == {"xla_cpu_prefer_vector_width": 512}
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: XLA option xla_jax_ddpm_no_such_option='1' is not")
+    assert "No such compile option" in lines[0] and lines[0].endswith("compiling without it")
+    assert speed.supported_options(options) == {"xla_cpu_prefer_vector_width": 512}
+    assert capsys.readouterr().err == ""  # warned once per process
+    # A program jitted with what is left compiles and runs.
+    jitted = jax.jit(lambda x: 2 * x, compiler_options=speed.on_cpu({"xla_jax_ddpm_no_such_option": "1"}))
+    assert float(jitted(jnp.float32(3))) == 6.0
+
+
+def test_the_projects_options_are_accepted_here():
+    # The options measured for the training chunk and the sampling chain still exist in this jaxlib
+    # (a rename would silently cost speed: the warning line above is the only other sign).
+    for options in (speed.TRAINING, speed.SAMPLING):
+        assert speed.supported_options(options) == options, "re-measure the options for this jaxlib"

@@ -33,6 +33,8 @@ from torch_reference.train import train_model as torch_train_model
 
 METRICS = ("sliced_w2", "mmd2", "energy")
 
+pytestmark = pytest.mark.torch
+
 CONFIG = Config(n_points=1000, epochs=300, seeds=3)
 N_SAMPLES = 2000
 # Two-sided t test with 4 degrees of freedom (3 + 3 seeds, pooled variance) at the 1% level:
@@ -49,10 +51,12 @@ def trained():
     jax_params = train_models(CONFIG, data)
     torch.set_num_threads(1)  # beside JAX's thread pool, two torch threads ran 15-60x slower here
     torch_models = [torch_train_model(CONFIG, data, CONFIG.seed + i) for i in range(CONFIG.seeds)]
-    jax_metrics = [metrics.evaluate(final_samples(p, CONFIG, i, N_SAMPLES), reference)
-                   for i, p in enumerate(jax_params)]
-    torch_metrics = [metrics.evaluate(torch_final_samples(m, CONFIG, i, N_SAMPLES), reference)
-                     for i, m in enumerate(torch_models)]
+    jax_metrics = [
+        metrics.evaluate(final_samples(p, CONFIG, i, N_SAMPLES), reference) for i, p in enumerate(jax_params)
+    ]
+    torch_metrics = [
+        metrics.evaluate(torch_final_samples(m, CONFIG, i, N_SAMPLES), reference) for i, m in enumerate(torch_models)
+    ]
     return dict(torch_models=torch_models, jax_metrics=jax_metrics, torch_metrics=torch_metrics)
 
 
@@ -77,13 +81,29 @@ def test_same_trained_weights_and_noise_give_the_same_samples(trained):
     s = ref_schedule.schedule_for(CONFIG)
     for model in trained["torch_models"]:
         params = jax.tree_util.tree_map(jnp.asarray, torch_to_flax(model.state_dict()))
-        out_ans = np.asarray(p_sample_loop(params, x_T.shape, CONFIG.num_steps, schedule.alphas, schedule.betas,
-                                           schedule.one_minus_alphas_bar_sqrt, x_T=jnp.asarray(x_T),
-                                           zs=jnp.asarray(zs))[-1])
+        out_ans = np.asarray(
+            p_sample_loop(
+                params,
+                x_T.shape,
+                CONFIG.num_steps,
+                schedule.alphas,
+                schedule.betas,
+                schedule.one_minus_alphas_bar_sqrt,
+                x_T=jnp.asarray(x_T),
+                zs=jnp.asarray(zs),
+            )[-1]
+        )
         with torch.no_grad():
-            out_ref = ref_p_sample_loop(model, (N_SAMPLES, 2), CONFIG.num_steps, s.alphas, s.betas,
-                                        s.one_minus_alphas_bar_sqrt, x_T=torch.from_numpy(x_T),
-                                        zs=torch.from_numpy(zs))[-1].numpy()
+            out_ref = ref_p_sample_loop(
+                model,
+                (N_SAMPLES, 2),
+                CONFIG.num_steps,
+                s.alphas,
+                s.betas,
+                s.one_minus_alphas_bar_sqrt,
+                x_T=torch.from_numpy(x_T),
+                zs=torch.from_numpy(zs),
+            )[-1].numpy()
         # 100 float32 steps: rounding differences stay ~1e-5; a one-step time shift moves points
         # by ~5e-3 on average (measured), 1e-3 separates the two with room on both sides.
         np.testing.assert_allclose(out_ans, out_ref, atol=1e-3, rtol=0)

@@ -5,6 +5,7 @@ against what the option means, computed apart from the run: --sample-with ema, -
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -19,8 +20,6 @@ from jax_ddpm.losses import noise_estimation_loss
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sampling import sample_chain
-import dataclasses
-
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, schedule_from_betas
 from jax_ddpm.train import main as train_main
 from jax_ddpm.training import init_train_state, run_keys, train_epoch
@@ -113,8 +112,9 @@ def test_loss_hybrid_trains_the_variance_half_towards_the_true_posterior(tmp_pat
     # dominates its bound) only gets to ~5.4.
     x_t, t, _, q_log_var = probe
     init = init_params(run_keys(0)["init"], 100, 4)
-    gap = {name: abs(np.mean(halves(p, x_t, t)[1] - q_log_var))
-           for name, p in (("init", init), ("final", state.params))}
+    gap = {
+        name: abs(np.mean(halves(p, x_t, t)[1] - q_log_var)) for name, p in (("init", init), ("final", state.params))
+    }
     assert gap["final"] < 0.5 * gap["init"], gap
 
 
@@ -126,10 +126,12 @@ def reference_run(optimizer: optax.GradientTransformation, epochs: int):
 
     def update(state, batch_x, t, e):
         loss, grads = jax.value_and_grad(noise_estimation_loss)(
-            state.params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, 100, t=t, e=e)
+            state.params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, 100, t=t, e=e
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return state.replace(opt_step=state.opt_step + 1, params=optax.apply_updates(state.params, updates),
-                             opt_state=opt_state), loss
+        return state.replace(
+            opt_step=state.opt_step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+        ), loss
 
     epoch = jax.jit(functools.partial(train_epoch, batch_size=32, train_step_fn=update, n_steps=100))
     state, losses = init_train_state(0, 100, 2, optimizer), []
@@ -146,8 +148,10 @@ def test_clip_norm_0_is_plain_adam(tmp_path):
     clipped, _ = reference_run(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)), 2)
 
     def max_diff(a, b):
-        return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-                   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+        return max(
+            float(np.abs(np.asarray(x) - np.asarray(y)).max())
+            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+        )
 
     # Clipping at 1.0 does bind on this trajectory (gradients above norm 1 early on), so the two references
     # differ after 16 steps; the run must be the unclipped one.

@@ -19,19 +19,41 @@ from tests.test_train_e2e import restore
 
 REPO = Path(__file__).resolve().parents[1]
 # 32 steps an epoch, 60 epochs in chunks of 10: long enough to kill between checkpoints.
-ARGV = ["--n-points", "256", "--batch-size", "8", "--epochs", "60", "--checkpoint-every", "10", "--log-every", "10",
-        "--n-samples", "64", "--n-eval", "64", "--no-plots"]
+ARGV = [
+    "--n-points",
+    "256",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "60",
+    "--checkpoint-every",
+    "10",
+    "--log-every",
+    "10",
+    "--n-samples",
+    "64",
+    "--n-eval",
+    "64",
+    "--no-plots",
+]
 
 
 def losses(run_dir: Path) -> list:
-    return [(r["epoch"], r["loss"], r["last_loss"])
-            for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    return [
+        (r["epoch"], r["loss"], r["last_loss"])
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    ]
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(killed)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(killed)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (killed / "checkpoints" / "10").is_dir():  # orbax renames a checkpoint into place when complete
         assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()}"

@@ -14,6 +14,8 @@ from tests.conftest import STEPS_PER_EPOCH, TINY
 from tests.test_bad_input import one_error_line
 from torch_reference.train import main as reference_main
 
+pytestmark = pytest.mark.torch
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,8 +29,17 @@ def reference_argv(out_dir: Path, *extra: str) -> list[str]:
 def test_tiny_reference_run_writes_the_same_files(tiny_run, tmp_path):
     run_dir = tmp_path / "torch"
     assert reference_main(reference_argv(run_dir, "--epochs", "5")) == 0
-    for name in ("config.json", "metrics.jsonl", "samples.npy", "summary.json", "data.png", "forward.png",
-                 "reverse.png", "loss.png", "diffusion.gif"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "samples.npy",
+        "summary.json",
+        "data.png",
+        "forward.png",
+        "reverse.png",
+        "loss.png",
+        "diffusion.gif",
+    ):
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "config.json").read_text())
     jax_config = json.loads((tiny_run / "config.json").read_text())
@@ -70,8 +81,13 @@ sys.exit(code)
 
 def test_reference_cli_runs_with_jax_unimportable(tmp_path):
     run_dir = tmp_path / "torch"
-    done = subprocess.run([sys.executable, "-c", NO_JAX, *reference_argv(run_dir, "--epochs", "2", "--no-plots")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_JAX, *reference_argv(run_dir, "--epochs", "2", "--no-plots")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert np.load(run_dir / "samples.npy").shape == (128, 2)
     assert "sliced_w2" in json.loads((run_dir / "summary.json").read_text())["evaluation"]["raw"]

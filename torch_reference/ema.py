@@ -16,7 +16,7 @@ class EMA(object):
     def update(self, module):
         for name, param in module.named_parameters():
             if param.requires_grad:
-                self.shadow[name].data = (1. - self.mu) * param.data + self.mu * self.shadow[name].data
+                self.shadow[name].data = (1.0 - self.mu) * param.data + self.mu * self.shadow[name].data
 
     def ema(self, module):
         for name, param in module.named_parameters():

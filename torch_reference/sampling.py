@@ -8,7 +8,7 @@ from torch_reference.schedule import extract
 def p_sample(model, x, t, alphas, betas, one_minus_alphas_bar_sqrt, z=None):
     t = torch.tensor([t])
     # Factor to the model output
-    eps_factor = ((1 - extract(alphas, t, x)) / extract(one_minus_alphas_bar_sqrt, t, x))
+    eps_factor = (1 - extract(alphas, t, x)) / extract(one_minus_alphas_bar_sqrt, t, x)
     # Model output
     eps_theta = model(x, t)
     # Final values
@@ -19,7 +19,7 @@ def p_sample(model, x, t, alphas, betas, one_minus_alphas_bar_sqrt, z=None):
     # Fixed sigma
     sigma_t = extract(betas, t, x).sqrt()
     sample = mean + sigma_t * z
-    return (sample)
+    return sample
 
 
 def p_sample_loop(model, shape, n_steps, alphas, betas, one_minus_alphas_bar_sqrt, x_T=None, zs=None):
@@ -27,7 +27,6 @@ def p_sample_loop(model, shape, n_steps, alphas, betas, one_minus_alphas_bar_sqr
     cur_x = torch.randn(shape) if x_T is None else x_T
     x_seq = [cur_x]
     for k, i in enumerate(reversed(range(n_steps))):
-        cur_x = p_sample(model, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt,
-                         z=None if zs is None else zs[k])
+        cur_x = p_sample(model, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt, z=None if zs is None else zs[k])
         x_seq.append(cur_x)
     return x_seq

@@ -11,7 +11,7 @@ def make_beta_schedule(schedule="linear", n_timesteps=1000, start=1e-5, end=1e-2
     if schedule == "linear":
         betas = torch.linspace(start, end, n_timesteps, dtype=dtype)
     elif schedule == "quad":
-        betas = torch.linspace(start ** 0.5, end ** 0.5, n_timesteps, dtype=dtype) ** 2
+        betas = torch.linspace(start**0.5, end**0.5, n_timesteps, dtype=dtype) ** 2
     elif schedule == "sigmoid":
         betas = torch.linspace(-6, 6, n_timesteps, dtype=dtype)
         betas = torch.sigmoid(betas) * (end - start) + start
@@ -48,14 +48,25 @@ def make_schedule(schedule="sigmoid", n_timesteps=100, start=1e-5, end=0.5e-2, d
     alphas_bar_sqrt = torch.sqrt(alphas_prod)
     one_minus_alphas_bar_log = torch.log(1 - alphas_prod)
     one_minus_alphas_bar_sqrt = torch.sqrt(1 - alphas_prod)
-    posterior_mean_coef_1 = (betas * torch.sqrt(alphas_prod_p) / (1 - alphas_prod))
-    posterior_mean_coef_2 = ((1 - alphas_prod_p) * torch.sqrt(alphas) / (1 - alphas_prod))
+    posterior_mean_coef_1 = betas * torch.sqrt(alphas_prod_p) / (1 - alphas_prod)
+    posterior_mean_coef_2 = (1 - alphas_prod_p) * torch.sqrt(alphas) / (1 - alphas_prod)
     posterior_variance = betas * (1 - alphas_prod_p) / (1 - alphas_prod)
     posterior_log_variance_clipped = torch.log(
-        torch.cat((posterior_variance[1].view(1, 1), posterior_variance[1:].view(-1, 1)), 0)).view(-1)
-    return Schedule(betas, alphas, alphas_prod, alphas_prod_p, alphas_bar_sqrt, one_minus_alphas_bar_log,
-                    one_minus_alphas_bar_sqrt, posterior_mean_coef_1, posterior_mean_coef_2,
-                    posterior_variance, posterior_log_variance_clipped)
+        torch.cat((posterior_variance[1].view(1, 1), posterior_variance[1:].view(-1, 1)), 0)
+    ).view(-1)
+    return Schedule(
+        betas,
+        alphas,
+        alphas_prod,
+        alphas_prod_p,
+        alphas_bar_sqrt,
+        one_minus_alphas_bar_log,
+        one_minus_alphas_bar_sqrt,
+        posterior_mean_coef_1,
+        posterior_mean_coef_2,
+        posterior_variance,
+        posterior_log_variance_clipped,
+    )
 
 
 def extract(input, t, x):
@@ -71,11 +82,12 @@ def q_sample(x_0, t, alphas_bar_sqrt, one_minus_alphas_bar_sqrt, noise=None):
         noise = torch.randn_like(x_0)
     alphas_t = extract(alphas_bar_sqrt, t, x_0)
     alphas_1_m_t = extract(one_minus_alphas_bar_sqrt, t, x_0)
-    return (alphas_t * x_0 + alphas_1_m_t * noise)
+    return alphas_t * x_0 + alphas_1_m_t * noise
 
 
-def q_posterior_mean_variance(x_0, x_t, t, posterior_mean_coef_1, posterior_mean_coef_2,
-                              posterior_log_variance_clipped):
+def q_posterior_mean_variance(
+    x_0, x_t, t, posterior_mean_coef_1, posterior_mean_coef_2, posterior_log_variance_clipped
+):
     coef_1 = extract(posterior_mean_coef_1, t, x_0)
     coef_2 = extract(posterior_mean_coef_2, t, x_0)
     mean = coef_1 * x_0 + coef_2 * x_t

@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, validate
+from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, resolve_preset, validate
 from ddpm_harness.data import DataError
-from ddpm_harness.metrics import evaluate
+from ddpm_harness.metrics import calibration, evaluate
 from ddpm_harness.plots import draw_run_pictures
 from ddpm_harness.runs import (
     MetricsLog,
@@ -41,6 +41,7 @@ from ddpm_harness.runs import (
 )
 from torch_reference.data import as_dataset
 from torch_reference.model import ConditionalModel
+from torch_reference.safetensors_io import save_run_models
 from torch_reference.sampling import p_sample_loop
 from torch_reference.schedule import q_sample, schedule_for
 from torch_reference.training import train
@@ -50,29 +51,39 @@ DEFAULTS = Config()
 
 def check_supported(config: Config) -> None:
     """Refuse the options only the JAX implementation has."""
-    unsupported = {"loss": ("noise", "the reference trains the noise loss only"),
-                   "seeds": (1, "train seeds one by one with --seed"),
-                   "devices": (1, "the eager loop runs on one device"),
-                   "coordinator_address": (None, "the reference runs in one process"),
-                   "num_processes": (None, "the reference runs in one process"),
-                   "process_id": (None, "the reference runs in one process"),
-                   "resume": (False, "the reference writes no checkpoints"),
-                   "checkpoint_every": (DEFAULTS.checkpoint_every, "the reference writes no checkpoints"),
-                   "eval_every": (DEFAULTS.eval_every, "the reference evaluates once, at the end")}
+    unsupported = {
+        "loss": ("noise", "the reference trains the noise loss only"),
+        "seeds": (1, "train seeds one by one with --seed"),
+        "devices": (1, "the eager loop runs on one device"),
+        "coordinator_address": (None, "the reference runs in one process"),
+        "num_processes": (None, "the reference runs in one process"),
+        "process_id": (None, "the reference runs in one process"),
+        "resume": (False, "the reference writes no checkpoints"),
+        "checkpoint_every": (DEFAULTS.checkpoint_every, "the reference writes no checkpoints"),
+        "eval_every": (DEFAULTS.eval_every, "the reference evaluates once, at the end"),
+        "prediction": ("eps", "the tutorial's model predicts the noise"),
+        "zero_terminal_snr": (False, "the tutorial's schedules only"),
+        "sampler": ("tutorial", "the reference has the tutorial's sampler only"),
+    }
     for name, (allowed, why) in unsupported.items():
         if getattr(config, name) != allowed:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)} is not supported by "
-                              f"torch_reference.train ({why}); use python -m jax_ddpm.train")
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {getattr(config, name)} is not supported by "
+                f"torch_reference.train ({why}); use python -m jax_ddpm.train"
+            )
     if config.schedule == "cosine":
-        raise ConfigError("--schedule cosine is not in the tutorial; torch_reference.train supports "
-                          "linear, quad, sigmoid and constant")
+        raise ConfigError(
+            "--schedule cosine is not in the tutorial; torch_reference.train supports "
+            "linear, quad, sigmoid and constant"
+        )
 
 
 def sample_chain(model, schedule, n: int, num_steps: int) -> np.ndarray:
     """The tutorial's p_sample_loop from x_T ~ N(0, I): (T + 1, n, 2), x_T first."""
     with torch.no_grad():  # the tutorial samples with autograd on; the numbers are the same
-        x_seq = p_sample_loop(model, (n, 2), num_steps, schedule.alphas, schedule.betas,
-                              schedule.one_minus_alphas_bar_sqrt)
+        x_seq = p_sample_loop(
+            model, (n, 2), num_steps, schedule.alphas, schedule.betas, schedule.one_minus_alphas_bar_sqrt
+        )
     return torch.stack(x_seq).numpy()
 
 
@@ -82,9 +93,17 @@ def train_model(config: Config, data: np.ndarray, seed: int):
     benchmarks)."""
     torch.manual_seed(seed)
     model = ConditionalModel(config.num_steps)
-    model, ema, _ = train(model, as_dataset(data), schedule_for(config), config.num_steps, epochs=config.epochs,
-                          batch_size=config.batch_size, lr=config.lr, clip_norm=config.clip_norm,
-                          ema_mu=config.ema_decay)
+    model, ema, _ = train(
+        model,
+        as_dataset(data),
+        schedule_for(config),
+        config.num_steps,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        clip_norm=config.clip_norm,
+        ema_mu=config.ema_decay,
+    )
     if config.sample_with == "ema":
         ema.ema(model)
     return model
@@ -122,6 +141,7 @@ def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
     records = []
 
     with tqdm(total=config.epochs, unit="epoch", file=sys.stdout, dynamic_ncols=True) as bar:
+
         def on_epoch(epoch, losses, wall_s):
             record = epoch_record(epoch + 1, (epoch + 1) * steps_per_epoch, np.mean(losses), losses[-1], wall_s)
             records.append(record)
@@ -132,27 +152,65 @@ def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
             bar.set_postfix(loss=f"{record['loss']:.4f}", **{"steps/s": f"{record['step'] / wall_s:,.0f}"})
 
         start = time.perf_counter()
-        model, ema, _ = train(model, dataset, schedule, config.num_steps, epochs=config.epochs,
-                              batch_size=config.batch_size, lr=config.lr, clip_norm=config.clip_norm,
-                              ema_mu=config.ema_decay, on_epoch=on_epoch)
+        model, ema, _ = train(
+            model,
+            dataset,
+            schedule,
+            config.num_steps,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            clip_norm=config.clip_norm,
+            ema_mu=config.ema_decay,
+            on_epoch=on_epoch,
+        )
         train_s = time.perf_counter() - start
+    save_run_models(run_dir, model, ema, config)  # model.safetensors, model_ema.safetensors
 
-    reference = held_out_for(config, config.n_eval)
-    evaluation = {"raw": evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)}
-    x_seq = sample_chain(model, schedule, config.n_samples, config.num_steps) if config.sample_with == "raw" else None
+    # The final evaluation scores the --n-samples samples of each parameter set, beside the floor and
+    # ceiling calibrated at that n (as python -m jax_ddpm.train does).
+    timings = {"training_loop": train_s}
+    start = time.perf_counter()
+    reference = held_out_for(config, config.n_samples)
+    chains = {"raw": sample_chain(model, schedule, config.n_samples, config.num_steps)}
     ema.ema(model)  # the tutorial's EMA.ema: copy the shadow parameters into the model
-    evaluation["ema"] = evaluate(sample_chain(model, schedule, config.n_eval, config.num_steps)[-1], reference)
-    if x_seq is None:
-        x_seq = sample_chain(model, schedule, config.n_samples, config.num_steps)
+    chains["ema"] = sample_chain(model, schedule, config.n_samples, config.num_steps)
+    timings["sampling"] = time.perf_counter() - start
+    start = time.perf_counter()
+    evaluation = {name: evaluate(x_seq[-1], reference) for name, x_seq in chains.items()}
+    calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed)
+    timings["final_evaluation"] = time.perf_counter() - start
+    x_seq = chains[config.sample_with]
     save_samples(run_dir, x_seq[-1])
     if not config.no_plots:
+        start = time.perf_counter()
         noise = torch.from_numpy(picture_noise(config, points.shape))
-        forward = torch.stack([q_sample(dataset, torch.full((len(points),), t), schedule.alphas_bar_sqrt,
-                                        schedule.one_minus_alphas_bar_sqrt, noise[t])
-                               for t in range(config.num_steps)]).numpy()
+        forward = torch.stack(
+            [
+                q_sample(
+                    dataset,
+                    torch.full((len(points),), t),
+                    schedule.alphas_bar_sqrt,
+                    schedule.one_minus_alphas_bar_sqrt,
+                    noise[t],
+                )
+                for t in range(config.num_steps)
+            ]
+        ).numpy()
         draw_run_pictures(run_dir, tutorial_datasets(config), forward, x_seq, records)
-    summary = summarize(records, framework="torch", config=config, run_dir=run_dir, train_s=train_s,
-                        steps_per_s=config.epochs * steps_per_epoch / train_s, evaluation=evaluation)
+        timings["pictures"] = time.perf_counter() - start
+    summary = summarize(
+        records,
+        framework="torch",
+        config=config,
+        run_dir=run_dir,
+        train_s=train_s,
+        steps_per_s=config.epochs * steps_per_epoch / train_s,
+        evaluation=evaluation,
+        calibration=dict(n=config.n_samples, **calibrated),
+        sampling=dict(sampler="tutorial", nfe=config.num_steps, prediction="eps"),
+        timings=timings,
+    )
     write_summary(run_dir, summary)
     print(summary_paragraph(summary))
     return summary
@@ -160,8 +218,15 @@ def _train_in(run_dir, config: Config, points: np.ndarray, schedule) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse argv (default: sys.argv[1:]) and train the reference; the exit status."""
-    return run(Config, argv, "python -m torch_reference.train", train_reference,
-               (ConfigError, DataError, RunDirError), (OSError,))
+    return run(
+        Config,
+        argv,
+        "python -m torch_reference.train",
+        train_reference,
+        (ConfigError, DataError, RunDirError),
+        (OSError,),
+        resolve_preset,
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from torch_reference.losses import noise_estimation_loss
 
 def train_step(model, optimizer, ema, batch_x, schedule, n_steps, clip_norm=1.0, t=None, e=None):
     # Compute the loss.
-    loss = noise_estimation_loss(model, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt,
-                                 n_steps, t=t, e=e)
+    loss = noise_estimation_loss(
+        model, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, n_steps, t=t, e=e
+    )
     # Before the backward pass, zero all of the network gradients
     optimizer.zero_grad()
     # Backward pass: compute gradient of the loss with respect to parameters
@@ -36,8 +37,9 @@ def make_optimizer(model, lr=1e-3):
     return optim.Adam(model.parameters(), lr=lr)
 
 
-def train(model, dataset, schedule, n_steps, epochs=1000, batch_size=128, lr=1e-3, clip_norm=1.0, ema_mu=0.9,
-          on_epoch=None):
+def train(
+    model, dataset, schedule, n_steps, epochs=1000, batch_size=128, lr=1e-3, clip_norm=1.0, ema_mu=0.9, on_epoch=None
+):
     """The tutorial's loop. `on_epoch(epoch, batch_losses, wall_s)` is called after every epoch."""
     optimizer = make_optimizer(model, lr)
     # Create EMA model
@@ -50,7 +52,7 @@ def train(model, dataset, schedule, n_steps, epochs=1000, batch_size=128, lr=1e-
         losses = []
         for i in range(0, dataset.size()[0], batch_size):
             # Retrieve current batch
-            indices = permutation[i:i + batch_size]
+            indices = permutation[i : i + batch_size]
             batch_x = dataset[indices]
             loss = train_step(model, optimizer, ema, batch_x, schedule, n_steps, clip_norm)
             losses.append(loss.item())

@@ -1,0 +1,127 @@
+"""What the model is trained to predict (`--prediction eps|v|x0`) and the schedule it trains on
+(`--zero-terminal-snr`): the training side of the conversions in `jax_ddpm.samplers`.
+
+With x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e (DDPM eq. 4), the model is regressed on
+- eps: the noise e: the tutorial's `losses.noise_estimation_loss`, used unchanged (bit for bit);
+- v: sqrt(abar_t) e - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, sec. 4; diffusers' "v_prediction");
+- x0: x_0 itself (diffusers' "sample"),
+by mean((target - model(x_t, t))^2) over all elements, unweighted, with the tutorial's antithetic t.
+`samplers.predict_x0` / `predict_eps` invert these targets when sampling.
+
+`negative_elbo` is `jax_ddpm.elbo.negative_elbo` for a v or x0 model: p(x_{t-1} | x_t) is the
+posterior q(x_{t-1} | x_t, x0_pred) with the fixed variance beta_t (the ddpm sampler's "beta").
+
+`zero_terminal_snr` rescales the betas so that alpha_bar_{T-1} = 0 (Lin et al. 2024, via
+`samplers.rescale_zero_terminal_snr`); the last step then holds no signal, which an eps model cannot
+invert (x_0 = (x_T - e) / 0): `ddpm_harness.config.validate` refuses that pair.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_ddpm.elbo import accurate_schedule, prior_bpd, vlb_terms
+from jax_ddpm.model import apply_model
+from jax_ddpm.samplers import predict_x0, rescale_zero_terminal_snr, schedule_from_betas
+from jax_ddpm.schedule import Schedule, extract, make_beta_schedule, q_posterior_mean_variance, q_sample, schedule_for
+
+
+def run_schedule(config) -> Schedule:
+    """The schedule a run trains and samples with: `schedule.schedule_for(config)`, rescaled to zero
+    terminal SNR with --zero-terminal-snr."""
+    if not getattr(config, "zero_terminal_snr", False):
+        return schedule_for(config)
+    betas = make_beta_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
+    return schedule_from_betas(rescale_zero_terminal_snr(betas))
+
+
+def training_target(schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array, prediction: str) -> jax.Array:
+    """What the model should output at x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e: e, v or x_0 (B, 2)."""
+    if prediction == "eps":
+        return e
+    if prediction == "v":
+        return extract(schedule.alphas_bar_sqrt, t, x_0) * e - extract(schedule.one_minus_alphas_bar_sqrt, t, x_0) * x_0
+    if prediction == "x0":
+        return x_0
+    raise ValueError(f"unknown prediction {prediction!r}; choose eps, v or x0")
+
+
+def prediction_loss(
+    params: dict, schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array, prediction: str = "v"
+) -> jax.Array:
+    """mean((target - model(x_t, t))^2) with the target of `training_target`; x_t is built with the
+    operations of the tutorial's noise_estimation_loss, so prediction="eps" is that loss."""
+    a = extract(schedule.alphas_bar_sqrt, t, x_0)
+    am1 = extract(schedule.one_minus_alphas_bar_sqrt, t, x_0)
+    x = x_0 * a + e * am1
+    output = apply_model(params, x, t)
+    return jnp.mean(jnp.square(training_target(schedule, x_0, t, e, prediction) - output))
+
+
+def loss_fn_for(config) -> Callable:
+    """train_step's loss_fn(params, batch_x, schedule, n_steps, t, e) for a config: the tutorial's
+    losses (`training.make_loss_fn`) for --prediction eps, `prediction_loss` for v and x0 (the noise
+    loss only: validate refuses the others)."""
+    from jax_ddpm.training import make_loss_fn  # training imports this module
+
+    prediction = getattr(config, "prediction", "eps")
+    if prediction == "eps":
+        return make_loss_fn(config.loss, config.hybrid_lambda)
+    if config.loss != "noise":
+        raise ValueError(f"--prediction {prediction} trains the noise loss only, not --loss {config.loss}")
+
+    def loss(params, batch_x, schedule, n_steps, t, e):
+        return prediction_loss(params, schedule, batch_x, t, e, prediction)
+
+    return loss
+
+
+def model_mean_logvar(params: dict, schedule: Schedule, x_t: jax.Array, t: jax.Array, prediction: str):
+    """Mean and log-variance (each (B, 2)) of p(x_{t-1} | x_t) for an eps, v or x0 model: the posterior
+    mean at the predicted x_0 (DDPM eq. 7; for eps it equals the tutorial's eq. 11 mean, and it stays
+    finite where alpha_t = 0, at a zero-terminal-SNR schedule's last step), variance beta_t."""
+    x_0 = predict_x0(apply_model(params, x_t, t), x_t, extract(schedule.alphas_prod, t, x_t), prediction)
+    mean, _ = q_posterior_mean_variance(
+        x_0,
+        x_t,
+        t,
+        schedule.posterior_mean_coef_1,
+        schedule.posterior_mean_coef_2,
+        schedule.posterior_log_variance_clipped,
+    )
+    return mean, jnp.broadcast_to(jnp.log(extract(schedule.betas, t, x_t)), x_t.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("prediction", "decoder"))
+def elbo_terms(
+    params: dict, schedule: Schedule, x_0: jax.Array, key: jax.Array, prediction: str = "v", decoder: str = "gaussian"
+) -> jax.Array:
+    """`jax_ddpm.elbo.elbo_terms` for an eps, v or x0 model: (T, N) bits/dim, x_t drawn with noise
+    fold_in(key, t) as there."""
+
+    def term(t):
+        steps = jnp.full((x_0.shape[0],), t)
+        noise = jax.random.normal(jax.random.fold_in(key, t), x_0.shape, x_0.dtype)
+        x_t = q_sample(x_0, steps, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, noise)
+        mean, log_var = model_mean_logvar(params, schedule, x_t, steps, prediction)
+        return vlb_terms(schedule, x_0, x_t, steps, mean, log_var, decoder)
+
+    return jax.lax.map(term, jnp.arange(schedule.num_steps))
+
+
+def negative_elbo(
+    params: dict, schedule: Schedule, x_0, key: jax.Array, prediction: str = "v", decoder: str = "gaussian"
+) -> dict[str, float]:
+    """The negative ELBO in bits/dim of an eps, v or x0 model, as `jax_ddpm.elbo.negative_elbo`:
+    total = prior + diffusion (t >= 1) + decoder (t = 0), on `elbo.accurate_schedule`."""
+    x_0 = jnp.asarray(x_0, jnp.float32)
+    schedule = accurate_schedule(schedule)
+    terms = np.asarray(elbo_terms(params, schedule, x_0, key, prediction, decoder), np.float64).mean(axis=1)
+    prior = float(np.mean(np.asarray(prior_bpd(schedule, x_0), np.float64)))
+    decoder_bpd, diffusion = float(terms[0]), float(terms[1:].sum())
+    return dict(total=prior + diffusion + decoder_bpd, prior=prior, diffusion=diffusion, decoder=decoder_bpd)
