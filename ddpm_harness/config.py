@@ -115,12 +115,12 @@ class Config:
     srun (SLURM) or mpirun (Open MPI) with several tasks, all three come from the launcher and may be left out;
     $JAX_COORDINATOR_ADDRESS is read when this is not given."""
     num_processes: Optional[int] = None
-    """Number of processes of the run (default: 1, or the task count of srun / mpirun); 1 forces one process."""
+    """Number of processes of the run; unset, one process or the task count of srun / mpirun; 1 forces one process."""
     process_id: Optional[int] = None
     """Index of this process, 0 .. num_processes - 1; process 0 hosts the coordinator and writes the run folder."""
     distributed_timeout: int = 300
-    """Seconds the processes of a multi-process run wait for each other (joining, agreeing the set-up worked)
-    before stopping with an error."""
+    """Seconds the processes of a multi-process run wait for each other (to join, and where they meet after the
+    set-up and after each chunk) before stopping with one error line."""
     out_dir: Optional[str] = None
     """Run folder; by default runs/<dataset>-<timestamp>."""
     resume: bool = False

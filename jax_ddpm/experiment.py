@@ -137,7 +137,15 @@ def _model_fn(params: dict, config: Config) -> samplers.ModelFn:
     return model_fn
 
 
-@functools.partial(jax.jit, static_argnames=("config", "trajectory"), compiler_options=speed.on_cpu(speed.SAMPLING))
+@functools.lru_cache(maxsize=None)
+def _jitted_sample_from():
+    # Made on first use, not at import: speed.on_cpu asks JAX for its backend, and a multi-process run must join
+    # (jax.distributed.initialize) before anything starts the backend.
+    return jax.jit(
+        _sample_from, static_argnames=("config", "trajectory"), compiler_options=speed.on_cpu(speed.SAMPLING)
+    )
+
+
 def _sample_from(params, schedule, key, x_T, *, config, trajectory):
     return samplers.sample(
         config.sampler,
@@ -189,7 +197,7 @@ def draw_samples(
         return samplers.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
     if x_T is None:
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
-    return _sample_from(
+    return _jitted_sample_from()(
         params, schedule, key, jnp.asarray(x_T, jnp.float32), config=sampling_config, trajectory=trajectory
     )
 
