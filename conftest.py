@@ -27,6 +27,37 @@ STRICT_MODULES = (
     r"|test_|conftest$)"
 )
 TORCH_MARK = re.compile(r"^pytestmark\s*=\s*pytest\.mark\.torch\b", re.MULTILINE)
+
+
+def _serialise_ast_construction() -> None:
+    """Let one thread at a time build a Python AST (ast.parse, and ast.literal_eval through it).
+
+    CPython before 3.13 keeps the AST constructor's recursion counter in interpreter-wide state
+    (python/cpython#106905), so two threads building ASTs at once can fail with "SystemError: AST
+    constructor recursion depth mismatch". The test session has such threads: numpy parses every
+    .npy header with ast.literal_eval, matplotlib validates rc settings with ast.parse on a run's
+    pictures thread, and pytest parses source to print a failure. CI hit it once (2026-11-25): a
+    test failed with that SystemError and pytest, parsing source to report it, stopped with an
+    INTERNALERROR. The lock makes the session's AST building serial; it changes no result.
+    """
+    import ast
+    import functools
+    import threading
+
+    if sys.version_info >= (3, 13) or getattr(ast.parse, "_serialised", False):
+        return
+    lock, parse = threading.RLock(), ast.parse
+
+    @functools.wraps(parse)
+    def serialised_parse(*args, **kwargs):
+        with lock:
+            return parse(*args, **kwargs)
+
+    serialised_parse._serialised = True
+    ast.parse = serialised_parse  # ast.literal_eval calls the module's `parse`
+
+
+_serialise_ast_construction()
 _left_out: list[str] = []
 
 
