@@ -60,6 +60,8 @@ class Args:
     """Folder of the reports."""
     budget_s: Optional[float] = None
     """Seconds after which optional variants are skipped (default: 460 on a GPU, none on a CPU)."""
+    skip: tuple[str, ...] = ()
+    """Variants whose name contains one of these strings are skipped and named in the report."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,7 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     # (128-row matmuls) and far steadier on a shared one. Sampling and the batch scaling use all.
     torch_threads = torch.get_num_threads()
 
+    def skipped_by_request(variant) -> bool:
+        asked = [text for text in args.skip if text in variant.name]
+        if asked:
+            bench.skip(variant.name, f"--skip {asked[0]!r} on the command line")
+        return bool(asked)
+
     def measure_training(variant) -> None:
+        if skipped_by_request(variant):
+            return
         if variant.needs_cuda and not on_gpu:
             bench.skip(variant.name, "needs CUDA (dry run on the CPU)")
             return
@@ -445,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     sampling_list = variants.sampling_variants(setting, sizes.sampling_points)
 
     def measure_sampling(variant) -> None:
+        if skipped_by_request(variant):
+            return
+
         def timed():
             run, _ = variant.build()
             timing = measure(run, max(2, sizes.repeats - 2) if not args.dry_run else 1, variant.warmup)

@@ -165,26 +165,29 @@ def fast_train_runner(
 
 
 def cuda_graph_train_runner(data: np.ndarray, batch_size: int, n_steps: int, device: str, use_tf32: bool = False):
-    """The fast step captured once as a CUDA graph (torch.cuda.graph, capturable fused Adam; the
-    batch gathered inside the graph from a static index tensor) and replayed each step. CUDA only."""
+    """The fast step captured once as a CUDA graph (torch.cuda.graph, capturable fused Adam) and
+    replayed each step; each batch is gathered outside the graph into its static input tensor, the
+    pattern torch's CUDA-graph documentation uses. CUDA only. (Gathering the batch inside the graph
+    from a static index tensor hit a device-side "index out of bounds" assert at replay on an H200
+    with torch 2.11+cu130, 2026-11-26.)"""
     if not on_cuda(device):
         raise RuntimeError("CUDA graphs need a CUDA device")
     dataset, step, optimizer = _fast_parts(data, device, capturable=True)
-    index = torch.arange(batch_size, device=device)
+    static_batch = dataset[:batch_size].clone()
     with tf32(use_tf32):
         side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph requires
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                step(dataset[index])
+                step(static_batch)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            step(dataset[index])
+            step(static_batch)
 
     def take(idx):
-        index.copy_(idx)
+        static_batch.copy_(dataset[idx])
         graph.replay()
 
     def run():

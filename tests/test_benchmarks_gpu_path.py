@@ -233,14 +233,22 @@ def test_gpu_report_dry_run_on_cpu_builds_every_variant(tmp_path):
         str(tmp_path),
         "--budget-s",
         "100000",
+        "--skip",
+        "TF32",
     ]
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "gpu-dry-run.json").read_text())
     assert results["dry_run"] and results["kind"] == "gpu" and not results["failed"] and results["complete"]
     training = variants.training_variants(variants.Setting("gpu", False, "cuda"), Config(), np.zeros((1, 2)), 1, 1, 1)
-    for v in training:  # each measured, or skipped only because it needs CUDA itself
-        assert v.name in results["training"] or (v.needs_cuda and "needs CUDA" in results["skipped"][v.name]), v.name
+    for v in training:  # each measured, or skipped because --skip names it or it needs CUDA itself
+        if "TF32" in v.name:
+            assert v.name not in results["training"] and "--skip 'TF32'" in results["skipped"][v.name], v.name
+        else:
+            assert v.name in results["training"] or (v.needs_cuda and "needs CUDA" in results["skipped"][v.name]), (
+                v.name
+            )
+    assert any("TF32" in v.name for v in training)
     assert set(results["sampling"]) == {
         v.name for v in variants.sampling_variants(variants.Setting("gpu", False, "cuda"), 1)
     }
