@@ -81,7 +81,20 @@ def open_run_dir(config: Config) -> Path:
     process dies).
     """
     run_dir = Path(config.out_dir) if config.out_dir else default_run_dir(config)
-    if config.resume:
+    try:
+        _check_run_dir(run_dir, config.resume)
+    except OSError as err:  # not writable, a name too long for the file system, ...: before any work
+        raise RunDirError(
+            f"cannot create the run folder {str(run_dir)!r} ({err.strerror}); "
+            "choose another --out-dir, a writable one with shorter names"
+        ) from None
+    lock_run_dir(run_dir)
+    return run_dir
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse what `open_run_dir` refuses, then make the folder."""
+    if resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise RunDirError(
                 f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
@@ -92,14 +105,7 @@ def open_run_dir(config: Config) -> Path:
             f"{str(run_dir)!r} already exists and is not empty; add --resume to continue that run, "
             "or choose another --out-dir (earlier results are never overwritten)"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunDirError(
-            f"cannot create the run folder {str(run_dir)!r} ({err.strerror}); choose a writable --out-dir"
-        ) from None
-    lock_run_dir(run_dir)
-    return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 _LOCKS: dict[Path, int] = {}

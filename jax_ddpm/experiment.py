@@ -28,7 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from ddpm_harness.config import Config, ConfigError, check_fits_in_memory, dataset_for, held_out_for, validate
+from ddpm_harness.config import (
+    SAMPLE_CHUNK,
+    Config,
+    ConfigError,
+    check_fits_in_memory,
+    dataset_for,
+    held_out_for,
+    validate,
+)
 from ddpm_harness.data import file_sha256
 from ddpm_harness.metrics import calibration, evaluate
 from ddpm_harness.runs import (
@@ -252,10 +260,6 @@ def sample_states(
     else:
         states, nfe = jax.vmap(chain)(params, jnp.stack(keys))
     return np.asarray(states), int(np.max(nfe))
-
-
-SAMPLE_CHUNK = 25_000
-"""Points sampled at once: memory stays bounded whatever n (one chunk's chain is ~20 MB for T = 100)."""
 
 
 def sample_points(

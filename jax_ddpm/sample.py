@@ -20,7 +20,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import SEED_MAX, ConfigError, validate_sampling
+from ddpm_harness.config import SEED_MAX, ConfigError, available_memory_bytes, check_chain_fits, validate_sampling
 from ddpm_harness.data import DataError, load_points
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.checkpoint import SAMPLING_FIELDS, CheckpointError, IncompatibleCheckpointError, restore_run
@@ -119,6 +119,8 @@ def sample_run(args: SampleArgs) -> Path:
     # Written into a temporary file renamed into place when complete (a killed draw leaves no
     # half-written file under the name); final points chunk by chunk into a memory-mapped file, so
     # memory stays bounded whatever --n (a --trajectory holds every state and is not streamed).
+    if args.trajectory:  # every state of every chain, in memory at once
+        check_chain_fits(config, n, available_memory_bytes(), "--trajectory", "ask for fewer points (--n)")
     partial = out.with_name(out.name + ".partial.npy")
     try:
         if args.trajectory:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_ddpm.experiment import SAMPLE_CHUNK
+from ddpm_harness.config import SAMPLE_CHUNK
 
 REPO = Path(__file__).resolve().parents[1]
 

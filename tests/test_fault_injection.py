@@ -11,6 +11,7 @@ the summary alike.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 import pytest
 
+from ddpm_harness.config import SAMPLE_CHUNK, Config, ConfigError, chain_bytes, check_chain_fits
 from ddpm_harness.runs import CONFIG_FILE
 from jax_ddpm.checkpoint import restore_run
 from tests.conftest import snapshot, tiny_argv, train_main
@@ -191,6 +193,25 @@ def test_read_only_folder_is_one_line_and_untouched(tmp_path, capsys):
         for path in [run_dir, *run_dir.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "/".join(["y" * 200] * 25)])
+def test_an_out_dir_the_file_system_cannot_name_is_one_line(tmp_path, capsys, name):
+    # one component over NAME_MAX (255 bytes), or a whole path over PATH_MAX (4096)
+    code = train_main(tiny_argv(tmp_path / name, "--no-plots", "--epochs", "2"))
+    line = one_error_line(capsys)
+    assert code == 2 and "cannot create the run folder" in line and "too long" in line, line
+    assert list(tmp_path.iterdir()) == []  # nothing made, not even the first parent folders
+
+
+def test_the_reverse_chains_of_a_sampling_chunk_are_counted_against_memory():
+    # sample_points holds SAMPLE_CHUNK points' chains at once: T + 1 states (K + 1 with --sample-steps K)
+    config = Config(num_steps=1000, n_samples=10**6, seeds=2)
+    assert chain_bytes(config, SAMPLE_CHUNK) == 2 * SAMPLE_CHUNK * 1001 * 16
+    assert chain_bytes(dataclasses.replace(config, sample_steps=10), SAMPLE_CHUNK) == 2 * SAMPLE_CHUNK * 11 * 16
+    check_chain_fits(config, SAMPLE_CHUNK, chain_bytes(config, SAMPLE_CHUNK), "--num-steps", "fewer")  # just fits
+    with pytest.raises(ConfigError, match=r"--num-steps: the reverse chains of 25,000 points over 1,001 states"):
+        check_chain_fits(config, SAMPLE_CHUNK, chain_bytes(config, SAMPLE_CHUNK) - 1, "--num-steps", "fewer")
 
 
 @pytest.mark.parametrize("option", ["--n-samples", "--n-points"])

@@ -84,6 +84,15 @@ def test_sample_cli_changes_the_sampler_of_a_v_run(trained, tmp_path):
         assert np.isfinite(np.load(out)).all()
 
 
+def test_a_trajectory_larger_than_memory_is_refused_before_any_work(tiny_run, tmp_path, capsys):
+    # 10^8 points x 101 states are ~150 GiB in memory (a --trajectory is not streamed): one line, no file.
+    out = tmp_path / "trajectory.npy"
+    assert sample_main(["--run", str(tiny_run), "--trajectory", "--n", "100000000", "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "--trajectory: the reverse chains of 100,000,000 points over 101 states need about" in line, line
+    assert "ask for fewer points (--n)" in line and not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_x_T_reproduces_a_ddim_trajectory_exactly(tiny_run, tmp_path):
     ddim = ["--sampler", "ddim", "--sample-steps", "10", "--eta", "0", "--trajectory", "--n", "64"]
     first = tmp_path / "first.npy"
