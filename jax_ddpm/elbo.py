@@ -27,6 +27,7 @@ differ by about log2(255 / 2) = 7 bits/dim for the same model and are not compar
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -145,7 +146,7 @@ def prior_bpd(schedule: Schedule, x_0: jax.Array) -> jax.Array:
     return jnp.mean(kl, axis=1) / np.log(2.0)
 
 
-@functools.partial(jax.jit, static_argnames=("parameterization", "decoder"))
+@functools.partial(jax.jit, static_argnames=("parameterization", "decoder", "mean_logvar"))
 def elbo_terms(
     params: dict,
     schedule: Schedule,
@@ -153,15 +154,18 @@ def elbo_terms(
     key: jax.Array,
     parameterization: str = "mean_logvar",
     decoder: str = "discretized",
+    mean_logvar: Callable = model_mean_logvar,
 ) -> jax.Array:
     """Every term of the bound for every point, in bits/dim: (T, N), row t the term at step t
-    (row 0 the decoder NLL), x_t drawn with noise from fold_in(key, t)."""
+    (row 0 the decoder NLL), x_t drawn with noise from fold_in(key, t). `mean_logvar(params,
+    schedule, x_t, t, parameterization)` gives p(x_{t-1} | x_t) (`predictions.model_mean_logvar` for
+    v and x0 models)."""
 
     def term(t):
         steps = jnp.full((x_0.shape[0],), t)
         noise = jax.random.normal(jax.random.fold_in(key, t), x_0.shape, x_0.dtype)
         x_t = q_sample(x_0, steps, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, noise)
-        mean, log_var = model_mean_logvar(params, schedule, x_t, steps, parameterization)
+        mean, log_var = mean_logvar(params, schedule, x_t, steps, parameterization)
         return vlb_terms(schedule, x_0, x_t, steps, mean, log_var, decoder)
 
     return jax.lax.map(term, jnp.arange(schedule.num_steps))
@@ -174,12 +178,15 @@ def negative_elbo(
     key: jax.Array,
     parameterization: str = "mean_logvar",
     decoder: str = "discretized",
+    mean_logvar: Callable = model_mean_logvar,
 ) -> dict[str, float]:
     """The negative ELBO of points x_0 (N, 2) in bits/dim, averaged over the points, and its parts:
     total = prior + diffusion (the KL terms, t >= 1) + decoder (t = 0), on `accurate_schedule`."""
     x_0 = jnp.asarray(x_0, jnp.float32)
     schedule = accurate_schedule(schedule)
-    terms = np.asarray(elbo_terms(params, schedule, x_0, key, parameterization, decoder), np.float64).mean(axis=1)
+    terms = np.asarray(elbo_terms(params, schedule, x_0, key, parameterization, decoder, mean_logvar), np.float64).mean(
+        axis=1
+    )
     prior = float(np.mean(np.asarray(prior_bpd(schedule, x_0), np.float64)))
     decoder_bpd, diffusion = float(terms[0]), float(terms[1:].sum())
     return dict(total=prior + diffusion + decoder_bpd, prior=prior, diffusion=diffusion, decoder=decoder_bpd)

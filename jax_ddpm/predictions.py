@@ -18,17 +18,15 @@ invert (x_0 = (x_T - e) / 0): `ddpm_harness.config.validate` refuses that pair.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jax_ddpm.elbo import accurate_schedule, prior_bpd, vlb_terms
+from jax_ddpm import elbo
 from jax_ddpm.model import apply_model
 from jax_ddpm.samplers import predict_x0, rescale_zero_terminal_snr, schedule_from_betas
-from jax_ddpm.schedule import Schedule, extract, make_beta_schedule, q_posterior_mean_variance, q_sample, schedule_for
+from jax_ddpm.schedule import Schedule, extract, make_beta_schedule, q_posterior_mean_variance, schedule_for
 
 
 def run_schedule(config) -> Schedule:
@@ -97,31 +95,9 @@ def model_mean_logvar(params: dict, schedule: Schedule, x_t: jax.Array, t: jax.A
     return mean, jnp.broadcast_to(jnp.log(extract(schedule.betas, t, x_t)), x_t.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("prediction", "decoder"))
-def elbo_terms(
-    params: dict, schedule: Schedule, x_0: jax.Array, key: jax.Array, prediction: str = "v", decoder: str = "gaussian"
-) -> jax.Array:
-    """`jax_ddpm.elbo.elbo_terms` for an eps, v or x0 model: (T, N) bits/dim, x_t drawn with noise
-    fold_in(key, t) as there."""
-
-    def term(t):
-        steps = jnp.full((x_0.shape[0],), t)
-        noise = jax.random.normal(jax.random.fold_in(key, t), x_0.shape, x_0.dtype)
-        x_t = q_sample(x_0, steps, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, noise)
-        mean, log_var = model_mean_logvar(params, schedule, x_t, steps, prediction)
-        return vlb_terms(schedule, x_0, x_t, steps, mean, log_var, decoder)
-
-    return jax.lax.map(term, jnp.arange(schedule.num_steps))
-
-
 def negative_elbo(
     params: dict, schedule: Schedule, x_0, key: jax.Array, prediction: str = "v", decoder: str = "gaussian"
 ) -> dict[str, float]:
     """The negative ELBO in bits/dim of an eps, v or x0 model, as `jax_ddpm.elbo.negative_elbo`:
     total = prior + diffusion (t >= 1) + decoder (t = 0), on `elbo.accurate_schedule`."""
-    x_0 = jnp.asarray(x_0, jnp.float32)
-    schedule = accurate_schedule(schedule)
-    terms = np.asarray(elbo_terms(params, schedule, x_0, key, prediction, decoder), np.float64).mean(axis=1)
-    prior = float(np.mean(np.asarray(prior_bpd(schedule, x_0), np.float64)))
-    decoder_bpd, diffusion = float(terms[0]), float(terms[1:].sum())
-    return dict(total=prior + diffusion + decoder_bpd, prior=prior, diffusion=diffusion, decoder=decoder_bpd)
+    return elbo.negative_elbo(params, schedule, x_0, key, prediction, decoder, model_mean_logvar)
