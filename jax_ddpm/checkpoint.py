@@ -84,6 +84,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message says where and what to do."""
 
 
+class UnfinishedCheckpointError(CheckpointError):
+    """A checkpoint without its manifest: the run stopped while writing it (nothing in it was ever used)."""
+
+
 class IncompatibleCheckpointError(CheckpointError):
     """A readable checkpoint written with options that differ from this run's."""
 
@@ -110,6 +114,7 @@ def changed_options(saved: dict, config: Config) -> list[str]:
 
 
 MANIFEST_DIR = "checkpoint_manifests"
+UNFINISHED = "it has no manifest: the run stopped while writing it"
 SET_ASIDE_DIR = "corrupt_checkpoints"
 
 
@@ -179,7 +184,7 @@ class Checkpointer:
         """Why checkpoint `epoch` cannot be trusted, or None when its files match its manifest."""
         manifest = self.manifests / f"{epoch}.json"
         if not manifest.is_file():
-            return "it has no manifest: the run stopped while writing it"
+            return UNFINISHED
         try:
             expected = json.loads(manifest.read_text())
         except (OSError, ValueError):
@@ -195,6 +200,8 @@ class Checkpointer:
 
     def _read(self, epoch: int, template, config: Config):
         problem = self._verify(epoch)
+        if problem == UNFINISHED:
+            raise UnfinishedCheckpointError(problem)
         if problem:
             raise CheckpointError(problem)
         try:
@@ -224,13 +231,15 @@ class Checkpointer:
 
         A bad newest checkpoint is reported in one warning line on stderr and, with `set_aside`
         (a run that resumes and will write a new one), moved aside; the one before it is used.
+        With `set_aside`, None when every checkpoint was unfinished (the run was killed while
+        writing its first): the resumed run then starts from the beginning, as if none were written.
         Raises IncompatibleCheckpointError when a checkpoint was written with other trajectory options,
         CheckpointError when no checkpoint can be read.
         """
         epochs = sorted(self._manager.all_steps(), reverse=True)
         if not epochs:
             raise CheckpointError(f"no checkpoint in {str(self.directory)!r}")
-        problems = []
+        problems, unfinished = [], 0
         for epoch in epochs:
             try:
                 return self._read(epoch, template, config)
@@ -238,6 +247,7 @@ class Checkpointer:
                 raise
             except CheckpointError as err:
                 problems.append(f"checkpoint {epoch}: {err}")
+                unfinished += isinstance(err, UnfinishedCheckpointError)
                 earlier = [e for e in epochs if e < epoch]
                 fallback = f"using checkpoint {earlier[0]}" if earlier else "no earlier checkpoint is left"
                 moved = f"; it is moved to {SET_ASIDE_DIR}/" if set_aside else ""
@@ -248,6 +258,8 @@ class Checkpointer:
                 )
                 if set_aside:
                     self._set_aside(epoch)
+        if set_aside and unfinished == len(epochs):
+            return None
         raise CheckpointError(
             f"no readable checkpoint in {str(self.directory)!r} ({'; '.join(problems)}); start a new --out-dir"
         )

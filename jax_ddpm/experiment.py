@@ -426,7 +426,11 @@ def set_up(config: Config) -> Run:
 
 
 def _restore(run: Run) -> None:
-    state, record = run.checkpointer.restore(run.state, run.config)
+    restored = run.checkpointer.restore(run.state, run.config)
+    if restored is None:  # killed while writing its first checkpoint: nothing was kept, start again
+        print(f"resuming {run.run_dir} from the beginning: it was stopped before its first checkpoint was complete")
+        return
+    state, record = restored
     run.state, run.start_epoch, run.wall_before = state, record["epoch"], record["wall_s"]
     if run.start_epoch > run.config.epochs:
         raise ConfigError(

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_ddpm.checkpoint import restore_run
+from jax_ddpm.checkpoint import CheckpointError, restore_run
 from tests.conftest import tiny_argv, train_main
 
 
@@ -70,3 +70,32 @@ def test_sampling_reads_the_previous_checkpoint_without_moving_anything(tmp_path
     assert record["epoch"] == 10
     assert "warning: checkpoint 20" in capsys.readouterr().err
     assert (run_dir / "checkpoints" / "20").is_dir() and not (run_dir / "corrupt_checkpoints").exists()
+
+
+def test_an_unfinished_only_checkpoint_resumes_from_the_beginning(uninterrupted, tmp_path, capsys):
+    """Killed between orbax's rename of its first checkpoint and the manifest: nothing was ever kept, so
+    --resume sets that checkpoint aside with one warning and trains from epoch 0, like a run killed
+    before any checkpoint; it ends where the uninterrupted run ends."""
+    run_dir = tmp_path / "run"
+    assert train_main(tiny_argv(run_dir, "--no-plots", "--epochs", "10")) == 0
+    damage_manifest(run_dir / "checkpoints" / "10")
+    capsys.readouterr()
+    assert train_main(tiny_argv(run_dir, "--no-plots", "--resume")) == 0
+    out, err = capsys.readouterr()
+    err = [line for line in err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: checkpoint 10") and "no manifest" in err[0], err
+    assert "from the beginning" in out
+    assert len([p for p in (run_dir / "corrupt_checkpoints").glob("10-*") if p.is_dir()]) == 1
+    for a, b in zip(
+        jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(uninterrupted)[1])
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), np.load(uninterrupted / "samples.npy"))
+
+
+def test_sampling_refuses_a_run_whose_only_checkpoint_is_unfinished(tmp_path):
+    run_dir = tmp_path / "run"
+    assert train_main(tiny_argv(run_dir, "--no-plots", "--epochs", "10")) == 0
+    damage_manifest(run_dir / "checkpoints" / "10")
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        restore_run(run_dir)

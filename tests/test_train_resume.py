@@ -55,7 +55,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
         text=True,
     )
     deadline = time.monotonic() + 120
-    while not (killed / "checkpoints" / "10").is_dir():  # orbax renames a checkpoint into place when complete
+    # A checkpoint is complete once its manifest is written (after orbax renamed it into place); a kill
+    # between the two leaves an unfinished checkpoint, which --resume rightly refuses when it is the only one.
+    while not (killed / "checkpoint_manifests" / "10.json").is_file():
         assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()}"
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.005)
