@@ -354,12 +354,14 @@ class Pictures:
 
         draw_setup_pictures(self.run.run_dir, tutorial_datasets(self.run.config), self.forward)
 
-    def draw_results(self, x_seq: np.ndarray, records: list[dict]) -> None:
-        """Start reverse.png, loss.png and diffusion.gif once data.png and forward.png are done."""
+    def draw_results(self, x_seq: np.ndarray, records: list[dict], steps: Optional[list[int]] = None) -> None:
+        """Start reverse.png, loss.png and diffusion.gif once data.png and forward.png are done (steps:
+        the t of each state of x_seq when the sampler skips steps, from `state_steps`)."""
         from ddpm_harness.plots import draw_result_pictures
 
         self.wait()
-        self._thread = self._start(lambda: draw_result_pictures(self.run.run_dir, self.forward, x_seq, records))
+        run_dir, forward = self.run.run_dir, self.forward
+        self._thread = self._start(lambda: draw_result_pictures(run_dir, forward, x_seq, records, steps))
 
     def join(self) -> None:
         """Wait for the drawing in progress, keeping any error for `wait`."""
@@ -537,7 +539,7 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         save_samples(run.run_dir, samples[config.sample_with])
     run.timings["sampling"] = time.perf_counter() - start
     if pictures is not None:
-        pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records)
+        pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records, state_steps(config))
     start = time.perf_counter()
     reference = held_out_for(config, config.n_samples)
     # numpy releases the GIL in its array loops: the two evaluations run on both cores.
@@ -591,6 +593,18 @@ def train_and_evaluate(config: Config, imports_s: Optional[float] = None) -> dic
         if pictures is not None:
             pictures.join()  # never leave a thread writing into a folder we release
         release_run_dir(run.run_dir)
+
+
+def state_steps(config: Config) -> Optional[list[int]]:
+    """The step t of each state of a ddpm, ddim or dpm-solver++ chain on K of the T steps, in the
+    tutorial's labels (state k is x_{t + 1} before the model call at step t; the sample is x_0);
+    None for the samplers whose chains have T + 1 states labelled as the tutorial's."""
+    if config.sampler not in ("ddpm", "ddim", "dpm-solver++"):
+        return None
+    options = sampler_options(config)
+    spacing = options["timestep_spacing"] or ("linspace" if config.sampler == "dpm-solver++" else "leading")
+    steps = samplers.sampler_timesteps(config.sampler, config.num_steps, options["sample_steps"], spacing)
+    return [int(t) + 1 for t in steps] + [0]
 
 
 def sampling_record(config: Config, nfe: int) -> dict:
