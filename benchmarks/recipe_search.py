@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from ddpm_harness import metrics
-from ddpm_harness.config import Config, dataset_for, held_out_for
+from ddpm_harness.config import Config, data_transform, dataset_for, held_out_for
 from jax_ddpm import speed
 from jax_ddpm.experiment import draw_samples
 from jax_ddpm.predictions import loss_fn_for, run_schedule
@@ -53,6 +53,11 @@ CANDIDATES = {
     "sigmoid-0.2-v-cos": (dict(schedule="sigmoid", beta_start=1e-5, beta_end=0.2, prediction="v"), "cosine"),
     "sigmoid-0.2-x0": (dict(schedule="sigmoid", beta_start=1e-5, beta_end=0.2, prediction="x0"), None),
     "sigmoid-0.5-v": (dict(schedule="sigmoid", beta_start=1e-5, beta_end=0.5, prediction="v"), None),
+    "norm-sigmoid-0.2-v": (
+        dict(schedule="sigmoid", beta_start=1e-5, beta_end=0.2, prediction="v", normalize=True),
+        None,
+    ),
+    "norm-cosine-v": (dict(schedule="cosine", prediction="v", normalize=True), None),
     "linear-T200": (dict(LINEAR, num_steps=200, beta_end=0.05), None),
     "linear-lr2e-3": (dict(LINEAR, lr=2e-3), None),
 }
@@ -156,6 +161,8 @@ def run_candidate(name: str, dataset: str, args, log) -> dict:
     overrides, lr_schedule = CANDIDATES[name]
     config = Config(dataset=dataset, epochs=args.epochs, seeds=args.seeds, n_samples=args.n, **overrides)
     data = dataset_for(config)
+    shift, scale = data_transform(config, data)
+    data = (data - shift) / scale  # --normalize: model units (draw_samples maps the samples back)
     reference = held_out_for(config, args.n)
     start = time.perf_counter()
     params_sets = train_multi_ema(config, data, lr_schedule)

@@ -72,6 +72,10 @@ class Config:
     """Parameters used for the final samples (the tutorial samples with the raw ones)."""
     n_samples: int = 10_000
     """Number of points sampled at the end of training; the run's final evaluation scores them."""
+    normalize: bool = False
+    """Train on the data standardized (minus its mean, divided by the standard deviation of all its
+    coordinates) and map the samples back: the schedule then meets every dataset at unit scale (the
+    tutorial's s_curve has std 0.1, its noise 0.01). The statistics are the training points'."""
     prediction: Literal["eps", "v", "x0"] = "eps"
     """What the model is trained to predict: the noise eps (the tutorial), v = sqrt(abar) eps -
     sqrt(1 - abar) x_0 (Salimans & Ho 2022) or x_0; every sampler converts. v and x0 replace the
@@ -361,6 +365,16 @@ def check_processes(config: Config) -> None:
 def dataset_for(config: Config) -> np.ndarray:
     """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32."""
     return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+
+
+def data_transform(config: Config, data: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
+    """(shift (2,), scale) with model units = (data - shift) / scale: the training points' mean and
+    the standard deviation of all their coordinates with --normalize, (0, 1) without. `data`: the
+    config's training points when already drawn."""
+    if not config.normalize:
+        return np.zeros(2, np.float32), 1.0
+    data = dataset_for(config) if data is None else data
+    return data.mean(axis=0).astype(np.float32), float(data.std())
 
 
 def held_out_for(config: Config, n: int) -> np.ndarray:

@@ -28,7 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from ddpm_harness.config import Config, ConfigError, check_fits_in_memory, dataset_for, held_out_for, validate
+from ddpm_harness.config import (
+    Config,
+    ConfigError,
+    check_fits_in_memory,
+    data_transform,
+    dataset_for,
+    held_out_for,
+    validate,
+)
 from ddpm_harness.data import file_sha256
 from ddpm_harness.metrics import calibration, evaluate
 from ddpm_harness.runs import (
@@ -86,6 +94,7 @@ class Run:
     timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase of this session
     data_sha256: Optional[str] = None  # of a data file; None for a built-in dataset
     writes: bool = True  # False on the processes of a multi-process run other than 0, which write nothing
+    transform: tuple = (np.zeros(2, np.float32), 1.0)  # (shift, scale): model units = (data - shift) / scale
 
     @property
     def steps_per_epoch(self) -> int:
@@ -172,8 +181,20 @@ def draw_samples(
 
     The tutorial sampler is `sampling.sample_chain` itself (bit for bit the tutorial's default run);
     the others run as one program with x_T as its input, so a deterministic sampler started from the
-    x_T it drew reproduces its chain exactly.
+    x_T it drew reproduces its chain exactly. With --normalize every state is mapped back to data
+    units (x_T is given in model units, where it is N(0, I)).
     """
+    return _to_data(_draw(params, schedule, config, key, n, x_T, trajectory), *data_transform(config))
+
+
+def _to_data(samples: samplers.Samples, shift: np.ndarray, scale: float) -> samplers.Samples:
+    if scale == 1.0 and not np.any(shift):
+        return samples
+    trajectory = None if samples.trajectory is None else samples.trajectory * scale + shift
+    return samples.replace(x_0=samples.x_0 * scale + shift, trajectory=trajectory)
+
+
+def _draw(params, schedule, config, key, n, x_T, trajectory) -> samplers.Samples:
     sampling_config = _sampling_part(config)
     if config.sampler == "tutorial":
         if x_T is None:
@@ -334,7 +355,9 @@ class Pictures:
 
     def __init__(self, run: Run):
         self.run = run
-        self.forward = forward_frames(run.schedule, run.data, picture_noise(run.config, run.data.shape))
+        shift, scale = run.transform  # the forward process runs in model units, drawn in data units
+        noise = picture_noise(run.config, run.data.shape)
+        self.forward = forward_frames(run.schedule, (run.data - shift) / scale, noise) * scale + shift
         self._error: Optional[BaseException] = None
         self._thread = self._start(self._draw_setup)
 
@@ -410,6 +433,7 @@ def set_up(config: Config) -> Run:
             [],
             data_sha256=file_sha256(config.dataset),
             writes=writes,
+            transform=data_transform(config, data),
         )
         if config.resume and run.checkpointer.latest_epoch() is not None:
             _restore(run)
@@ -462,7 +486,8 @@ def train(run: Run) -> Trained:
     config, steps_per_epoch = run.config, run.steps_per_epoch
     n_chunk = chunk_epochs(config, steps_per_epoch, run.start_epoch)
     chunk_fn = make_train_chunk(config, run.schedule, run.optimizer, n_chunk, run.mesh)
-    data = jnp.asarray(run.data)
+    shift, scale = run.transform
+    data = jnp.asarray((run.data - shift) / scale)  # --normalize: model units
     compile_start = time.perf_counter()
     compiled = chunk_fn.lower(run.state, data).compile()
     compile_s = time.perf_counter() - compile_start
@@ -660,6 +685,8 @@ def train_models(config: Config, data: Optional[np.ndarray] = None) -> list[dict
     """Train `config.seeds` models at once (vmapped) in one chunk of `config.epochs` epochs; the
     final parameters of each seed (raw or EMA, as config.sample_with says)."""
     data = dataset_for(config) if data is None else data
+    shift, scale = data_transform(config, data)
+    data = (data - shift) / scale  # --normalize: model units
     optimizer = optimizer_for(config)
     state = init_states(config, optimizer)
     chunk = make_train_chunk(config, run_schedule(config), optimizer, config.epochs)
