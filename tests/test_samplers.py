@@ -131,10 +131,11 @@ def test_pictures_of_a_k_step_chain_are_titled_with_its_steps(monkeypatch, tmp_p
             labels.append(label)
 
     monkeypatch.setattr(plots.ImageDraw, "Draw", Draw)
-    x_seq = np.zeros((11, 4, 2), np.float32)
+    rng = np.random.default_rng(0)
+    x_seq = rng.normal(size=(11, 4, 2)).astype(np.float32)
     plots.plot_reverse(x_seq, tmp_path / "reverse.png", steps)
     assert titles == [f"$p(\\mathbf{{x}}_{{{t}}})$" for t in range(90, -1, -10)]
-    plots.write_gif(np.zeros((3, 4, 2)), x_seq[1:], tmp_path / "d.gif", size=8, reverse_steps=steps[1:])
+    plots.write_gif(rng.normal(size=(3, 4, 2)), x_seq[1:], tmp_path / "d.gif", size=8, reverse_steps=steps[1:])
     assert labels == ["q(x_0)", "q(x_1)", "q(x_2)"] + [f"p: x_{t}" for t in range(90, -1, -10)]
     # A chain of fewer than ten steps shows every state after x_T.
     titles.clear()
