@@ -72,6 +72,10 @@ class Config:
     """Parameters used for the final samples (the tutorial samples with the raw ones)."""
     n_samples: int = 10_000
     """Number of points sampled at the end of training; the run's final evaluation scores them."""
+    normalize: bool = False
+    """Train on the data standardized (minus its mean, divided by the standard deviation of all its
+    coordinates) and map the samples back: the schedule then meets every dataset at unit scale (the
+    tutorial's s_curve has std 0.1, its noise 0.01). The statistics are the training points'."""
     prediction: Literal["eps", "v", "x0"] = "eps"
     """What the model is trained to predict: the noise eps (the tutorial), v = sqrt(abar) eps -
     sqrt(1 - abar) x_0 (Salimans & Ho 2022) or x_0; every sampler converts. v and x0 replace the
@@ -137,8 +141,9 @@ class Config:
     """Skip the pictures and the GIF."""
     preset: Literal["tutorial", "recommended"] = "tutorial"
     """Defaults to start from: the tutorial's, or the recipe measured in
-    benchmarks/results/quality.md (ddpm_harness.config.PRESETS). Options given on the command line
-    override the preset."""
+    benchmarks/results/quality.md and docs/samplers.md (ddpm_harness.config.PRESETS: v prediction on
+    the normalized data, sigmoid 1e-5..0.2, EMA 0.9995, DPM-Solver++ with 20 steps). Options given on
+    the command line override the preset."""
     compile_cache: bool = True
     """Load compiled programs from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or
     $JAX_DDPM_CACHE_DIR/xla) and store new ones there; --no-compile-cache compiles every program afresh."""
@@ -262,11 +267,25 @@ def validate_sampling(config) -> None:
 # A preset is a set of defaults. `resolve_preset` gives every field the user did not set the
 # preset's value; a field counts as set when it was named on the command line or differs from the
 # tutorial's default. So `--preset recommended --ema-decay 0.99` keeps 0.99, and so does
-# `--preset recommended --sample-with raw` (named, though it is the tutorial's default). The
-# measurements behind "recommended" are in benchmarks/results/quality.md.
+# `--preset recommended --sample-with raw` (named, though it is the tutorial's default).
+# "recommended" is the candidate norm-sigmoid-0.2-v of `python -m benchmarks.recipe_search`, the only
+# one of the three measured on s_curve (benchmarks/results/recipe_search.jsonl) within 3x its floor:
+# without --normalize a schedule meets s_curve's std of 0.1 at a tenth of the scale it was made for.
+# Its sampler is the cheapest of the best on moons (DPM-Solver++, 20 evaluations) and its EMA decay
+# the best there. The preset itself, trained and scored on the three datasets, is section 5 of
+# benchmarks/results/quality.md; docs/samplers.md says which targets it meets.
 PRESETS: dict[str, dict[str, object]] = {
     "tutorial": {},
-    "recommended": dict(schedule="linear", beta_start=1e-4, beta_end=0.1, ema_decay=0.999, sample_with="ema"),
+    "recommended": dict(
+        schedule="sigmoid",
+        beta_start=1e-5,
+        beta_end=0.2,
+        prediction="v",
+        normalize=True,
+        ema_decay=0.9995,
+        sample_with="ema",
+        sampler="dpm-solver++",  # K = 20, its default: not set here, so --sampler ddpm alone gives K = T
+    ),
 }
 
 
@@ -361,6 +380,16 @@ def check_processes(config: Config) -> None:
 def dataset_for(config: Config) -> np.ndarray:
     """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32."""
     return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+
+
+def data_transform(config: Config, data: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
+    """(shift (2,), scale) with model units = (data - shift) / scale: the training points' mean and
+    the standard deviation of all their coordinates with --normalize, (0, 1) without. `data`: the
+    config's training points when already drawn."""
+    if not config.normalize:
+        return np.zeros(2, np.float32), 1.0
+    data = dataset_for(config) if data is None else data
+    return data.mean(axis=0).astype(np.float32), float(data.std())
 
 
 def held_out_for(config: Config, n: int) -> np.ndarray:

@@ -51,20 +51,21 @@ def plot_forward(frames: Sequence[tuple[int, np.ndarray]], path: Path) -> None:
 
 
 def reverse_states(num_steps: int) -> list[int]:
-    """The ten reverse-chain states the tutorial shows: 10, 20, ..., 100 for T = 100."""
-    return [(i + 1) * num_steps // 10 for i in range(10)]
+    """The ten reverse-chain states the tutorial shows: 10, 20, ..., 100 for T = 100 (every state
+    after x_T for a chain of fewer than ten steps)."""
+    return sorted({(i + 1) * num_steps // 10 for i in range(10)} - {0})
 
 
-def plot_reverse(x_seq: np.ndarray, path: Path) -> None:
+def plot_reverse(x_seq: np.ndarray, path: Path, state_steps: Sequence[int] | None = None) -> None:
     """reverse.png: states 10, 20, ..., T of the chain x_seq (T + 1, n, 2).
 
     x_seq[0] is x_T and each reverse step lowers t by one, so state k is x_{T-k}: state 10 is
     x_90 and state 100 the sample x_0. (The tutorial titles them q(x_100), q(x_200), ...: a slip.)
+    A sampler that skips steps passes `state_steps`, the t of each of its S + 1 states.
     """
     num_steps = x_seq.shape[0] - 1
-    _scatter_row(
-        [(f"$p(\\mathbf{{x}}_{{{num_steps - k}}})$", x_seq[k]) for k in reverse_states(num_steps)], path, (2.8, 3)
-    )
+    steps = list(state_steps) if state_steps is not None else [num_steps - k for k in range(num_steps + 1)]
+    _scatter_row([(f"$p(\\mathbf{{x}}_{{{steps[k]}}})$", x_seq[k]) for k in reverse_states(num_steps)], path, (2.8, 3))
 
 
 def plot_loss(records: Sequence[dict], path: Path) -> None:
@@ -114,14 +115,22 @@ def rasterize(points: np.ndarray, limits: tuple[float, float, float], size: int)
     return image
 
 
-def write_gif(forward: np.ndarray, reverse: np.ndarray, path: Path, size: int = 256, frame_ms: int = 100) -> None:
+def write_gif(
+    forward: np.ndarray,
+    reverse: np.ndarray,
+    path: Path,
+    size: int = 256,
+    frame_ms: int = 100,
+    reverse_steps: Sequence[int] | None = None,
+) -> None:
     """diffusion.gif: forward frames (F, n, 2) then reverse frames (R, n, 2), looping forever.
 
     Frame i of `forward` is labelled q(x_i); frame j of `reverse` is the chain state j + 1, that is
     x_{R-1-j} (the caller passes x_seq[1:], so the last frame is the sample x_0).
     """
     limits = frame_limits(np.concatenate([forward.reshape(-1, 2), reverse.reshape(-1, 2)]))
-    labels = [f"q(x_{t})" for t in range(len(forward))] + [f"p: x_{len(reverse) - 1 - j}" for j in range(len(reverse))]
+    steps = list(reverse_steps) if reverse_steps is not None else [len(reverse) - 1 - j for j in range(len(reverse))]
+    labels = [f"q(x_{t})" for t in range(len(forward))] + [f"p: x_{t}" for t in steps]
     frames = []
     for points, label in zip(list(forward) + list(reverse), labels):
         image = Image.fromarray(rasterize(points, limits, size), mode="L")
@@ -138,19 +147,32 @@ def draw_setup_pictures(run_dir: Path, datasets: dict[str, np.ndarray], forward:
     plot_forward([(t, forward[t]) for t in forward_steps(forward.shape[0])], run_dir / "forward.png")
 
 
-def draw_result_pictures(run_dir: Path, forward: np.ndarray, x_seq: np.ndarray, records: Sequence[dict]) -> None:
-    """The pictures of a trained model: reverse.png, loss.png and diffusion.gif (x_seq (T + 1, n, 2):
-    one reverse chain, x_T first)."""
+def draw_result_pictures(
+    run_dir: Path,
+    forward: np.ndarray,
+    x_seq: np.ndarray,
+    records: Sequence[dict],
+    state_steps: Sequence[int] | None = None,
+) -> None:
+    """The pictures of a trained model: reverse.png, loss.png and diffusion.gif (x_seq (S + 1, n, 2):
+    one reverse chain, x_T first; state_steps, the t of each state when the sampler skips steps;
+    default: S = T steps, state k is x_{T-k})."""
     run_dir = Path(run_dir)
-    plot_reverse(x_seq, run_dir / "reverse.png")
+    plot_reverse(x_seq, run_dir / "reverse.png", state_steps)
     plot_loss(records, run_dir / "loss.png")
-    # Forward frames q(x_0) .. q(x_{T-1}), then chain states 1 .. T (x_{T-1} .. x_0): it ends on the sample.
-    write_gif(forward, x_seq[1:], run_dir / "diffusion.gif")
+    # Forward frames q(x_0) .. q(x_{T-1}), then chain states 1 .. S (the last is x_0): it ends on the sample.
+    reverse_steps = None if state_steps is None else list(state_steps)[1:]
+    write_gif(forward, x_seq[1:], run_dir / "diffusion.gif", reverse_steps=reverse_steps)
 
 
 def draw_run_pictures(
-    run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray, x_seq: np.ndarray, records: Sequence[dict]
+    run_dir: Path,
+    datasets: dict[str, np.ndarray],
+    forward: np.ndarray,
+    x_seq: np.ndarray,
+    records: Sequence[dict],
+    state_steps: Sequence[int] | None = None,
 ) -> None:
     """All pictures of a run: data.png, forward.png, reverse.png, loss.png and diffusion.gif."""
     draw_setup_pictures(run_dir, datasets, forward)
-    draw_result_pictures(run_dir, forward, x_seq, records)
+    draw_result_pictures(run_dir, forward, x_seq, records, state_steps)

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import ConfigError, held_out_for
+from ddpm_harness.config import ConfigError, data_transform, held_out_for
 from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import METRICS, RunDirError, format_against, format_metric, write_json
 from jax_ddpm import elbo, likelihood, predictions, samplers
@@ -87,6 +87,12 @@ def bound(config, params, schedule, points: np.ndarray, decoder: str, seed: int)
     return predictions.negative_elbo(params, schedule, points, key, config.prediction, decoder)
 
 
+def to_data_units(values: dict, scale: float, keys: tuple[str, ...]) -> dict:
+    """bits/dim of model units (x / scale) in data units: -log2 p_x = -log2 p_u + d log2(scale), per dim.
+    (The bound's prior and diffusion terms are KL divergences, which a change of units leaves alone.)"""
+    return {k: v + np.log2(scale) if k in keys else v for k, v in values.items()}
+
+
 def evaluate_run(args: EvaluateArgs) -> dict:
     """Restore, sample, score; write the JSON and print the report. The evaluation as a dict."""
     run_dir = Path(args.run)
@@ -108,9 +114,15 @@ def evaluate_run(args: EvaluateArgs) -> dict:
     quality = sample_quality(states[..., -1, :, :], held_out_for(config, n))
     calibrated = calibration(config.dataset, n, config.data_noise, config.seed)
     points = held_out_for(config, args.n_likelihood)[: args.n_likelihood]
+    shift, scale = data_transform(config)
+    points = (points - shift) / scale  # model units; bits/dim in data units add log2(scale) below
     seeds = per_seed(params, config.seeds)
-    nlls = [nll(config, p, schedule, points) for p in seeds]
-    bounds = [bound(config, p, schedule, points, args.decoder, config.seed + i) for i, p in enumerate(seeds)]
+    nlls = [to_data_units(nll(config, p, schedule, points), scale, ("bits_per_dim",)) for p in seeds]
+    density = ("total", "decoder") if args.decoder == "gaussian" else ()  # a bin's probability has no units
+    bounds = [
+        to_data_units(bound(config, p, schedule, points, args.decoder, config.seed + i), scale, density)
+        for i, p in enumerate(seeds)
+    ]
 
     def gather(rows: list[dict]) -> dict:  # one seed: its values; several: a list per key
         return rows[0] if len(rows) == 1 else {k: [r[k] for r in rows] for k in rows[0]}

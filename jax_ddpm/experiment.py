@@ -33,6 +33,7 @@ from ddpm_harness.config import (
     Config,
     ConfigError,
     check_fits_in_memory,
+    data_transform,
     dataset_for,
     held_out_for,
     validate,
@@ -94,6 +95,7 @@ class Run:
     timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase of this session
     data_sha256: Optional[str] = None  # of a data file; None for a built-in dataset
     writes: bool = True  # False on the processes of a multi-process run other than 0, which write nothing
+    transform: tuple = (np.zeros(2, np.float32), 1.0)  # (shift, scale): model units = (data - shift) / scale
 
     @property
     def steps_per_epoch(self) -> int:
@@ -180,8 +182,20 @@ def draw_samples(
 
     The tutorial sampler is `sampling.sample_chain` itself (bit for bit the tutorial's default run);
     the others run as one program with x_T as its input, so a deterministic sampler started from the
-    x_T it drew reproduces its chain exactly.
+    x_T it drew reproduces its chain exactly. With --normalize every state is mapped back to data
+    units (x_T is given in model units, where it is N(0, I)).
     """
+    return _to_data(_draw(params, schedule, config, key, n, x_T, trajectory), *data_transform(config))
+
+
+def _to_data(samples: samplers.Samples, shift: np.ndarray, scale: float) -> samplers.Samples:
+    if scale == 1.0 and not np.any(shift):
+        return samples
+    trajectory = None if samples.trajectory is None else samples.trajectory * scale + shift
+    return samples.replace(x_0=samples.x_0 * scale + shift, trajectory=trajectory)
+
+
+def _draw(params, schedule, config, key, n, x_T, trajectory) -> samplers.Samples:
     sampling_config = _sampling_part(config)
     if config.sampler == "tutorial":
         if x_T is None:
@@ -338,7 +352,9 @@ class Pictures:
 
     def __init__(self, run: Run):
         self.run = run
-        self.forward = forward_frames(run.schedule, run.data, picture_noise(run.config, run.data.shape))
+        shift, scale = run.transform  # the forward process runs in model units, drawn in data units
+        noise = picture_noise(run.config, run.data.shape)
+        self.forward = forward_frames(run.schedule, (run.data - shift) / scale, noise) * scale + shift
         self._error: Optional[BaseException] = None
         self._thread = self._start(self._draw_setup)
 
@@ -358,12 +374,14 @@ class Pictures:
 
         draw_setup_pictures(self.run.run_dir, tutorial_datasets(self.run.config), self.forward)
 
-    def draw_results(self, x_seq: np.ndarray, records: list[dict]) -> None:
-        """Start reverse.png, loss.png and diffusion.gif once data.png and forward.png are done."""
+    def draw_results(self, x_seq: np.ndarray, records: list[dict], steps: Optional[list[int]] = None) -> None:
+        """Start reverse.png, loss.png and diffusion.gif once data.png and forward.png are done (steps:
+        the t of each state of x_seq when the sampler skips steps, from `state_steps`)."""
         from ddpm_harness.plots import draw_result_pictures
 
         self.wait()
-        self._thread = self._start(lambda: draw_result_pictures(self.run.run_dir, self.forward, x_seq, records))
+        run_dir, forward = self.run.run_dir, self.forward
+        self._thread = self._start(lambda: draw_result_pictures(run_dir, forward, x_seq, records, steps))
 
     def join(self) -> None:
         """Wait for the drawing in progress, keeping any error for `wait`."""
@@ -412,6 +430,7 @@ def set_up(config: Config) -> Run:
             [],
             data_sha256=file_sha256(config.dataset),
             writes=writes,
+            transform=data_transform(config, data),
         )
         if config.resume and run.checkpointer.latest_epoch() is not None:
             _restore(run)
@@ -468,7 +487,8 @@ def train(run: Run) -> Trained:
     config, steps_per_epoch = run.config, run.steps_per_epoch
     n_chunk = chunk_epochs(config, steps_per_epoch, run.start_epoch)
     chunk_fn = make_train_chunk(config, run.schedule, run.optimizer, n_chunk, run.mesh)
-    data = jnp.asarray(run.data)
+    shift, scale = run.transform
+    data = jnp.asarray((run.data - shift) / scale)  # --normalize: model units
     compile_start = time.perf_counter()
     compiled = chunk_fn.lower(run.state, data).compile()
     compile_s = time.perf_counter() - compile_start
@@ -545,7 +565,7 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         save_samples(run.run_dir, samples[config.sample_with])
     run.timings["sampling"] = time.perf_counter() - start
     if pictures is not None:
-        pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records)
+        pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records, state_steps(config))
     start = time.perf_counter()
     reference = held_out_for(config, config.n_samples)
     # numpy releases the GIL in its array loops: the two evaluations run on both cores.
@@ -601,6 +621,18 @@ def train_and_evaluate(config: Config, imports_s: Optional[float] = None) -> dic
         release_run_dir(run.run_dir)
 
 
+def state_steps(config: Config) -> Optional[list[int]]:
+    """The step t of each state of a ddpm, ddim or dpm-solver++ chain on K of the T steps, in the
+    tutorial's labels (state k is x_{t + 1} before the model call at step t; the sample is x_0);
+    None for the samplers whose chains have T + 1 states labelled as the tutorial's."""
+    if config.sampler not in ("ddpm", "ddim", "dpm-solver++"):
+        return None
+    options = sampler_options(config)
+    spacing = options["timestep_spacing"] or ("linspace" if config.sampler == "dpm-solver++" else "leading")
+    steps = samplers.sampler_timesteps(config.sampler, config.num_steps, options["sample_steps"], spacing)
+    return [int(t) + 1 for t in steps] + [0]
+
+
 def sampling_record(config: Config, nfe: int) -> dict:
     """How the final samples were drawn, for summary.json: sampler, its options, NFE."""
     record = dict(sampler=config.sampler, nfe=nfe, prediction=config.prediction)
@@ -654,6 +686,8 @@ def train_models(config: Config, data: Optional[np.ndarray] = None) -> list[dict
     """Train `config.seeds` models at once (vmapped) in one chunk of `config.epochs` epochs; the
     final parameters of each seed (raw or EMA, as config.sample_with says)."""
     data = dataset_for(config) if data is None else data
+    shift, scale = data_transform(config, data)
+    data = (data - shift) / scale  # --normalize: model units
     optimizer = optimizer_for(config)
     state = init_states(config, optimizer)
     chunk = make_train_chunk(config, run_schedule(config), optimizer, config.epochs)

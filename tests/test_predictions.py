@@ -14,9 +14,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_harness.config import PRESETS, Config, ConfigError, given_fields, resolve_preset, validate
+from ddpm_harness.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    data_transform,
+    dataset_for,
+    given_fields,
+    resolve_preset,
+    validate,
+)
 from jax_ddpm import elbo, losses, samplers
 from jax_ddpm.checkpoint import IncompatibleCheckpointError, check_compatible
+from jax_ddpm.evaluate import to_data_units
+from jax_ddpm.experiment import draw_samples
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.predictions import loss_fn_for, model_mean_logvar, prediction_loss, run_schedule, training_target
 from jax_ddpm.schedule import make_beta_schedule, make_schedule
@@ -149,3 +160,22 @@ def test_sampling_options_may_change_on_resume_training_options_may_not(tmp_path
 def test_validate_refuses_prediction_with_learned_variance():
     with pytest.raises(ConfigError, match="--prediction v replaces the noise loss's target"):
         validate(Config(prediction="v", loss="hybrid", sampler="ddpm"))
+
+
+def test_normalize_maps_samples_back_to_data_units():
+    config = Config(dataset="s_curve", n_points=500, normalize=True, sampler="ddim", sample_steps=5)
+    data = dataset_for(config)
+    shift, scale = data_transform(config)
+    np.testing.assert_allclose(shift, data.mean(axis=0), rtol=1e-6)
+    assert scale == pytest.approx(float(data.std())) and 0.05 < scale < 0.2  # s_curve's std ~0.1
+    assert data_transform(dataclasses.replace(config, normalize=False)) == (pytest.approx([0, 0]), 1.0)
+    params = init_params(jax.random.key(3), T)
+    key = jax.random.key(4)
+    out = draw_samples(params, run_schedule(config), config, key, 64, trajectory=True)
+    raw = draw_samples(
+        params, run_schedule(config), dataclasses.replace(config, normalize=False), key, 64, trajectory=True
+    )
+    np.testing.assert_allclose(out.x_0, np.asarray(raw.x_0) * scale + shift, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out.trajectory, np.asarray(raw.trajectory) * scale + shift, rtol=1e-6, atol=1e-7)
+    # bits/dim of model units in data units: + log2(scale) per dimension.
+    assert to_data_units({"bits_per_dim": 1.0, "nfe": 7}, 0.25, ("bits_per_dim",)) == {"bits_per_dim": -1.0, "nfe": 7}

@@ -26,7 +26,18 @@ from tests.test_bad_input import one_error_line, write_file
 # sampler and eps prediction are the tiny_run fixture).
 TRAINED = {
     "v-ddim": ["--prediction", "v", "--sampler", "ddim", "--sample-steps", "10", "--eta", "0.5"],
-    "x0-zts-dpm": ["--prediction", "x0", "--zero-terminal-snr", "--sampler", "dpm-solver++", "--sample-steps", "8"],
+    "x0-zts-dpm": [
+        "--prediction",
+        "x0",
+        "--zero-terminal-snr",
+        "--sampler",
+        "dpm-solver++",
+        "--sample-steps",
+        "8",
+        "--dataset",
+        "s_curve",
+        "--normalize",
+    ],
     "eps-ode": ["--sampler", "ode", "--ode-rtol", "1e-4", "--ode-atol", "1e-4"],
 }
 

@@ -105,3 +105,39 @@ def test_noise_from_a_key_is_the_same_noise_injected(tutorial_setup, name):
     # Two compiled programs (noise drawn inside the scan or read from an array) round differently:
     # measured 1 ulp; allow 1e-6.
     np.testing.assert_allclose(np.asarray(drawn.x_0), np.asarray(injected.x_0), rtol=1e-6, atol=1e-6)
+
+
+def test_pictures_of_a_k_step_chain_are_titled_with_its_steps(monkeypatch, tmp_path):
+    from ddpm_harness import plots
+    from ddpm_harness.config import Config
+    from jax_ddpm.experiment import state_steps
+
+    # State k of a chain is x_{t + 1} before the model call at step t, and the sample is x_0: the
+    # tutorial's chain is x_100 .. x_0; K = 10 trailing steps (99, 89, ..., 9) give x_100, x_90, ... .
+    assert state_steps(Config()) is None and state_steps(Config(sampler="ode")) is None
+    assert state_steps(Config(sampler="ddpm")) == list(range(T, -1, -1))
+    steps = state_steps(Config(sampler="ddim", sample_steps=10, timestep_spacing="trailing"))
+    assert steps == [100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    assert state_steps(Config(sampler="ddim", sample_steps=10))[:2] == [91, 81]  # leading: 90, 80, ..., 0
+
+    titles, labels = [], []
+    monkeypatch.setattr(plots, "_scatter_row", lambda panels, path, size, **kw: titles.extend(t for t, _ in panels))
+
+    class Draw:  # records the GIF's frame labels
+        def __init__(self, image):
+            pass
+
+        def text(self, xy, label, fill):
+            labels.append(label)
+
+    monkeypatch.setattr(plots.ImageDraw, "Draw", Draw)
+    rng = np.random.default_rng(0)
+    x_seq = rng.normal(size=(11, 4, 2)).astype(np.float32)
+    plots.plot_reverse(x_seq, tmp_path / "reverse.png", steps)
+    assert titles == [f"$p(\\mathbf{{x}}_{{{t}}})$" for t in range(90, -1, -10)]
+    plots.write_gif(rng.normal(size=(3, 4, 2)), x_seq[1:], tmp_path / "d.gif", size=8, reverse_steps=steps[1:])
+    assert labels == ["q(x_0)", "q(x_1)", "q(x_2)"] + [f"p: x_{t}" for t in range(90, -1, -10)]
+    # A chain of fewer than ten steps shows every state after x_T.
+    titles.clear()
+    plots.plot_reverse(x_seq[:4], tmp_path / "reverse.png", [100, 60, 30, 0])
+    assert titles == ["$p(\\mathbf{x}_{60})$", "$p(\\mathbf{x}_{30})$", "$p(\\mathbf{x}_{0})$"]

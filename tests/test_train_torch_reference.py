@@ -55,6 +55,10 @@ def test_tiny_reference_run_writes_the_same_files(tiny_run, tmp_path):
     assert summary["framework"] == "torch" and summary["compile_s"] is None and summary["steps"] == 5 * STEPS_PER_EPOCH
     assert set(summary) == set(json.loads((tiny_run / "summary.json").read_text()))
     assert np.load(run_dir / "samples.npy").shape == (128, 2)
+    # The final evaluation scores the 128 samples, beside the floor and ceiling at n = 128 (as the JAX CLI).
+    assert summary["calibration"]["n"] == 128 and set(summary["evaluation"]) == {"raw", "ema"}
+    jax_summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["calibration"]["floor"] == jax_summary["calibration"]["floor"]
 
 
 @pytest.mark.parametrize("option, value", [("--seeds", "2"), ("--eval-every", "5"), ("--checkpoint-every", "10")])

@@ -61,6 +61,7 @@ def check_supported(config: Config) -> None:
         "resume": (False, "the reference writes no checkpoints"),
         "checkpoint_every": (DEFAULTS.checkpoint_every, "the reference writes no checkpoints"),
         "eval_every": (DEFAULTS.eval_every, "the reference evaluates once, at the end"),
+        "normalize": (False, "the tutorial trains on the data as drawn"),
         "prediction": ("eps", "the tutorial's model predicts the noise"),
         "zero_terminal_snr": (False, "the tutorial's schedules only"),
         "sampler": ("tutorial", "the reference has the tutorial's sampler only"),
