@@ -98,13 +98,42 @@ def stack(trees: Sequence) -> object:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
 
 
-def make_sweep_chunk(config: Config, n_epochs: int, mesh=None):
+# Most models a device trains at once (see `model_block`): a block's states stay in the CPU's caches
+# through a chunk, which made many models faster (docs/sweep.md has the figures).
+MODEL_BLOCK = 4
+
+
+def model_block(n_models: int, devices: int = 1) -> Optional[int]:
+    """Models each device trains at once, vmapped: None (all of its share together) for a share of up to
+    MODEL_BLOCK models; else the block of MODEL_BLOCK or fewer that needs the fewest padding models."""
+    share = -(-n_models // devices)
+    if share <= MODEL_BLOCK:
+        return None
+    return min(range(MODEL_BLOCK, 1, -1), key=lambda b: (-share) % b)
+
+
+def pad_models(state, hyper, n_models: int, devices: int = 1):
+    """(state, hyper, block): the stacked models padded with copies of the last one (trained only to fill
+    the devices' blocks, then dropped) to a multiple of devices x block; `block` for `make_sweep_chunk`."""
+    block = model_block(n_models, devices)
+    padding = (-n_models) % (devices * (block or 1))
+    if padding:
+        state, hyper = (
+            jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padding, 0)]), tree)
+            for tree in (state, hyper)
+        )
+    return state, hyper, block
+
+
+def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[int] = None):
     """Compile `n_epochs` epochs of a group into one program: (state, data, hyper) -> (state, metrics).
 
     `state` and `hyper` carry a leading model axis; `config` gives what the group's models share
     (data shapes, T, batch size, loss, whether they clip). Each model runs `train_epoch` with
     `train_step` as `make_train_chunk` does, its optimizer, EMA, schedule and loss weight built from
-    its own `hyper`. With a `mesh` (axis 'data') each device trains a share of the models.
+    its own `hyper`. With a `mesh` (axis 'data') each device trains a share of the models. With a
+    `block`, each device trains its models `block` at a time (vmapped), all epochs of the chunk for
+    one block before the next (`lax.map`): the model axis must then divide into blocks.
     """
     clipped = config.clip_norm > 0
     n_steps = config.num_steps
@@ -119,7 +148,18 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None):
         epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=step, n_steps=n_steps)
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=n_epochs)
 
-    chunk = jax.vmap(one_model, in_axes=(0, None, 0))
+    models = jax.vmap(one_model, in_axes=(0, None, 0))
+
+    def chunk(state, data, hyper):
+        n = jax.tree_util.tree_leaves(state)[0].shape[0]
+        if block is None or block >= n:
+            return models(state, data, hyper)
+        if n % block:
+            raise ValueError(f"{n} models do not divide into blocks of {block}")
+        blocks = functools.partial(jax.tree_util.tree_map, lambda x: x.reshape(n // block, block, *x.shape[1:]))
+        out = jax.lax.map(lambda sh: models(sh[0], data, sh[1]), (blocks(state), blocks(hyper)))
+        return jax.tree_util.tree_map(lambda x: x.reshape(n, *x.shape[2:]), out)
+
     if mesh is not None:
         chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P("data"), P(), P("data")), out_specs=P("data"))
     return jax.jit(chunk, compiler_options=speed.on_cpu(speed.TRAINING))
@@ -139,6 +179,7 @@ class Group:
     mesh: object
     start_epoch: int
     n_models: int  # configurations x seeds (the state may carry padding models past it)
+    block: Optional[int] = None  # models each device trains at once (`model_block`)
     diverged_at: dict = dataclasses.field(default_factory=dict)  # run index -> epoch
     evaluations: dict = dataclasses.field(default_factory=dict)  # run index -> last evaluation
 
@@ -188,17 +229,13 @@ def set_up_group(group: list[Configuration], args: SweepArgs) -> Optional[Group]
     states = [_as_models(run.state, seeds) for run in runs]
     hypers = [hyper_params(run.config) for run in runs for _ in range(seeds)]
     n_models = len(runs) * seeds
-    padding = (-n_models) % args.devices  # models trained only to fill the devices, then dropped
     state = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *states)
-    if padding:
-        state = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padding, 0)]), state)
-        hypers += [hypers[-1]] * padding
-    hyper = stack(hypers)
+    state, hyper, block = pad_models(state, stack(hypers), n_models, args.devices)
     if mesh is not None:
         state, hyper = jax.device_put((state, hyper), NamedSharding(mesh, P("data")))
     if start:
         print(f"resuming {len(runs)} configuration(s) from epoch {start}")
-    return Group(todo, runs, state, hyper, mesh, start, n_models)
+    return Group(todo, runs, state, hyper, mesh, start, n_models, block)
 
 
 def _restore_at(run: experiment.Run, epoch: int) -> None:
@@ -232,7 +269,9 @@ def train_group(group: Group, label: str) -> experiment.Trained:
     data = jnp.asarray(runs[0].data)
     compile_start, compiled = time.perf_counter(), None
     if group.start_epoch < config.epochs:
-        compiled = make_sweep_chunk(config, n_chunk, group.mesh).lower(group.state, data, group.hyper).compile()
+        compiled = (
+            make_sweep_chunk(config, n_chunk, group.mesh, group.block).lower(group.state, data, group.hyper).compile()
+        )
     compile_s = time.perf_counter() - compile_start
     if compiled is not None:
         print(f"{label}: compiled a chunk of {n_chunk} epochs for {n_models} models in {compile_s:.1f} s")

@@ -298,6 +298,7 @@ def _as_one_of_many(chunk: Callable) -> Callable:
     it rounds as each model of a vmapped sweep does (tests/test_sweep.py)."""
     many = jax.vmap(chunk, in_axes=(0, None))
 
+    @functools.wraps(chunk)  # still compiled as jit(chunk)
     def one(state, data):
         add_axis = functools.partial(jax.tree_util.tree_map, lambda x: x[None])
         return jax.tree_util.tree_map(lambda x: x[0], many(add_axis(state), data))

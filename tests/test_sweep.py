@@ -30,8 +30,8 @@ from ddpm_harness.sweeps import (
 from jax_ddpm.checkpoint import Checkpointer, restore_run
 from jax_ddpm.distributed import process_share
 from jax_ddpm.sample import main as sample_main
+from jax_ddpm.sweep import MODEL_BLOCK, merge_sweep, model_block, pad_models, run_sweep
 from jax_ddpm.sweep import main as sweep_main
-from jax_ddpm.sweep import merge_sweep, run_sweep
 from jax_ddpm.train import main as train_main
 from tests.conftest import snapshot
 from tests.test_bad_input import one_error_line
@@ -127,6 +127,16 @@ def test_grid_groups_and_split():
     halves = [process_share(configs, i, 2) for i in range(2)]
     assert sorted(c.index for half in halves for c in half) == list(range(16))
     assert all(sorted(len(g) for g in groups(half)) == [2, 2, 2, 2] for half in halves)  # every group shared out
+
+
+def test_models_are_trained_in_blocks():
+    """A device trains more than MODEL_BLOCK models in blocks (lax.map over vmapped blocks) with the least
+    padding; sweep_a's 16 models run as 4 blocks of 4, so the tests on it cover the blocked program."""
+    assert MODEL_BLOCK == 4 and model_block(16) == 4 and model_block(8, devices=2) is None
+    assert model_block(6) == 3 and model_block(7) == 4 and model_block(64, devices=2) == 4
+    state, hyper = {"w": np.arange(7.0)}, {"lr": np.arange(7.0) / 10}
+    padded, padded_hyper, block = pad_models(state, hyper, 7, devices=2)  # 4 a device: no blocks, one copy
+    assert block is None and padded["w"].tolist() == [0, 1, 2, 3, 4, 5, 6, 6] and padded_hyper["lr"][-1] == 0.6
 
 
 def test_configuration_equals_the_single_train_run(sweep_a, tmp_path):
