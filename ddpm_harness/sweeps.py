@@ -20,6 +20,7 @@ import datetime
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -149,6 +150,15 @@ class SweepArgs:
     """Also draw every configuration's run pictures and GIF (slow; grid.png is always drawn)."""
     compile_cache: bool = True
     """Load compiled programs from JAX's persistent compilation cache and store new ones there."""
+    num_processes: Optional[int] = None
+    """Processes that split the grid (each trains every num_processes-th configuration into the shared
+    --out-dir; process 0 then merges the leaderboard). Under srun / mpirun their variables are read when
+    this and --process-id are not given. The processes never talk to each other: no coordinator."""
+    process_id: Optional[int] = None
+    """This process's index, 0 .. num_processes - 1."""
+    merge_timeout: float = 86_400.0
+    """Seconds process 0 waits, after its own share, for the other processes' configurations before it
+    gives up with one line (their rows can be merged later with --resume)."""
 
 
 # The training options a sweep takes as lists, in the order of the grid (the product varies the last fastest).
@@ -166,6 +176,9 @@ SINGLE = (
     "preset",
     "plots",
     "compile_cache",
+    "num_processes",
+    "process_id",
+    "merge_timeout",
 )
 SWEPT = tuple(f.name for f in dataclasses.fields(SweepArgs) if f.name not in SINGLE)
 # Options that change only values inside one compiled program (vmapped, one value per model), or
@@ -245,6 +258,15 @@ def check_args(args: SweepArgs) -> None:
             )
     if args.seeds < 1 or args.devices < 1:
         raise ConfigError(f"--seeds and --devices must be positive integers, got {args.seeds} and {args.devices}")
+    if (args.num_processes is None) != (args.process_id is None):
+        raise ConfigError("--num-processes and --process-id go together: give both (or neither, under srun / mpirun)")
+    if args.num_processes is not None:
+        if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+            raise ConfigError(
+                f"--process-id must lie in 0 .. --num-processes - 1, got {args.process_id} of {args.num_processes}"
+            )
+    if not args.merge_timeout > 0:
+        raise ConfigError(f"--merge-timeout must be a positive number of seconds, got {args.merge_timeout}")
 
 
 def configurations(args: SweepArgs, sweep_dir: Path) -> list[Configuration]:
@@ -374,7 +396,18 @@ def sweep_record(args: SweepArgs, configs: Sequence[Configuration]) -> dict:
 
 
 # Options that may differ when a sweep resumes or a process joins it.
-FREE_SWEEP_OPTIONS = ("out_dir", "resume", "rank_by", "log_every", "plots", "compile_cache", "devices")
+FREE_SWEEP_OPTIONS = (
+    "out_dir",
+    "resume",
+    "rank_by",
+    "log_every",
+    "plots",
+    "compile_cache",
+    "devices",
+    "num_processes",
+    "process_id",
+    "merge_timeout",
+)
 
 
 def open_sweep_dir(args: SweepArgs, sweep_dir: Path, configs: Sequence[Configuration], joining: bool = False) -> None:
@@ -404,18 +437,27 @@ def open_sweep_dir(args: SweepArgs, sweep_dir: Path, configs: Sequence[Configura
             f"--resume: {str(sweep_dir)!r} holds no sweep (no {SWEEP_FILE}); give the --out-dir of "
             "an earlier sweep, or drop --resume"
         )
-    if sweep_dir.exists() and not (sweep_dir.is_dir() and not any(sweep_dir.iterdir())) and not joining:
+    # Empty: nothing but a sweep.json.<pid>.tmp that a kill left before its rename (no sweep was started).
+    empty = sweep_dir.is_dir() and all(_is_record_tmp(p) for p in sweep_dir.iterdir())
+    if sweep_dir.exists() and not empty and not joining:
         raise ConfigError(
             f"{str(sweep_dir)!r} already exists and is not empty; add --resume to continue that "
             "sweep, or choose another --out-dir (earlier results are never overwritten)"
         )
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_json(path, record)
+        # Atomic, through a file of this process's own: the processes of a split sweep may all write it at once.
+        tmp = path.with_name(f"{SWEEP_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
     except OSError as err:
         raise ConfigError(
             f"cannot write the sweep folder {str(sweep_dir)!r} ({err.strerror or err}); choose a writable --out-dir"
         ) from None
+
+
+def _is_record_tmp(path: Path) -> bool:
+    return path.name.startswith(SWEEP_FILE + ".") and path.name.endswith(".tmp")
 
 
 def _jsonable(value):

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,11 +43,12 @@ from jax.sharding import PartitionSpec as P
 from ddpm_harness.cli import run as run_cli
 from ddpm_harness.config import Config, ConfigError, held_out_for
 from ddpm_harness.data import DataError
-from ddpm_harness.runs import CONFIG_FILE, RunDirError, epoch_record, release_run_dir, write_summary
+from ddpm_harness.runs import CONFIG_FILE, SUMMARY_FILE, RunDirError, epoch_record, release_run_dir, write_summary
 from ddpm_harness.sweeps import (
     SINGLE,
     Configuration,
     SweepArgs,
+    check_args,
     check_memory,
     configurations,
     default_sweep_dir,
@@ -450,7 +452,36 @@ def merge_sweep(args: SweepArgs, command: str = "") -> list[dict]:
 
 PROG = "python -m jax_ddpm.sweep"
 USAGE_ERRORS = (ConfigError, DataError, RunDirError, IncompatibleCheckpointError)
-RUNTIME_ERRORS = (CheckpointError, experiment.RunWriteError, OSError)
+RUNTIME_ERRORS = (CheckpointError, experiment.RunWriteError, distributed.DistributedError, OSError)
+
+
+def launch_of(args: SweepArgs, environ=os.environ) -> tuple[int, int]:
+    """(process_id, num_processes) of this sweep process: --process-id and --num-processes, or the
+    variables of srun / mpirun when it started several tasks, or (0, 1)."""
+    if args.num_processes is not None:
+        process_id, num_processes = args.process_id, args.num_processes
+    elif distributed.detect_cluster(environ) is not None:
+        launch = distributed.plan_launch(environ=environ)
+        process_id, num_processes = launch.process_id, launch.num_processes
+    else:
+        return 0, 1
+    if num_processes > 1 and args.out_dir is None:
+        raise ConfigError("a sweep over several processes needs --out-dir: the one folder they all write into")
+    return process_id, num_processes
+
+
+def sweep_command(args: SweepArgs, command: str = "") -> Optional[list[dict]]:
+    """What the command line runs: this process's share of the grid; with several processes, process 0
+    then waits (--merge-timeout) for every configuration's summary.json and merges the leaderboard."""
+    check_args(args)
+    process_id, num_processes = launch_of(args)
+    rows = run_sweep(args, process_id, num_processes, command)
+    if num_processes == 1 or process_id != 0:
+        return rows
+    configs = configurations(args, Path(args.out_dir))
+    print(f"process 0 of {num_processes}: waiting for the other processes' configurations")
+    distributed.wait_for_files([Path(c.config.out_dir) / SUMMARY_FILE for c in configs], args.merge_timeout)
+    return merge_sweep(args, command)
 
 
 def check_single_values(argv: Sequence[str]) -> None:
@@ -482,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    body = functools.partial(run_sweep, command=" ".join([PROG, *argv]))
+    body = functools.partial(sweep_command, command=" ".join([PROG, *argv]))
     return run_cli(SweepArgs, argv, PROG, body, USAGE_ERRORS, RUNTIME_ERRORS, resolve_sweep_preset)
 
 

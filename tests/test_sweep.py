@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from ddpm_harness.config import ConfigError
 from ddpm_harness.sweeps import (
     SweepArgs,
     check_memory,
@@ -30,7 +31,7 @@ from ddpm_harness.sweeps import (
 from jax_ddpm.checkpoint import Checkpointer, restore_run
 from jax_ddpm.distributed import process_share
 from jax_ddpm.sample import main as sample_main
-from jax_ddpm.sweep import MODEL_BLOCK, merge_sweep, model_block, pad_models, run_sweep
+from jax_ddpm.sweep import MODEL_BLOCK, launch_of, merge_sweep, model_block, pad_models, run_sweep
 from jax_ddpm.sweep import main as sweep_main
 from jax_ddpm.train import main as train_main
 from tests.conftest import snapshot
@@ -215,6 +216,50 @@ def test_split_across_processes_then_merged_equals_one_process(sweep_a, tmp_path
     assert [r["metrics"] for r in merged] == [r["metrics"] for r in one]
 
 
+def test_two_processes_split_the_grid_and_process_zero_merges(sweep_a, tmp_path):
+    """`--num-processes 2 --process-id 0|1` as two real processes into one folder: each trains 8 of the 16
+    configurations, process 0 waits for the other's and merges; the leaderboard is one process's, row for
+    row (the names, every metric), and a configuration of process 1 equals one process's bit for bit."""
+    out = tmp_path / "two"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jax_ddpm.sweep", *TINY, *GRID, "--out-dir", str(out)]
+            + ["--num-processes", "2", "--process-id", str(i)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (1, 0)
+    ]
+    try:
+        outputs = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stderr
+    assert "this process trains 8" in outputs[0][0] and "leaderboard.md" not in outputs[0][0]
+    assert "best of 16" in outputs[1][0]
+    rows, one = (json.loads((d / "leaderboard.json").read_text())["rows"] for d in (out, sweep_a))
+    assert [(r["name"], r["metrics"]) for r in rows] == [(r["name"], r["metrics"]) for r in one]
+    trained_by_one = folder(sweep_a, lr=1e-3, clip_norm=1.0, ema_decay=0.99, schedule="sigmoid").name
+    assert int(trained_by_one[1:3]) % 2 == 1  # an odd index: dealt to process 1
+    assert_same_run(out / trained_by_one, sweep_a / trained_by_one)
+
+
+def test_launch_from_options_or_srun_variables():
+    srun = dict(
+        SLURM_JOB_ID="1", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_LOCALID="1"
+    )
+    assert launch_of(SweepArgs(out_dir="/sweep"), environ={}) == (0, 1)
+    assert launch_of(SweepArgs(out_dir="/sweep"), environ=srun) == (1, 2)
+    assert launch_of(SweepArgs(out_dir="/sweep", num_processes=3, process_id=2), environ=srun) == (2, 3)
+    with pytest.raises(ConfigError, match="needs --out-dir"):
+        launch_of(SweepArgs(), environ=srun)
+
+
 def test_devices_2_equals_one_device(sweep_a, tmp_path):
     """8 models over 2 host devices (4 each, in a subprocess: host devices need XLA_FLAGS before jax starts):
     the same models to float32 round-off (shard_map compiles each device's share as a program of its own,
@@ -318,6 +363,9 @@ BAD = [
     (["--lr", "1e-3", "1e-3"], "--lr repeats a value"),
     (["--lr", "1e-3", "-1"], "--lr must be positive"),
     (["--seeds", "100000000"], "needs about"),
+    (["--num-processes", "2"], "--num-processes and --process-id go together"),
+    (["--num-processes", "2", "--process-id", "2"], "--process-id must lie in 0 .. --num-processes - 1, got 2 of 2"),
+    (["--merge-timeout", "0"], "--merge-timeout must be a positive number"),
 ]
 
 
