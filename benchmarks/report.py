@@ -143,6 +143,38 @@ def _scaling_tables(results: dict) -> list[str]:
     return lines
 
 
+def _sweep_table(results: dict) -> list[str]:
+    """The sweep section (benchmarks/sweep_bench.py): K models of one group in one compiled program."""
+    table = results.get("sweep_scaling") or {}
+    if not table:
+        return []
+    columns = list(table)
+    ks = sorted({int(k) for rows in table.values() for k in rows})
+    lines = [
+        "## Many models: a sweep's program",
+        "",
+        "Total model-steps/s of `jax_ddpm.sweep.make_sweep_chunk` (what `python -m jax_ddpm.sweep` compiles) "
+        "for K configurations of one group (learning rates 1e-4 .. 1e-3, each model its own optimizer "
+        "values), moons, batch 128; with 2 host devices each trains K / 2 of them; more than 4 on a device train "
+        "in blocks of up to 4 (`jax_ddpm.sweep.MODEL_BLOCK`). Of roofline = "
+        "model-steps/s x FLOPs per step / the roofline above. What was tried: docs/sweep.md.",
+        "",
+        "| K | " + " | ".join(f"{c}: model-steps/s | per model | of roofline" for c in columns) + " |",
+        "|---|" + "---|---|---|" * len(columns),
+    ]
+    for k in ks:
+        cells = []
+        for c in columns:
+            r = table[c].get(str(k))
+            cells += (
+                [_fmt(r["median"]), _fmt(r["median"] / k), f"{100 * r['roofline_fraction']:.1f}%"]
+                if r
+                else ["-", "-", "-"]
+            )
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _machine_lines(results: dict) -> list[str]:
     m = results["machine"]
     lines = [
@@ -240,6 +272,8 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         lines += _compile_cache_table(results)
     lines += ["## Scaling", "", f"![scaling]({chart_name})", ""]
     lines += _scaling_tables(results)
+    if results.get("sweep_scaling"):
+        lines += [""] + _sweep_table(results)
     if results.get("end_to_end"):
         lines += ["", "## End to end (subprocesses, `--no-plots`)", "", "| command | wall s | note |", "|---|---|---|"]
         for name, r in results["end_to_end"].items():

@@ -226,8 +226,13 @@ class Checkpointer:
             raise CheckpointError(f"orbax cannot read it ({_first_line(err)})") from None
         return state, record
 
-    def restore(self, template, config: Config, set_aside: bool = True):
-        """(state, record) of the newest good checkpoint; `template` is a fresh state of the same shapes.
+    def has(self, epoch: int) -> bool:
+        """Whether orbax holds a finished checkpoint of `epoch`."""
+        return int(epoch) in self._manager.all_steps()
+
+    def restore(self, template, config: Config, set_aside: bool = True, epoch: Optional[int] = None):
+        """(state, record) of the newest good checkpoint, or of `epoch` when given; `template` is a
+        fresh state of the same shapes.
 
         A bad newest checkpoint is reported in one warning line on stderr and, with `set_aside`
         (a run that resumes and will write a new one), moved aside; the one before it is used.
@@ -236,6 +241,15 @@ class Checkpointer:
         Raises IncompatibleCheckpointError when a checkpoint was written with other trajectory options,
         CheckpointError when no checkpoint can be read.
         """
+        if epoch is not None:
+            if not self.has(epoch):
+                raise CheckpointError(f"no checkpoint of epoch {epoch} in {str(self.directory)!r}")
+            try:
+                return self._read(int(epoch), template, config)
+            except IncompatibleCheckpointError:
+                raise
+            except CheckpointError as err:
+                raise CheckpointError(f"checkpoint {epoch} in {str(self.directory)!r}: {err}") from None
         epochs = sorted(self._manager.all_steps(), reverse=True)
         if not epochs:
             raise CheckpointError(f"no checkpoint in {str(self.directory)!r}")

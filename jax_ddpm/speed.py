@@ -30,7 +30,8 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     Same gradients as autodiff up to float rounding; only the kernel gradient x^T g is computed
     differently: XLA:CPU runs a dot that contracts both operands' leading axis as a slow generic
     loop, but a materialised x^T times g as a fast row-major matmul (copy included, about twice as
-    fast: benchmarks/results/cpu-avx512.md). Forward and the other gradients are the plain matmuls.
+    fast: benchmarks/results/cpu-avx512.md). Forward and the other gradients are the plain matmuls; the
+    bias gradient is a dot with a vector of ones, so that it rounds alike with and without vmap.
     """
     return x @ kernel + bias
 
@@ -42,7 +43,10 @@ def _dense_fwd(x, kernel, bias):
 def _dense_bwd(residuals, g):
     x, kernel = residuals  # g: (B, out)
     x_t = jax.lax.optimization_barrier(x.T)  # (in, B), kept as a real transposed copy
-    return g @ kernel.T, x_t @ g, jnp.sum(g, axis=0)
+    # The bias gradient as a dot too: XLA:CPU reduces jnp.sum(g, axis=0) in another order once the
+    # layer is vmapped, a dot rounds the same either way, so one model trains bit for bit alike
+    # alone and among the models of a sweep (tests/test_sweep.py).
+    return g @ kernel.T, x_t @ g, jnp.ones(g.shape[:1], g.dtype) @ g
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)

@@ -50,7 +50,10 @@ class TrainState:
 
 
 def ema_update(ema_params: dict, params: dict, mu: float) -> dict:
-    """shadow = (1 - mu) * param + mu * shadow, the tutorial's EMA.update."""
+    """shadow = (1 - mu) * param + mu * shadow, the tutorial's EMA.update. `mu` may also be an
+    `EmaRate` (a sweep's per-model decay, traced)."""
+    if isinstance(mu, EmaRate):
+        return jax.tree_util.tree_map(lambda new, old: mu.step * new + mu.keep * old, params, ema_params)
     return optax.incremental_update(params, ema_params, 1.0 - mu)
 
 
@@ -91,10 +94,15 @@ def batch_noise(
     return antithetic_timesteps(k_t, shape[0], n_steps), jax.random.normal(k_e, shape, dtype)
 
 
-def make_optimizer(lr: float = 1e-3, clip_norm: float = 1.0) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam, as the tutorial's clip_grad_norm_ + optim.Adam."""
+def make_optimizer(
+    lr: float = 1e-3, clip_norm: float = 1.0, clipped: Optional[bool] = None
+) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam, as the tutorial's clip_grad_norm_ + optim.Adam. `clipped`
+    (default: clip_norm > 0) lets lr and clip_norm be traced arrays (a sweep's per-model values)."""
     adam = optax.adam(lr)
-    return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
+    return (
+        optax.chain(clip_by_global_norm(clip_norm), adam) if (clip_norm > 0 if clipped is None else clipped) else adam
+    )
 
 
 def train_epoch(
@@ -141,6 +149,50 @@ def train_epoch(
 
 
 # Beyond the tutorial: the run's compiled program, its losses, seeds and devices.
+
+
+@flax.struct.dataclass
+class EmaRate:
+    """An EMA decay as the two float32 factors `optax.incremental_update(params, ema, 1.0 - mu)`
+    multiplies by, rounded from Python's float64 arithmetic as it rounds them: step = 1 - mu, keep =
+    1 - step. Traced (one per model of a sweep), they give the EMA of a float `mu` bit for bit,
+    which `1.0 - mu` on a float32 array would not (1 - float32(0.9) is not float32(0.1))."""
+
+    step: jax.Array  # () float32
+    keep: jax.Array  # () float32
+
+    @classmethod
+    def of(cls, mu: float) -> "EmaRate":
+        step = 1.0 - float(mu)
+        return cls(step=np.float32(step), keep=np.float32(1.0 - step))
+
+
+def ordered_sum(x: jax.Array) -> jax.Array:
+    """The sum of every element of x, in a fixed order: halves added element-wise, zeros padding to a power of two.
+
+    XLA:CPU orders a `reduce` by how it fuses and vectorises it, which changes with the program around it
+    (a model alone, or vmapped among 16); element-wise adds it never reorders. So a sum taken this way
+    rounds alike for a model trained alone and among the models of a sweep (tests/test_sweep.py).
+    """
+    x = x.reshape(-1)
+    x = jnp.pad(x, (0, (1 << max(0, (x.size - 1).bit_length())) - x.size))
+    while x.size > 1:
+        x = x[: x.size // 2] + x[x.size // 2 :]
+    return x[0]
+
+
+def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm with the norm summed by `ordered_sum`: the same formula, a fixed order."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        g_norm = jnp.sqrt(sum(ordered_sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(updates)))
+        trigger = g_norm < max_norm
+        return jax.tree_util.tree_map(
+            lambda g: jax.lax.select(trigger, g, (g / g_norm.astype(g.dtype)) * max_norm), updates
+        ), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def optimizer_for(config: Config) -> optax.GradientTransformation:
@@ -232,9 +284,26 @@ def make_train_chunk(
 
     if config.seeds > 1:
         chunk = jax.vmap(chunk, in_axes=(0, None))
+    elif mesh is None:  # one model runs the program of many with a model axis of one: bit for bit a sweep's model
+        chunk = _as_one_of_many(chunk)
     if seeds_on_devices:
         chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"))
     return jax.jit(chunk, compiler_options=speed.on_cpu(speed.TRAINING))
+
+
+def _as_one_of_many(chunk: Callable) -> Callable:
+    """chunk(state, data) run as vmap(chunk) over a leading model axis of one. XLA:CPU compiles a
+    lone model's program differently (a division by a broadcast scalar stays a division; with a
+    model axis it becomes a multiplication by the reciprocal), and rounds differently; with the axis
+    it rounds as each model of a vmapped sweep does (tests/test_sweep.py)."""
+    many = jax.vmap(chunk, in_axes=(0, None))
+
+    @functools.wraps(chunk)  # still compiled as jit(chunk)
+    def one(state, data):
+        add_axis = functools.partial(jax.tree_util.tree_map, lambda x: x[None])
+        return jax.tree_util.tree_map(lambda x: x[0], many(add_axis(state), data))
+
+    return one
 
 
 def state_sharding(config: Config, mesh: Mesh) -> NamedSharding:

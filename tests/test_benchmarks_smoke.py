@@ -43,6 +43,9 @@ def test_quick_benchmark_writes_markdown_json_and_chart(tmp_path):
     }
     assert set(results["seed_scaling"]) == {"1", "8"}
     assert set(results["batch_scaling"]["JAX scan-fused"]) == {"128", "1024"}
+    sweep = results["sweep_scaling"]  # the sweep's program, K = 1 and 4, on 1 and 2 host devices
+    assert set(sweep) == {"1 device", "2 host devices"} and all(set(rows) == {"1", "4"} for rows in sweep.values())
+    assert all(r["median"] > 0 and r["roofline_fraction"] > 0 for rows in sweep.values() for r in rows.values())
     assert results["roofline"]["peak_gflops"] > 0 and results["machine"]["jax"]
     single_core = results["single_core"]
     assert single_core["gflops_best"] > 0 and single_core["cpu_per_wall"] < 1.5  # one core did the work
@@ -55,6 +58,7 @@ def test_quick_benchmark_writes_markdown_json_and_chart(tmp_path):
         "single model >= 5x torch eager",
         "single model >= 2x best torch",
         "multi-seed total >= 50% of roofline",
+        "sweep of K >= 16 models >= 50% of roofline (2 host devices)",
         "sampling >= 2x torch no_grad",
         "second run compiles the default training chunk in < 1 s",
     ]
@@ -68,6 +72,7 @@ def test_quick_benchmark_writes_markdown_json_and_chart(tmp_path):
         "## Sampling",
         "## Compile cache",
         "## Scaling",
+        "## Many models: a sweep's program",
         "## Targets",
     ):
         assert heading in report

@@ -220,3 +220,79 @@ def test_requests_larger_than_memory_are_refused_before_any_work(tmp_path, capsy
     line = one_error_line(capsys)
     assert f"{option} 10,000,000,000 needs about" in line and "GiB" in line, line
     assert not (tmp_path / "run").exists()
+
+
+# A sweep of two groups (batch sizes 16 and 8) of two configurations each: kills land in imports,
+# compilation, either group's chunks and checkpoints, the finishing of a configuration, and the merge.
+SWEEP_KILLS = int(os.environ.get("JAX_DDPM_SWEEP_KILLS", "2"))
+SWEEP_ARGV = [
+    "--n-points",
+    "256",
+    "--batch-size",
+    "16",
+    "8",
+    "--lr",
+    "1e-3",
+    "3e-3",
+    "--epochs",
+    "30",
+    "--checkpoint-every",
+    "10",
+    "--log-every",
+    "10",
+    "--n-samples",
+    "64",
+    "--n-eval",
+    "64",
+]
+
+
+def start_sweep(sweep_dir: Path) -> subprocess.Popen:
+    resume = ["--resume"] if (sweep_dir / "sweep.json").is_file() else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "jax_ddpm.sweep", *SWEEP_ARGV, "--out-dir", str(sweep_dir), *resume],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sweep_sigkilled_at_random_moments_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
+    """JAX_DDPM_SWEEP_KILLS kills (2 by default) at moments drawn over an uninterrupted sweep's length;
+    each killed sweep, resumed to its end, has every configuration's folder and the leaderboard of the
+    uninterrupted one, bit for bit."""
+    from tests.test_sweep import assert_same_run as assert_same_configuration
+
+    whole = tmp_path / "whole"
+    began = time.monotonic()
+    proc = start_sweep(whole)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    duration = time.monotonic() - began
+    names = sorted(d.name for d in whole.iterdir() if d.is_dir())
+    assert len(names) == 4
+
+    rng = np.random.default_rng(2027)
+    folders, current, tried = [], None, 0
+    while tried < SWEEP_KILLS:
+        if current is None:
+            current = tmp_path / f"killed{len(folders)}"
+            folders.append(current)
+        proc = start_sweep(current)
+        time.sleep(rng.uniform(0.0, duration))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            tried += 1
+        elif proc.returncode == 0:
+            current = None
+        else:
+            raise AssertionError(f"a resumed sweep failed: {proc.stderr.read()}")
+        proc.wait()
+    for folder in folders:
+        proc = start_sweep(folder)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+        assert sorted(d.name for d in folder.iterdir() if d.is_dir()) == names
+        for name in names:
+            assert_same_configuration(folder / name, whole / name)
+        rows = [json.loads((d / "leaderboard.json").read_text())["rows"] for d in (folder, whole)]
+        assert [(r["name"], r["metrics"]) for r in rows[0]] == [(r["name"], r["metrics"]) for r in rows[1]]
