@@ -76,22 +76,17 @@ def assert_same_run(run_dir: Path, whole: Path) -> None:
     np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), np.load(whole / "samples.npy"))
 
 
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
-    whole = tmp_path / "whole"
-    began = time.monotonic()
-    proc = start(whole)
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()
-    duration = time.monotonic() - began
-
-    # Start (or resume) a run and kill it at a random moment, KILLS times; a run that finishes
-    # before its moment is done, and the next kill goes to a fresh run folder.
-    rng = np.random.default_rng(2026)
+def kill_at_random_moments(start_fn, kills: int, duration: float, tmp_path: Path, seed: int) -> list[Path]:
+    """Start (or resume) a run with `start_fn(folder)` and SIGKILL it at a moment drawn over `duration`,
+    `kills` times; a run that finishes before its moment is done, and the next kill goes to a fresh
+    folder. The folders used, each left killed (or finished)."""
+    rng = np.random.default_rng(seed)
     folders, current, tried = [], None, 0
-    while tried < KILLS:
+    while tried < kills:
         if current is None:
             current = tmp_path / f"killed{len(folders)}"
             folders.append(current)
-        proc = start(current)
+        proc = start_fn(current)
         time.sleep(rng.uniform(0.0, duration))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -101,6 +96,17 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         else:
             raise AssertionError(f"a resumed run failed: {proc.stderr.read()}")
         proc.wait()
+    return folders
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+    whole = tmp_path / "whole"
+    began = time.monotonic()
+    proc = start(whole)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    duration = time.monotonic() - began
+
+    folders = kill_at_random_moments(start, KILLS, duration, tmp_path, seed=2026)
     for folder in folders:  # each killed run resumed to its end equals the uninterrupted one
         proc = start(folder)
         assert proc.wait(timeout=600) == 0, proc.stderr.read()
@@ -108,7 +114,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     report = os.environ.get("JAX_DDPM_FAULT_REPORT")
     if report:
         Path(report).write_text(
-            json.dumps(dict(kills=tried, runs=len(folders), all_equal=True, seconds_per_run=round(duration, 1)))
+            json.dumps(dict(kills=KILLS, runs=len(folders), all_equal=True, seconds_per_run=round(duration, 1)))
         )
 
 
@@ -272,22 +278,7 @@ def test_sweep_sigkilled_at_random_moments_then_resumed_equals_an_uninterrupted_
     names = sorted(d.name for d in whole.iterdir() if d.is_dir())
     assert len(names) == 4
 
-    rng = np.random.default_rng(2027)
-    folders, current, tried = [], None, 0
-    while tried < SWEEP_KILLS:
-        if current is None:
-            current = tmp_path / f"killed{len(folders)}"
-            folders.append(current)
-        proc = start_sweep(current)
-        time.sleep(rng.uniform(0.0, duration))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            tried += 1
-        elif proc.returncode == 0:
-            current = None
-        else:
-            raise AssertionError(f"a resumed sweep failed: {proc.stderr.read()}")
-        proc.wait()
+    folders = kill_at_random_moments(start_sweep, SWEEP_KILLS, duration, tmp_path, seed=2027)
     for folder in folders:
         proc = start_sweep(folder)
         assert proc.wait(timeout=600) == 0, proc.stderr.read()
