@@ -397,6 +397,9 @@ def held_out_for(config: Config, n: int) -> np.ndarray:
     return held_out_points(config.dataset, n, config.data_noise, config.seed)
 
 
+# The options that only choose how a trained model is sampled (the sampler and its settings).
+SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol")
+
 # Bytes per point that a run holds at once: the dataset (float64 and float32 copies, shuffled and
 # on the device) and the final samples (float32, plus the chain's working copies).
 DATA_BYTES_PER_POINT = 64

@@ -30,6 +30,7 @@ from ddpm_harness.config import (
     DATA_BYTES_PER_POINT,
     PRESETS,
     SAMPLE_BYTES_PER_POINT,
+    SAMPLING_FIELDS,
     Config,
     ConfigError,
     available_memory_bytes,
@@ -193,13 +194,7 @@ VALUE_OPTIONS = (
     "ema_decay",
     "hybrid_lambda",
     "sample_with",
-    "sampler",
-    "sample_steps",
-    "eta",
-    "variance",
-    "timestep_spacing",
-    "ode_rtol",
-    "ode_atol",
+    *SAMPLING_FIELDS,
 )
 # Config fields a sweep does not take: a process of many (issue 10's many hosts) and the run's own folder flags.
 NOT_SWEPT = ("coordinator_address", "num_processes", "process_id", "distributed_timeout", "no_plots")

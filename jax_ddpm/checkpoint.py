@@ -23,7 +23,7 @@ from typing import Optional
 import jax
 import orbax.checkpoint as ocp
 
-from ddpm_harness.config import Config, validate
+from ddpm_harness.config import SAMPLING_FIELDS, Config, validate
 from ddpm_harness.runs import CONFIG_FILE, RunDirError, read_config, write_json
 from jax_ddpm.training import init_states, optimizer_for
 
@@ -35,7 +35,6 @@ CHECKPOINT_DIR = "checkpoints"
 # what it is trained on, so they are not free). --preset is a label: the values it set are checked.
 # Every other option fixes the state's structure, the data or the noise, so a checkpoint only
 # resumes with the same value.
-SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol")
 FREE_FIELDS = (
     "epochs",
     "out_dir",

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ddpm_harness.config import (
     SAMPLE_CHUNK,
+    SAMPLING_FIELDS,
     Config,
     ConfigError,
     check_fits_in_memory,
@@ -227,18 +228,7 @@ def _draw(params, schedule, config, key, n, x_T, trajectory) -> samplers.Samples
 def _sampling_part(config: Config) -> Config:
     """The config with every field that does not change sampling reset, so that jit (which keys its
     cache on the static config) compiles one sampler program per sampling setup."""
-    keep = (
-        "sampler",
-        "sample_steps",
-        "eta",
-        "variance",
-        "timestep_spacing",
-        "ode_rtol",
-        "ode_atol",
-        "prediction",
-        "loss",
-        "num_steps",
-    )
+    keep = (*SAMPLING_FIELDS, "prediction", "loss", "num_steps")
     return Config(**{name: getattr(config, name) for name in keep})
 
 

@@ -20,10 +20,17 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import SEED_MAX, ConfigError, available_memory_bytes, check_chain_fits, validate_sampling
+from ddpm_harness.config import (
+    SAMPLING_FIELDS,
+    SEED_MAX,
+    ConfigError,
+    available_memory_bytes,
+    check_chain_fits,
+    validate_sampling,
+)
 from ddpm_harness.data import DataError, load_points
 from ddpm_harness.runs import RunDirError
-from jax_ddpm.checkpoint import SAMPLING_FIELDS, CheckpointError, IncompatibleCheckpointError, restore_run
+from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
 from jax_ddpm.experiment import check_sampler, sample_points, sample_states
 from jax_ddpm.predictions import run_schedule
 
