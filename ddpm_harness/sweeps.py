@@ -37,6 +37,7 @@ from ddpm_harness.config import (
     given_fields,
     validate,
 )
+from ddpm_harness.data import get_dataset, is_builtin
 from ddpm_harness.runs import SAMPLES_FILE, SUMMARY_FILE, write_atomic, write_json
 
 SWEEP_FILE = "sweep.json"
@@ -354,6 +355,15 @@ def group_bytes(configs: Sequence[Config]) -> int:
         + ACTIVATION_VALUES_PER_ROW * first.batch_size
     )
     return models * per_model + DATA_BYTES_PER_POINT * first.n_points
+
+
+def check_data(configs: Sequence[Configuration]) -> None:
+    """Raise DataError, before anything is trained, for a --dataset value no configuration can read
+    (a missing or malformed file, an unknown name): in a long sweep the last group's typo is found
+    first, not after the groups before it have trained."""
+    for name in sorted({c.config.dataset for c in configs}):
+        if not is_builtin(name):
+            get_dataset(name)  # a file is read and checked; an unknown name raises its one-line error
 
 
 def check_memory(configs: Sequence[Configuration], available: Optional[int] = None) -> None:

@@ -49,6 +49,7 @@ from ddpm_harness.sweeps import (
     Configuration,
     SweepArgs,
     check_args,
+    check_data,
     check_memory,
     configurations,
     default_sweep_dir,
@@ -202,7 +203,15 @@ def model_slice(state, i: int, seeds: int):
     return jax.tree_util.tree_map(lambda x: x[i * seeds : (i + 1) * seeds], state)
 
 
-def set_up_group(group: list[Configuration], args: SweepArgs) -> Optional[Group]:
+def _mesh(devices: int):
+    """The devices' mesh (None for one), or ConfigError when JAX sees fewer: checked before any folder is made."""
+    try:
+        return make_mesh(devices)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def set_up_group(group: list[Configuration], args: SweepArgs, mesh) -> Optional[Group]:
     """Open (or, with --resume, restore) the run folder of every unfinished configuration of a
     group; None when all are finished. Configurations restored at different epochs (a sweep killed
     while it wrote one checkpoint after another) restart from the earliest of them: training is
@@ -220,10 +229,6 @@ def set_up_group(group: list[Configuration], args: SweepArgs) -> Optional[Group]
         for run in runs:
             if run.start_epoch > start:
                 _restore_at(run, start)
-        mesh = make_mesh(args.devices) if args.devices > 1 else None
-    except ValueError as err:  # make_mesh: too few devices
-        _release(runs)
-        raise ConfigError(str(err)) from None
     except BaseException:
         _release(runs)
         raise
@@ -402,6 +407,8 @@ def run_sweep(args: SweepArgs, process_id: int = 0, num_processes: int = 1, comm
         args = dataclasses.replace(args, out_dir=str(sweep_dir))
     configs = configurations(args, sweep_dir)
     check_memory(configs)
+    check_data(configs)
+    mesh = _mesh(args.devices)
     open_sweep_dir(args, sweep_dir, configs, joining=num_processes > 1)
     mine = distributed.process_share(configs, process_id, num_processes)
     grid = groups(mine)
@@ -414,7 +421,7 @@ def run_sweep(args: SweepArgs, process_id: int = 0, num_processes: int = 1, comm
     )
     for n, group in enumerate(grid):
         label = f"group {n + 1}/{len(grid)} ({len(group)} configurations x {args.seeds} seeds)"
-        set_up = set_up_group(group, args)
+        set_up = set_up_group(group, args, mesh)
         if set_up is None:
             print(f"{label}: finished earlier")
             continue
@@ -493,16 +500,25 @@ def check_single_values(argv: Sequence[str]) -> None:
             values = list(_values_after(argv, i))
             if len(values) > 1:
                 raise ConfigError(
-                    f"{name} takes one value, got {len(values)} ({' '.join(values)}): it cannot be "
-                    "swept; the options that take lists are the training options (see --help)"
+                    f"{name} takes one value, got {len(values)} ({', '.join(map(repr, values))}): it cannot "
+                    "be swept; the options that take lists are the training options (see --help)"
                 )
 
 
 def _values_after(argv: Sequence[str], i: int):
+    """The tokens after argv[i] up to the next option (a negative number is a value, -x an option)."""
     for token in argv[i + 1 :]:
-        if token.startswith("--"):
+        if token.startswith("-") and not _is_number(token):
             return
         yield token
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,8 +50,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ddpm_harness.config import SCHEDULES, Config
+from ddpm_harness.sweeps import SweepArgs
 from jax_ddpm import experiment
 from jax_ddpm.sample import main as sample_main
+from jax_ddpm.sweep import main as sweep_main
 from tests.conftest import snapshot, train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +61,7 @@ SCALE = int(os.environ.get("JAX_DDPM_FUZZ_SCALE", "1"))
 REPORT = os.environ.get("JAX_DDPM_FUZZ_REPORT")
 
 # Examples per category in CI; the long run multiplies them by JAX_DDPM_FUZZ_SCALE.
-EXAMPLES = {"train-args": 60, "sample-args": 30, "data-files": 24, "run-folders": 12, "subprocess": 2}
+EXAMPLES = {"train-args": 60, "sample-args": 30, "sweep-args": 30, "data-files": 24, "run-folders": 12, "subprocess": 2}
 
 # A run that compiles in seconds and trains in well under one: 2 steps an epoch.
 BUDGET = [
@@ -491,6 +493,134 @@ def test_sample_huge_n_is_refused(sandbox, n):
         record("sample-args", outcome)
 
 
+# ---- 2b. the sweep's command line: lists ------------------------------------------------------
+
+SWEEP_BUDGET = [token for token in BUDGET if token != "--no-plots"]  # a sweep draws no run pictures by default
+# Two good values of every option a sweep takes as a list (a bad one is put among them).
+SWEPT_GOOD = {
+    "n-points": ("64", "96"),
+    "num-steps": ("50", "100"),
+    "epochs": ("1", "2"),
+    "batch-size": ("32", "16"),
+    "data-noise": ("0.1", "0.2"),
+    "beta-start": ("1e-5", "2e-5"),
+    "beta-end": ("0.01", "0.02"),
+    "lr": ("0.001", "0.003"),
+    "clip-norm": ("1.0", "2.0"),
+    "ema-decay": ("0.9", "0.99"),
+    "hybrid-lambda": ("0.001", "0.01"),
+    "schedule": ("linear", "sigmoid"),
+    "loss": ("noise", "hybrid"),
+    "prediction": ("eps", "x0"),
+    "sample-with": ("raw", "ema"),
+    "sampler": ("tutorial", "ddim"),
+    "variance": ("beta", "posterior"),
+    "dataset": ("moons", "{protected}/data/points.npy"),
+}
+SWEPT_INTS = ("n-points", "num-steps", "epochs", "batch-size")
+SWEPT_CHOICES = {
+    **CHOICES,
+    "prediction": ("eps", "v", "x0"),
+    "sampler": ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode"),
+    "variance": ("beta", "posterior"),
+}
+SWEEP_SINGLE_INTS = ("seeds", "devices", "checkpoint-every", "log-every", "n-eval", "n-samples")
+SWEEP_OPTIONS = {f.name.replace("_", "-") for f in dataclasses.fields(SweepArgs)} | {"help", "h"}
+
+
+@st.composite
+def bad_sweep_tokens(draw) -> list[str]:
+    """One mutation of a good sweep command line that must make it fail before anything is trained."""
+    kind = draw(
+        st.sampled_from(
+            ["bad-in-list", "repeat", "empty", "single-list", "single", "processes", "zero-snr", "unknown", "nul"]
+        )
+    )
+    if kind == "bad-in-list":
+        name = draw(st.sampled_from(sorted(SWEPT_GOOD)))
+        if name in SWEPT_INTS:
+            bad = draw(st.one_of(not_an_int, st.integers(max_value=0).map(str)))
+            if name in ("n-points", "num-steps"):
+                bad = draw(st.one_of(st.just(bad), st.integers(2**40, 10**40).map(str)))
+        elif name == "dataset":
+            bad = draw(st.sampled_from(["missing.npy", "/", "points.txt", "{protected}/data", "no-such-dataset"]))
+        elif name in SWEPT_CHOICES:
+            bad = draw(words.filter(lambda s, name=name: s.strip() not in SWEPT_CHOICES[name]))
+        else:
+            bad = draw(bad_float)
+        good = list(SWEPT_GOOD[name][: draw(st.integers(1, 2))])
+        good.insert(draw(st.integers(0, len(good))), bad)
+        return [f"--{name}", *good]
+    if kind == "repeat":  # the same value twice: one configuration trained twice under two names
+        name = draw(st.sampled_from(sorted(SWEPT_GOOD)))
+        value = SWEPT_GOOD[name][0]
+        return [f"--{name}", value, *SWEPT_GOOD[name][1:2], value]
+    if kind == "empty":
+        return [f"--{draw(st.sampled_from(sorted(SWEPT_GOOD)))}"]
+    if kind == "single-list":  # a list for an option a sweep takes once
+        name, values = draw(
+            st.sampled_from(
+                [
+                    ("seeds", ["1", "2"]),
+                    ("devices", ["1", "1"]),
+                    ("out-dir", ["a", "b"]),
+                    ("rank-by", ["mmd2", "energy"]),
+                    ("preset", ["tutorial", "recommended"]),
+                    ("n-samples", ["16", "32"]),
+                    ("merge-timeout", ["1", "2"]),
+                ]
+            )
+        )
+        return [f"--{name}", *values]
+    if kind == "single":
+        name = draw(st.sampled_from([*SWEEP_SINGLE_INTS, "eval-every", "merge-timeout", "rank-by", "preset"]))
+        if name in SWEEP_SINGLE_INTS:
+            bad = draw(st.one_of(not_an_int, st.integers(max_value=0).map(str)))
+        elif name == "eval-every":
+            bad = draw(st.one_of(not_an_int, st.integers(max_value=-1).map(str)))
+        elif name == "merge-timeout":
+            bad = draw(st.one_of(bad_float, st.just("0")))
+        else:
+            bad = draw(words.filter(lambda s: s.strip() not in ("tutorial", "recommended", "sliced_w2", "mmd2")))
+        return _option(name, bad, draw(st.booleans()))
+    if kind == "processes":  # an index outside 0 .. n - 1 (a half-given pair: the examples below)
+        n = draw(st.integers(-1, 3))
+        outside = draw(st.one_of(st.integers(max(n, 0), max(n, 0) + 2), st.integers(-3, -1)))
+        return ["--num-processes", str(n), "--process-id", str(outside)]
+    if kind == "zero-snr":  # an eps model cannot be sampled at alpha_bar_T = 0
+        return ["--zero-terminal-snr", "True", *draw(st.sampled_from([[], ["False"]]))]
+    if kind == "unknown":
+        return [draw(_unknown(SWEEP_OPTIONS)), *draw(st.lists(positional, max_size=1))]
+    name = draw(st.sampled_from(["lr", "dataset", "schedule", "out-dir"]))  # a NUL byte
+    return [f"--{name}", draw(words) + "\x00" + draw(words)]
+
+
+def test_sweep_arguments(sandbox):
+    """Lists abused: a bad value among good ones, a repeated value, no value, a list where one value
+    is due, the processes' pair half given. Each is refused in one line before the sweep folder is
+    made: nothing is trained first (a bad dataset of the last group was found only after the groups
+    before it had trained)."""
+
+    @fuzz_settings("sweep-args")
+    @given(mutations=st.lists(bad_sweep_tokens(), min_size=1, max_size=3))
+    @example(mutations=[["--dataset", "moons", "missing.npy"]])  # found after the moons group had trained
+    @example(mutations=[["--devices", "64"]])  # refused after the configurations' folders were made
+    @example(mutations=[["--num-processes", "2"]])  # one of the pair: the other is not read from srun here
+    @example(mutations=[["--out-dir", "a", "-A", "\x1f"]])  # the values were echoed raw, "-A" counted as one
+    def case(mutations):
+        with sandbox.case("sweep-args") as folder:
+            tokens = sandbox.tokens(mutations)
+            argv = [*SWEEP_BUDGET, "--out-dir", str(folder / "sweep"), *tokens]
+            outcome = run_in_process(sweep_main, argv, folder / "cwd")
+            check_report(outcome, expect_failure=True, argv=argv)
+            record("sweep-args", outcome)
+            assert not (folder / "sweep").exists(), "the sweep started before refusing"
+            assert not any((folder / "cwd").iterdir()), "the sweep wrote into the working directory"
+
+    case()
+    assert_tried("sweep-args")
+
+
 # ---- 3. data files -------------------------------------------------------------------------------
 
 
@@ -788,8 +918,8 @@ def test_damaged_run_folders(sandbox):
 
 
 def test_subprocess_cases(sandbox):
-    """A pickled .npy for training and a poisoned checkpoint for sampling, in fresh interpreters:
-    the real exit status and stderr, absl's and Python's own lines included."""
+    """A pickled .npy for training and poisoned checkpoints for sampling, in fresh interpreters:
+    the real exit status and stderr, absl's, asyncio's and Python's own lines included."""
     with sandbox.case("subprocess") as folder:
         marker = folder / "cwd" / MARKER
         data = folder / "payload.npy"
@@ -814,7 +944,28 @@ def test_subprocess_cases(sandbox):
         check_report(outcome, expect_failure=True, argv=argv)
         record("subprocess", outcome)
         assert not marker.exists() and tree_contents(run) == contents
-    COUNTS["subprocess"]["tried"] += 1  # two cases in one sandbox case
+
+        # Every array file of the newest checkpoint garbled (then of both): orbax fails on one read
+        # with others in flight, and left each to report itself on stderr as it was freed (asyncio's
+        # "exception was never retrieved", a traceback per closed read, "never awaited"; hundreds
+        # of lines, after the line that says what happened). Only our lines may reach stderr.
+        for garbled, expect_failure in ((["2"], False), (["2", "1"], True)):
+            run = folder / f"garbled-{len(garbled)}"
+            shutil.copytree(sandbox.earlier, run)
+            for checkpoint in garbled:
+                for array_file in (run / "checkpoints" / checkpoint / "state").glob("ocdbt.process_*/d/*"):
+                    array_file.write_bytes(pickle.dumps(PlantedPayload()))
+            rewrite_manifests(run)
+            argv = ["--run", str(run), "--n", "8", "--out", str(folder / f"samples-{len(garbled)}.npy")]
+            outcome = run_subprocess("jax_ddpm.sample", argv, folder / "cwd")
+            check_report(outcome, expect_failure=expect_failure, argv=argv)
+            record("subprocess", outcome)
+            lines = [line for line in outcome.err.splitlines() if line.strip()]
+            assert outcome.code == (1 if expect_failure else 0), outcome.err
+            assert len(lines) == len(garbled) + expect_failure, outcome.err  # a warning per checkpoint, the error
+            assert all(line.startswith(("warning: checkpoint", "error: ")) for line in lines), outcome.err
+            assert not marker.exists()
+    COUNTS["subprocess"]["tried"] += 1  # four cases in one sandbox case
     assert COUNTS["subprocess"]["tried"] >= EXAMPLES["subprocess"]
 
 
