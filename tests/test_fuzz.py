@@ -1,10 +1,12 @@
-"""Fuzzing the two command lines with hypothesis (issue 11, deliverable 2).
+"""Fuzzing the three command lines with hypothesis (issue 11, deliverable 2).
 
-Four categories of abuse, each a hypothesis test with a fixed seed (derandomize) and a bounded
+Five categories of abuse, each a hypothesis test with a fixed seed (derandomize) and a bounded
 number of examples, called in process through `main(argv)`:
 - train-args: options of `python -m jax_ddpm.train` (bad types, ranges, NaN/inf, empty strings,
   unknown names, two values where one is due, missing values, NUL bytes, huge numbers);
 - sample-args: options of `python -m jax_ddpm.sample`;
+- sweep-args: the lists of `python -m jax_ddpm.sweep` (a bad value among good ones, a repeated
+  value, no value, a list where one value is due), refused before the sweep folder is made;
 - data-files: `--dataset` files (wrong shape, NaN, inf, empty, one point, huge values, non-numeric
   or garbled CSV, binary garbage, pickled objects, unicode names, folders named like files);
 - run-folders: a copy of an earlier run, damaged (random bytes, truncated or deleted files, the
