@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import diffrax
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -498,6 +497,8 @@ def _nfe(solution) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "prediction", "rtol", "atol", "trajectory", "max_steps"))
 def _ode(model_fn, schedule, x_T, *, prediction, rtol, atol, trajectory, max_steps):
+    import diffrax  # here, not at the top: only --sampler ode needs it, and it costs every run ~0.4 s to import
+
     sigmas = ode_sigmas(schedule)  # (T + 1,) at t = -1, 0, ..., T-1
     sigma_max, sigma_min = sigmas[-1], sigmas[1]
     y_T = x_T * jnp.sqrt(1 + sigma_max**2)
