@@ -14,30 +14,37 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from sklearn import datasets as skd
 
 
 class DataError(ValueError):
     """A dataset that cannot be used; the message says why and what to do."""
 
 
+def _sklearn_datasets():
+    """scikit-learn's generators, imported when a dataset is drawn: it takes about 1 s to import,
+    which sampling, converting and every refused command line need not pay."""
+    from sklearn import datasets
+
+    return datasets
+
+
 def _swiss_roll(n, noise, rng):
-    x, _ = skd.make_swiss_roll(n, noise=noise, random_state=rng)
+    x, _ = _sklearn_datasets().make_swiss_roll(n, noise=noise, random_state=rng)
     return x[:, [0, 2]] / 10.0
 
 
 def _s_curve(n, noise, rng):
-    x, _ = skd.make_s_curve(n, noise=noise, random_state=rng)
+    x, _ = _sklearn_datasets().make_s_curve(n, noise=noise, random_state=rng)
     return x[:, [0, 2]] / 10.0
 
 
 def _moons(n, noise, rng):
-    return skd.make_moons(n, noise=noise, random_state=rng)[0]
+    return _sklearn_datasets().make_moons(n, noise=noise, random_state=rng)[0]
 
 
 def _circles(n, noise, rng):
     # Small noise relative to the 0.5 ring gap; the tutorial's 0.1 would merge the rings.
-    return skd.make_circles(n, noise=noise * 0.5, factor=0.5, random_state=rng)[0]
+    return _sklearn_datasets().make_circles(n, noise=noise * 0.5, factor=0.5, random_state=rng)[0]
 
 
 def _checkerboard(n, noise, rng):
