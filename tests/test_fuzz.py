@@ -243,6 +243,21 @@ def sandbox(tmp_path_factory) -> Sandbox:
     print("\nfuzz cases tried: " + ", ".join(f"{k} {dict(v)} in {SECONDS[k]:.1f} s" for k, v in sorted(COUNTS.items())))
 
 
+def check_refused(
+    sandbox: Sandbox, category: str, main: Callable, before: Callable[[Path], list[str]], mutations, never_made=None
+) -> None:
+    """One abused command line, `before(folder)` then the mutations' tokens, run in a fresh case
+    folder: it fails with one readable line, writes nothing into its working directory and, when
+    `never_made` names a path in the folder, does not create it."""
+    with sandbox.case(category) as folder:
+        argv = [*before(folder), *sandbox.tokens(mutations)]
+        outcome = run_in_process(main, argv, folder / "cwd")
+        check_report(outcome, expect_failure=True, argv=argv)
+        record(category, outcome)
+        assert not any((folder / "cwd").iterdir()), "the command wrote into the working directory"
+        assert never_made is None or not (folder / never_made).exists(), f"{never_made} was made before refusing"
+
+
 def assert_tried(category: str) -> None:
     """The test cannot silently try nothing: at least 80% of the examples asked for were run."""
     assert COUNTS[category]["tried"] >= 0.8 * EXAMPLES[category] * SCALE, dict(COUNTS[category])
@@ -413,13 +428,10 @@ def test_train_arguments(sandbox):
     @example(mutations=[["--n-eval", "1099511627776"]])  # (at 2**31 both ran out of memory for minutes instead)
     @example(mutations=[["--out-dir", "run\x00"]])  # a path with a NUL byte: ValueError from os as a traceback
     def case(mutations):
-        with sandbox.case("train-args") as folder:
-            tokens = sandbox.tokens(mutations)
-            argv = [*BUDGET, "--out-dir", str(folder / "run"), *tokens]
-            outcome = run_in_process(train_main, argv, folder / "cwd")
-            check_report(outcome, expect_failure=True, argv=argv)
-            record("train-args", outcome)
-            assert not any((folder / "cwd").iterdir()), "the run wrote into the working directory"
+        def before(folder):
+            return [*BUDGET, "--out-dir", str(folder / "run")]
+
+        check_refused(sandbox, "train-args", train_main, before, mutations)
 
     case()
     assert_tried("train-args")
@@ -473,13 +485,10 @@ def test_sample_arguments(sandbox):
     @example(mutations=[["--seed", "99999999999999999999"]])  # an OverflowError escaped as a traceback
     @example(mutations=[["--out", "\x00"]])  # np.save's ValueError escaped as a traceback
     def case(mutations):
-        with sandbox.case("sample-args") as folder:
-            tokens = sandbox.tokens(mutations)
-            argv = ["--run", str(sandbox.earlier), "--n", "16", "--out", str(folder / "samples.npy"), *tokens]
-            outcome = run_in_process(sample_main, argv, folder / "cwd")
-            check_report(outcome, expect_failure=True, argv=argv)
-            record("sample-args", outcome)
-            assert not any((folder / "cwd").iterdir())
+        def before(folder):
+            return ["--run", str(sandbox.earlier), "--n", "16", "--out", str(folder / "samples.npy")]
+
+        check_refused(sandbox, "sample-args", sample_main, before, mutations)
 
     case()
     assert_tried("sample-args")
@@ -610,14 +619,10 @@ def test_sweep_arguments(sandbox):
     @example(mutations=[["--num-processes", "2"]])  # one of the pair: the other is not read from srun here
     @example(mutations=[["--out-dir", "a", "-A", "\x1f"]])  # the values were echoed raw, "-A" counted as one
     def case(mutations):
-        with sandbox.case("sweep-args") as folder:
-            tokens = sandbox.tokens(mutations)
-            argv = [*SWEEP_BUDGET, "--out-dir", str(folder / "sweep"), *tokens]
-            outcome = run_in_process(sweep_main, argv, folder / "cwd")
-            check_report(outcome, expect_failure=True, argv=argv)
-            record("sweep-args", outcome)
-            assert not (folder / "sweep").exists(), "the sweep started before refusing"
-            assert not any((folder / "cwd").iterdir()), "the sweep wrote into the working directory"
+        def before(folder):
+            return [*SWEEP_BUDGET, "--out-dir", str(folder / "sweep")]
+
+        check_refused(sandbox, "sweep-args", sweep_main, before, mutations, never_made="sweep")
 
     case()
     assert_tried("sweep-args")
