@@ -76,8 +76,8 @@ logging.getLogger("absl").addFilter(_WithoutOrbaxLines())
 # the one line that reports the checkpoint: an "Exception ignored in <coroutine ...>" traceback when
 # an unfinished read of orbax's is closed, "Event loop is closed" when tensorstore's callback finds
 # the loop gone, "Future exception was never retrieved" from asyncio for every failed read, and
-# "coroutine ... was never awaited" for the reads never started (that warning is silenced around
-# the read in `_orbax_read`). Only these leftovers are dropped; any other report passes through.
+# "coroutine ... was never awaited" for the reads never started (that warning is silenced by
+# `_orbax_read` once a read has failed). Only these leftovers are dropped; any other report passes through.
 
 
 def _is_orbax_leftover(unraisable) -> bool:
@@ -321,16 +321,19 @@ def _first_line(err: Exception) -> str:
 
 
 def _orbax_read(read: Callable[[], dict]) -> dict:
-    """read(), or CheckpointError naming orbax's first complaint. When it fails, the reads orbax
-    left unfinished are freed here, with their "never awaited" warnings silenced, rather than
-    whenever the failure's traceback happens to be dropped (see _is_orbax_leftover)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
-        try:
-            return read()
-        except Exception as err:
-            problem = _first_line(err)
-        gc.collect()  # `err` and its traceback are gone: what it held is freed now
+    """read(), or CheckpointError naming orbax's first complaint.
+
+    orbax gives up at the first bad read with others in flight. Each of those reports "coroutine ...
+    was never awaited" when it is freed: here (collected at once), or, for those orbax's event loop
+    still holds, when the process exits ("sys:1: RuntimeWarning ..." after our one line). So from
+    the first failed read on, that warning is silenced for the rest of the process (see also
+    _is_orbax_leftover)."""
+    try:
+        return read()
+    except Exception as err:
+        problem = _first_line(err)
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
+    gc.collect()  # `err` and its traceback are gone: the reads they held are freed now
     raise CheckpointError(f"orbax cannot read it ({problem})")
 
 
