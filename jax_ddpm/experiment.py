@@ -400,10 +400,7 @@ def set_up(config: Config) -> Run:
     for line in describe_setup(config, data, schedule):
         print(line)
     optimizer = optimizer_for(config)
-    try:
-        mesh = make_mesh(config.devices)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    mesh = make_mesh(config.devices)
     state = init_states(config, optimizer, mesh)
     run_dir, checkpointer, metrics, writes = distributed.open_outputs(config)  # process 0 alone opens the folder
     try:

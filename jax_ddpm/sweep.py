@@ -203,14 +203,6 @@ def model_slice(state, i: int, seeds: int):
     return jax.tree_util.tree_map(lambda x: x[i * seeds : (i + 1) * seeds], state)
 
 
-def _mesh(devices: int):
-    """The devices' mesh (None for one), or ConfigError when JAX sees fewer: checked before any folder is made."""
-    try:
-        return make_mesh(devices)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
 def set_up_group(group: list[Configuration], args: SweepArgs, mesh) -> Optional[Group]:
     """Open (or, with --resume, restore) the run folder of every unfinished configuration of a
     group; None when all are finished. Configurations restored at different epochs (a sweep killed
@@ -408,7 +400,7 @@ def run_sweep(args: SweepArgs, process_id: int = 0, num_processes: int = 1, comm
     configs = configurations(args, sweep_dir)
     check_memory(configs)
     check_data(configs)
-    mesh = _mesh(args.devices)
+    mesh = make_mesh(args.devices)  # too few devices: refused before any folder is made
     open_sweep_dir(args, sweep_dir, configs, joining=num_processes > 1)
     mine = distributed.process_share(configs, process_id, num_processes)
     grid = groups(mine)

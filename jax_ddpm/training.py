@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ddpm_harness.config import Config
+from ddpm_harness.config import Config, ConfigError
 from jax_ddpm import speed
 from jax_ddpm.elbo import hybrid_loss
 from jax_ddpm.losses import antithetic_timesteps, loss_variational, noise_estimation_loss
@@ -326,12 +326,13 @@ def init_states(config: Config, optimizer: optax.GradientTransformation, mesh: O
 
 
 def make_mesh(n_devices: int) -> Optional[Mesh]:
-    """A 1D 'data' mesh over the first n_devices devices, or None for a single device."""
+    """A 1D 'data' mesh over the first n_devices devices, or None for a single device; ConfigError
+    (the command lines' one-line refusal) when JAX sees fewer devices."""
     if n_devices == 1:
         return None
     devices = jax.devices()
     if len(devices) < n_devices:
-        raise ValueError(
+        raise ConfigError(
             f"--devices {n_devices} asked for, but JAX sees {len(devices)} "
             f"({devices[0].platform}); on CPU set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={n_devices}"

@@ -427,6 +427,7 @@ def test_train_arguments(sandbox):
     @example(mutations=[["--num-steps", "1099511627776"]])  # numpy's MemoryError escaped as a traceback
     @example(mutations=[["--n-eval", "1099511627776"]])  # (at 2**31 both ran out of memory for minutes instead)
     @example(mutations=[["--out-dir", "run\x00"]])  # a path with a NUL byte: ValueError from os as a traceback
+    @example(mutations=[["--devices", "16"]])  # more devices than JAX sees: make_mesh's own one-line refusal
     def case(mutations):
         def before(folder):
             return [*BUDGET, "--out-dir", str(folder / "run")]
