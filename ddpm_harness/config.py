@@ -10,6 +10,7 @@ config's data is drawn.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from typing import Literal, Optional, Sequence
@@ -385,11 +386,24 @@ def dataset_for(config: Config) -> np.ndarray:
 def data_transform(config: Config, data: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
     """(shift (2,), scale) with model units = (data - shift) / scale: the training points' mean and
     the standard deviation of all their coordinates with --normalize, (0, 1) without. `data`: the
-    config's training points when already drawn."""
+    config's training points when already drawn; otherwise they are drawn once per process (every
+    sampling chunk maps its points back with this)."""
     if not config.normalize:
         return np.zeros(2, np.float32), 1.0
-    data = dataset_for(config) if data is None else data
-    return data.mean(axis=0).astype(np.float32), float(data.std())
+    if data is None:
+        return _drawn_transform(config.dataset, config.n_points, config.data_noise, config.seed)
+    return _transform_of(data)
+
+
+@functools.lru_cache(maxsize=8)
+def _drawn_transform(dataset: str, n_points: int, noise: float, seed: int) -> tuple[np.ndarray, float]:
+    return _transform_of(get_dataset(dataset, n_points, noise, seed))
+
+
+def _transform_of(data: np.ndarray) -> tuple[np.ndarray, float]:
+    shift = data.mean(axis=0).astype(np.float32)
+    shift.flags.writeable = False  # shared by every caller of the cached transform
+    return shift, float(data.std())
 
 
 def held_out_for(config: Config, n: int) -> np.ndarray:
