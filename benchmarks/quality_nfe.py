@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_harness import metrics
-from ddpm_harness.config import Config, data_transform, held_out_for
-from jax_ddpm.evaluate import bound, nll, to_data_units
+from ddpm_harness.config import Config, held_out_for
+from jax_ddpm.evaluate import likelihoods_in_data_units
 from jax_ddpm.experiment import sample_states
 from jax_ddpm.predictions import run_schedule
 
@@ -94,14 +94,7 @@ def sweep(label: str, config: Config, params_list: list[dict], reference: np.nda
 def likelihoods(config: Config, params_list: list[dict], points: np.ndarray, log) -> dict:
     """NLL through the ODE and the bound (gaussian decoder), mean +- std over seeds, in bits/dim of the
     data (with --normalize, computed in model units and shifted as `python -m jax_ddpm.evaluate` does)."""
-    schedule = run_schedule(config)
-    shift, scale = data_transform(config)
-    points = (points - shift) / scale
-    nlls = [to_data_units(nll(config, p, schedule, points), scale, ("bits_per_dim",)) for p in params_list]
-    bounds = [
-        to_data_units(bound(config, p, schedule, points, "gaussian", config.seed + i), scale, ("total", "decoder"))
-        for i, p in enumerate(params_list)
-    ]
+    nlls, bounds = likelihoods_in_data_units(config, params_list, run_schedule(config), points, "gaussian")
     out = {}
     if all("bits_per_dim" in r for r in nlls):
         values = [r["bits_per_dim"] for r in nlls]

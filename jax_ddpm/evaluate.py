@@ -93,6 +93,21 @@ def to_data_units(values: dict, scale: float, keys: tuple[str, ...]) -> dict:
     return {k: v + np.log2(scale) if k in keys else v for k, v in values.items()}
 
 
+def likelihoods_in_data_units(config, params_list: list, schedule, points: np.ndarray, decoder: str):
+    """(NLLs, bounds): per seed's parameters, the NLL through the ODE and the bound with `decoder` of
+    `points` (data units), in bits/dim of the data. With --normalize both are computed in model units
+    (points - shift) / scale and moved back with `to_data_units` where they are densities."""
+    shift, scale = data_transform(config)
+    points = (points - shift) / scale
+    nlls = [to_data_units(nll(config, p, schedule, points), scale, ("bits_per_dim",)) for p in params_list]
+    density = ("total", "decoder") if decoder == "gaussian" else ()  # a bin's probability has no units
+    bounds = [
+        to_data_units(bound(config, p, schedule, points, decoder, config.seed + i), scale, density)
+        for i, p in enumerate(params_list)
+    ]
+    return nlls, bounds
+
+
 def evaluate_run(args: EvaluateArgs) -> dict:
     """Restore, sample, score; write the JSON and print the report. The evaluation as a dict."""
     run_dir = Path(args.run)
@@ -114,15 +129,7 @@ def evaluate_run(args: EvaluateArgs) -> dict:
     quality = sample_quality(states[..., -1, :, :], held_out_for(config, n))
     calibrated = calibration(config.dataset, n, config.data_noise, config.seed)
     points = held_out_for(config, args.n_likelihood)[: args.n_likelihood]
-    shift, scale = data_transform(config)
-    points = (points - shift) / scale  # model units; bits/dim in data units add log2(scale) below
-    seeds = per_seed(params, config.seeds)
-    nlls = [to_data_units(nll(config, p, schedule, points), scale, ("bits_per_dim",)) for p in seeds]
-    density = ("total", "decoder") if args.decoder == "gaussian" else ()  # a bin's probability has no units
-    bounds = [
-        to_data_units(bound(config, p, schedule, points, args.decoder, config.seed + i), scale, density)
-        for i, p in enumerate(seeds)
-    ]
+    nlls, bounds = likelihoods_in_data_units(config, per_seed(params, config.seeds), schedule, points, args.decoder)
 
     def gather(rows: list[dict]) -> dict:  # one seed: its values; several: a list per key
         return rows[0] if len(rows) == 1 else {k: [r[k] for r in rows] for k in rows[0]}
