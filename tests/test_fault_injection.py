@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -26,6 +27,7 @@ import pytest
 
 from ddpm_harness.config import SAMPLE_CHUNK, Config, ConfigError, chain_bytes, check_chain_fits
 from ddpm_harness.runs import CONFIG_FILE
+from ddpm_harness.sweeps import SWEEP_FILE
 from jax_ddpm.checkpoint import restore_run
 from tests.conftest import snapshot, tiny_argv, train_main
 from tests.test_bad_input import one_error_line
@@ -52,15 +54,24 @@ ARGV = [
 ]
 
 
-def start(run_dir: Path) -> subprocess.Popen:
-    resume = ["--resume"] if (run_dir / CONFIG_FILE).is_file() else []
-    return subprocess.Popen(
-        [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), *resume],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def starter(module: str, argv: list[str], written_first: str) -> Callable[[Path], subprocess.Popen]:
+    """start(folder): `python -m module argv --out-dir folder` in a subprocess, with --resume once the
+    folder holds `written_first` (the file a run or a sweep writes before anything else)."""
+
+    def start(folder: Path) -> subprocess.Popen:
+        resume = ["--resume"] if (folder / written_first).is_file() else []
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *argv, "--out-dir", str(folder), *resume],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start
+
+
+start = starter("jax_ddpm.train", ARGV, CONFIG_FILE)
 
 
 def assert_same_run(run_dir: Path, whole: Path) -> None:
@@ -253,15 +264,7 @@ SWEEP_ARGV = [
 ]
 
 
-def start_sweep(sweep_dir: Path) -> subprocess.Popen:
-    resume = ["--resume"] if (sweep_dir / "sweep.json").is_file() else []
-    return subprocess.Popen(
-        [sys.executable, "-m", "jax_ddpm.sweep", *SWEEP_ARGV, "--out-dir", str(sweep_dir), *resume],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+start_sweep = starter("jax_ddpm.sweep", SWEEP_ARGV, SWEEP_FILE)
 
 
 def test_sweep_sigkilled_at_random_moments_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
