@@ -31,7 +31,7 @@ ENTRY_POINTS = (
     "ddpm_harness.cli",
     "jax_ddpm.train",
     "jax_ddpm.sample",
-    "jax_ddpm.likelihood",
+    "jax_ddpm.samplers.likelihood",
     "torch_reference.train",
     "benchmarks.run",
     "parity_tests.error_table",

@@ -6,7 +6,7 @@ run folder (never overwriting one):
    on held-out points, with the sampler's prior N(0, I) at t = T-1: the density of the ODE sampler's
    own model (when alpha_bar_{T-1} is far from 0, as in the tutorial's schedule, that prior is not
    the forward process's marginal);
-2. the variational bound, the negative ELBO in bits/dim over all T terms (`elbo.negative_elbo`, or
+2. the variational bound, the negative ELBO in bits/dim over all T terms (`variance.negative_elbo`, or
    `predictions.negative_elbo` for v and x0 models) on the same points;
 3. the sample metrics of n samples with the chosen sampler, beside the floor and ceiling calibrated
    at the same n.
@@ -27,12 +27,13 @@ from ddpm_harness.cli import run
 from ddpm_harness.config import ConfigError, data_transform, held_out_for
 from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import METRICS, RunDirError, format_against, format_metric, write_json
-from jax_ddpm import elbo, likelihood, predictions, samplers
-from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.experiment import check_sampler, sample_quality, sample_states, sampling_record
 from jax_ddpm.model import apply_model
-from jax_ddpm.predictions import run_schedule
+from jax_ddpm.objectives import predictions, variance
+from jax_ddpm.objectives.predictions import run_schedule
+from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
+from jax_ddpm.runner.experiment import check_sampler, sample_quality, sample_states, sampling_record
 from jax_ddpm.sample import RunSampling, sampling_config
+from jax_ddpm.samplers import chains, likelihood
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,7 @@ def nll(config, params, schedule, points: np.ndarray) -> dict:
     if config.parameterization == "eps_logvar":
         model_fn = lambda x, t, f=model_fn: f(x, t)[..., :2]  # noqa: E731
     out = likelihood.nll_bits_per_dim(
-        samplers.interpolate_steps(model_fn, config.num_steps),
+        chains.interpolate_steps(model_fn, config.num_steps),
         schedule,
         np.asarray(points, np.float32),
         prediction=config.prediction,
@@ -83,7 +84,7 @@ def bound(config, params, schedule, points: np.ndarray, decoder: str, seed: int)
     """The negative ELBO in bits/dim and its parts."""
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     if config.prediction == "eps":
-        return elbo.negative_elbo(params, schedule, points, key, config.parameterization, decoder)
+        return variance.negative_elbo(params, schedule, points, key, config.parameterization, decoder)
     return predictions.negative_elbo(params, schedule, points, key, config.prediction, decoder)
 
 

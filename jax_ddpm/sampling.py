@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jax_ddpm import speed
-from jax_ddpm.elbo import p_sample_learned
 from jax_ddpm.model import apply_model
+from jax_ddpm.objectives.variance import p_sample_learned
 from jax_ddpm.schedule import Schedule, extract
 
 

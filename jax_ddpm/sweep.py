@@ -59,9 +59,10 @@ from ddpm_harness.sweeps import (
     open_sweep_dir,
     resolve_sweep_preset,
 )
-from jax_ddpm import distributed, experiment, speed
-from jax_ddpm.checkpoint import CheckpointError, IncompatibleCheckpointError
-from jax_ddpm.predictions import loss_fn_for, run_schedule
+from jax_ddpm import speed
+from jax_ddpm.objectives.predictions import loss_fn_for, run_schedule
+from jax_ddpm.runner import distributed, experiment
+from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError
 from jax_ddpm.schedule import Schedule
 from jax_ddpm.training import (
     EmaRate,

@@ -28,10 +28,10 @@ from jax.sharding import PartitionSpec as P
 
 from ddpm_harness.config import Config, ConfigError
 from jax_ddpm import speed
-from jax_ddpm.elbo import hybrid_loss
 from jax_ddpm.losses import antithetic_timesteps, loss_variational, noise_estimation_loss
 from jax_ddpm.model import init_params
-from jax_ddpm.predictions import loss_fn_for
+from jax_ddpm.objectives.predictions import loss_fn_for
+from jax_ddpm.objectives.variance import hybrid_loss
 from jax_ddpm.schedule import Schedule
 from jax_ddpm.speed import epoch_permutation
 

@@ -1,4 +1,4 @@
-"""jax_ddpm.samplers against diffusers' DDPMScheduler, DDIMScheduler and DPMSolverMultistepScheduler.
+"""jax_ddpm.samplers.chains against diffusers' DDPMScheduler, DDIMScheduler and DPMSolverMultistepScheduler.
 
 Both sides get the same betas (`trained_betas`), the same x_T and step noise (made in numpy) and the
 same model: `fake_model`, a fixed analytic function of (x, t) written once for numpy/torch and once
@@ -29,7 +29,7 @@ from diffusers.schedulers.scheduling_ddim import (
     rescale_zero_terminal_snr as diffusers_rescale_zero_terminal_snr,
 )
 
-from jax_ddpm import samplers
+from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_beta_schedule
 from parity_tests.compare import assert_pairs_close
 
@@ -88,7 +88,7 @@ def diffusers_scheduler(cls, betas: np.ndarray, *, zero_snr: bool = False, **con
 
 
 def our_schedule(betas: np.ndarray, zero_snr: bool = False):
-    return samplers.schedule_from_betas(samplers.rescale_zero_terminal_snr(betas) if zero_snr else betas)
+    return chains.schedule_from_betas(chains.rescale_zero_terminal_snr(betas) if zero_snr else betas)
 
 
 def inputs(dtype, k: int, seed: int = 0):
@@ -97,7 +97,7 @@ def inputs(dtype, k: int, seed: int = 0):
     return rng.normal(size=(N, 2)).astype(dtype), rng.normal(size=(k, N, 2)).astype(dtype)
 
 
-def trajectory_pairs(states_ref: list, samples: samplers.Samples) -> dict:
+def trajectory_pairs(states_ref: list, samples: chains.Samples) -> dict:
     ref = np.stack([s.numpy() for s in states_ref])
     return {"trajectory": (ref, np.asarray(samples.trajectory))}
 
@@ -114,7 +114,7 @@ def test_rescale_zero_terminal_snr_matches_diffusers(precision, schedule):
     # sqrt(abar_0) / (sqrt(abar_0) - sqrt(abar_T)) = 8.5 amplifies a few ulps; measured 9.5 eps.
     betas = betas_for(schedule, precision.np_dtype)
     out_ref = diffusers_rescale_zero_terminal_snr(torch.tensor(betas)).numpy()
-    out_ans = samplers.rescale_zero_terminal_snr(betas)
+    out_ans = chains.rescale_zero_terminal_snr(betas)
     if precision.np_dtype == np.float64:
         assert_pairs_close({"betas": (out_ref, out_ans)}, rel=64 * precision.eps)
     else:
@@ -125,17 +125,17 @@ def test_rescale_zero_terminal_snr_matches_diffusers(precision, schedule):
     assert abar[-1] == 0 and abs(abar[0] - (1 - betas[0])) <= 4 * precision.eps
 
 
-@pytest.mark.parametrize("spacing", samplers.SPACINGS)
+@pytest.mark.parametrize("spacing", chains.SPACINGS)
 def test_timesteps_match_diffusers(spacing):
     for k in (1, 5, 7, 10, 30, 33, 50, 99, 100):
         for cls in (DDPMScheduler, DDIMScheduler):
             sched = cls(num_train_timesteps=T, timestep_spacing=spacing)
             sched.set_timesteps(k)
-            np.testing.assert_array_equal(samplers.ddim_timesteps(T, k, spacing), sched.timesteps.numpy())
+            np.testing.assert_array_equal(chains.ddim_timesteps(T, k, spacing), sched.timesteps.numpy())
         if k < T:
             sched = DPMSolverMultistepScheduler(num_train_timesteps=T, timestep_spacing=spacing)
             sched.set_timesteps(k)
-            np.testing.assert_array_equal(samplers.dpm_solver_timesteps(T, k, spacing), sched.timesteps.numpy())
+            np.testing.assert_array_equal(chains.dpm_solver_timesteps(T, k, spacing), sched.timesteps.numpy())
 
 
 # --- DDPM -------------------------------------------------------------------------------------
@@ -153,8 +153,8 @@ def run_diffusers_ddpm(sched, x_T, noise, monkeypatch, k: int):
     return states
 
 
-@pytest.mark.parametrize("variance", samplers.VARIANCES)
-@pytest.mark.parametrize("prediction", samplers.PREDICTIONS)
+@pytest.mark.parametrize("variance", chains.VARIANCES)
+@pytest.mark.parametrize("prediction", chains.PREDICTIONS)
 def test_ddpm_step_matches_diffusers(precision, variance, prediction, monkeypatch):
     # One step at t = 90 -> 80 and 0 -> end (K = 10, leading), same x_t, model output and z on both sides.
     betas = betas_for("linear", precision.np_dtype)
@@ -169,7 +169,7 @@ def test_ddpm_step_matches_diffusers(precision, variance, prediction, monkeypatc
     for t, t_prev in ((90, 80), (0, -1)):
         monkeypatch.setattr(scheduling_ddpm, "randn_tensor", lambda *a, **kw: torch.tensor(z))
         out_ref = sched.step(torch.tensor(out), t, torch.tensor(x_t)).prev_sample.numpy()
-        out_ans = samplers.ddpm_step(
+        out_ans = chains.ddpm_step(
             schedule,
             jnp.asarray(out),
             jnp.asarray(x_t),
@@ -204,7 +204,7 @@ def test_ddpm_chain_matches_diffusers(precision, variance, prediction, spacing, 
     )
     x_T, noise = inputs(precision.np_dtype, k)
     states = run_diffusers_ddpm(sched, x_T, noise, monkeypatch, k)
-    ours = samplers.ddpm(
+    ours = chains.ddpm(
         fake_model_jax,
         our_schedule(betas),
         jnp.asarray(x_T),
@@ -253,7 +253,7 @@ def numpy_ddim_chain(betas, x_T, noise, timesteps, eta, prediction):
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.7])
-@pytest.mark.parametrize("spacing", samplers.SPACINGS)
+@pytest.mark.parametrize("spacing", chains.SPACINGS)
 def test_ddim_step_matches_diffusers(precision, spacing, eta):
     # Single steps at the first, a middle and the last timestep of K = 10, each to diffusers' own
     # previous step t - T // K (for linspace not the next timestep of the sequence: see the docstring).
@@ -265,7 +265,7 @@ def test_ddim_step_matches_diffusers(precision, spacing, eta):
     pairs = {}
     for t in (int(sched.timesteps[0]), int(sched.timesteps[5]), int(sched.timesteps[-1])):
         out_ref = sched.step(torch.tensor(out), t, torch.tensor(x_t), eta=eta, variance_noise=torch.tensor(z))
-        out_ans = samplers.ddim_step(
+        out_ans = chains.ddim_step(
             schedule, jnp.asarray(out), jnp.asarray(x_t), t, t - T // 10, jnp.asarray(z), eta=eta, prediction="v"
         )
         pairs[f"t={t}"] = (out_ref.prev_sample.numpy(), np.asarray(out_ans))
@@ -289,7 +289,7 @@ def test_ddim_chain_matches_diffusers(precision, prediction, eta, spacing, k):
     )
     x_T, noise = inputs(precision.np_dtype, k)
     states = run_diffusers_ddim(sched, x_T, noise, k, eta)
-    ours = samplers.ddim(
+    ours = chains.ddim(
         fake_model_jax,
         our_schedule(betas),
         jnp.asarray(x_T),
@@ -310,9 +310,9 @@ def test_ddim_linspace_chain_against_numpy(precision, prediction, eta, k):
     # linspace sequence): our chain against the DDIM equations in numpy (float64); diffusers' differs.
     betas = betas_for("linear", precision.np_dtype)
     x_T, noise = inputs(precision.np_dtype, k)
-    timesteps = samplers.ddim_timesteps(T, k, "linspace")
+    timesteps = chains.ddim_timesteps(T, k, "linspace")
     out_ref = numpy_ddim_chain(betas, x_T, noise, timesteps, eta, prediction).astype(precision.np_dtype)
-    ours = samplers.ddim(
+    ours = chains.ddim(
         fake_model_jax,
         our_schedule(betas),
         jnp.asarray(x_T),
@@ -382,7 +382,7 @@ def test_dpm_solver_chain_matches_diffusers(precision, prediction, spacing, k, s
     )
     x_T, _ = inputs(precision.np_dtype, k)
     states = run_diffusers_dpm_solver(sched, x_T, k)
-    ours = samplers.dpm_solver_pp(
+    ours = chains.dpm_solver_pp(
         fake_model_jax,
         our_schedule(betas, zero_snr),
         jnp.asarray(x_T),
@@ -405,7 +405,7 @@ def test_ddim_zero_terminal_snr_matches_diffusers(precision, prediction):
     )
     x_T, noise = inputs(precision.np_dtype, 10)
     states = run_diffusers_ddim(sched, x_T, noise, 10, 0.5)
-    ours = samplers.ddim(
+    ours = chains.ddim(
         fake_model_jax,
         our_schedule(betas, True),
         jnp.asarray(x_T),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jax_ddpm.compile_cache import CACHE_DIR_ENV
+from jax_ddpm.runner.compile_cache import CACHE_DIR_ENV
 from jax_ddpm.train import main as train_main
 
 # The runs of the test session (in process and in subprocesses) share one compilation cache of

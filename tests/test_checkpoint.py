@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config
-from jax_ddpm.checkpoint import (
+from jax_ddpm.runner.checkpoint import (
     Checkpointer,
     CheckpointError,
     IncompatibleCheckpointError,

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_ddpm.checkpoint import CheckpointError, restore_run
+from jax_ddpm.runner.checkpoint import CheckpointError, restore_run
 from tests.conftest import tiny_argv, train_main
 
 

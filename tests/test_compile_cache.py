@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_ddpm.compile_cache import CACHE_DIR_ENV
+from jax_ddpm.runner.compile_cache import CACHE_DIR_ENV
 from tests.conftest import tiny_argv, train_main
 
 

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from ddpm_harness.safetensors_io import load_state_dict
-from jax_ddpm.checkpoint import restore_run
 from jax_ddpm.convert import flax_to_state_dict, torch_to_flax
 from jax_ddpm.convert import main as convert_main
+from jax_ddpm.runner.checkpoint import restore_run
 from jax_ddpm.sampling import p_sample_loop
 from jax_ddpm.schedule import schedule_for
 from tests.test_train_torch_reference import reference_argv

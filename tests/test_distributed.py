@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, ConfigError, validate
-from jax_ddpm import distributed
-from jax_ddpm.checkpoint import restore_run
+from jax_ddpm.runner import distributed
+from jax_ddpm.runner.checkpoint import restore_run
 from jax_ddpm.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,9 +15,10 @@ import scipy.stats
 import torch
 
 from ddpm_harness.data import make_dataset
-from jax_ddpm import elbo, losses
+from jax_ddpm import losses
 from jax_ddpm.convert import flax_to_torch
 from jax_ddpm.model import apply_model, init_params
+from jax_ddpm.objectives import variance
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, q_sample, schedule_from_betas
 from torch_reference import losses as ref_losses
 from torch_reference import schedule as ref_schedule
@@ -41,7 +42,7 @@ def test_terms_equal_reference_variational_loss_at_every_step(x_0):
     params = init_params(jax.random.PRNGKey(0), T, n_outputs=4)
     key = jax.random.PRNGKey(7)
     # The tutorial's float32 schedule on both sides: the same arithmetic, term by term.
-    out_ans = np.asarray(elbo.elbo_terms(params, make_schedule(), jnp.asarray(x_0), key)).mean(axis=1)
+    out_ans = np.asarray(variance.elbo_terms(params, make_schedule(), jnp.asarray(x_0), key)).mean(axis=1)
 
     model = ConditionalModel(T, n_outputs=4)
     model.load_state_dict(flax_to_torch(params))
@@ -74,7 +75,7 @@ def test_negative_elbo_of_eps_model_follows_ddpm_eq_12(x_0):
     # the decoder at t = 0 and the prior KL(N(sqrt(abar) x0, 1 - abar) || N(0, 1)) complete the bound.
     params = init_params(jax.random.PRNGKey(1), T, n_outputs=2)
     key = jax.random.PRNGKey(2)
-    out_ans = elbo.negative_elbo(params, make_schedule(), x_0, key, "eps")
+    out_ans = variance.negative_elbo(params, make_schedule(), x_0, key, "eps")
     s = np_schedule()
     diffusion = 0.0
     for t in range(1, T):
@@ -125,11 +126,11 @@ def decoder_nll_by_hand(params, s, x_0, key):
 def test_gaussian_decoder_is_the_normal_density(x_0):
     means = x_0 + 0.05
     log_var = np.full_like(x_0, -4.0)
-    out_ans = elbo.gaussian_log_likelihood(jnp.asarray(x_0), jnp.asarray(means), 0.5 * jnp.asarray(log_var))
+    out_ans = variance.gaussian_log_likelihood(jnp.asarray(x_0), jnp.asarray(means), 0.5 * jnp.asarray(log_var))
     out_ref = scipy.stats.norm.logpdf(x_0, loc=means, scale=np.exp(0.5 * log_var))
     np.testing.assert_allclose(np.asarray(out_ans), out_ref, rtol=1e-5)
     steps = jnp.zeros(len(x_0), jnp.int32)
-    term = elbo.vlb_terms(
+    term = variance.vlb_terms(
         make_schedule(),
         jnp.asarray(x_0),
         jnp.asarray(x_0),
@@ -142,8 +143,8 @@ def test_gaussian_decoder_is_the_normal_density(x_0):
 
 
 def test_prior_term_vanishes_for_cosine_and_not_for_the_tutorial_schedule(x_0):
-    tutorial = float(np.mean(elbo.prior_bpd(make_schedule(), jnp.asarray(x_0))))
-    cosine = float(np.mean(elbo.prior_bpd(make_schedule("cosine", T), jnp.asarray(x_0))))
+    tutorial = float(np.mean(variance.prior_bpd(make_schedule(), jnp.asarray(x_0))))
+    cosine = float(np.mean(variance.prior_bpd(make_schedule("cosine", T), jnp.asarray(x_0))))
     assert tutorial > 0.05  # abar_T ~ 0.78: q(x_T) is far from N(0, I)
     assert 0 <= cosine < 1e-3
 
@@ -187,11 +188,11 @@ def test_hybrid_loss_value_and_stop_gradient(x_0):
     terms = np.where(tn == 0, nll.mean(1), kl.mean(1)) / np.log(2)
     out_ref = np.mean((en - eps) ** 2) + lam * T * terms.mean()
     # float32 forward vs float64 numpy; the t = 0 decoder's bins make it the least smooth term.
-    np.testing.assert_allclose(float(elbo.hybrid_loss(params, sched, x, t, e, lam)), out_ref, rtol=1e-4)
+    np.testing.assert_allclose(float(variance.hybrid_loss(params, sched, x, t, e, lam)), out_ref, rtol=1e-4)
 
     # Gradients: the bound reaches the log-variance outputs only; the eps outputs learn from L_simple.
-    grad_hybrid = jax.grad(elbo.hybrid_loss)(params, sched, x, t, e, lam)["lin4"]
-    grad_simple = jax.grad(elbo.hybrid_loss)(params, sched, x, t, e, 0.0)["lin4"]
+    grad_hybrid = jax.grad(variance.hybrid_loss)(params, sched, x, t, e, lam)["lin4"]
+    grad_simple = jax.grad(variance.hybrid_loss)(params, sched, x, t, e, 0.0)["lin4"]
     np.testing.assert_allclose(grad_hybrid["kernel"][:, :2], grad_simple["kernel"][:, :2], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(grad_hybrid["bias"][:2], grad_simple["bias"][:2], rtol=1e-6, atol=1e-9)
     assert np.all(np.asarray(grad_simple["kernel"][:, 2:]) == 0)
@@ -206,5 +207,5 @@ def test_eps_logvar_sampler_step_uses_eps_mean_and_learned_variance(x_0):
     out = np.asarray(apply_model(params, x, jnp.full((1,), t)), np.float64)
     mean = (x_0 - (1 - s["alphas"][t]) / np.sqrt(1 - s["alphas_prod"][t]) * out[:, :2]) / np.sqrt(s["alphas"][t])
     out_ref = mean + np.exp(0.5 * out[:, 2:]) * z
-    out_ans = elbo.p_sample_learned(params, sched, x, t, jnp.asarray(z), "eps_logvar")
+    out_ans = variance.p_sample_learned(params, sched, x, t, jnp.asarray(z), "eps_logvar")
     np.testing.assert_allclose(np.asarray(out_ans), out_ref, rtol=1e-5, atol=1e-6)

@@ -28,7 +28,7 @@ import pytest
 from ddpm_harness.config import SAMPLE_CHUNK, Config, ConfigError, chain_bytes, check_chain_fits
 from ddpm_harness.runs import CONFIG_FILE
 from ddpm_harness.sweeps import SWEEP_FILE
-from jax_ddpm.checkpoint import restore_run
+from jax_ddpm.runner.checkpoint import restore_run
 from tests.conftest import snapshot, tiny_argv, train_main
 from tests.test_bad_input import one_error_line
 

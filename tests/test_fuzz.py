@@ -53,7 +53,7 @@ from hypothesis.extra import numpy as hnp
 
 from ddpm_harness.config import SCHEDULES, Config
 from ddpm_harness.sweeps import SweepArgs
-from jax_ddpm import experiment
+from jax_ddpm.runner import experiment
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sweep import main as sweep_main
 from tests.conftest import snapshot, train_main

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_ddpm import likelihood, samplers
+from jax_ddpm.samplers import chains, likelihood
 from jax_ddpm.schedule import make_schedule
 from parity_tests.precision import FLOAT32, FLOAT64
 
@@ -74,7 +74,7 @@ def test_ode_sample_is_the_exact_flow_for_gaussian_data(precision, name):
         # 9.0e-6 / 2.6e-5 (float32, 1e-6), tutorial / linear; allow 2e-7 and 1e-4. (At the default
         # 1e-5 the error is ~1e-4, far below the data's scale.)
         tol = 1e-8 if precision.np_dtype == np.float64 else 1e-6
-        out = samplers.ode(
+        out = chains.ode(
             counted_model, schedule, jnp.asarray(x_T, precision.np_dtype), rtol=tol, atol=tol, trajectory=True
         )
         err = np.abs(np.asarray(out.x_0, np.float64) - exact_ode_sample(schedule, x_T)).max()
@@ -87,7 +87,7 @@ def test_ode_sample_is_the_exact_flow_for_gaussian_data(precision, name):
 
 
 def test_interpolate_steps_mixes_neighbouring_steps():
-    model = samplers.interpolate_steps(lambda x, t: x * t.astype(x.dtype), num_steps=100)
+    model = chains.interpolate_steps(lambda x, t: x * t.astype(x.dtype), num_steps=100)
     x = jnp.ones((3, 2))
     assert float(model(x, jnp.array([7.0]))[0, 0]) == 7.0
     assert float(model(x, jnp.array([7.25]))[0, 0]) == pytest.approx(7.25)

@@ -24,12 +24,20 @@ from ddpm_harness.config import (
     resolve_preset,
     validate,
 )
-from jax_ddpm import elbo, losses, samplers
-from jax_ddpm.checkpoint import IncompatibleCheckpointError, check_compatible
+from jax_ddpm import losses
 from jax_ddpm.evaluate import to_data_units
-from jax_ddpm.experiment import draw_samples
 from jax_ddpm.model import apply_model, init_params
-from jax_ddpm.predictions import loss_fn_for, model_mean_logvar, prediction_loss, run_schedule, training_target
+from jax_ddpm.objectives import variance
+from jax_ddpm.objectives.predictions import (
+    loss_fn_for,
+    model_mean_logvar,
+    prediction_loss,
+    run_schedule,
+    training_target,
+)
+from jax_ddpm.runner.checkpoint import IncompatibleCheckpointError, check_compatible
+from jax_ddpm.runner.experiment import draw_samples
+from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_beta_schedule, make_schedule
 
 T = 100
@@ -98,20 +106,20 @@ def test_targets_invert_to_x0_and_eps(batch, prediction):
     abar = schedule.alphas_prod[t][:, None]
     x_t = jnp.sqrt(abar) * x_0 + jnp.sqrt(1 - abar) * e
     target = training_target(schedule, x_0, t, e, prediction)
-    np.testing.assert_allclose(samplers.predict_x0(target, x_t, abar, prediction), x_0, atol=2e-4)
-    np.testing.assert_allclose(samplers.predict_eps(target, x_t, abar, prediction), e, atol=2e-3)
+    np.testing.assert_allclose(chains.predict_x0(target, x_t, abar, prediction), x_0, atol=2e-4)
+    np.testing.assert_allclose(chains.predict_eps(target, x_t, abar, prediction), e, atol=2e-3)
 
 
 def test_bound_of_an_eps_model_is_the_tutorials_mean(batch):
     # predictions.model_mean_logvar goes through the predicted x_0 and the posterior mean; for eps it is
-    # the tutorial's eq. 11 mean (elbo.model_mean_logvar). The two routes round differently in
+    # the tutorial's eq. 11 mean (variance.model_mean_logvar). The two routes round differently in
     # float32 (measured 3e-4 at small t), so compare in float64: measured 2.2e-13 absolute.
     with jax.enable_x64(True):
         schedule = make_schedule("linear", T, 1e-4, 0.1, np.float64)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), init_params(jax.random.key(2), T))
         x_t, t = jnp.asarray(batch[0], jnp.float64), jnp.asarray(batch[1])
         mean_ans, logvar_ans = model_mean_logvar(params, schedule, x_t, t, "eps")
-        mean_ref, logvar_ref = elbo.model_mean_logvar(params, schedule, x_t, t, "eps")
+        mean_ref, logvar_ref = variance.model_mean_logvar(params, schedule, x_t, t, "eps")
         np.testing.assert_allclose(mean_ans, mean_ref, rtol=0, atol=1e-11)
         np.testing.assert_array_equal(logvar_ans, logvar_ref)
 
@@ -121,7 +129,7 @@ def test_zero_terminal_snr_schedule_is_the_rescaled_one():
         schedule="linear", beta_start=1e-4, beta_end=0.02, prediction="v", sampler="ddim", zero_terminal_snr=True
     )
     betas = np.asarray(run_schedule(config).betas)
-    out_ref = samplers.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
+    out_ref = chains.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
     np.testing.assert_array_equal(betas, out_ref)
     assert float(run_schedule(config).alphas_prod[-1]) == 0.0
 

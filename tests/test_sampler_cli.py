@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from ddpm_harness.metrics import calibrate
-from jax_ddpm.checkpoint import restore_run
 from jax_ddpm.evaluate import main as evaluate_main
+from jax_ddpm.runner.checkpoint import restore_run
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.train import main as train_main
 from tests.conftest import snapshot, tiny_argv

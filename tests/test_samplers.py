@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_ddpm import samplers, sampling
+from jax_ddpm import sampling
 from jax_ddpm.model import apply_model, init_params
+from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_beta_schedule, make_schedule
 
 T = 100
@@ -40,30 +41,30 @@ def tutorial_setup():
 )
 def test_bad_options_get_one_sentence(name, options, message):
     with pytest.raises(ValueError, match=message):
-        samplers.sample(name, None, make_schedule(), jnp.zeros((4, 2)), **options)
+        chains.sample(name, None, make_schedule(), jnp.zeros((4, 2)), **options)
 
 
 @pytest.mark.parametrize("name", ["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"])
 def test_eps_prediction_with_zero_terminal_snr_is_refused(name):
-    betas = samplers.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
-    schedule = samplers.schedule_from_betas(betas)
-    assert samplers.has_zero_terminal_snr(schedule)
+    betas = chains.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
+    schedule = chains.schedule_from_betas(betas)
+    assert chains.has_zero_terminal_snr(schedule)
     with pytest.raises(ValueError, match="use --prediction v or x0"):
-        samplers.sample(name, None, schedule, jnp.zeros((4, 2)))
+        chains.sample(name, None, schedule, jnp.zeros((4, 2)))
 
 
 def test_tutorial_entry_is_todays_sampler_bit_for_bit(tutorial_setup):
     params, schedule, _ = tutorial_setup
     key = jax.random.key(3)
     out_ref = sampling.sample_chain(params, schedule, key, 64)
-    out = samplers.sample("tutorial", None, schedule, key=key, n=64, params=params, trajectory=True)
+    out = chains.sample("tutorial", None, schedule, key=key, n=64, params=params, trajectory=True)
     np.testing.assert_array_equal(np.asarray(out.trajectory), np.asarray(out_ref))
     np.testing.assert_array_equal(np.asarray(out.x_0), np.asarray(out_ref[-1]))
     assert int(out.nfe) == T
     # From a given x_T, with the noise sample_chain draws from the key: the same chain (up to the
     # per-program compiler options sample_chain runs with, which change float rounding only).
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (64, 2))
-    out = samplers.sample("tutorial", None, schedule, x_T, key=key, params=params)
+    out = chains.sample("tutorial", None, schedule, x_T, key=key, params=params)
     np.testing.assert_allclose(np.asarray(out.x_0), np.asarray(out_ref[-1]), rtol=0, atol=1e-5)
 
 
@@ -88,7 +89,7 @@ def test_ddpm_with_beta_variance_is_the_tutorials_chain_without_its_last_noise()
             x_T=x_T,
             zs=zs.at[-1].set(0),
         )
-        out = samplers.ddpm(functools.partial(apply_model, params), schedule, x_T, zs, variance="beta", trajectory=True)
+        out = chains.ddpm(functools.partial(apply_model, params), schedule, x_T, zs, variance="beta", trajectory=True)
         err = np.abs(np.asarray(out.trajectory) - np.asarray(out_ref)).max() / np.abs(np.asarray(out_ref)).max()
     assert err <= 1e-10, err
 
@@ -98,10 +99,10 @@ def test_noise_from_a_key_is_the_same_noise_injected(tutorial_setup, name):
     _, schedule, model_fn = tutorial_setup
     key = jax.random.key(5)
     options = {"sample_steps": 10, "eta": 1.0} if name == "ddim" else {"sample_steps": 10}
-    drawn = samplers.sample(name, model_fn, schedule, key=key, n=32, **options)
+    drawn = chains.sample(name, model_fn, schedule, key=key, n=32, **options)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (32, 2))
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(key, i + 1), (32, 2)) for i in range(10)])
-    injected = samplers.sample(name, model_fn, schedule, x_T, noise=noise, **options)
+    injected = chains.sample(name, model_fn, schedule, x_T, noise=noise, **options)
     # Two compiled programs (noise drawn inside the scan or read from an array) round differently:
     # measured 1 ulp; allow 1e-6.
     np.testing.assert_allclose(np.asarray(drawn.x_0), np.asarray(injected.x_0), rtol=1e-6, atol=1e-6)
@@ -110,7 +111,7 @@ def test_noise_from_a_key_is_the_same_noise_injected(tutorial_setup, name):
 def test_pictures_of_a_k_step_chain_are_titled_with_its_steps(monkeypatch, tmp_path):
     from ddpm_harness import plots
     from ddpm_harness.config import Config
-    from jax_ddpm.experiment import state_steps
+    from jax_ddpm.runner.experiment import state_steps
 
     # State k of a chain is x_{t + 1} before the model call at step t, and the sample is x_0: the
     # tutorial's chain is x_100 .. x_0; K = 10 trailing steps (99, 89, ..., 9) give x_100, x_90, ... .

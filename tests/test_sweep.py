@@ -28,8 +28,8 @@ from ddpm_harness.sweeps import (
     groups,
     score,
 )
-from jax_ddpm.checkpoint import Checkpointer, restore_run
-from jax_ddpm.distributed import process_share
+from jax_ddpm.runner.checkpoint import Checkpointer, restore_run
+from jax_ddpm.runner.distributed import process_share
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sweep import MODEL_BLOCK, launch_of, merge_sweep, model_block, pad_models, run_sweep
 from jax_ddpm.sweep import main as sweep_main

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jax_ddpm.checkpoint import Checkpointer
+from jax_ddpm.runner.checkpoint import Checkpointer
 from jax_ddpm.train import main as train_main
 from tests.test_train_e2e import restore
 

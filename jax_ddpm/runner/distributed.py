@@ -54,7 +54,7 @@ from jax.sharding import PartitionSpec as P
 
 from ddpm_harness.config import Config, ConfigError, check_processes
 from ddpm_harness.runs import MetricsLog, default_run_dir, open_run_dir, release_run_dir
-from jax_ddpm.checkpoint import Checkpointer, CheckpointError
+from jax_ddpm.runner.checkpoint import Checkpointer, CheckpointError
 
 T = TypeVar("T")
 KEY_PREFIX = "jax_ddpm"  # keys this program puts in the coordinator's key-value store

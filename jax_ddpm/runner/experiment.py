@@ -55,11 +55,13 @@ from ddpm_harness.runs import (
     write_config,
     write_summary,
 )
-from jax_ddpm import distributed, samplers, speed
-from jax_ddpm.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
-from jax_ddpm.compile_cache import use_compile_cache
+from jax_ddpm import speed
 from jax_ddpm.model import apply_model
-from jax_ddpm.predictions import run_schedule
+from jax_ddpm.objectives.predictions import run_schedule
+from jax_ddpm.runner import distributed
+from jax_ddpm.runner.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
+from jax_ddpm.runner.compile_cache import use_compile_cache
+from jax_ddpm.samplers import chains
 from jax_ddpm.sampling import p_sample_for, p_sample_loop, sample_chain
 from jax_ddpm.schedule import Schedule, q_sample
 from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
@@ -113,10 +115,10 @@ def chunk_epochs(config: Config, steps_per_epoch: int, start_epoch: int = 0) -> 
 
 
 def sampler_options(config: Config) -> dict:
-    """The keyword options of `samplers.sample` that a config's sampling fields give."""
+    """The keyword options of `chains.sample` that a config's sampling fields give."""
     steps = config.sample_steps
     if steps is None and config.sampler in ("ddpm", "ddim", "dpm-solver++"):
-        steps = samplers.default_sample_steps(config.sampler, config.num_steps)
+        steps = chains.default_sample_steps(config.sampler, config.num_steps)
     return dict(
         sample_steps=steps,
         prediction=config.prediction,
@@ -129,22 +131,22 @@ def sampler_options(config: Config) -> dict:
 
 
 def check_sampler(config: Config, schedule: Schedule) -> None:
-    """ConfigError (one sentence) for sampling options `samplers.validate` refuses on this schedule."""
+    """ConfigError (one sentence) for sampling options `chains.validate` refuses on this schedule."""
     options = {k: v for k, v in sampler_options(config).items() if k not in ("rtol", "atol")}
     try:
-        samplers.validate(config.sampler, schedule, **options)
+        chains.validate(config.sampler, schedule, **options)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
 
-def _model_fn(params: dict, config: Config) -> samplers.ModelFn:
+def _model_fn(params: dict, config: Config) -> chains.ModelFn:
     """The model as the samplers call it: its eps/v/x0 output (the eps half of the hybrid loss's
-    4-output model), at float t through `samplers.interpolate_steps` for the ODE."""
+    4-output model), at float t through `chains.interpolate_steps` for the ODE."""
     model_fn = functools.partial(apply_model, params)
     if config.parameterization == "eps_logvar":
         model_fn = lambda x, t, f=model_fn: f(x, t)[..., :2]  # noqa: E731
     if config.sampler == "ode":
-        model_fn = samplers.interpolate_steps(model_fn, config.num_steps)
+        model_fn = chains.interpolate_steps(model_fn, config.num_steps)
     return model_fn
 
 
@@ -158,7 +160,7 @@ def _jitted_sample_from():
 
 
 def _sample_from(params, schedule, key, x_T, *, config, trajectory):
-    return samplers.sample(
+    return chains.sample(
         config.sampler,
         _model_fn(params, config),
         schedule,
@@ -177,7 +179,7 @@ def draw_samples(
     n: Optional[int] = None,
     x_T: Optional[jax.Array] = None,
     trajectory: bool = False,
-) -> samplers.Samples:
+) -> chains.Samples:
     """One model's samples with the config's sampler (--sampler, --sample-steps, --eta, ...): from
     x_T (n, 2) ~ N(0, I) drawn from fold_in(key, 0), or from the given x_T (N, 2); step noise from key.
 
@@ -189,14 +191,14 @@ def draw_samples(
     return _to_data(_draw(params, schedule, config, key, n, x_T, trajectory), *data_transform(config))
 
 
-def _to_data(samples: samplers.Samples, shift: np.ndarray, scale: float) -> samplers.Samples:
+def _to_data(samples: chains.Samples, shift: np.ndarray, scale: float) -> chains.Samples:
     if scale == 1.0 and not np.any(shift):
         return samples
     trajectory = None if samples.trajectory is None else samples.trajectory * scale + shift
     return samples.replace(x_0=samples.x_0 * scale + shift, trajectory=trajectory)
 
 
-def _draw(params, schedule, config, key, n, x_T, trajectory) -> samplers.Samples:
+def _draw(params, schedule, config, key, n, x_T, trajectory) -> chains.Samples:
     sampling_config = _sampling_part(config)
     if config.sampler == "tutorial":
         if x_T is None:
@@ -217,7 +219,7 @@ def _draw(params, schedule, config, key, n, x_T, trajectory) -> samplers.Samples
                 zs=zs,
                 p_sample_fn=p_sample_for(schedule, config.parameterization),
             )
-        return samplers.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
+        return chains.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
     if x_T is None:
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
     return _jitted_sample_from()(
@@ -616,7 +618,7 @@ def state_steps(config: Config) -> Optional[list[int]]:
         return None
     options = sampler_options(config)
     spacing = options["timestep_spacing"] or ("linspace" if config.sampler == "dpm-solver++" else "leading")
-    steps = samplers.sampler_timesteps(config.sampler, config.num_steps, options["sample_steps"], spacing)
+    steps = chains.sampler_timesteps(config.sampler, config.num_steps, options["sample_steps"], spacing)
     return [int(t) + 1 for t in steps] + [0]
 
 

@@ -177,7 +177,7 @@ class Checkpointer:
             raise CheckpointError(f"cannot open checkpoints in {str(self.directory)!r}: {_first_line(err)}") from None
 
     def _make_manager(self) -> ocp.CheckpointManager:
-        """orbax's manager of the checkpoints folder (jax_ddpm.distributed makes one for a single process among
+        """orbax's manager of the checkpoints folder (jax_ddpm.runner.distributed makes one for a single process among
         several)."""
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False, create=True)
         return ocp.CheckpointManager(self.directory, options=options)

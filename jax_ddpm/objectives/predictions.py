@@ -1,5 +1,5 @@
 """What the model is trained to predict (`--prediction eps|v|x0`) and the schedule it trains on
-(`--zero-terminal-snr`): the training side of the conversions in `jax_ddpm.samplers`.
+(`--zero-terminal-snr`): the training side of the conversions in `jax_ddpm.samplers.chains`.
 
 With x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e (DDPM eq. 4), the model is regressed on
 - eps: the noise e: the tutorial's `losses.noise_estimation_loss`, used unchanged (bit for bit);
@@ -8,7 +8,7 @@ With x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e (DDPM eq. 4), the model is regr
 by mean((target - model(x_t, t))^2) over all elements, unweighted, with the tutorial's antithetic t.
 `samplers.predict_x0` / `predict_eps` invert these targets when sampling.
 
-`negative_elbo` is `jax_ddpm.elbo.negative_elbo` for a v or x0 model: p(x_{t-1} | x_t) is the
+`negative_elbo` is `jax_ddpm.objectives.variance.negative_elbo` for a v or x0 model: p(x_{t-1} | x_t) is the
 posterior q(x_{t-1} | x_t, x0_pred) with the fixed variance beta_t (the ddpm sampler's "beta").
 
 `zero_terminal_snr` rescales the betas so that alpha_bar_{T-1} = 0 (Lin et al. 2024, via
@@ -23,9 +23,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jax_ddpm import elbo
 from jax_ddpm.model import apply_model
-from jax_ddpm.samplers import predict_x0, rescale_zero_terminal_snr, schedule_from_betas
+from jax_ddpm.objectives import variance
+from jax_ddpm.samplers.chains import predict_x0, rescale_zero_terminal_snr, schedule_from_betas
 from jax_ddpm.schedule import Schedule, extract, make_beta_schedule, q_posterior_mean_variance, schedule_for
 
 
@@ -98,6 +98,6 @@ def model_mean_logvar(params: dict, schedule: Schedule, x_t: jax.Array, t: jax.A
 def negative_elbo(
     params: dict, schedule: Schedule, x_0, key: jax.Array, prediction: str = "v", decoder: str = "gaussian"
 ) -> dict[str, float]:
-    """The negative ELBO in bits/dim of an eps, v or x0 model, as `jax_ddpm.elbo.negative_elbo`:
-    total = prior + diffusion (t >= 1) + decoder (t = 0), on `elbo.accurate_schedule`."""
-    return elbo.negative_elbo(params, schedule, x_0, key, prediction, decoder, model_mean_logvar)
+    """The negative ELBO in bits/dim of an eps, v or x0 model, as `jax_ddpm.objectives.variance.negative_elbo`:
+    total = prior + diffusion (t >= 1) + decoder (t = 0), on `variance.accurate_schedule`."""
+    return variance.negative_elbo(params, schedule, x_0, key, prediction, decoder, model_mean_logvar)

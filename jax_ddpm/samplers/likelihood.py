@@ -2,7 +2,7 @@
 Generative Modeling through SDEs", sec. 4.3 and appendix D.2), with the exact divergence.
 
 The ODE is `samplers`' one: in sigma = sqrt((1 - abar) / abar) and y = x / sqrt(abar) it reads
-dy / dsigma = eps(x, t(sigma)), log alpha_bar linear between integer steps (`samplers.continuous_time`).
+dy / dsigma = eps(x, t(sigma)), log alpha_bar linear between integer steps (`chains.continuous_time`).
 Along it d log p(y(sigma)) / dsigma = -div_y eps, so integrating from the data (sigma = 0, y = x_0)
 to t = T-1 (sigma_max):
     log p_0(x_0) = log p_Y(y_max) + int_0^sigma_max div_y eps dsigma,
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ddpm import samplers
+from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import Schedule
 
 
@@ -47,8 +47,8 @@ def standard_normal_logp(x: jax.Array) -> jax.Array:
 
 
 def _augmented_vector_field(model_fn, schedule, prediction):
-    """(y, delta) -> (eps, div_y eps): the ODE of `samplers.ode` and its exact divergence per point."""
-    eps_field = samplers._ode_eps(model_fn, schedule, prediction)
+    """(y, delta) -> (eps, div_y eps): the ODE of `chains.ode` and its exact divergence per point."""
+    eps_field = chains._ode_eps(model_fn, schedule, prediction)
 
     def vector_field(sigma, state, args):
         y, _ = state
@@ -65,7 +65,7 @@ def _augmented_vector_field(model_fn, schedule, prediction):
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "prediction", "prior_logp", "rtol", "atol", "max_steps"))
 def _nll(model_fn, schedule, x_0, *, prediction, prior_logp, rtol, atol, max_steps):
-    sigma_max = samplers.ode_sigmas(schedule)[-1]
+    sigma_max = chains.ode_sigmas(schedule)[-1]
     solution = diffrax.diffeqsolve(
         diffrax.ODETerm(_augmented_vector_field(model_fn, schedule, prediction)),
         diffrax.Tsit5(),
@@ -81,24 +81,24 @@ def _nll(model_fn, schedule, x_0, *, prediction, prior_logp, rtol, atol, max_ste
     d = x_0.shape[-1]
     log_p_y = prior_logp(y_max * jnp.sqrt(alpha_prod_max)) + 0.5 * d * jnp.log(alpha_prod_max)
     log_p = log_p_y + delta
-    return Likelihood(-log_p / (d * np.log(2.0)), samplers._nfe(solution))
+    return Likelihood(-log_p / (d * np.log(2.0)), chains._nfe(solution))
 
 
 def nll_bits_per_dim(
-    model_fn: samplers.ModelFn,
+    model_fn: chains.ModelFn,
     schedule: Schedule,
     x_0: jax.Array,
     *,
     prediction: str = "eps",
     prior_logp: Callable[[jax.Array], jax.Array] | None = None,
-    rtol: float = samplers.ODE_RTOL,
-    atol: float = samplers.ODE_ATOL,
+    rtol: float = chains.ODE_RTOL,
+    atol: float = chains.ODE_ATOL,
     max_steps: int = 4096,
 ) -> Likelihood:
     """Negative log-likelihood of points x_0 (N, 2) in bits per dimension under the probability-flow ODE.
 
     model_fn(x, t) is called at float t in [-1, T-1] (t < 0 between the data and step 0: wrap an
-    integer-step model with `samplers.interpolate_steps`, which holds it at step 0 there).
+    integer-step model with `chains.interpolate_steps`, which holds it at step 0 there).
     prior_logp(x_{T-1}) -> (N,): the log-density at t = T-1 (default N(0, I); static under jit).
     """
     if prediction not in ("eps", "v"):

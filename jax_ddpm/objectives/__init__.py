@@ -1,0 +1,9 @@
+"""What the model learns, beyond the tutorial's noise loss.
+
+- `predictions`: the model's output read as eps, v or x0, the training target of each, and the
+  schedule a run's config asks for.
+- `variance`: the learned variance (a 4-output model), the hybrid loss and the variational bound.
+
+May import: the twins at the package's top (schedule, model, losses), `speed`, and ddpm_harness.
+Never imports `samplers`, `runner` or a command line.
+"""
