@@ -8,12 +8,16 @@ well under one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
+from jax_ddpm.runner.checkpoint import restore_run
 from jax_ddpm.runner.compile_cache import CACHE_DIR_ENV
 from jax_ddpm.train import main as train_main
 
@@ -21,28 +25,52 @@ from jax_ddpm.train import main as train_main
 # their own, never the user's ~/.cache.
 os.environ.setdefault(CACHE_DIR_ENV, tempfile.mkdtemp(prefix="jax_ddpm_test_cache_"))
 
-TINY = [
-    "--n-points",
-    "256",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "20",
-    "--checkpoint-every",
-    "10",
-    "--log-every",
-    "10",
-    "--n-samples",
-    "128",
-    "--n-eval",
-    "128",
-]
+# A tiny run's sizes; a test passes others to tiny_argv (a tuple is a sweep's list of values).
+SIZES = dict(n_points=256, batch_size=32, epochs=20, checkpoint_every=10, log_every=10, n_samples=128, n_eval=128)
 STEPS_PER_EPOCH = 256 // 32
 
 
-def tiny_argv(out_dir: Path, *extra: str) -> list[str]:
-    """argv of a tiny run writing to out_dir; later options override earlier ones."""
-    return TINY + ["--out-dir", str(out_dir), *extra]
+def size_options(**sizes) -> list[str]:
+    """SIZES, with `sizes` replacing some of them, as command-line options."""
+    options = []
+    for name, value in {**SIZES, **sizes}.items():
+        options += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, tuple) else (value,))]
+    return options
+
+
+TINY = size_options()
+
+
+def tiny_argv(out_dir: Path, *extra: str, **sizes) -> list[str]:
+    """argv of a tiny run (or sweep) writing to out_dir: the sizes, then `extra`; later options override earlier ones.
+    tiny_argv(d, "--no-plots", batch_size=8, epochs=60) is a run of 32 steps an epoch for 60 epochs."""
+    return [*size_options(**sizes), "--out-dir", str(out_dir), *extra]
+
+
+def records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock times."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_s"} for line in lines]
+
+
+def assert_same_run(a: Path, b: Path, exact: bool = True) -> None:
+    """Two run folders hold the same results: state of the newest checkpoint (parameters, EMA, Adam's
+    moments, keys, counters), every metrics record, samples and the summary's evaluation; bit for bit,
+    or (exact=False) state and losses to float32 round-off."""
+    (_, state_a, _), (_, state_b, _) = restore_run(a), restore_run(b)
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b)
+    assert len(leaves_a) == len(leaves_b)
+    if exact:
+        for x, y in zip(leaves_a, leaves_b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert records(a) == records(b)
+        np.testing.assert_array_equal(np.load(a / "samples.npy"), np.load(b / "samples.npy"))
+        summary_a, summary_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+        assert summary_a["evaluation"] == summary_b["evaluation"]
+    else:
+        for x, y in zip(leaves_a, leaves_b):
+            np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose([r["loss"] for r in records(a)], [r["loss"] for r in records(b)], rtol=1e-4)
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -3,7 +3,7 @@ ends bit for bit where an uninterrupted run ends; resuming with another chunk le
 grown, --checkpoint-every changed) does too; a second writer, a full disk and a read-only folder
 get one line and lose nothing.
 
-The number of kills is JAX_DDPM_KILLS (3 by default, for CI; the README's figures come from
+The number of kills is JAX_DDPM_KILLS (3 by default, for CI; docs/reliability.md's figures come from
 JAX_DDPM_KILLS=25). The moments are drawn from a fixed seed over the length of an uninterrupted
 process, so kills land in imports, compilation, training chunks, checkpoint writes, sampling and
 the summary alike.
@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -29,39 +28,23 @@ from ddpm_harness.config import SAMPLE_CHUNK, Config, ConfigError, chain_bytes, 
 from ddpm_harness.runs import CONFIG_FILE
 from ddpm_harness.sweeps import SWEEP_FILE
 from jax_ddpm.runner.checkpoint import restore_run
-from tests.conftest import snapshot, tiny_argv, train_main
+from tests.conftest import assert_same_run, snapshot, tiny_argv, train_main
 from tests.test_bad_input import one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = int(os.environ.get("JAX_DDPM_KILLS", "3"))
 # 32 steps an epoch, 100 epochs, a checkpoint every 10: training long enough to be hit mid-chunk.
-ARGV = [
-    "--n-points",
-    "256",
-    "--batch-size",
-    "8",
-    "--epochs",
-    "100",
-    "--checkpoint-every",
-    "10",
-    "--log-every",
-    "10",
-    "--n-samples",
-    "64",
-    "--n-eval",
-    "64",
-    "--no-plots",
-]
+SIZES = dict(batch_size=8, epochs=100, n_samples=64, n_eval=64)
 
 
-def starter(module: str, argv: list[str], written_first: str) -> Callable[[Path], subprocess.Popen]:
-    """start(folder): `python -m module argv --out-dir folder` in a subprocess, with --resume once the
-    folder holds `written_first` (the file a run or a sweep writes before anything else)."""
+def starter(module: str, written_first: str, *extra: str, **sizes) -> Callable[[Path], subprocess.Popen]:
+    """start(folder): `python -m module` on tiny_argv(folder, *extra, **sizes) in a subprocess, with --resume
+    once the folder holds `written_first` (the file a run or a sweep writes before anything else)."""
 
     def start(folder: Path) -> subprocess.Popen:
         resume = ["--resume"] if (folder / written_first).is_file() else []
         return subprocess.Popen(
-            [sys.executable, "-m", module, *argv, "--out-dir", str(folder), *resume],
+            [sys.executable, "-m", module, *tiny_argv(folder, *extra, *resume, **sizes)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -71,20 +54,7 @@ def starter(module: str, argv: list[str], written_first: str) -> Callable[[Path]
     return start
 
 
-start = starter("jax_ddpm.train", ARGV, CONFIG_FILE)
-
-
-def assert_same_run(run_dir: Path, whole: Path) -> None:
-    for a, b in zip(
-        jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(whole)[1])
-    ):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    expected = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["loss"], r["last_loss"]) for r in records] == [
-        (r["epoch"], r["loss"], r["last_loss"]) for r in expected
-    ]
-    np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), np.load(whole / "samples.npy"))
+start = starter("jax_ddpm.train", CONFIG_FILE, "--no-plots", **SIZES)
 
 
 def kill_at_random_moments(start_fn, kills: int, duration: float, tmp_path: Path, seed: int) -> list[Path]:
@@ -141,7 +111,7 @@ def test_resume_with_another_chunk_length_equals_an_uninterrupted_run(tmp_path):
 def test_a_second_writer_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--epochs", "100000", "--out-dir", str(run_dir)],
+        [sys.executable, "-m", "jax_ddpm.train", *tiny_argv(run_dir, "--no-plots", "--epochs", "100000", **SIZES)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -152,7 +122,7 @@ def test_a_second_writer_is_refused(tmp_path):
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
             time.sleep(0.01)
         second = subprocess.run(
-            [sys.executable, "-m", "jax_ddpm.train", *ARGV, "--out-dir", str(run_dir), "--resume"],
+            [sys.executable, "-m", "jax_ddpm.train", *tiny_argv(run_dir, "--no-plots", "--resume", **SIZES)],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -242,37 +212,14 @@ def test_requests_larger_than_memory_are_refused_before_any_work(tmp_path, capsy
 # A sweep of two groups (batch sizes 16 and 8) of two configurations each: kills land in imports,
 # compilation, either group's chunks and checkpoints, the finishing of a configuration, and the merge.
 SWEEP_KILLS = int(os.environ.get("JAX_DDPM_SWEEP_KILLS", "2"))
-SWEEP_ARGV = [
-    "--n-points",
-    "256",
-    "--batch-size",
-    "16",
-    "8",
-    "--lr",
-    "1e-3",
-    "3e-3",
-    "--epochs",
-    "30",
-    "--checkpoint-every",
-    "10",
-    "--log-every",
-    "10",
-    "--n-samples",
-    "64",
-    "--n-eval",
-    "64",
-]
-
-
-start_sweep = starter("jax_ddpm.sweep", SWEEP_ARGV, SWEEP_FILE)
+SWEEP_SIZES = dict(batch_size=(16, 8), epochs=30, n_samples=64, n_eval=64)
+start_sweep = starter("jax_ddpm.sweep", SWEEP_FILE, "--lr", "1e-3", "3e-3", **SWEEP_SIZES)
 
 
 def test_sweep_sigkilled_at_random_moments_then_resumed_equals_an_uninterrupted_sweep(tmp_path):
     """JAX_DDPM_SWEEP_KILLS kills (2 by default) at moments drawn over an uninterrupted sweep's length;
     each killed sweep, resumed to its end, has every configuration's folder and the leaderboard of the
     uninterrupted one, bit for bit."""
-    from tests.test_sweep import assert_same_run as assert_same_configuration
-
     whole = tmp_path / "whole"
     began = time.monotonic()
     proc = start_sweep(whole)
@@ -287,6 +234,6 @@ def test_sweep_sigkilled_at_random_moments_then_resumed_equals_an_uninterrupted_
         assert proc.wait(timeout=600) == 0, proc.stderr.read()
         assert sorted(d.name for d in folder.iterdir() if d.is_dir()) == names
         for name in names:
-            assert_same_configuration(folder / name, whole / name)
+            assert_same_run(folder / name, whole / name)
         rows = [json.loads((d / "leaderboard.json").read_text())["rows"] for d in (folder, whole)]
         assert [(r["name"], r["metrics"]) for r in rows[0]] == [(r["name"], r["metrics"]) for r in rows[1]]

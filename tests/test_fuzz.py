@@ -22,7 +22,7 @@ working directory stays empty. Earlier outputs are intact: a failed --resume kee
 found (a damaged checkpoint is moved aside, never deleted), and the sampler never changes a run.
 
 CI runs the bounded version (the examples per category are below). JAX_DDPM_FUZZ_SCALE=10 runs ten
-times as many (the long run of the README's figures); JAX_DDPM_FUZZ_REPORT=path.json writes the
+times as many (the long run of docs/reliability.md's figures); JAX_DDPM_FUZZ_REPORT=path.json writes the
 cases tried per category and exit status.
 """
 
@@ -53,7 +53,6 @@ from hypothesis.extra import numpy as hnp
 
 from ddpm_harness.config import SCHEDULES, Config
 from ddpm_harness.sweeps import SweepArgs
-from jax_ddpm.runner import experiment
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sweep import main as sweep_main
 from tests.conftest import snapshot, train_main
@@ -495,7 +494,6 @@ def test_sample_arguments(sandbox):
     assert_tried("sample-args")
 
 
-@pytest.mark.skipif(not hasattr(experiment, "sample_points"), reason="needs the streaming sampler (issue 11, item 3)")
 @pytest.mark.parametrize("n", [2**40, 10**20])
 def test_sample_huge_n_is_refused(sandbox, n):
     with sandbox.case("sample-args") as folder:

@@ -7,7 +7,6 @@ killed with SIGKILL and resumed equals an uninterrupted one; bad input gets one 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -28,33 +26,18 @@ from ddpm_harness.sweeps import (
     groups,
     score,
 )
-from jax_ddpm.runner.checkpoint import Checkpointer, restore_run
+from jax_ddpm.runner.checkpoint import Checkpointer
 from jax_ddpm.runner.distributed import process_share
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sweep import MODEL_BLOCK, launch_of, merge_sweep, model_block, pad_models, run_sweep
 from jax_ddpm.sweep import main as sweep_main
 from jax_ddpm.train import main as train_main
-from tests.conftest import snapshot
+from tests.conftest import assert_same_run, snapshot, tiny_argv
 from tests.test_bad_input import one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 # 128 points in batches of 32: 4 steps an epoch; 10 epochs, one checkpoint half way.
-TINY = [
-    "--n-points",
-    "128",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "10",
-    "--checkpoint-every",
-    "5",
-    "--log-every",
-    "5",
-    "--n-samples",
-    "128",
-    "--n-eval",
-    "128",
-]
+SIZES = dict(n_points=128, epochs=10, checkpoint_every=5, log_every=5)
 # 16 configurations in one group: every value option but the hybrid loss's lambda.
 REST = [
     "--clip-norm",
@@ -74,7 +57,7 @@ GRID = ["--lr", "1e-3", "3e-3", *REST]
 
 def train_argv(out_dir: Path, *options: str) -> list[str]:
     """The single run of `options` that a sweep's configuration must equal."""
-    return [*TINY, *options, "--no-plots", "--out-dir", str(out_dir)]
+    return tiny_argv(out_dir, *options, "--no-plots", **SIZES)
 
 
 def folder(sweep_dir: Path, **options) -> Path:
@@ -85,36 +68,11 @@ def folder(sweep_dir: Path, **options) -> Path:
     return sweep_dir / names[0]
 
 
-def records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock times."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_s"} for line in lines]
-
-
-def assert_same_run(a: Path, b: Path, exact: bool = True) -> None:
-    """Two run folders hold the same results: state of the newest checkpoint, metrics, samples and
-    evaluation; bit for bit, or to float32 round-off."""
-    (_, state_a, _), (_, state_b, _) = restore_run(a), restore_run(b)
-    leaves_a, leaves_b = jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b)
-    assert len(leaves_a) == len(leaves_b)
-    summary_a, summary_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
-    if exact:
-        for x, y in zip(leaves_a, leaves_b):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        assert records(a) == records(b)
-        np.testing.assert_array_equal(np.load(a / "samples.npy"), np.load(b / "samples.npy"))
-        assert summary_a["evaluation"] == summary_b["evaluation"]
-    else:
-        for x, y in zip(leaves_a, leaves_b):
-            np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-3, atol=1e-5)
-        np.testing.assert_allclose([r["loss"] for r in records(a)], [r["loss"] for r in records(b)], rtol=1e-4)
-
-
 @pytest.fixture(scope="module")
 def sweep_a(tmp_path_factory) -> Path:
     """The 16-configuration grid, one seed each, in one process."""
     out = tmp_path_factory.mktemp("sweep") / "a"
-    assert sweep_main([*TINY, *GRID, "--out-dir", str(out)]) == 0
+    assert sweep_main(tiny_argv(out, *GRID, **SIZES)) == 0
     return out
 
 
@@ -168,10 +126,7 @@ def test_seeds_and_groups_equal_single_runs(tmp_path):
     """--seeds 2 (a configuration's seeds side by side on the model axis) and two groups (--loss):
     the noise loss bit for bit; the hybrid loss to float32 round-off (see docs/sweep.md)."""
     out = tmp_path / "sweep"
-    assert (
-        sweep_main([*TINY, "--lr", "1e-3", "3e-3", "--loss", "noise", "hybrid", "--seeds", "2", "--out-dir", str(out)])
-        == 0
-    )
+    assert sweep_main(tiny_argv(out, "--lr", "1e-3", "3e-3", "--loss", "noise", "hybrid", "--seeds", "2", **SIZES)) == 0
     for loss, exact in (("noise", True), ("hybrid", False)):
         single = tmp_path / loss
         assert train_main(train_argv(single, "--lr", "3e-3", "--loss", loss, "--seeds", "2")) == 0
@@ -207,7 +162,7 @@ def test_a_configuration_is_a_run_folder(sweep_a, tmp_path):
 
 def test_split_across_processes_then_merged_equals_one_process(sweep_a, tmp_path):
     out = tmp_path / "split"
-    args = dataclasses.replace(sweep_args([*TINY, *GRID]), out_dir=str(out))
+    args = sweep_args(tiny_argv(out, *GRID, **SIZES))
     assert run_sweep(args, process_id=1, num_processes=2) is None  # the second half first: no order assumed
     assert run_sweep(args, process_id=0, num_processes=2) is None
     merged = merge_sweep(args)
@@ -223,8 +178,8 @@ def test_two_processes_split_the_grid_and_process_zero_merges(sweep_a, tmp_path)
     out = tmp_path / "two"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "jax_ddpm.sweep", *TINY, *GRID, "--out-dir", str(out)]
-            + ["--num-processes", "2", "--process-id", str(i)],
+            [sys.executable, "-m", "jax_ddpm.sweep"]
+            + tiny_argv(out, *GRID, "--num-processes", "2", "--process-id", str(i), **SIZES),
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -267,7 +222,7 @@ def test_devices_2_equals_one_device(sweep_a, tmp_path):
     out = tmp_path / "devices"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     done = subprocess.run(
-        [sys.executable, "-m", "jax_ddpm.sweep", *TINY, *REST, "--devices", "2", "--lr", "3e-3", "--out-dir", str(out)],
+        [sys.executable, "-m", "jax_ddpm.sweep", *tiny_argv(out, *REST, "--devices", "2", "--lr", "3e-3", **SIZES)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -295,32 +250,14 @@ def sweep_args(argv: list[str]) -> SweepArgs:
 
 
 # Two groups (batch sizes 8 and 16) of two configurations: the first group finishes, the kill lands in the second.
-KILL = [
-    "--n-points",
-    "256",
-    "--epochs",
-    "40",
-    "--checkpoint-every",
-    "10",
-    "--log-every",
-    "10",
-    "--n-samples",
-    "64",
-    "--n-eval",
-    "64",
-    "--batch-size",
-    "16",
-    "8",
-    "--lr",
-    "1e-3",
-    "3e-3",
-]
+KILL_SIZES = dict(batch_size=(16, 8), epochs=40, n_samples=64, n_eval=64)
+KILL_GRID = ["--lr", "1e-3", "3e-3"]
 
 
 def test_resume_after_sigkill_equals_uninterrupted_sweep(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jax_ddpm.sweep", *KILL, "--out-dir", str(killed)],
+        [sys.executable, "-m", "jax_ddpm.sweep", *tiny_argv(killed, *KILL_GRID, **KILL_SIZES)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -346,10 +283,10 @@ def test_resume_after_sigkill_equals_uninterrupted_sweep(tmp_path):
     finished = {d.name: snapshot(d) for d in sorted(killed.glob("c0[01]-*"))}
     assert len(finished) == 2 and all("summary.json" in files for files in finished.values())
 
-    assert sweep_main([*KILL, "--out-dir", str(killed), "--resume"]) == 0
+    assert sweep_main(tiny_argv(killed, *KILL_GRID, "--resume", **KILL_SIZES)) == 0
     assert {d.name: snapshot(d) for d in sorted(killed.glob("c0[01]-*"))} == finished  # not retrained, untouched
     whole = tmp_path / "whole"
-    assert sweep_main([*KILL, "--out-dir", str(whole)]) == 0
+    assert sweep_main(tiny_argv(whole, *KILL_GRID, **KILL_SIZES)) == 0
     for run_dir in sorted(whole.glob("c0*")):
         assert_same_run(killed / run_dir.name, run_dir)
     rows = [json.loads((d / "leaderboard.json").read_text())["rows"] for d in (killed, whole)]
@@ -372,19 +309,18 @@ BAD = [
 @pytest.mark.parametrize("extra, message", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_is_one_line(extra, message, tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = [*TINY, "--out-dir", str(out), *extra]
-    assert sweep_main(argv) == 2
+    assert sweep_main(tiny_argv(out, *extra, **SIZES)) == 2
     assert message in one_error_line(capsys)
     assert not out.exists()
 
 
 def test_resume_refuses_another_grid_and_keeps_the_sweep(sweep_a, tmp_path, capsys):
-    assert sweep_main([*TINY, "--lr", "1e-3", "--resume", "--out-dir", str(tmp_path / "none")]) == 2
+    assert sweep_main(tiny_argv(tmp_path / "none", "--lr", "1e-3", "--resume", **SIZES)) == 2
     assert "holds no sweep" in one_error_line(capsys)
     before = snapshot(sweep_a)
-    assert sweep_main([*TINY, *GRID, "--lr", "1e-3", "--resume", "--out-dir", str(sweep_a)]) == 2
+    assert sweep_main(tiny_argv(sweep_a, *GRID, "--lr", "1e-3", "--resume", **SIZES)) == 2
     assert "was started with --lr" in one_error_line(capsys)
-    assert sweep_main([*TINY, *GRID, "--out-dir", str(sweep_a)]) == 2  # no --resume: never reused
+    assert sweep_main(tiny_argv(sweep_a, *GRID, **SIZES)) == 2  # no --resume: never reused
     assert "already exists" in one_error_line(capsys)
     assert snapshot(sweep_a) == before
 
