@@ -701,7 +701,7 @@ def targets(results: dict, kind: str) -> list[dict]:
 
 
 def miss_reason(name: str, results: dict, kind: str) -> str:
-    """Why a target was missed, from what this run measured (the profiles behind each: README's Speed)."""
+    """Why a target was missed, from what this run measured (the profiles behind each: docs/speed.md)."""
     if kind != "cpu":
         if name.startswith(">= 1024"):
             return "the largest K measured is in the seeds table; the larger ones are under 'Skipped or failed'."

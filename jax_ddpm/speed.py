@@ -7,7 +7,7 @@
   vector ISA (`options_for`).
 
 Each changes results at most by float rounding (tests/test_speed.py). Why each pays, and by how much on
-each kind of CPU measured: benchmarks/results/cpu-<isa>.md and the README's Speed section.
+each kind of CPU measured: benchmarks/results/cpu-<isa>.md and docs/speed.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 - One model trained data-parallel by 2 processes of one CPU device each (epochs 1-2), then resumed by 2 processes
   of two host devices each (--devices 4, epochs 3-4), ends with the state of one device within float32 round-off:
   splitting the batch changes the order of the gradient's sums, and Adam's step lr * m / (sqrt(v) + eps) can
-  amplify a round-off of a gradient entry near eps up to ~0.02 lr (README, Parity). Both processes report the same
+  amplify a round-off of a gradient entry near eps up to ~0.02 lr (docs/parity.md). Both processes report the same
   metrics; process 0 alone writes.
 - Launched as srun would (SLURM's variables, no options), a run folder process 0 refuses stops both processes with
   one line each; a coordinator nobody hosts gives one line and exit status 1 after --distributed-timeout.
@@ -52,7 +52,7 @@ TINY = [
     "--log-every",
     "2",
 ]
-# Adam's float32 step (README, Parity): a gradient round-off can move a parameter by up to ~0.02 lr = 2e-5.
+# Adam's float32 step (docs/parity.md): a gradient round-off can move a parameter by up to ~0.02 lr = 2e-5.
 RTOL, ATOL = 1e-4, 2e-5
 
 
