@@ -23,10 +23,10 @@ def measure() -> dict:
     import jax.numpy as jnp
 
     from ddpm_harness.config import Config, dataset_for
+    from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for
     from jax_ddpm.runner.compile_cache import use_compile_cache
     from jax_ddpm.runner.experiment import chunk_epochs
     from jax_ddpm.schedule import schedule_for
-    from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for
 
     events = []
     jax.monitoring.register_event_listener(

@@ -21,9 +21,11 @@ import numpy as np
 from benchmarks.timing import measure, rates
 from ddpm_harness.config import Config, dataset_for
 from jax_ddpm import sampling, speed
+from jax_ddpm.ema import EMA
+from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
 from jax_ddpm.sampling import sample_chain
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys, train_step
+from jax_ddpm.training import train_step
 
 
 def _parts(config: Config):
@@ -74,7 +76,7 @@ def python_loop_runner(config: Config, n_steps: int):
     schedule, data, optimizer = _parts(config)
     step = jax.jit(
         functools.partial(
-            train_step, optimizer=optimizer, ema_mu=config.ema_decay, schedule=schedule, n_steps=config.num_steps
+            train_step, optimizer=optimizer, ema=EMA(config.ema_decay), schedule=schedule, n_steps=config.num_steps
         )
     )
     initial = init_states(config, optimizer)

@@ -26,9 +26,12 @@ import optax
 from ddpm_harness import metrics
 from ddpm_harness.config import Config, data_transform, dataset_for, held_out_for
 from jax_ddpm import speed
-from jax_ddpm.objectives.predictions import loss_fn_for, run_schedule
+from jax_ddpm.ema import EMA
+from jax_ddpm.objectives.objective import loss_fn_for
+from jax_ddpm.objectives.predictions import run_schedule
+from jax_ddpm.runner.chunk import init_states, run_keys, run_optimizer, train_epoch
 from jax_ddpm.runner.experiment import draw_samples
-from jax_ddpm.training import ema_update, init_states, make_optimizer, run_keys, train_epoch, train_step
+from jax_ddpm.training import train_step
 
 RESULTS = Path(__file__).parent / "results"
 EMA_DECAYS = (0.999, 0.9995, 0.9999)
@@ -87,7 +90,8 @@ def train_multi_ema(config: Config, data: np.ndarray, lr_schedule, decays=EMA_DE
     """Train config.seeds models (vmapped) for config.epochs; {"raw": params, "ema0.999": ...}, each
     with a leading seed axis. The state's ema_params holds one EMA per decay."""
     steps_per_epoch = -(-data.shape[0] // config.batch_size)
-    optimizer = make_optimizer(learning_rate(config, lr_schedule, config.epochs * steps_per_epoch), config.clip_norm)
+    lr = learning_rate(config, lr_schedule, config.epochs * steps_per_epoch)
+    optimizer = run_optimizer(lr, config.clip_norm, clipped=config.clip_norm > 0)
     schedule, loss_fn = run_schedule(config), loss_fn_for(config)
     state = init_states(config, optimizer)
     state = state.replace(ema_params=tuple(state.ema_params for _ in decays))
@@ -96,7 +100,7 @@ def train_multi_ema(config: Config, data: np.ndarray, lr_schedule, decays=EMA_DE
         new, loss = train_step(
             state.replace(ema_params=state.ema_params[0]),
             optimizer,
-            decays[0],
+            EMA(decays[0]),
             batch_x,
             schedule,
             config.num_steps,
@@ -104,7 +108,7 @@ def train_multi_ema(config: Config, data: np.ndarray, lr_schedule, decays=EMA_DE
             e=e,
             loss_fn=loss_fn,
         )
-        rest = tuple(ema_update(p, new.params, d) for p, d in zip(state.ema_params[1:], decays[1:]))
+        rest = tuple(EMA(d).update(p, new.params) for p, d in zip(state.ema_params[1:], decays[1:]))
         return new.replace(ema_params=(new.ema_params,) + rest), loss
 
     epoch_fn = functools.partial(

@@ -25,8 +25,8 @@ import numpy as np
 
 from benchmarks.timing import measure, rates
 from ddpm_harness.config import Config, dataset_for
+from jax_ddpm.runner.chunk import init_states, make_mesh, optimizer_for
 from jax_ddpm.sweep import hyper_params, make_sweep_chunk, pad_models, stack
-from jax_ddpm.training import init_states, make_mesh, optimizer_for
 
 KS = (1, 4, 16, 64, 256)
 QUICK_KS = (1, 4)

@@ -35,7 +35,7 @@ from ddpm_harness.config import Config, ConfigError, validate
 from ddpm_harness.runs import CONFIG_FILE, RunDirError, write_json
 from ddpm_harness.safetensors_io import ModelFileError, load_state_dict, model_metadata, save_state_dict
 from jax_ddpm.runner.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.training import init_train_state, optimizer_for
+from jax_ddpm.runner.chunk import init_train_state, optimizer_for
 
 
 class ConversionError(ValueError):

@@ -60,7 +60,9 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     log_one_minus_cdf_min = jnp.log(jnp.maximum(1 - cdf_min, 1e-12))
     cdf_delta = cdf_plus - cdf_min
     log_probs = jnp.where(
-        x < -0.999, log_cdf_plus, jnp.where(x > 0.999, log_one_minus_cdf_min, jnp.log(jnp.maximum(cdf_delta, 1e-12)))
+        x < -0.999,
+        log_cdf_plus,
+        jnp.where(x > 0.999, log_one_minus_cdf_min, jnp.log(jnp.maximum(cdf_delta, 1e-12))),
     )
     return log_probs
 

@@ -60,19 +60,13 @@ from ddpm_harness.sweeps import (
     resolve_sweep_preset,
 )
 from jax_ddpm import speed
-from jax_ddpm.objectives.predictions import loss_fn_for, run_schedule
+from jax_ddpm.objectives.objective import loss_fn_for
+from jax_ddpm.objectives.predictions import run_schedule
 from jax_ddpm.runner import distributed, experiment
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError
+from jax_ddpm.runner.chunk import EmaRate, init_states, make_mesh, run_optimizer, train_epoch
 from jax_ddpm.schedule import Schedule
-from jax_ddpm.training import (
-    EmaRate,
-    init_states,
-    make_loss_fn,
-    make_mesh,
-    make_optimizer,
-    train_epoch,
-    train_step,
-)
+from jax_ddpm.training import train_step
 
 
 @flax.struct.dataclass
@@ -143,11 +137,10 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[i
     n_steps = config.num_steps
 
     def one_model(state, data, hyper: HyperParams):
-        optimizer = make_optimizer(hyper.lr, hyper.clip_norm, clipped=clipped)
-        # loss_fn_for(config) with the model's own lambda (the hybrid loss's weight; v and x0 train the noise loss)
-        loss_fn = make_loss_fn(config.loss, hyper.hybrid_lambda) if config.prediction == "eps" else loss_fn_for(config)
+        optimizer = run_optimizer(hyper.lr, hyper.clip_norm, clipped=clipped)
+        loss_fn = loss_fn_for(config, hybrid_lambda=hyper.hybrid_lambda)  # the model's own weight of the hybrid loss
         step = functools.partial(
-            train_step, optimizer=optimizer, ema_mu=hyper.ema, schedule=hyper.schedule, n_steps=n_steps, loss_fn=loss_fn
+            train_step, optimizer=optimizer, ema=hyper.ema, schedule=hyper.schedule, n_steps=n_steps, loss_fn=loss_fn
         )
         epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=step, n_steps=n_steps)
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=n_epochs)

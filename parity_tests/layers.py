@@ -21,9 +21,11 @@ import torch_reference.sampling as ref_sampling
 import torch_reference.schedule as ref_schedule
 import torch_reference.training as ref_training
 from ddpm_harness.data import make_dataset
+from jax_ddpm import ema as jax_ema
 from jax_ddpm import losses, sampling, schedule, training
 from jax_ddpm.convert import torch_to_flax
 from jax_ddpm.model import apply_model
+from jax_ddpm.runner import chunk
 from parity_tests.compare import Pairs, Precision, flat_params, flat_torch, to_numpy, tree_pairs
 from torch_reference.ema import EMA
 from torch_reference.model import ConditionalModel
@@ -177,10 +179,19 @@ def gradient_pairs(p: Precision) -> Pairs:
     return tree_pairs(grads_ref, grads_ans)
 
 
-def clip_pairs(p: Precision, max_norm: float) -> tuple[Pairs, float]:
-    """The same (reference) gradients clipped by torch's clip_grad_norm_ and by optax's
-    clip_by_global_norm; also returns the global norm. torch scales by max_norm / (norm + 1e-6),
-    optax by max_norm / norm, so clipped results differ by the factor (norm + 1e-6) / norm."""
+def jax_optimizer(program: str, clip_norm: float) -> optax.GradientTransformation:
+    """The twin's make_optimizer ("twin") or the optimizer a run compiles ("run": the same clipping and
+    Adam, the clipping norm summed in a fixed order)."""
+    if program == "twin":
+        return training.make_optimizer(LR, clip_norm)
+    return chunk.run_optimizer(LR, clip_norm, clipped=clip_norm > 0)
+
+
+def clip_pairs(p: Precision, max_norm: float, program: str = "run") -> tuple[Pairs, float]:
+    """The same (reference) gradients clipped by torch's clip_grad_norm_ and by the clipping of
+    `jax_optimizer(program)` (optax's clip_by_global_norm, or the run's in a fixed order); also returns the
+    global norm. torch scales by max_norm / (norm + 1e-6), JAX by max_norm / norm, so clipped results differ
+    by the factor (norm + 1e-6) / norm."""
     model, _ = ported_model(p)
     sched_ref, _ = tutorial_schedules(p)
     (x0_ref, _), (t_ref, _), (e_ref, _) = both(*inputs(p, 128))
@@ -188,7 +199,7 @@ def clip_pairs(p: Precision, max_norm: float) -> tuple[Pairs, float]:
     grads = jax.tree_util.tree_map(jnp.asarray, torch_to_flax({n: q.grad for n, q in model.named_parameters()}))
     norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
     clipped_ref = flat_torch({name: param.grad for name, param in model.named_parameters()})
-    clip = optax.clip_by_global_norm(max_norm)
+    clip = optax.clip_by_global_norm(max_norm) if program == "twin" else chunk.clip_by_global_norm(max_norm)
     clipped_ans, _ = clip.update(grads, clip.init(grads))
     return tree_pairs(clipped_ref, flat_params(clipped_ans)), norm
 
@@ -206,20 +217,21 @@ def _jax_state(params: dict, optimizer: optax.GradientTransformation) -> trainin
     )
 
 
-def _train_both(p: Precision, batches, clip_norm: float) -> tuple[Pairs, list[float]]:
-    """Drive torch_reference.training.train_step and jax_ddpm.training.train_step over the same
-    (x_0, t, e) batches from the same weights. Returns pairs for the parameters, EMA parameters,
-    Adam's moments and per-step losses, and torch's pre-clip gradient norm at every step."""
+def _train_both(p: Precision, batches, clip_norm: float, program: str = "run") -> tuple[Pairs, list[float]]:
+    """Drive torch_reference.training.train_step and jax_ddpm.training.train_step (with the optimizer
+    `jax_optimizer(program)`) over the same (x_0, t, e) batches from the same weights. Returns pairs for the
+    parameters, EMA parameters, Adam's moments and per-step losses, and torch's pre-clip gradient norm at
+    every step."""
     model, params = ported_model(p)
     sched_ref, sched_ans = tutorial_schedules(p)
     optimizer_ref = ref_training.make_optimizer(model, LR)
     ema = EMA(EMA_DECAY)
     ema.register(model)
-    optimizer = training.make_optimizer(LR, clip_norm)
+    optimizer = jax_optimizer(program, clip_norm)
     state = _jax_state(params, optimizer)
     train_step = jax.jit(
         functools.partial(
-            training.train_step, optimizer=optimizer, ema_mu=EMA_DECAY, schedule=sched_ans, n_steps=N_STEPS
+            training.train_step, optimizer=optimizer, ema=jax_ema.EMA(EMA_DECAY), schedule=sched_ans, n_steps=N_STEPS
         )
     )
     losses_ref, losses_ans, norms = [], [], []
@@ -259,21 +271,23 @@ def _train_both(p: Precision, batches, clip_norm: float) -> tuple[Pairs, list[fl
     return pairs, norms
 
 
-def optimizer_step_pairs(p: Precision, clip_norm: float) -> tuple[Pairs, float]:
+def optimizer_step_pairs(p: Precision, clip_norm: float, program: str = "run") -> tuple[Pairs, float]:
     """One training step (loss, backward, clip, Adam, EMA) on both sides; also returns the
     gradient's global norm, so a caller can check which clipping regime it exercised."""
-    pairs, norms = _train_both(p, [inputs(p, 128)], clip_norm)
+    pairs, norms = _train_both(p, [inputs(p, 128)], clip_norm, program)
     return pairs, norms[0]
 
 
-def ema_pairs(p: Precision) -> Pairs:
-    """One EMA update, shadow from one model's weights, params from a second model's."""
+def ema_pairs(p: Precision, program: str = "twin") -> Pairs:
+    """One EMA update, shadow from one model's weights, params from a second model's: by the twin's EMA
+    ("twin", what a run compiles) or by a sweep's per-model `EmaRate` ("sweep")."""
     model_0, params_0 = ported_model(p, seed=0)
     model_1, params_1 = ported_model(p, seed=1)
     ema = EMA(EMA_DECAY)
     ema.register(model_0)
     ema.update(model_1)
-    return tree_pairs(flat_torch(ema.shadow), flat_params(training.ema_update(params_0, params_1, EMA_DECAY)))
+    rate = jax_ema.EMA(EMA_DECAY) if program == "twin" else chunk.EmaRate.of(EMA_DECAY)
+    return tree_pairs(flat_torch(ema.shadow), flat_params(rate.update(params_0, params_1)))
 
 
 def variational_inputs(p: Precision, batch_size: int = 256):

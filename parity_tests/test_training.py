@@ -5,6 +5,10 @@ clip_by_global_norm by max_norm / norm (and torch also clips, by a hair, when
 max_norm - 1e-6 < norm < max_norm). When clipping happens, torch's gradients are therefore
 smaller by the factor c = (norm + 1e-6) / norm, i.e. by ~1e-6 / norm relative: far above float64
 round-off, about one ulp in float32. The tests check both regimes and account for c explicitly.
+
+Clipping and one step are checked with the twin's make_optimizer ("twin", optax's clipping) and with the
+optimizer a run compiles ("run", jax_ddpm.runner.chunk: the same formula, its norm summed in a fixed
+order); the 50 steps with the run's, the program `python -m jax_ddpm.train` executes.
 """
 
 import pytest
@@ -15,6 +19,7 @@ from parity_tests.compare import assert_pairs_close, errors
 pytestmark = pytest.mark.torch
 
 CLIPPED, UNCLIPPED = 1.0, 1000.0  # clip norms: fresh gradients have global norm 0.1 .. 5
+PROGRAMS = ["twin", "run"]
 
 
 def clip_factor(norm: float, clip_norm: float) -> float:
@@ -27,8 +32,9 @@ def split(pairs, *prefixes):
     return [{k: v for k, v in pairs.items() if k.startswith(prefix)} for prefix in prefixes]
 
 
-def test_clip_clipped_regime(precision):
-    pairs, norm = layers.clip_pairs(precision, CLIPPED)
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_clip_clipped_regime(precision, program):
+    pairs, norm = layers.clip_pairs(precision, CLIPPED, program)
     assert norm > CLIPPED
     c = clip_factor(norm, CLIPPED)
     # Same input gradients on both sides; after undoing torch's 1e-6, one scaling each: 4 eps.
@@ -38,15 +44,17 @@ def test_clip_clipped_regime(precision):
             assert errors(out_ref, out_ans).max_rel == pytest.approx(1e-6 / norm, rel=1e-6)
 
 
-def test_clip_unclipped_regime_is_identity_on_both_sides(precision):
-    pairs, norm = layers.clip_pairs(precision, UNCLIPPED)
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_clip_unclipped_regime_is_identity_on_both_sides(precision, program):
+    pairs, norm = layers.clip_pairs(precision, UNCLIPPED, program)
     assert norm < UNCLIPPED
     assert_pairs_close(pairs, rel=0.0)  # torch multiplies by exactly 1.0, optax passes through
 
 
+@pytest.mark.parametrize("program", PROGRAMS)
 @pytest.mark.parametrize("clip_norm", [CLIPPED, UNCLIPPED], ids=["clipped", "unclipped"])
-def test_one_adam_and_clip_step(precision, clip_norm):
-    pairs, norm = layers.optimizer_step_pairs(precision, clip_norm)
+def test_one_adam_and_clip_step(precision, clip_norm, program):
+    pairs, norm = layers.optimizer_step_pairs(precision, clip_norm, program)
     assert (norm > clip_norm) == (clip_norm == CLIPPED)
     c = clip_factor(norm, clip_norm)
     loss, params, mu, nu = split(pairs, "loss", ("params.", "ema."), "adam_mu.", "adam_nu.")
@@ -67,7 +75,13 @@ def test_one_adam_and_clip_step(precision, clip_norm):
 
 def test_ema_update(precision):
     # shadow = 0.1 param + 0.9 shadow: same two products and sum on both sides; measured exact.
-    assert_pairs_close(layers.ema_pairs(precision), rel=2 * precision.eps)
+    assert_pairs_close(layers.ema_pairs(precision, "twin"), rel=2 * precision.eps)
+
+
+def test_sweep_ema_rate_update(precision):
+    # A sweep's EmaRate holds 1 - mu and mu as float32 (a run's dtype): in float32 the twin's products
+    # exactly; in float64 off by float32's rounding of 0.1 and 0.9 (relative 2^-24 each at most).
+    assert_pairs_close(layers.ema_pairs(precision, "sweep"), rel=2 * max(precision.eps, 2.0**-24))
 
 
 @pytest.mark.parametrize("clip_norm", [CLIPPED, UNCLIPPED], ids=["clipped", "unclipped"])

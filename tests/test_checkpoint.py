@@ -17,7 +17,7 @@ from jax_ddpm.runner.checkpoint import (
     changed_options,
     check_compatible,
 )
-from jax_ddpm.training import init_states, optimizer_for
+from jax_ddpm.runner.chunk import init_states, optimizer_for
 
 
 def test_round_trip_is_bitwise_for_stacked_seeds(tmp_path):

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, ConfigError, dataset_for, validate
+from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for
 
 # 100 points in batches of 16: 6 full batches and a short one of 4 per epoch.
 TINY = Config(n_points=100, batch_size=16, epochs=3, seed=5)

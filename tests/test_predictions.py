@@ -28,8 +28,8 @@ from jax_ddpm import losses
 from jax_ddpm.evaluate import to_data_units
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.objectives import variance
+from jax_ddpm.objectives.objective import loss_fn_for
 from jax_ddpm.objectives.predictions import (
-    loss_fn_for,
     model_mean_logvar,
     prediction_loss,
     run_schedule,
@@ -97,6 +97,24 @@ def test_eps_default_is_the_tutorials_loss_bit_for_bit(batch):
     np.testing.assert_array_equal(
         np.asarray(prediction_loss(params, schedule, x_0, t, e, prediction="eps")), np.asarray(out_ref)
     )
+
+
+def test_loss_fn_for_takes_a_sweeps_hybrid_lambda(batch):
+    """The sweep's per-model weight replaces the config's, exactly as a config with that weight would."""
+    config = Config(loss="hybrid", hybrid_lambda=0.001)
+    schedule = run_schedule(config)
+    params = init_params(jax.random.key(1), T, 4)
+    x_0, t, e = (jnp.asarray(a) for a in batch)
+    given = loss_fn_for(config, hybrid_lambda=np.float32(0.5))(params, x_0, schedule, T, t, e)
+    configured = loss_fn_for(dataclasses.replace(config, hybrid_lambda=0.5))(params, x_0, schedule, T, t, e)
+    np.testing.assert_array_equal(np.asarray(given), np.asarray(configured))
+    assert float(given) != float(loss_fn_for(config)(params, x_0, schedule, T, t, e))
+
+
+@pytest.mark.parametrize("loss", ["variational", "hybrid"])
+def test_v_and_x0_refuse_the_other_losses(loss):
+    with pytest.raises(ValueError, match="noise loss only"):
+        loss_fn_for(Config(prediction="v", loss=loss))
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])

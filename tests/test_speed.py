@@ -15,10 +15,13 @@ import pytest
 
 from ddpm_harness.config import Config, dataset_for
 from jax_ddpm import sampling, speed
+from jax_ddpm.ema import EMA
 from jax_ddpm.model import init_params
+from jax_ddpm.objectives.objective import loss_fn_for
+from jax_ddpm.runner.chunk import init_states, make_train_chunk, optimizer_for, train_epoch
 from jax_ddpm.sampling import p_sample_loop
 from jax_ddpm.schedule import schedule_for
-from jax_ddpm.training import init_states, make_loss_fn, make_train_chunk, optimizer_for, train_epoch, train_step
+from jax_ddpm.training import train_step
 
 # Other fused kernels for exp, log1p and the sums only round differently: after 100 steps the
 # chains measured ~1e-5 apart on values of order 1.
@@ -46,10 +49,10 @@ def test_training_chunk_equals_epochs_jitted_without_options(options, monkeypatc
     train_step_fn = functools.partial(
         train_step,
         optimizer=optimizer,
-        ema_mu=config.ema_decay,
+        ema=EMA(config.ema_decay),
         schedule=schedule,
         n_steps=config.num_steps,
-        loss_fn=make_loss_fn(config.loss),
+        loss_fn=loss_fn_for(config),
     )
     epoch = jax.jit(
         functools.partial(

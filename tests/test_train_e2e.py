@@ -13,8 +13,8 @@ from ddpm_harness.config import Config, held_out_for
 from ddpm_harness.metrics import calibrate, evaluate
 from ddpm_harness.runs import read_config
 from jax_ddpm.runner.checkpoint import Checkpointer, restore_run
+from jax_ddpm.runner.chunk import init_states, optimizer_for
 from jax_ddpm.train import main as train_main
-from jax_ddpm.training import init_states, optimizer_for
 from tests.conftest import STEPS_PER_EPOCH, tiny_argv
 
 OUTPUTS = (

@@ -15,6 +15,8 @@ from torch_reference.losses import noise_estimation_loss
 
 
 def train_step(model, optimizer, ema, batch_x, schedule, n_steps, clip_norm=1.0, t=None, e=None):
+    """One optimizer step on batch_x (B, 2): the loss at diffusion steps t (B,) with noise e (B, 2), drawn
+    when not given, its gradients, clipping, Adam, then the EMA update."""
     # Compute the loss.
     loss = noise_estimation_loss(
         model, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, n_steps, t=t, e=e
@@ -48,9 +50,9 @@ def train(
     start = time.perf_counter()
     for t in range(epochs):
         # X is a torch Variable
-        permutation = torch.randperm(dataset.size()[0])
+        permutation = torch.randperm(dataset.shape[0])
         losses = []
-        for i in range(0, dataset.size()[0], batch_size):
+        for i in range(0, dataset.shape[0], batch_size):
             # Retrieve current batch
             indices = permutation[i : i + batch_size]
             batch_x = dataset[indices]

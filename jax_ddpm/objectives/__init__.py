@@ -3,7 +3,8 @@
 - `predictions`: the model's output read as eps, v or x0, the training target of each, and the
   schedule a run's config asks for.
 - `variance`: the learned variance (a 4-output model), the hybrid loss and the variational bound.
+- `objective`: `loss_fn_for(config)`, the one place a run's loss is chosen (the single run and the sweep).
 
-May import: the twins at the package's top (schedule, model, losses), `speed`, and ddpm_harness.
+May import: the twins at the package's top (schedule, model, losses, training), `speed`, and ddpm_harness.
 Never imports `samplers`, `runner` or a command line.
 """

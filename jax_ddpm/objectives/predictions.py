@@ -5,7 +5,8 @@ With x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e (DDPM eq. 4), the model is regr
 - eps: the noise e: the tutorial's `losses.noise_estimation_loss`, used unchanged (bit for bit);
 - v: sqrt(abar_t) e - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, sec. 4; diffusers' "v_prediction");
 - x0: x_0 itself (diffusers' "sample"),
-by mean((target - model(x_t, t))^2) over all elements, unweighted, with the tutorial's antithetic t.
+by mean((target - model(x_t, t))^2) over all elements, unweighted, with the tutorial's antithetic t
+(`jax_ddpm.objectives.objective.loss_fn_for` chooses it for a config).
 `samplers.predict_x0` / `predict_eps` invert these targets when sampling.
 
 `negative_elbo` is `jax_ddpm.objectives.variance.negative_elbo` for a v or x0 model: p(x_{t-1} | x_t) is the
@@ -17,8 +18,6 @@ invert (x_0 = (x_T - e) / 0): `ddpm_harness.config.validate` refuses that pair.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,24 +58,6 @@ def prediction_loss(
     x = x_0 * a + e * am1
     output = apply_model(params, x, t)
     return jnp.mean(jnp.square(training_target(schedule, x_0, t, e, prediction) - output))
-
-
-def loss_fn_for(config) -> Callable:
-    """train_step's loss_fn(params, batch_x, schedule, n_steps, t, e) for a config: the tutorial's
-    losses (`training.make_loss_fn`) for --prediction eps, `prediction_loss` for v and x0 (the noise
-    loss only: validate refuses the others)."""
-    from jax_ddpm.training import make_loss_fn  # training imports this module
-
-    prediction = getattr(config, "prediction", "eps")
-    if prediction == "eps":
-        return make_loss_fn(config.loss, config.hybrid_lambda)
-    if config.loss != "noise":
-        raise ValueError(f"--prediction {prediction} trains the noise loss only, not --loss {config.loss}")
-
-    def loss(params, batch_x, schedule, n_steps, t, e):
-        return prediction_loss(params, schedule, batch_x, t, e, prediction)
-
-    return loss
 
 
 def model_mean_logvar(params: dict, schedule: Schedule, x_t: jax.Array, t: jax.Array, prediction: str):

@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 
 from ddpm_harness.config import SAMPLING_FIELDS, Config, validate
 from ddpm_harness.runs import CONFIG_FILE, RunDirError, read_config, write_json
-from jax_ddpm.training import init_states, optimizer_for
+from jax_ddpm.runner.chunk import init_states, optimizer_for
 
 CHECKPOINT_DIR = "checkpoints"
 # Options that may change when a run resumes: these never touch the trajectory (--devices and the

@@ -60,11 +60,11 @@ from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.predictions import run_schedule
 from jax_ddpm.runner import distributed
 from jax_ddpm.runner.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
+from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
 from jax_ddpm.runner.compile_cache import use_compile_cache
 from jax_ddpm.samplers import chains
 from jax_ddpm.sampling import p_sample_for, p_sample_loop, sample_chain
 from jax_ddpm.schedule import Schedule, q_sample
-from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
 
 # A chunk holds at most this many optimizer steps (summed over seeds), so the progress bar moves
 # every couple of seconds on a 2-core CPU.

@@ -1,0 +1,60 @@
+"""The training objective: the one place where a run's loss is chosen.
+
+`loss_fn_for(config)` gives train_step's loss_fn(params, batch_x, schedule, n_steps, t, e) for every
+--prediction and --loss: for eps (the tutorial's prediction) the noise-estimation loss, the tutorial's
+variational loss (a 4-output model) or Improved DDPM's hybrid loss; for v and x0 the regression on their
+target (`predictions.prediction_loss`; the noise loss only, `ddpm_harness.config.validate` refuses the
+others). The single run's chunk and the sweep's models both call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jax_ddpm.losses import loss_variational
+from jax_ddpm.objectives.predictions import prediction_loss
+from jax_ddpm.objectives.variance import hybrid_loss
+from jax_ddpm.training import noise_loss
+
+LOSSES = ("noise", "variational", "hybrid")
+
+
+def variational_loss(params, batch_x, schedule, n_steps, t, e):
+    """The tutorial's loss_variational on `schedule`'s arrays, with e as its noise."""
+    return loss_variational(
+        params,
+        batch_x,
+        schedule.alphas_bar_sqrt,
+        schedule.one_minus_alphas_bar_sqrt,
+        schedule.posterior_mean_coef_1,
+        schedule.posterior_mean_coef_2,
+        schedule.posterior_log_variance_clipped,
+        n_steps,
+        t=t,
+        noise=e,
+    )
+
+
+def loss_fn_for(config, hybrid_lambda=None) -> Callable:
+    """loss_fn(params, batch_x, schedule, n_steps, t, e) of `config.prediction` and `config.loss`.
+    `hybrid_lambda` (default config.hybrid_lambda) may be a traced value: a sweep's per-model weight."""
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    if config.prediction != "eps":
+        if config.loss != "noise":
+            raise ValueError(f"--prediction {config.prediction} trains the noise loss only, not --loss {config.loss}")
+
+        def loss(params, batch_x, schedule, n_steps, t, e):
+            return prediction_loss(params, schedule, batch_x, t, e, config.prediction)
+
+        return loss
+    if config.loss == "variational":
+        return variational_loss
+    if config.loss == "hybrid":
+        weight = config.hybrid_lambda if hybrid_lambda is None else hybrid_lambda
+
+        def hybrid(params, batch_x, schedule, n_steps, t, e):
+            return hybrid_loss(params, schedule, batch_x, t, e, weight)
+
+        return hybrid
+    return noise_loss
