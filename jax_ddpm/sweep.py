@@ -60,7 +60,8 @@ from ddpm_harness.sweeps import (
     resolve_sweep_preset,
 )
 from jax_ddpm import speed
-from jax_ddpm.objectives.predictions import loss_fn_for, run_schedule
+from jax_ddpm.objectives.predictions import loss_fn_for
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import distributed, experiment
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError
 from jax_ddpm.schedule import Schedule

@@ -29,6 +29,7 @@ from diffusers.schedulers.scheduling_ddim import (
     rescale_zero_terminal_snr as diffusers_rescale_zero_terminal_snr,
 )
 
+from jax_ddpm.objectives.schedules import device_schedule, rescale_zero_terminal_snr
 from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_beta_schedule
 from parity_tests.compare import assert_pairs_close
@@ -88,7 +89,7 @@ def diffusers_scheduler(cls, betas: np.ndarray, *, zero_snr: bool = False, **con
 
 
 def our_schedule(betas: np.ndarray, zero_snr: bool = False):
-    return chains.schedule_from_betas(chains.rescale_zero_terminal_snr(betas) if zero_snr else betas)
+    return device_schedule(rescale_zero_terminal_snr(betas) if zero_snr else betas)
 
 
 def inputs(dtype, k: int, seed: int = 0):
@@ -114,7 +115,7 @@ def test_rescale_zero_terminal_snr_matches_diffusers(precision, schedule):
     # sqrt(abar_0) / (sqrt(abar_0) - sqrt(abar_T)) = 8.5 amplifies a few ulps; measured 9.5 eps.
     betas = betas_for(schedule, precision.np_dtype)
     out_ref = diffusers_rescale_zero_terminal_snr(torch.tensor(betas)).numpy()
-    out_ans = chains.rescale_zero_terminal_snr(betas)
+    out_ans = rescale_zero_terminal_snr(betas)
     if precision.np_dtype == np.float64:
         assert_pairs_close({"betas": (out_ref, out_ans)}, rel=64 * precision.eps)
     else:

@@ -32,9 +32,9 @@ from jax_ddpm.objectives.predictions import (
     loss_fn_for,
     model_mean_logvar,
     prediction_loss,
-    run_schedule,
     training_target,
 )
+from jax_ddpm.objectives.schedules import rescale_zero_terminal_snr, run_schedule
 from jax_ddpm.runner.checkpoint import IncompatibleCheckpointError, check_compatible
 from jax_ddpm.runner.experiment import draw_samples
 from jax_ddpm.samplers import chains
@@ -129,7 +129,7 @@ def test_zero_terminal_snr_schedule_is_the_rescaled_one():
         schedule="linear", beta_start=1e-4, beta_end=0.02, prediction="v", sampler="ddim", zero_terminal_snr=True
     )
     betas = np.asarray(run_schedule(config).betas)
-    out_ref = chains.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
+    out_ref = rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
     np.testing.assert_array_equal(betas, out_ref)
     assert float(run_schedule(config).alphas_prod[-1]) == 0.0
 

@@ -1,5 +1,5 @@
-"""What the model is trained to predict (`--prediction eps|v|x0`) and the schedule it trains on
-(`--zero-terminal-snr`): the training side of the conversions in `jax_ddpm.samplers.chains`.
+"""What the model is trained to predict (`--prediction eps|v|x0`): the training side of the
+conversions in `jax_ddpm.samplers.chains`.
 
 With x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e (DDPM eq. 4), the model is regressed on
 - eps: the noise e: the tutorial's `losses.noise_estimation_loss`, used unchanged (bit for bit);
@@ -11,9 +11,8 @@ by mean((target - model(x_t, t))^2) over all elements, unweighted, with the tuto
 `negative_elbo` is `jax_ddpm.objectives.variance.negative_elbo` for a v or x0 model: p(x_{t-1} | x_t) is the
 posterior q(x_{t-1} | x_t, x0_pred) with the fixed variance beta_t (the ddpm sampler's "beta").
 
-`zero_terminal_snr` rescales the betas so that alpha_bar_{T-1} = 0 (Lin et al. 2024, via
-`samplers.rescale_zero_terminal_snr`); the last step then holds no signal, which an eps model cannot
-invert (x_0 = (x_T - e) / 0): `ddpm_harness.config.validate` refuses that pair.
+A zero-terminal-SNR schedule (`objectives.schedules`, --zero-terminal-snr) leaves no signal at the last
+step, which an eps model cannot invert (x_0 = (x_T - e) / 0): `ddpm_harness.config.validate` refuses that pair.
 """
 
 from __future__ import annotations
@@ -25,17 +24,8 @@ import jax.numpy as jnp
 
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import variance
-from jax_ddpm.samplers.chains import predict_x0, rescale_zero_terminal_snr, schedule_from_betas
-from jax_ddpm.schedule import Schedule, extract, make_beta_schedule, q_posterior_mean_variance, schedule_for
-
-
-def run_schedule(config) -> Schedule:
-    """The schedule a run trains and samples with: `schedule.schedule_for(config)`, rescaled to zero
-    terminal SNR with --zero-terminal-snr."""
-    if not getattr(config, "zero_terminal_snr", False):
-        return schedule_for(config)
-    betas = make_beta_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
-    return schedule_from_betas(rescale_zero_terminal_snr(betas))
+from jax_ddpm.samplers.chains import predict_x0
+from jax_ddpm.schedule import Schedule, extract, q_posterior_mean_variance
 
 
 def training_target(schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array, prediction: str) -> jax.Array:
