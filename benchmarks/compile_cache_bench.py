@@ -23,10 +23,10 @@ def measure() -> dict:
     import jax.numpy as jnp
 
     from ddpm_harness.config import Config, dataset_for
+    from jax_ddpm.objectives.schedules import run_schedule
     from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for
     from jax_ddpm.runner.compile_cache import use_compile_cache
     from jax_ddpm.runner.experiment import chunk_epochs
-    from jax_ddpm.schedule import schedule_for
 
     events = []
     jax.monitoring.register_event_listener(
@@ -36,7 +36,7 @@ def measure() -> dict:
     cache_dir = use_compile_cache(True)
     steps_per_epoch = -(-config.n_points // config.batch_size)
     n_chunk = chunk_epochs(config, steps_per_epoch, 0)
-    schedule, optimizer, mesh = schedule_for(config), optimizer_for(config), make_mesh(config.devices)
+    schedule, optimizer, mesh = run_schedule(config), optimizer_for(config), make_mesh(config.devices)
     chunk = make_train_chunk(config, schedule, optimizer, n_chunk, mesh)
     state, data = init_states(config, optimizer, mesh), jnp.asarray(dataset_for(config))
     events.clear()  # count the chunk's own compilation only

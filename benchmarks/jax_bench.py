@@ -20,16 +20,17 @@ import numpy as np
 
 from benchmarks.timing import measure, rates
 from ddpm_harness.config import Config, dataset_for
-from jax_ddpm import sampling, speed
+from jax_ddpm import speed
 from jax_ddpm.ema import EMA
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
-from jax_ddpm.sampling import sample_chain
-from jax_ddpm.schedule import schedule_for
+from jax_ddpm.samplers import tutorial
+from jax_ddpm.samplers.tutorial import sample_chain
 from jax_ddpm.training import train_step
 
 
 def _parts(config: Config):
-    schedule = schedule_for(config)
+    schedule = run_schedule(config)
     data = jnp.asarray(dataset_for(config), jnp.float32)
     return schedule, data, optimizer_for(config)
 
@@ -102,7 +103,7 @@ def sampling_runner(n_points: int, config: Config = Config(), options: dict | st
     chain = sample_chain
     if options != CHOSEN:
         jitted = jax.jit(
-            sampling._sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(options)
+            tutorial._sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(options)
         )
         chain = functools.partial(jitted, parameterization="eps")
 

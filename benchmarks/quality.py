@@ -38,7 +38,7 @@ import numpy as np
 from ddpm_harness import metrics
 from ddpm_harness.config import Config, dataset_for, held_out_for, resolve_preset
 from ddpm_harness.data import held_out_points
-from jax_ddpm.objectives.predictions import run_schedule
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.objectives.variance import negative_elbo
 from jax_ddpm.runner.experiment import final_samples, train_models
 from jax_ddpm.schedule import q_sample

@@ -29,7 +29,7 @@ from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import METRICS, RunDirError, format_against, format_metric, write_json
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import predictions, variance
-from jax_ddpm.objectives.predictions import run_schedule
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
 from jax_ddpm.runner.experiment import check_sampler, sample_quality, sample_states, sampling_record
 from jax_ddpm.sample import RunSampling, sampling_config

@@ -16,38 +16,38 @@ import numpy as np
 
 
 def make_beta_schedule(schedule="linear", n_timesteps=1000, start=1e-5, end=1e-2, dtype=np.float32):
-    dtype = np.dtype(dtype)
     if schedule == "linear":
         betas = np.linspace(start, end, n_timesteps, dtype=dtype)
     elif schedule == "quad":
         betas = np.linspace(start**0.5, end**0.5, n_timesteps, dtype=dtype) ** 2
     elif schedule == "sigmoid":
         betas = np.linspace(-6, 6, n_timesteps, dtype=dtype)
-        betas = 1 / (1 + np.exp(-betas)) * dtype.type(end - start) + dtype.type(start)
+        betas = 1 / (1 + np.exp(-betas)) * (end - start) + start
     elif schedule == "constant":  # the tutorial's commented-out `torch.tensor([1.7e-5] * num_steps)`
-        betas = np.full(n_timesteps, start, dtype=dtype)
-    elif schedule == "cosine":  # not the tutorial's: Nichol & Dhariwal (2021), eq. 17 (start and end unused)
-        betas = cosine_betas(n_timesteps).astype(dtype)
+        betas = np.array([start] * n_timesteps, dtype=dtype)
     else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose linear, quad, sigmoid, constant or cosine")
-    return betas.astype(dtype)
+        raise ValueError(f"unknown schedule {schedule!r}")
+    return betas
+
+
+Array = jax.Array
 
 
 @flax.struct.dataclass
 class Schedule:
     """The arrays the tutorial derives from its betas, under its names."""
 
-    betas: jax.Array
-    alphas: jax.Array
-    alphas_prod: jax.Array
-    alphas_prod_p: jax.Array
-    alphas_bar_sqrt: jax.Array
-    one_minus_alphas_bar_log: jax.Array
-    one_minus_alphas_bar_sqrt: jax.Array
-    posterior_mean_coef_1: jax.Array
-    posterior_mean_coef_2: jax.Array
-    posterior_variance: jax.Array
-    posterior_log_variance_clipped: jax.Array
+    betas: Array
+    alphas: Array
+    alphas_prod: Array
+    alphas_prod_p: Array
+    alphas_bar_sqrt: Array
+    one_minus_alphas_bar_log: Array
+    one_minus_alphas_bar_sqrt: Array
+    posterior_mean_coef_1: Array
+    posterior_mean_coef_2: Array
+    posterior_variance: Array
+    posterior_log_variance_clipped: Array
 
     @property
     def num_steps(self) -> int:
@@ -60,8 +60,8 @@ def make_schedule(schedule="sigmoid", n_timesteps=100, start=1e-5, end=0.5e-2, d
     return jax.tree_util.tree_map(jnp.asarray, schedule_from_betas(betas))
 
 
-def schedule_from_betas(betas: np.ndarray) -> Schedule:
-    """make_schedule's arrays for any betas, as numpy arrays in the dtype of `betas`."""
+def schedule_from_betas(betas) -> Schedule:
+    """The cell's arrays from its betas (T,), in their dtype (numpy arrays here: see the module docstring)."""
     dtype = betas.dtype
     alphas = 1 - betas
     # torch.cumprod accumulates in float64 on the CPU even for float32 tensors; so does this.
@@ -113,17 +113,3 @@ def q_posterior_mean_variance(
     mean = coef_1 * x_0 + coef_2 * x_t
     var = extract(posterior_log_variance_clipped, t, x_0)
     return mean, var
-
-
-def cosine_betas(n_timesteps: int) -> np.ndarray:
-    """Not the tutorial's: the cosine schedule of Nichol & Dhariwal (2021), eq. 17, s = 0.008, betas
-    clipped at 0.999, in float64."""
-    s = 0.008
-    steps = np.arange(n_timesteps + 1, dtype=np.float64) / n_timesteps
-    alpha_bar = np.cos((steps + s) / (1 + s) * np.pi / 2) ** 2
-    return np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
-
-
-def schedule_for(config) -> Schedule:
-    """The schedule a run's `Config` asks for (--schedule, --num-steps, --beta-start, --beta-end)."""
-    return make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)

@@ -61,7 +61,7 @@ from ddpm_harness.sweeps import (
 )
 from jax_ddpm import speed
 from jax_ddpm.objectives.objective import loss_fn_for
-from jax_ddpm.objectives.predictions import run_schedule
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import distributed, experiment
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError
 from jax_ddpm.runner.chunk import EmaRate, init_states, make_mesh, run_optimizer, train_epoch

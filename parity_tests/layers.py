@@ -354,6 +354,7 @@ def p_sample_pairs(p: Precision) -> Pairs:
     rng = np.random.default_rng(3)
     x, z = (rng.standard_normal((500, 2)).astype(p.np_dtype) for _ in range(2))
     (x_ref, x_ans), (z_ref, z_ans) = both(x, z)
+    model_ans = functools.partial(apply_model, params)
     pairs = {}
     for t in (N_STEPS - 1, N_STEPS // 2, 0):
         with torch.no_grad():
@@ -361,7 +362,7 @@ def p_sample_pairs(p: Precision) -> Pairs:
                 model, x_ref, t, sched_ref.alphas, sched_ref.betas, sched_ref.one_minus_alphas_bar_sqrt, z=z_ref
             )
         out_ans = sampling.p_sample(
-            params, x_ans, t, sched_ans.alphas, sched_ans.betas, sched_ans.one_minus_alphas_bar_sqrt, z=z_ans
+            model_ans, x_ans, t, sched_ans.alphas, sched_ans.betas, sched_ans.one_minus_alphas_bar_sqrt, z=z_ans
         )
         pairs[f"t={t}"] = (to_numpy(out_ref), to_numpy(out_ans))
     return pairs
@@ -386,7 +387,10 @@ def chain_pairs(p: Precision, n_points: int = 500) -> Pairs:
             x_T=xT_ref,
             zs=zs_ref,
         )
-    out_ans = jax.jit(sampling.p_sample_loop, static_argnums=(1, 2))(
+    out_ans = jax.jit(
+        lambda params, *args, **kwargs: sampling.p_sample_loop(functools.partial(apply_model, params), *args, **kwargs),
+        static_argnums=(1, 2),
+    )(
         params,
         x_T.shape,
         N_STEPS,

@@ -29,6 +29,8 @@ from diffusers.schedulers.scheduling_ddim import (
     rescale_zero_terminal_snr as diffusers_rescale_zero_terminal_snr,
 )
 
+from jax_ddpm.objectives.predictions import PREDICTIONS
+from jax_ddpm.objectives.schedules import device_schedule, rescale_zero_terminal_snr
 from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_beta_schedule
 from parity_tests.compare import assert_pairs_close
@@ -88,7 +90,7 @@ def diffusers_scheduler(cls, betas: np.ndarray, *, zero_snr: bool = False, **con
 
 
 def our_schedule(betas: np.ndarray, zero_snr: bool = False):
-    return chains.schedule_from_betas(chains.rescale_zero_terminal_snr(betas) if zero_snr else betas)
+    return device_schedule(rescale_zero_terminal_snr(betas) if zero_snr else betas)
 
 
 def inputs(dtype, k: int, seed: int = 0):
@@ -114,7 +116,7 @@ def test_rescale_zero_terminal_snr_matches_diffusers(precision, schedule):
     # sqrt(abar_0) / (sqrt(abar_0) - sqrt(abar_T)) = 8.5 amplifies a few ulps; measured 9.5 eps.
     betas = betas_for(schedule, precision.np_dtype)
     out_ref = diffusers_rescale_zero_terminal_snr(torch.tensor(betas)).numpy()
-    out_ans = chains.rescale_zero_terminal_snr(betas)
+    out_ans = rescale_zero_terminal_snr(betas)
     if precision.np_dtype == np.float64:
         assert_pairs_close({"betas": (out_ref, out_ans)}, rel=64 * precision.eps)
     else:
@@ -154,7 +156,7 @@ def run_diffusers_ddpm(sched, x_T, noise, monkeypatch, k: int):
 
 
 @pytest.mark.parametrize("variance", chains.VARIANCES)
-@pytest.mark.parametrize("prediction", chains.PREDICTIONS)
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_ddpm_step_matches_diffusers(precision, variance, prediction, monkeypatch):
     # One step at t = 90 -> 80 and 0 -> end (K = 10, leading), same x_t, model output and z on both sides.
     betas = betas_for("linear", precision.np_dtype)

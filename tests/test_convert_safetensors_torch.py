@@ -5,6 +5,7 @@ writes files that `python -m jax_ddpm.convert import` takes."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ from safetensors.torch import load_file
 from ddpm_harness.safetensors_io import load_state_dict
 from jax_ddpm.convert import flax_to_state_dict, torch_to_flax
 from jax_ddpm.convert import main as convert_main
+from jax_ddpm.model import apply_model
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.checkpoint import restore_run
 from jax_ddpm.sampling import p_sample_loop
-from jax_ddpm.schedule import schedule_for
 from tests.test_train_torch_reference import reference_argv
 from torch_reference import schedule as ref_schedule
 from torch_reference.model import ConditionalModel
@@ -84,10 +86,10 @@ def test_torch_samples_from_an_export_equal_the_jax_samples(tiny_run, tmp_path):
     n = 500
     x_T = rng.standard_normal((n, 2)).astype(np.float32)
     zs = rng.standard_normal((config.num_steps, n, 2)).astype(np.float32)
-    sched = schedule_for(config)
+    sched = run_schedule(config)
     out_ans = np.asarray(
         p_sample_loop(
-            state.params,
+            functools.partial(apply_model, state.params),
             (n, 2),
             config.num_steps,
             sched.alphas,

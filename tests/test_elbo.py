@@ -14,11 +14,13 @@ import pytest
 import scipy.stats
 import torch
 
+from ddpm_harness.config import Config
 from ddpm_harness.data import make_dataset
 from jax_ddpm import losses
 from jax_ddpm.convert import flax_to_torch
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.objectives import variance
+from jax_ddpm.objectives.schedules import betas_for, run_schedule
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, q_sample, schedule_from_betas
 from torch_reference import losses as ref_losses
 from torch_reference import schedule as ref_schedule
@@ -27,6 +29,7 @@ from torch_reference.model import ConditionalModel
 pytestmark = pytest.mark.torch
 
 T = 100
+COSINE = Config(schedule="cosine", num_steps=T)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +147,7 @@ def test_gaussian_decoder_is_the_normal_density(x_0):
 
 def test_prior_term_vanishes_for_cosine_and_not_for_the_tutorial_schedule(x_0):
     tutorial = float(np.mean(variance.prior_bpd(make_schedule(), jnp.asarray(x_0))))
-    cosine = float(np.mean(variance.prior_bpd(make_schedule("cosine", T), jnp.asarray(x_0))))
+    cosine = float(np.mean(variance.prior_bpd(run_schedule(COSINE), jnp.asarray(x_0))))
     assert tutorial > 0.05  # abar_T ~ 0.78: q(x_T) is far from N(0, I)
     assert 0 <= cosine < 1e-3
 
@@ -154,11 +157,11 @@ def test_cosine_schedule_is_nichol_dhariwal_eq_17():
     # beta_t = min(1 - abar(t) / abar(t - 1), 0.999). Written here in plain Python floats.
     f = lambda t: math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2
     out_ref = np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)])
-    betas = make_beta_schedule("cosine", T)
+    betas = betas_for(COSINE)
     np.testing.assert_allclose(betas, out_ref, rtol=1e-6)
     assert betas[-1] == pytest.approx(0.999, rel=1e-6)  # the clip binds at the last step
     assert np.all(np.diff(betas) > 0)
-    abar = make_schedule("cosine", T).alphas_prod
+    abar = run_schedule(COSINE).alphas_prod
     np.testing.assert_allclose(np.asarray(abar[:-1]), [f(i + 1) / f(0) for i in range(T - 1)], rtol=1e-5, atol=1e-7)
 
 

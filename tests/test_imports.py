@@ -158,14 +158,7 @@ def test_no_module_imports_a_command_line_but_the_command_lines():
 
 # (module, what it imports above its floor) -> the reason it is tolerated for now. Importing a submodule
 # also imports its package: an exception for a.b.c covers the edge to a.b.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("jax_ddpm.objectives.predictions", "jax_ddpm.samplers.chains"): (
-        "run_schedule uses chains.rescale_zero_terminal_snr and chains.schedule_from_betas, and model_mean_logvar "
-        "chains.predict_x0. The schedule helpers move to jax_ddpm.schedule in another branch of issue 16; then "
-        "predict_x0 / predict_eps move here and chains imports them (moved now, they would close the cycle "
-        "predictions -> chains -> predictions)."
-    ),
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def known_exception(module: str, imported: str) -> bool:

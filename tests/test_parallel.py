@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, ConfigError, dataset_for, validate
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for
-from jax_ddpm.schedule import schedule_for
 
 # 100 points in batches of 16: 6 full batches and a short one of 4 per epoch.
 TINY = Config(n_points=100, batch_size=16, epochs=3, seed=5)
@@ -41,7 +41,7 @@ def tiny_data(config: Config = TINY) -> jax.Array:
 def compile_tiny(config: Config, mesh=None):
     """`config.epochs` epochs as one compiled chunk, and its inputs: the initial state and the
     data set of TINY.seed (a run draws its data from its first seed; its K models share it)."""
-    schedule = schedule_for(config)
+    schedule = run_schedule(config)
     optimizer = optimizer_for(config)
     state, data = init_states(config, optimizer, mesh), tiny_data()
     return make_train_chunk(config, schedule, optimizer, config.epochs, mesh).lower(state, data).compile(), state, data

@@ -27,17 +27,16 @@ from ddpm_harness.config import (
 from jax_ddpm import losses
 from jax_ddpm.evaluate import to_data_units
 from jax_ddpm.model import apply_model, init_params
-from jax_ddpm.objectives import variance
+from jax_ddpm.objectives import predictions, variance
 from jax_ddpm.objectives.objective import loss_fn_for
 from jax_ddpm.objectives.predictions import (
     model_mean_logvar,
     prediction_loss,
-    run_schedule,
     training_target,
 )
+from jax_ddpm.objectives.schedules import rescale_zero_terminal_snr, run_schedule
 from jax_ddpm.runner.checkpoint import IncompatibleCheckpointError, check_compatible
 from jax_ddpm.runner.experiment import draw_samples
-from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_beta_schedule, make_schedule
 
 T = 100
@@ -124,8 +123,8 @@ def test_targets_invert_to_x0_and_eps(batch, prediction):
     abar = schedule.alphas_prod[t][:, None]
     x_t = jnp.sqrt(abar) * x_0 + jnp.sqrt(1 - abar) * e
     target = training_target(schedule, x_0, t, e, prediction)
-    np.testing.assert_allclose(chains.predict_x0(target, x_t, abar, prediction), x_0, atol=2e-4)
-    np.testing.assert_allclose(chains.predict_eps(target, x_t, abar, prediction), e, atol=2e-3)
+    np.testing.assert_allclose(predictions.predict_x0(target, x_t, abar, prediction), x_0, atol=2e-4)
+    np.testing.assert_allclose(predictions.predict_eps(target, x_t, abar, prediction), e, atol=2e-3)
 
 
 def test_bound_of_an_eps_model_is_the_tutorials_mean(batch):
@@ -147,7 +146,7 @@ def test_zero_terminal_snr_schedule_is_the_rescaled_one():
         schedule="linear", beta_start=1e-4, beta_end=0.02, prediction="v", sampler="ddim", zero_terminal_snr=True
     )
     betas = np.asarray(run_schedule(config).betas)
-    out_ref = chains.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
+    out_ref = rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
     np.testing.assert_array_equal(betas, out_ref)
     assert float(run_schedule(config).alphas_prod[-1]) == 0.0
 

@@ -12,7 +12,8 @@ import pytest
 
 from jax_ddpm import sampling
 from jax_ddpm.model import apply_model, init_params
-from jax_ddpm.samplers import chains
+from jax_ddpm.objectives.schedules import device_schedule, has_zero_terminal_snr, rescale_zero_terminal_snr
+from jax_ddpm.samplers import chains, tutorial
 from jax_ddpm.schedule import make_beta_schedule, make_schedule
 
 T = 100
@@ -46,9 +47,9 @@ def test_bad_options_get_one_sentence(name, options, message):
 
 @pytest.mark.parametrize("name", ["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"])
 def test_eps_prediction_with_zero_terminal_snr_is_refused(name):
-    betas = chains.rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
-    schedule = chains.schedule_from_betas(betas)
-    assert chains.has_zero_terminal_snr(schedule)
+    betas = rescale_zero_terminal_snr(make_beta_schedule("linear", T, 1e-4, 0.02))
+    schedule = device_schedule(betas)
+    assert has_zero_terminal_snr(schedule)
     with pytest.raises(ValueError, match="use --prediction v or x0"):
         chains.sample(name, None, schedule, jnp.zeros((4, 2)))
 
@@ -56,7 +57,7 @@ def test_eps_prediction_with_zero_terminal_snr_is_refused(name):
 def test_tutorial_entry_is_todays_sampler_bit_for_bit(tutorial_setup):
     params, schedule, _ = tutorial_setup
     key = jax.random.key(3)
-    out_ref = sampling.sample_chain(params, schedule, key, 64)
+    out_ref = tutorial.sample_chain(params, schedule, key, 64)
     out = chains.sample("tutorial", None, schedule, key=key, n=64, params=params, trajectory=True)
     np.testing.assert_array_equal(np.asarray(out.trajectory), np.asarray(out_ref))
     np.testing.assert_array_equal(np.asarray(out.x_0), np.asarray(out_ref[-1]))
@@ -80,7 +81,7 @@ def test_ddpm_with_beta_variance_is_the_tutorials_chain_without_its_last_noise()
         rng = np.random.default_rng(0)
         x_T, zs = jnp.asarray(rng.normal(size=(64, 2))), jnp.asarray(rng.normal(size=(T, 64, 2)))
         out_ref = sampling.p_sample_loop(
-            params,
+            functools.partial(apply_model, params),
             x_T.shape,
             T,
             schedule.alphas,

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, dataset_for
-from jax_ddpm import sampling, speed
+from jax_ddpm import speed
 from jax_ddpm.ema import EMA
-from jax_ddpm.model import init_params
+from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.objectives.objective import loss_fn_for
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import init_states, make_train_chunk, optimizer_for, train_epoch
+from jax_ddpm.samplers import tutorial
 from jax_ddpm.sampling import p_sample_loop
-from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import train_step
 
 # Other fused kernels for exp, log1p and the sums only round differently: after 100 steps the
@@ -41,7 +42,7 @@ def _option_sets(program: str) -> dict:
 def test_training_chunk_equals_epochs_jitted_without_options(options, monkeypatch):
     monkeypatch.setattr(speed, "TRAINING", options)  # read when the chunk is built
     config = Config(n_points=200, batch_size=32, epochs=2, seed=7)  # 6 full batches and one of 8
-    schedule = schedule_for(config)
+    schedule = run_schedule(config)
     optimizer = optimizer_for(config)
     data = jnp.asarray(dataset_for(config))
     state = init_states(config, optimizer)
@@ -72,17 +73,17 @@ def test_training_chunk_equals_epochs_jitted_without_options(options, monkeypatc
 @pytest.mark.parametrize("options", list(_option_sets("sampling").values()), ids=list(_option_sets("sampling")))
 def test_sample_chain_equals_p_sample_loop_with_the_same_noise(options):
     chain = jax.jit(
-        sampling._sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(options)
+        tutorial._sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(options)
     )
     config, n = Config(), 500
-    schedule = schedule_for(config)
+    schedule = run_schedule(config)
     params = init_params(jax.random.PRNGKey(3), config.num_steps)
     key = jax.random.PRNGKey(11)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
     zs = jnp.stack([jax.random.normal(jax.random.fold_in(key, k + 1), (n, 2)) for k in range(config.num_steps)])
     expected = np.asarray(
         p_sample_loop(
-            params,
+            functools.partial(apply_model, params),
             (n, 2),
             config.num_steps,
             schedule.alphas,
@@ -95,7 +96,7 @@ def test_sample_chain_equals_p_sample_loop_with_the_same_noise(options):
     actual = np.asarray(chain(params, schedule, key, n=n, parameterization="eps"))
     assert actual.shape == (config.num_steps + 1, n, 2)
     if options == speed.SAMPLING:  # the program sample_chain runs on this CPU
-        np.testing.assert_array_equal(np.asarray(sampling.sample_chain(params, schedule, key, n)), actual)
+        np.testing.assert_array_equal(np.asarray(tutorial.sample_chain(params, schedule, key, n)), actual)
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
     assert np.abs(expected[-1] - expected[0]).mean() > 0.1  # the chain really moved the points
 

@@ -14,6 +14,8 @@ Two checks, because they see different bugs:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,12 +25,13 @@ import torch
 from ddpm_harness import metrics
 from ddpm_harness.config import Config, dataset_for, held_out_for
 from jax_ddpm.convert import torch_to_flax
+from jax_ddpm.model import apply_model
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.experiment import final_samples, train_models
 from jax_ddpm.sampling import p_sample_loop
-from jax_ddpm.schedule import schedule_for
-from torch_reference import schedule as ref_schedule
 from torch_reference.sampling import p_sample_loop as ref_p_sample_loop
 from torch_reference.train import final_samples as torch_final_samples
+from torch_reference.train import schedule_for as ref_schedule_for
 from torch_reference.train import train_model as torch_train_model
 
 METRICS = ("sliced_w2", "mmd2", "energy")
@@ -77,13 +80,13 @@ def test_same_trained_weights_and_noise_give_the_same_samples(trained):
     rng = np.random.default_rng(0)
     x_T = rng.standard_normal((N_SAMPLES, 2)).astype(np.float32)
     zs = rng.standard_normal((CONFIG.num_steps, N_SAMPLES, 2)).astype(np.float32)
-    schedule = schedule_for(CONFIG)
-    s = ref_schedule.schedule_for(CONFIG)
+    schedule = run_schedule(CONFIG)
+    s = ref_schedule_for(CONFIG)
     for model in trained["torch_models"]:
         params = jax.tree_util.tree_map(jnp.asarray, torch_to_flax(model.state_dict()))
         out_ans = np.asarray(
             p_sample_loop(
-                params,
+                functools.partial(apply_model, params),
                 x_T.shape,
                 CONFIG.num_steps,
                 schedule.alphas,

@@ -20,7 +20,7 @@ from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.runner.checkpoint import restore_run
 from jax_ddpm.runner.chunk import init_train_state, run_keys, train_epoch
 from jax_ddpm.sample import main as sample_main
-from jax_ddpm.sampling import sample_chain
+from jax_ddpm.samplers.tutorial import sample_chain
 from jax_ddpm.schedule import make_beta_schedule, make_schedule, schedule_from_betas
 from jax_ddpm.train import main as train_main
 from tests.conftest import tiny_argv

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, dataset_for
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import init_states, make_train_chunk, optimizer_for
-from jax_ddpm.schedule import schedule_for
 from jax_ddpm.training import train
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 1.0], ids=["unclipped", "clipped"])
 def test_python_loop_equals_the_compiled_chunk(clip_norm):
     config = Config(n_points=200, batch_size=32, epochs=2, seed=3, clip_norm=clip_norm)  # 6 full batches, one of 8
-    schedule, data = schedule_for(config), jnp.asarray(dataset_for(config))
+    schedule, data = run_schedule(config), jnp.asarray(dataset_for(config))
     optimizer = optimizer_for(config)
     state = init_states(config, optimizer)
     out_ref, metrics = make_train_chunk(config, schedule, optimizer, config.epochs)(state, data)

@@ -1,4 +1,7 @@
-"""The tutorial's p_sample / p_sample_loop (noise added at every step, t = 0 included)."""
+"""The tutorial's p_sample / p_sample_loop (noise added at every step, t = 0 included).
+
+Noise not given is drawn from torch's global generator (seeded with torch.manual_seed).
+"""
 
 import torch
 
@@ -23,10 +26,14 @@ def p_sample(model, x, t, alphas, betas, one_minus_alphas_bar_sqrt, z=None):
 
 
 def p_sample_loop(model, shape, n_steps, alphas, betas, one_minus_alphas_bar_sqrt, x_T=None, zs=None):
-    """All n_steps + 1 states, x_T first; zs[k] is the noise of the k-th step taken (step n_steps-1-k)."""
+    """All n_steps + 1 states, x_T first; zs[k] is the noise of the k-th step taken (step n_steps-1-k).
+
+    Not given, x_T is drawn by torch.randn(shape) and zs[k] by p_sample's torch.randn_like, in step order.
+    """
     cur_x = torch.randn(shape) if x_T is None else x_T
     x_seq = [cur_x]
     for k, i in enumerate(reversed(range(n_steps))):
-        cur_x = p_sample(model, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt, z=None if zs is None else zs[k])
+        z = None if zs is None else zs[k]
+        cur_x = p_sample(model, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt, z=z)
         x_seq.append(cur_x)
     return x_seq

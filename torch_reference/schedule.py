@@ -22,26 +22,35 @@ def make_beta_schedule(schedule="linear", n_timesteps=1000, start=1e-5, end=1e-2
     return betas
 
 
+Array = torch.Tensor
+
+
 @dataclasses.dataclass
 class Schedule:
     """The arrays the tutorial derives from its betas, under its names."""
 
-    betas: torch.Tensor
-    alphas: torch.Tensor
-    alphas_prod: torch.Tensor
-    alphas_prod_p: torch.Tensor
-    alphas_bar_sqrt: torch.Tensor
-    one_minus_alphas_bar_log: torch.Tensor
-    one_minus_alphas_bar_sqrt: torch.Tensor
-    posterior_mean_coef_1: torch.Tensor
-    posterior_mean_coef_2: torch.Tensor
-    posterior_variance: torch.Tensor
-    posterior_log_variance_clipped: torch.Tensor
+    betas: Array
+    alphas: Array
+    alphas_prod: Array
+    alphas_prod_p: Array
+    alphas_bar_sqrt: Array
+    one_minus_alphas_bar_log: Array
+    one_minus_alphas_bar_sqrt: Array
+    posterior_mean_coef_1: Array
+    posterior_mean_coef_2: Array
+    posterior_variance: Array
+    posterior_log_variance_clipped: Array
 
 
 def make_schedule(schedule="sigmoid", n_timesteps=100, start=1e-5, end=0.5e-2, dtype=torch.float32) -> Schedule:
     """The tutorial's cell that follows make_beta_schedule, line for line."""
     betas = make_beta_schedule(schedule=schedule, n_timesteps=n_timesteps, start=start, end=end, dtype=dtype)
+    return schedule_from_betas(betas)
+
+
+def schedule_from_betas(betas) -> Schedule:
+    """The cell's arrays from its betas (T,), in their dtype."""
+    dtype = betas.dtype
     alphas = 1 - betas
     alphas_prod = torch.cumprod(alphas, 0)
     alphas_prod_p = torch.cat([torch.tensor([1], dtype=dtype), alphas_prod[:-1]], 0)
@@ -93,8 +102,3 @@ def q_posterior_mean_variance(
     mean = coef_1 * x_0 + coef_2 * x_t
     var = extract(posterior_log_variance_clipped, t, x_0)
     return mean, var
-
-
-def schedule_for(config) -> Schedule:
-    """The schedule a run's `Config` asks for (--schedule, --num-steps, --beta-start, --beta-end)."""
-    return make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)

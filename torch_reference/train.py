@@ -43,7 +43,7 @@ from torch_reference.data import as_dataset
 from torch_reference.model import ConditionalModel
 from torch_reference.safetensors_io import save_run_models
 from torch_reference.sampling import p_sample_loop
-from torch_reference.schedule import q_sample, schedule_for
+from torch_reference.schedule import Schedule, make_schedule, q_sample
 from torch_reference.training import train
 
 DEFAULTS = Config()
@@ -77,6 +77,11 @@ def check_supported(config: Config) -> None:
             "--schedule cosine is not in the tutorial; torch_reference.train supports "
             "linear, quad, sigmoid and constant"
         )
+
+
+def schedule_for(config) -> Schedule:
+    """The schedule a run's `Config` asks for (--schedule, --num-steps, --beta-start, --beta-end)."""
+    return make_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
 
 
 def sample_chain(model, schedule, n: int, num_steps: int) -> np.ndarray:

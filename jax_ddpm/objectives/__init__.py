@@ -1,7 +1,7 @@
 """What the model learns, beyond the tutorial's noise loss.
 
-- `predictions`: the model's output read as eps, v or x0, the training target of each, and the
-  schedule a run's config asks for.
+- `schedules`: the schedule a run's config asks for (`run_schedule`): cosine betas, zero terminal SNR.
+- `predictions`: the model's output read as eps, v or x0, and the training target of each.
 - `variance`: the learned variance (a 4-output model), the hybrid loss and the variational bound.
 - `objective`: `loss_fn_for(config)`, the one place a run's loss is chosen (the single run and the sweep).
 

@@ -1,5 +1,5 @@
-"""What the model is trained to predict (`--prediction eps|v|x0`) and the schedule it trains on
-(`--zero-terminal-snr`): the training side of the conversions in `jax_ddpm.samplers.chains`.
+"""What the model is trained to predict (`--prediction eps|v|x0`): the training side of the
+conversions the samplers make (`predict_x0`, `predict_eps`, below).
 
 With x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e (DDPM eq. 4), the model is regressed on
 - eps: the noise e: the tutorial's `losses.noise_estimation_loss`, used unchanged (bit for bit);
@@ -7,14 +7,13 @@ With x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) e (DDPM eq. 4), the model is regr
 - x0: x_0 itself (diffusers' "sample"),
 by mean((target - model(x_t, t))^2) over all elements, unweighted, with the tutorial's antithetic t
 (`jax_ddpm.objectives.objective.loss_fn_for` chooses it for a config).
-`samplers.predict_x0` / `predict_eps` invert these targets when sampling.
+`predict_x0` / `predict_eps` invert these targets when sampling.
 
 `negative_elbo` is `jax_ddpm.objectives.variance.negative_elbo` for a v or x0 model: p(x_{t-1} | x_t) is the
 posterior q(x_{t-1} | x_t, x0_pred) with the fixed variance beta_t (the ddpm sampler's "beta").
 
-`zero_terminal_snr` rescales the betas so that alpha_bar_{T-1} = 0 (Lin et al. 2024, via
-`samplers.rescale_zero_terminal_snr`); the last step then holds no signal, which an eps model cannot
-invert (x_0 = (x_T - e) / 0): `ddpm_harness.config.validate` refuses that pair.
+A zero-terminal-SNR schedule (`objectives.schedules`, --zero-terminal-snr) leaves no signal at the last
+step, which an eps model cannot invert (x_0 = (x_T - e) / 0): `ddpm_harness.config.validate` refuses that pair.
 """
 
 from __future__ import annotations
@@ -24,17 +23,39 @@ import jax.numpy as jnp
 
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import variance
-from jax_ddpm.samplers.chains import predict_x0, rescale_zero_terminal_snr, schedule_from_betas
-from jax_ddpm.schedule import Schedule, extract, make_beta_schedule, q_posterior_mean_variance, schedule_for
+from jax_ddpm.schedule import Schedule, extract, q_posterior_mean_variance
+
+PREDICTIONS = ("eps", "v", "x0")
 
 
-def run_schedule(config) -> Schedule:
-    """The schedule a run trains and samples with: `schedule.schedule_for(config)`, rescaled to zero
-    terminal SNR with --zero-terminal-snr."""
-    if not getattr(config, "zero_terminal_snr", False):
-        return schedule_for(config)
-    betas = make_beta_schedule(config.schedule, config.num_steps, config.beta_start, config.beta_end)
-    return schedule_from_betas(rescale_zero_terminal_snr(betas))
+def predict_x0(model_output: jax.Array, x_t: jax.Array, alpha_prod_t: jax.Array, prediction: str) -> jax.Array:
+    """x_0 from the model's output at x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps.
+
+    eps: (x_t - sqrt(1 - abar) eps) / sqrt(abar) (DDPM eq. 15 / DDIM eq. 12's "predicted x_0");
+    v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022, sec. 4): x_0 = sqrt(abar) x_t -
+    sqrt(1 - abar) v; x0: the output itself. diffusers' operation order.
+    """
+    beta_prod_t = 1 - alpha_prod_t
+    if prediction == "eps":
+        return (x_t - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+    if prediction == "v":
+        return alpha_prod_t**0.5 * x_t - beta_prod_t**0.5 * model_output
+    if prediction == "x0":
+        return model_output
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+def predict_eps(model_output: jax.Array, x_t: jax.Array, alpha_prod_t: jax.Array, prediction: str) -> jax.Array:
+    """eps from the model's output: eps: the output; v: sqrt(abar) v + sqrt(1 - abar) x_t;
+    x0: (x_t - sqrt(abar) x_0) / sqrt(1 - abar). diffusers' operation order."""
+    beta_prod_t = 1 - alpha_prod_t
+    if prediction == "eps":
+        return model_output
+    if prediction == "v":
+        return alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * x_t
+    if prediction == "x0":
+        return (x_t - alpha_prod_t**0.5 * model_output) / beta_prod_t**0.5
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
 def training_target(schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array, prediction: str) -> jax.Array:

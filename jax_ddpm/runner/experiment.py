@@ -57,13 +57,14 @@ from ddpm_harness.runs import (
 )
 from jax_ddpm import speed
 from jax_ddpm.model import apply_model
-from jax_ddpm.objectives.predictions import run_schedule
+from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import distributed
 from jax_ddpm.runner.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
 from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
 from jax_ddpm.runner.compile_cache import use_compile_cache
 from jax_ddpm.samplers import chains
-from jax_ddpm.sampling import p_sample_for, p_sample_loop, sample_chain
+from jax_ddpm.samplers.tutorial import p_sample_for, sample_chain
+from jax_ddpm.sampling import p_sample_loop
 from jax_ddpm.schedule import Schedule, q_sample
 
 # A chunk holds at most this many optimizer steps (summed over seeds), so the progress bar moves
@@ -183,7 +184,7 @@ def draw_samples(
     """One model's samples with the config's sampler (--sampler, --sample-steps, --eta, ...): from
     x_T (n, 2) ~ N(0, I) drawn from fold_in(key, 0), or from the given x_T (N, 2); step noise from key.
 
-    The tutorial sampler is `sampling.sample_chain` itself (bit for bit the tutorial's default run);
+    The tutorial sampler is `samplers.tutorial.sample_chain` itself (bit for bit the tutorial's default run);
     the others run as one program with x_T as its input, so a deterministic sampler started from the
     x_T it drew reproduces its chain exactly. With --normalize every state is mapped back to data
     units (x_T is given in model units, where it is N(0, I)).
@@ -209,7 +210,7 @@ def _draw(params, schedule, config, key, n, x_T, trajectory) -> chains.Samples:
                 jnp.arange(config.num_steps)
             )
             states = p_sample_loop(
-                params,
+                functools.partial(apply_model, params),
                 x_T.shape,
                 config.num_steps,
                 schedule.alphas,
@@ -217,7 +218,7 @@ def _draw(params, schedule, config, key, n, x_T, trajectory) -> chains.Samples:
                 schedule.one_minus_alphas_bar_sqrt,
                 x_T=x_T,
                 zs=zs,
-                p_sample_fn=p_sample_for(schedule, config.parameterization),
+                p_sample=p_sample_for(params, schedule, config.parameterization),
             )
         return chains.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
     if x_T is None:

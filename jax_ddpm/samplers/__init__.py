@@ -1,5 +1,6 @@
 """The reverse process beyond the tutorial's p_sample_loop.
 
+- `tutorial`: the tutorial's chain compiled for runs (`sample_chain`), with a learned variance too.
 - `chains`: the DDPM (K of T steps), DDIM, DPM-Solver++ and probability-flow ODE samplers, and the
   registry `sample` that runs any of them.
 - `likelihood`: the exact NLL through the probability-flow ODE.

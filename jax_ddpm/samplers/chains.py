@@ -11,7 +11,7 @@ jitted `lax.scan` (the ODE: one `diffrax.diffeqsolve`):
 - `prediction`: what the model outputs, "eps" (the tutorial's noise model), "v" (Salimans & Ho 2022,
   diffusers' "v_prediction") or "x0" (diffusers' "sample"); `predict_x0` / `predict_eps` convert.
 - noise: injected as an array (the parity tests' way), or drawn from `key` inside the scan with
-  `fold_in(key, i + 1)` at step i (`fold_in(key, 0)` is kept for x_T, as `sampling.sample_chain` does).
+  `fold_in(key, i + 1)` at step i (`fold_in(key, 0)` is kept for x_T, as `samplers.tutorial.sample_chain` does).
 
 The step rules follow diffusers' schedulers (DDPMScheduler, DDIMScheduler,
 DPMSolverMultistepScheduler; proven equal in parity_tests/test_samplers_diffusers.py) with two
@@ -20,7 +20,7 @@ sub-sequence tau); diffusers' DDIMScheduler uses t - T // K, which is that only 
 spacing and for "trailing" when K divides T (diffusers issues #11347, #12633); (2) DDPM adds no noise
 at its last step whatever the spacing (Ho et al. Algorithm 2); diffusers adds noise at the last step
 when its timestep is > 0 ("trailing"). The tutorial's own sampler, noise at t = 0 included, stays
-`jax_ddpm.sampling`; the `tutorial` entry of `sample` dispatches to it unchanged.
+`jax_ddpm.sampling` (compiled in `samplers.tutorial`); the `tutorial` entry of `sample` dispatches to it unchanged.
 """
 
 from __future__ import annotations
@@ -34,13 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_ddpm import sampling
-from jax_ddpm import schedule as tutorial_schedule
+from jax_ddpm.model import apply_model
+from jax_ddpm.objectives.predictions import PREDICTIONS, predict_eps, predict_x0
+from jax_ddpm.objectives.schedules import has_zero_terminal_snr
+from jax_ddpm.samplers.tutorial import sample_chain
 from jax_ddpm.schedule import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode")
-PREDICTIONS = ("eps", "v", "x0")
 VARIANCES = ("beta", "posterior")
 SPACINGS = ("leading", "trailing", "linspace")
 # The solver of the probability-flow ODE and its default tolerances (mixed error per entry:
@@ -62,77 +64,6 @@ class Samples:
     x_0: jax.Array
     trajectory: jax.Array | None
     nfe: jax.Array
-
-
-# --- what the model predicts ------------------------------------------------------------------
-
-
-def predict_x0(model_output: jax.Array, x_t: jax.Array, alpha_prod_t: jax.Array, prediction: str) -> jax.Array:
-    """x_0 from the model's output at x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps.
-
-    eps: (x_t - sqrt(1 - abar) eps) / sqrt(abar) (DDPM eq. 15 / DDIM eq. 12's "predicted x_0");
-    v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022, sec. 4): x_0 = sqrt(abar) x_t -
-    sqrt(1 - abar) v; x0: the output itself. diffusers' operation order.
-    """
-    beta_prod_t = 1 - alpha_prod_t
-    if prediction == "eps":
-        return (x_t - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
-    if prediction == "v":
-        return alpha_prod_t**0.5 * x_t - beta_prod_t**0.5 * model_output
-    if prediction == "x0":
-        return model_output
-    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-
-
-def predict_eps(model_output: jax.Array, x_t: jax.Array, alpha_prod_t: jax.Array, prediction: str) -> jax.Array:
-    """eps from the model's output: eps: the output; v: sqrt(abar) v + sqrt(1 - abar) x_t;
-    x0: (x_t - sqrt(abar) x_0) / sqrt(1 - abar). diffusers' operation order."""
-    beta_prod_t = 1 - alpha_prod_t
-    if prediction == "eps":
-        return model_output
-    if prediction == "v":
-        return alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * x_t
-    if prediction == "x0":
-        return (x_t - alpha_prod_t**0.5 * model_output) / beta_prod_t**0.5
-    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-
-
-# --- schedules --------------------------------------------------------------------------------
-
-
-def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Betas rescaled so that alpha_bar_{T-1} = 0 (zero terminal SNR), keeping alpha_bar_0
-    (Lin et al. 2024, Algorithm 1, as diffusers' rescale_zero_terminal_snr): sqrt(alpha_bar) is
-    shifted to end at 0 and scaled to start where it started. numpy, in the dtype of `betas`."""
-    dtype = betas.dtype
-    alphas = 1.0 - betas
-    # torch.cumprod accumulates in float64 on the CPU, so does this (as schedule.schedule_from_betas).
-    alphas_cumprod = np.cumprod(alphas.astype(np.float64)).astype(dtype)
-    alphas_bar_sqrt = np.sqrt(alphas_cumprod)
-    # 1. store the old values
-    alphas_bar_sqrt_0 = alphas_bar_sqrt[0].copy()
-    alphas_bar_sqrt_T = alphas_bar_sqrt[-1].copy()
-    # 2. shift so that the last step is zero, 3. scale so that the first step is back to its old value
-    alphas_bar_sqrt = alphas_bar_sqrt - alphas_bar_sqrt_T
-    alphas_bar_sqrt = alphas_bar_sqrt * (alphas_bar_sqrt_0 / (alphas_bar_sqrt_0 - alphas_bar_sqrt_T))
-    # 4. convert alphas_bar_sqrt back to betas
-    alphas_bar = alphas_bar_sqrt**2
-    alphas = np.concatenate([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
-    return (1 - alphas).astype(dtype)
-
-
-def schedule_from_betas(betas: np.ndarray) -> Schedule:
-    """A Schedule pytree of JAX arrays from any betas (T,), e.g.
-    `rescale_zero_terminal_snr(make_beta_schedule(...))` (schedule.schedule_from_betas, on the device)."""
-    return jax.tree_util.tree_map(jnp.asarray, tutorial_schedule.schedule_from_betas(np.asarray(betas)))
-
-
-def has_zero_terminal_snr(schedule: Schedule) -> bool:
-    """True when alpha_bar_{T-1} == 0 (a concrete schedule; False while traced)."""
-    try:
-        return float(schedule.alphas_prod[-1]) == 0.0
-    except jax.errors.ConcretizationTypeError:
-        return False
 
 
 # --- timesteps ----------------------------------------------------------------------------------
@@ -568,11 +499,11 @@ def tutorial(
 ) -> Samples:
     """The tutorial's ancestral sampler, unchanged (`jax_ddpm.sampling`, noise at t = 0 included).
 
-    x_T None: `sampling.sample_chain(params, schedule, key, n)`, bit for bit today's default; x_T given:
+    x_T None: `samplers.tutorial.sample_chain(params, schedule, key, n)`, bit for bit today's default; x_T given:
     `sampling.p_sample_loop` with noise (T, N, 2), or with the noise sample_chain would draw from key.
     """
     if x_T is None:
-        states = sampling.sample_chain(params, schedule, key, n)
+        states = sample_chain(params, schedule, key, n)
     else:
         if noise is None:
             noise = jnp.stack(
@@ -582,7 +513,7 @@ def tutorial(
                 ]
             )
         states = sampling.p_sample_loop(
-            params,
+            functools.partial(apply_model, params),
             x_T.shape,
             schedule.num_steps,
             schedule.alphas,
