@@ -13,6 +13,7 @@ each kind of CPU measured: benchmarks/results/cpu-<isa>.md and docs/speed.md.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Optional
 
@@ -115,6 +116,29 @@ def options_for(isa: str) -> tuple[dict, dict]:
 
 ISA = vector_isa()
 TRAINING, SAMPLING = options_for(ISA)
+
+# Per-program XLA:GPU options. On a GPU, XLA autotunes the kernels of every GEMM and fusion when it
+# compiles a program; for this model's small matmuls that search costs most of a first compile and
+# finds nothing faster. Measured on one H200 (JAX 0.11.2, 2026-12-04, the default run's 50-epoch
+# chunk): compiled in 31.4 s with autotuning and 7.0 s at level 0, training at 13,900 and 13,676
+# steps/s. The sampling programs get the same option by the same reasoning, unmeasured so far;
+# `python -m benchmarks.gpu_newcomer` measures both against none (JAX_DDPM_NO_PROGRAM_OPTIONS=1).
+GPU_OPTIONS = {"training": {"xla_gpu_autotune_level": 0}, "sampling": {"xla_gpu_autotune_level": 0}}
+NO_PROGRAM_OPTIONS_ENV = "JAX_DDPM_NO_PROGRAM_OPTIONS"
+
+
+def program_options(program: str) -> Optional[dict]:
+    """The compiler options of one of the library's programs ("training" or "sampling") on the backend
+    JAX runs on: the CPU's ISA options, the GPU's, or None (jit's default) elsewhere or when
+    JAX_DDPM_NO_PROGRAM_OPTIONS=1 (to measure the options against none)."""
+    if os.environ.get(NO_PROGRAM_OPTIONS_ENV) == "1":
+        return None
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return on_cpu(TRAINING if program == "training" else SAMPLING)
+    if backend == "gpu":
+        return supported_options(GPU_OPTIONS[program]) or None
+    return None
 
 
 def on_cpu(options: dict) -> Optional[dict]:
