@@ -3,21 +3,16 @@
 Defaults reproduce the tutorial exactly (moons, sigmoid schedule 1e-5..5e-3 over 100 steps,
 batch 128, 1000 epochs, Adam 1e-3, clip 1.0, EMA 0.9, sampling with the raw parameters).
 Tests override fields with `dataclasses.replace`. Framework-free: both implementations' command
-lines, the benchmarks and the tests read it, and `dataset_for` / `held_out_for` are the one way a
-config's data is drawn.
+lines, the benchmarks and the tests read it (a config's data: `ddpm_harness.data.dataset_for`; its
+memory budget: `ddpm_harness.memory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import typing
 from typing import Literal, Optional, Sequence
-
-import numpy as np
-
-from ddpm_harness.data import get_dataset, held_out_points
 
 SCHEDULES = ("linear", "quad", "sigmoid", "constant", "cosine")
 
@@ -378,103 +373,5 @@ def check_processes(config: Config) -> None:
         )
 
 
-def dataset_for(config: Config) -> np.ndarray:
-    """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32."""
-    return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
-
-
-def data_transform(config: Config, data: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
-    """(shift (2,), scale) with model units = (data - shift) / scale: the training points' mean and
-    the standard deviation of all their coordinates with --normalize, (0, 1) without. `data`: the
-    config's training points when already drawn; otherwise they are drawn once per process (every
-    sampling chunk maps its points back with this)."""
-    if not config.normalize:
-        return np.zeros(2, np.float32), 1.0
-    if data is None:
-        return _drawn_transform(config.dataset, config.n_points, config.data_noise, config.seed)
-    return _transform_of(data)
-
-
-@functools.lru_cache(maxsize=8)
-def _drawn_transform(dataset: str, n_points: int, noise: float, seed: int) -> tuple[np.ndarray, float]:
-    return _transform_of(get_dataset(dataset, n_points, noise, seed))
-
-
-def _transform_of(data: np.ndarray) -> tuple[np.ndarray, float]:
-    shift = data.mean(axis=0).astype(np.float32)
-    shift.flags.writeable = False  # shared by every caller of the cached transform
-    return shift, float(data.std())
-
-
-def held_out_for(config: Config, n: int) -> np.ndarray:
-    """The held-out reference (n, 2) that samples of this config are scored against (`held_out_points`, draw 0)."""
-    return held_out_points(config.dataset, n, config.data_noise, config.seed)
-
-
 # The options that only choose how a trained model is sampled (the sampler and its settings).
 SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol")
-
-# Bytes per point that a run holds at once: the dataset (float64 and float32 copies, shuffled and
-# on the device) and the final samples (float32, plus the chain's working copies).
-DATA_BYTES_PER_POINT = 64
-SAMPLE_BYTES_PER_POINT = 32
-# Bytes per diffusion step of each seed's model: the schedule's arrays, and the three 128-wide step
-# embeddings with their EMA, Adam's two moments and the gradients.
-STEP_BYTES = 8192
-# Points whose reverse chains are sampled at once (jax_ddpm.runner.experiment.sample_points streams the rest),
-# and the bytes of each point's state in a chain: float32 (x, y) on the device and its copy on the host.
-SAMPLE_CHUNK = 25_000
-CHAIN_BYTES_PER_STATE = 16
-
-
-def chain_states(config: Config) -> int:
-    """States a reverse chain of this config keeps (x_T first): K + 1 with --sample-steps K, else T + 1."""
-    return (config.sample_steps or config.num_steps) + 1
-
-
-def chain_bytes(config: Config, n: int) -> int:
-    """Memory that the reverse chains of n points (for each seed) hold at once."""
-    return config.seeds * n * chain_states(config) * CHAIN_BYTES_PER_STATE
-
-
-def available_memory_bytes() -> Optional[int]:
-    """Memory available to a new allocation (Linux MemAvailable), None when unknown."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_fits_in_memory(config: Config) -> None:
-    """Refuse, before any work, a request whose data or samples alone would not fit in memory."""
-    available = available_memory_bytes()
-    if available is None:
-        return
-    for name, n, per_point in (
-        ("n_points", config.n_points, DATA_BYTES_PER_POINT),
-        ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT),
-        ("n_eval", config.n_eval * config.seeds, DATA_BYTES_PER_POINT),
-        ("num_steps", config.num_steps * config.seeds, STEP_BYTES),
-    ):
-        needed = n * per_point
-        if needed > available:
-            raise ConfigError(
-                f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
-                f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
-                f"ask for fewer {'steps' if name == 'num_steps' else 'points'}"
-            )
-    check_chain_fits(config, min(config.n_samples, SAMPLE_CHUNK), available, "--num-steps", "ask for fewer steps")
-
-
-def check_chain_fits(config: Config, n: int, available: Optional[int], option: str, advice: str) -> None:
-    """Refuse a request whose reverse chains of n points would not fit in `available` bytes."""
-    needed = chain_bytes(config, n)
-    if available is not None and needed > available:
-        raise ConfigError(
-            f"{option}: the reverse chains of {n:,} points over {chain_states(config):,} states "
-            f"{f'for {config.seeds} seeds ' if config.seeds > 1 else ''}need about {needed / 2**30:,.1f} GiB, "
-            f"more than the {available / 2**30:.1f} GiB available; {advice}"
-        )

@@ -26,18 +26,9 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
-from ddpm_harness.config import (
-    DATA_BYTES_PER_POINT,
-    PRESETS,
-    SAMPLE_BYTES_PER_POINT,
-    SAMPLING_FIELDS,
-    Config,
-    ConfigError,
-    available_memory_bytes,
-    given_fields,
-    validate,
-)
+from ddpm_harness.config import PRESETS, SAMPLING_FIELDS, Config, ConfigError, given_fields, validate
 from ddpm_harness.data import get_dataset, is_builtin
+from ddpm_harness.memory import DATA_BYTES_PER_POINT, SAMPLE_BYTES_PER_POINT, available_memory_bytes
 from ddpm_harness.runs import SAMPLES_FILE, SUMMARY_FILE, write_atomic, write_json
 
 SWEEP_FILE = "sweep.json"

@@ -24,7 +24,8 @@ import jax
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import ConfigError, data_transform, held_out_for
+from ddpm_harness.config import ConfigError
+from ddpm_harness.data import data_transform, held_out_for
 from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import METRICS, RunDirError, format_against, format_metric, write_json
 from jax_ddpm.model import apply_model

@@ -20,15 +20,9 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import (
-    SAMPLING_FIELDS,
-    SEED_MAX,
-    ConfigError,
-    available_memory_bytes,
-    check_chain_fits,
-    validate_sampling,
-)
+from ddpm_harness.config import SAMPLING_FIELDS, SEED_MAX, ConfigError, validate_sampling
 from ddpm_harness.data import DataError, load_points
+from ddpm_harness.memory import available_memory_bytes, check_chain_fits
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.objectives.predictions import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_harness.config import Config, dataset_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import dataset_for
 from jax_ddpm import sampling, speed
 from jax_ddpm.model import init_params
 from jax_ddpm.sampling import p_sample_loop

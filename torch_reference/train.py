@@ -20,8 +20,8 @@ import torch
 from tqdm import tqdm
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import Config, ConfigError, dataset_for, held_out_for, resolve_preset, validate
-from ddpm_harness.data import DataError
+from ddpm_harness.config import Config, ConfigError, resolve_preset, validate
+from ddpm_harness.data import DataError, dataset_for, held_out_for
 from ddpm_harness.metrics import calibration, evaluate
 from ddpm_harness.plots import draw_run_pictures
 from ddpm_harness.runs import (

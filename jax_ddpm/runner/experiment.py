@@ -28,18 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from ddpm_harness.config import (
-    SAMPLE_CHUNK,
-    SAMPLING_FIELDS,
-    Config,
-    ConfigError,
-    check_fits_in_memory,
-    data_transform,
-    dataset_for,
-    held_out_for,
-    validate,
-)
-from ddpm_harness.data import file_sha256
+from ddpm_harness.config import SAMPLING_FIELDS, Config, ConfigError, validate
+from ddpm_harness.data import data_transform, dataset_for, file_sha256, held_out_for
+from ddpm_harness.memory import SAMPLE_CHUNK, check_fits_in_memory
 from ddpm_harness.metrics import calibration, evaluate
 from ddpm_harness.runs import (
     MetricsLog,
