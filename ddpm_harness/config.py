@@ -14,6 +14,10 @@ import math
 import typing
 from typing import Literal, Optional, Sequence
 
+import numpy as np
+
+from ddpm_harness.timesteps import SPACINGS, default_sample_steps, default_spacing, sampler_timesteps
+
 SCHEDULES = ("linear", "quad", "sigmoid", "constant", "cosine")
 
 
@@ -212,19 +216,112 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
     if config.out_dir is not None and not config.out_dir.strip():
         raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
-    validate_sampling(config)
+    SamplerOptions.from_config(config)
     return config
 
 
-def validate_sampling(config) -> None:
-    """Raise ConfigError for prediction and sampler options that cannot work together (one sentence
-    saying what to do). `config` is a Config, or anything with its sampling fields (the sample CLI's
-    merged options)."""
-    if config.zero_terminal_snr and config.prediction == "eps":
+SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode")
+PREDICTIONS = ("eps", "v", "x0")
+VARIANCES = ("beta", "posterior")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+    """How a trained model is sampled, checked once when made (ConfigError, one sentence saying what to
+    do): every sampler entry point takes it and trusts it. sample_steps and timestep_spacing hold their
+    resolved values (K of the T steps and the spacing for ddpm, ddim and dpm-solver++; None for the
+    tutorial sampler and the ODE); zero_terminal_snr says the schedule ends at alpha_bar = 0."""
+
+    sampler: str = "tutorial"
+    num_steps: int = 100
+    sample_steps: Optional[int] = None
+    prediction: str = "eps"
+    eta: float = 0.0
+    variance: str = "beta"
+    timestep_spacing: Optional[str] = None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    zero_terminal_snr: bool = False
+
+    def __post_init__(self):
+        _check_names(self)
+        _check_values(self)
+        if self.sampler in ("ddpm", "ddim", "dpm-solver++"):
+            given, spacing = self.sample_steps, self.timestep_spacing or default_spacing(self.sampler)
+            object.__setattr__(self, "sample_steps", given or default_sample_steps(self.sampler, self.num_steps))
+            object.__setattr__(self, "timestep_spacing", spacing)
+            _check_spacing(self, given)
+        object.__setattr__(self, "eta", float(self.eta))
+        object.__setattr__(self, "rtol", float(self.rtol))
+        object.__setattr__(self, "atol", float(self.atol))
+
+    @classmethod
+    def from_config(cls, config) -> SamplerOptions:
+        """The sampling options of a Config (or anything with its sampling fields), after the checks
+        that pair them with its training options (--loss, --prediction)."""
+        _check_training_pairs(config)
+        return cls(
+            sampler=config.sampler,
+            num_steps=config.num_steps,
+            sample_steps=config.sample_steps,
+            prediction=config.prediction,
+            eta=config.eta,
+            variance=config.variance,
+            timestep_spacing=config.timestep_spacing,
+            rtol=config.ode_rtol,
+            atol=config.ode_atol,
+            zero_terminal_snr=config.zero_terminal_snr,
+        )
+
+
+def _check_names(options: SamplerOptions) -> None:
+    for what, value, choices in (
+        ("sampler", options.sampler, SAMPLERS),
+        ("prediction", options.prediction, PREDICTIONS),
+        ("variance", options.variance, VARIANCES),
+        ("timestep spacing", options.timestep_spacing, (None, *SPACINGS)),
+    ):
+        if value not in choices:
+            shown = ", ".join(c for c in choices if c is not None)
+            raise ConfigError(f"unknown {what} {value!r}: choose one of {shown}.")
+
+
+def _check_values(options: SamplerOptions) -> None:
+    name, steps = options.sampler, options.sample_steps
+    if options.zero_terminal_snr and options.prediction == "eps":
         raise ConfigError(
             "a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
             "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0."
         )
+    if name == "tutorial" and options.prediction != "eps":
+        raise ConfigError(
+            f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm (the same "
+            f"chain without noise at t = 0) or another sampler for --prediction {options.prediction}."
+        )
+    if steps is not None and name in ("tutorial", "ode"):
+        what = "always takes all T" if name == "tutorial" else "chooses its own steps (set --ode-rtol/atol)"
+        raise ConfigError(f"--sample-steps does not apply to the {name} sampler, which {what}: leave it out.")
+    if steps is not None and not 1 <= steps <= options.num_steps:
+        raise ConfigError(f"--sample-steps is {steps}, but it must be between 1 and T = {options.num_steps}.")
+    if options.eta < 0:
+        raise ConfigError(f"--eta is {options.eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
+    for name, value in (("ode_rtol", options.rtol), ("ode_atol", options.atol)):
+        if not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _check_spacing(options: SamplerOptions, given: Optional[int]) -> None:
+    k, spacing = options.sample_steps, options.timestep_spacing
+    ts = sampler_timesteps(options.sampler, options.num_steps, k, spacing)
+    if given is not None and (len(np.unique(ts)) != len(ts) or len(ts) != k):
+        raise ConfigError(
+            f"{options.sampler} with --timestep-spacing {spacing} gives repeated or missing steps for "
+            f"K = {k} of T = {options.num_steps}: choose a smaller K or another spacing."
+        )
+
+
+def _check_training_pairs(config) -> None:
+    """The sampling options against what the model was trained to predict (--loss, --prediction)."""
     if config.prediction != "eps" and config.loss != "noise":
         raise ConfigError(
             f"--prediction {config.prediction} replaces the noise loss's target; --loss {config.loss} "
@@ -235,28 +332,6 @@ def validate_sampling(config) -> None:
             f"--loss variational trains the mean of each tutorial step, which only its ancestral "
             f"chain can use: leave out --sampler {config.sampler} (or use --loss noise or hybrid)."
         )
-    if config.sampler == "tutorial" and config.prediction != "eps":
-        raise ConfigError(
-            f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm (the same "
-            f"chain without noise at t = 0) or another sampler for --prediction {config.prediction}."
-        )
-    if config.sample_steps is not None:
-        if config.sampler in ("tutorial", "ode"):
-            what = (
-                "always takes all T" if config.sampler == "tutorial" else "chooses its own steps (set --ode-rtol/atol)"
-            )
-            raise ConfigError(
-                f"--sample-steps does not apply to the {config.sampler} sampler, which {what}: leave it out."
-            )
-        if not 1 <= config.sample_steps <= config.num_steps:
-            raise ConfigError(
-                f"--sample-steps is {config.sample_steps}, but it must be between 1 and T = {config.num_steps}."
-            )
-    if config.eta < 0:
-        raise ConfigError(f"--eta is {config.eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
-    for name in ("ode_rtol", "ode_atol"):
-        if not getattr(config, name) > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
 
 
 # ---- presets -----------------------------------------------------------------------------------

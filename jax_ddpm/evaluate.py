@@ -32,7 +32,7 @@ from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import predictions, variance
 from jax_ddpm.objectives.predictions import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.runner.experiment import check_sampler, sample_quality, sample_states, sampling_record
+from jax_ddpm.runner.experiment import sample_quality, sample_states, sampling_record
 from jax_ddpm.sample import RunSampling, sampling_config
 from jax_ddpm.samplers import chains, likelihood
 
@@ -119,7 +119,6 @@ def evaluate_run(args: EvaluateArgs) -> dict:
     config, state, record = restore_run(run_dir)
     config = sampling_config(config, args)
     schedule = run_schedule(config)
-    check_sampler(config, schedule)
     which = args.params or config.sample_with
     n = args.n or config.n_samples
     out = Path(args.out) if args.out else run_dir / f"evaluation_{which}_{config.sampler}_n{n}.json"

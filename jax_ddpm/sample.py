@@ -20,13 +20,13 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import SAMPLING_FIELDS, SEED_MAX, ConfigError, validate_sampling
+from ddpm_harness.config import SAMPLING_FIELDS, SEED_MAX, ConfigError, SamplerOptions
 from ddpm_harness.data import DataError, load_points
 from ddpm_harness.memory import available_memory_bytes, check_chain_fits
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.objectives.predictions import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.runner.experiment import check_sampler, sample_points, sample_states
+from jax_ddpm.runner.experiment import sample_points, sample_states
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +72,14 @@ class SampleArgs(RunSampling):
 
 
 def sampling_config(config, args: RunSampling):
-    """The run's config with the sampling options given on the command line."""
+    """The run's config with the sampling options given on the command line, checked (`SamplerOptions`)."""
     given = {name: getattr(args, name) for name in SAMPLING_FIELDS if getattr(args, name) is not None}
     if args.sampler is not None and args.sampler != config.sampler and args.sample_steps is None:
         given["sample_steps"] = None  # the run's K belongs to the run's sampler
     if args.seed is not None:
         given["seed"] = args.seed
     config = dataclasses.replace(config, **given)
-    validate_sampling(config)
+    SamplerOptions.from_config(config)
     return config
 
 
@@ -103,7 +103,6 @@ def sample_run(args: SampleArgs) -> Path:
     config, state, record = restore_run(run_dir)
     config = sampling_config(config, args)
     schedule = run_schedule(config)
-    check_sampler(config, schedule)
     which = "" if args.sampler is None else f"_{args.sampler}"
     kind = "trajectory" if args.trajectory else "samples"
     out = Path(args.out) if args.out else run_dir / f"{kind}_{args.params}{which}_{n}.npy"
