@@ -51,6 +51,9 @@ class Config:
     """First beta of the schedule (the constant beta for --schedule constant)."""
     beta_end: float = 5e-3
     """Last beta of the schedule (ignored by constant and cosine)."""
+    zero_terminal_snr: bool = False
+    """Rescale the schedule so that alpha_bar_T = 0 (Lin et al. 2024): the forward process ends at
+    pure noise, where sampling starts. Needs --prediction v or x0."""
     epochs: int = 1000
     """Passes over the dataset."""
     batch_size: int = 128
@@ -68,6 +71,10 @@ class Config:
     hybrid_lambda: float = 0.001
     """Weight lambda of the bound in --loss hybrid: L_simple + lambda * L_vlb, with L_vlb the bound summed over all T
     steps (Improved DDPM uses 0.001)."""
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    """What the model is trained to predict: the noise eps (the tutorial), v = sqrt(abar) eps -
+    sqrt(1 - abar) x_0 (Salimans & Ho 2022) or x_0; every sampler converts. v and x0 replace the
+    target of the noise loss (--loss noise)."""
     sample_with: Literal["raw", "ema"] = "raw"
     """Parameters used for the final samples (the tutorial samples with the raw ones)."""
     n_samples: int = 10_000
@@ -76,13 +83,6 @@ class Config:
     """Train on the data standardized (minus its mean, divided by the standard deviation of all its
     coordinates) and map the samples back: the schedule then meets every dataset at unit scale (the
     tutorial's s_curve has std 0.1, its noise 0.01). The statistics are the training points'."""
-    prediction: Literal["eps", "v", "x0"] = "eps"
-    """What the model is trained to predict: the noise eps (the tutorial), v = sqrt(abar) eps -
-    sqrt(1 - abar) x_0 (Salimans & Ho 2022) or x_0; every sampler converts. v and x0 replace the
-    target of the noise loss (--loss noise)."""
-    zero_terminal_snr: bool = False
-    """Rescale the schedule so that alpha_bar_T = 0 (Lin et al. 2024): the forward process ends at
-    pure noise, where sampling starts. Needs --prediction v or x0."""
     sampler: Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"] = "tutorial"
     """Sampler of the final samples and the evaluations: tutorial (its ancestral chain, noise at
     t = 0 included), ddpm (Ho et al. Algorithm 2, no noise at the last step), ddim (Song et al.
