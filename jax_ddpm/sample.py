@@ -25,7 +25,7 @@ from ddpm_harness.data import DataError, load_points
 from ddpm_harness.memory import available_memory_bytes, check_chain_fits
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.objectives.predictions import run_schedule
-from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
+from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run, run_config
 from jax_ddpm.runner.experiment import sample_points, sample_states
 
 
@@ -92,7 +92,7 @@ def read_x_T(path: str) -> np.ndarray:
 
 
 def sample_run(args: SampleArgs) -> Path:
-    """Restore the run, sample, write the .npy file; its path."""
+    """Check the sampling options against the run's config, restore the run, sample, write the .npy file; its path."""
     run_dir = Path(args.run)
     if args.n < 1:
         raise ConfigError(f"--n must be a positive integer, got {args.n}")
@@ -100,15 +100,12 @@ def sample_run(args: SampleArgs) -> Path:
         raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {args.seed}")
     x_T = read_x_T(args.x_T) if args.x_T is not None else None
     n = args.n if x_T is None else x_T.shape[0]
-    config, state, record = restore_run(run_dir)
-    config = sampling_config(config, args)
-    schedule = run_schedule(config)
+    config = sampling_config(run_config(run_dir), args)  # checked before the checkpoint is read
     which = "" if args.sampler is None else f"_{args.sampler}"
     kind = "trajectory" if args.trajectory else "samples"
     out = Path(args.out) if args.out else run_dir / f"{kind}_{args.params}{which}_{n}.npy"
     if out.exists():
         raise RunDirError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")
-    params = state.ema_params if args.params == "ema" else state.params
     shape = (n, 2) if config.seeds == 1 else (config.seeds, n, 2)
     needed, free = 4 * int(np.prod(shape)), shutil.disk_usage(out.parent if out.parent.exists() else ".").free
     if needed > free:
@@ -121,6 +118,9 @@ def sample_run(args: SampleArgs) -> Path:
     # memory stays bounded whatever --n (a --trajectory holds every state and is not streamed).
     if args.trajectory:  # every state of every chain, in memory at once
         check_chain_fits(config, n, available_memory_bytes(), "--trajectory", "ask for fewer points (--n)")
+    _, state, record = restore_run(run_dir)
+    params = state.ema_params if args.params == "ema" else state.params
+    schedule = run_schedule(config)
     partial = out.with_name(out.name + ".partial.npy")
     try:
         if args.trajectory:

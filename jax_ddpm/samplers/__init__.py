@@ -1,7 +1,7 @@
 """The reverse process beyond the tutorial's p_sample_loop.
 
 - `chains`: the DDPM (K of T steps), DDIM, DPM-Solver++ and probability-flow ODE samplers, and the
-  registry `sample` that runs any of them.
+  registry `sample` that runs any of them with one checked `ddpm_harness.config.SamplerOptions`.
 - `likelihood`: the exact NLL through the probability-flow ODE.
 
 May import: the twins, `speed`, `objectives` and ddpm_harness. Never imports `runner` or a command line.
