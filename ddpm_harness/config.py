@@ -4,7 +4,9 @@ Defaults reproduce the tutorial exactly (moons, sigmoid schedule 1e-5..5e-3 over
 batch 128, 1000 epochs, Adam 1e-3, clip 1.0, EMA 0.9, sampling with the raw parameters).
 Tests override fields with `dataclasses.replace`. Framework-free: both implementations' command
 lines, the benchmarks and the tests read it (a config's data: `ddpm_harness.data.dataset_for`; its
-memory budget: `ddpm_harness.memory`).
+memory budget: `ddpm_harness.memory`). `validate` is the one check of a config (the command lines call
+it when they parse, `ddpm_harness.cli.door`); `SamplerOptions` the one value, checked once, that every
+sampler takes.
 """
 
 from __future__ import annotations
@@ -162,7 +164,8 @@ class Config:
 
 
 def validate(config: Config) -> Config:
-    """Raise ConfigError naming the first impossible hyper-parameter; return the config otherwise."""
+    """Raise ConfigError naming the first impossible hyper-parameter (the sampling options through
+    `SamplerOptions.from_config`); return the config otherwise."""
     for field in dataclasses.fields(config):  # NaN passes every comparison below, and JSON cannot hold it
         value = getattr(config, field.name)
         if isinstance(value, float) and not math.isfinite(value):
