@@ -22,7 +22,8 @@ def measure() -> dict:
     import jax
     import jax.numpy as jnp
 
-    from ddpm_harness.config import Config, dataset_for
+    from ddpm_harness.config import Config
+    from ddpm_harness.data import dataset_for
     from jax_ddpm.objectives.schedules import run_schedule
     from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for
     from jax_ddpm.runner.compile_cache import use_compile_cache

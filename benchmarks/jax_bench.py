@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import measure, rates
-from ddpm_harness.config import Config, dataset_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import dataset_for
 from jax_ddpm import speed
 from jax_ddpm.ema import EMA
 from jax_ddpm.objectives.schedules import run_schedule

@@ -20,7 +20,7 @@ Writes benchmarks/results/quality.md (tables) and its pictures:
 
 Training and sampling on either side use the library (jax_ddpm.runner.experiment.train_models /
 final_samples, torch_reference.train.train_model / final_samples), as tests/test_statistical_parity.py
-does; the held-out reference is ddpm_harness.config.held_out_for.
+does; the held-out reference is ddpm_harness.data.held_out_for.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_harness import metrics
-from ddpm_harness.config import Config, dataset_for, held_out_for, resolve_preset
-from ddpm_harness.data import held_out_points
+from ddpm_harness.config import Config, resolve_preset
+from ddpm_harness.data import dataset_for, held_out_for, held_out_points
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.objectives.variance import negative_elbo
 from jax_ddpm.runner.experiment import final_samples, train_models

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_harness import metrics
-from ddpm_harness.config import Config, held_out_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import held_out_for
 from jax_ddpm.evaluate import likelihoods_in_data_units
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.experiment import sample_states

@@ -24,7 +24,8 @@ import numpy as np
 import optax
 
 from ddpm_harness import metrics
-from ddpm_harness.config import Config, data_transform, dataset_for, held_out_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import data_transform, dataset_for, held_out_for
 from jax_ddpm import speed
 from jax_ddpm.ema import EMA
 from jax_ddpm.objectives.objective import loss_fn_for

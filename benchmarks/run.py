@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # after jax is configured
 
     from benchmarks import jax_bench, torch_bench, variants
-    from ddpm_harness.config import Config, dataset_for
+    from ddpm_harness.config import Config
+    from ddpm_harness.data import dataset_for
 
     if on_gpu and not torch.cuda.is_available():
         raise SystemExit(

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import measure, rates
-from ddpm_harness.config import Config, dataset_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import dataset_for
 from jax_ddpm.runner.chunk import init_states, make_mesh, optimizer_for
 from jax_ddpm.sweep import hyper_params, make_sweep_chunk, pad_models, stack
 

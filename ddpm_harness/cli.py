@@ -14,6 +14,9 @@ from typing import Callable, Sequence, Type, TypeVar
 
 import tyro
 
+from ddpm_harness.config import Config, resolve_preset, validate
+from ddpm_harness.memory import check_fits_in_memory
+
 T = TypeVar("T")
 RULE_CHARS = "╭╮╰╯│─-+| "
 
@@ -56,6 +59,15 @@ def parse(cls: Type[T], argv: Sequence[str] | None, prog: str) -> T:
             message = fold_box(captured.getvalue()) or "invalid arguments"
             report(f"{message} (see {prog} --help)")
         raise
+
+
+def door(config: Config, argv: Sequence[str] | None) -> Config:
+    """A training command line's Config as parsed, completed and checked before anything runs (no process
+    joins, no file is written, nothing compiles before it): its --preset applied, then `config.validate`
+    (the sampling options included, `SamplerOptions`) and the memory budget. Everything after trusts it."""
+    config = validate(resolve_preset(config, argv))
+    check_fits_in_memory(config)
+    return config
 
 
 def run(

@@ -3,21 +3,22 @@
 Defaults reproduce the tutorial exactly (moons, sigmoid schedule 1e-5..5e-3 over 100 steps,
 batch 128, 1000 epochs, Adam 1e-3, clip 1.0, EMA 0.9, sampling with the raw parameters).
 Tests override fields with `dataclasses.replace`. Framework-free: both implementations' command
-lines, the benchmarks and the tests read it, and `dataset_for` / `held_out_for` are the one way a
-config's data is drawn.
+lines, the benchmarks and the tests read it (a config's data: `ddpm_harness.data.dataset_for`; its
+memory budget: `ddpm_harness.memory`). `validate` is the one check of a config (the command lines call
+it when they parse, `ddpm_harness.cli.door`); `SamplerOptions` the one value, checked once, that every
+sampler takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import typing
 from typing import Literal, Optional, Sequence
 
 import numpy as np
 
-from ddpm_harness.data import get_dataset, held_out_points
+from ddpm_harness.timesteps import SPACINGS, default_sample_steps, default_spacing, sampler_timesteps
 
 SCHEDULES = ("linear", "quad", "sigmoid", "constant", "cosine")
 
@@ -52,6 +53,9 @@ class Config:
     """First beta of the schedule (the constant beta for --schedule constant)."""
     beta_end: float = 5e-3
     """Last beta of the schedule (ignored by constant and cosine)."""
+    zero_terminal_snr: bool = False
+    """Rescale the schedule so that alpha_bar_T = 0 (Lin et al. 2024): the forward process ends at
+    pure noise, where sampling starts. Needs --prediction v or x0."""
     epochs: int = 1000
     """Passes over the dataset."""
     batch_size: int = 128
@@ -69,6 +73,10 @@ class Config:
     hybrid_lambda: float = 0.001
     """Weight lambda of the bound in --loss hybrid: L_simple + lambda * L_vlb, with L_vlb the bound summed over all T
     steps (Improved DDPM uses 0.001)."""
+    prediction: Literal["eps", "v", "x0"] = "eps"
+    """What the model is trained to predict: the noise eps (the tutorial), v = sqrt(abar) eps -
+    sqrt(1 - abar) x_0 (Salimans & Ho 2022) or x_0; every sampler converts. v and x0 replace the
+    target of the noise loss (--loss noise)."""
     sample_with: Literal["raw", "ema"] = "raw"
     """Parameters used for the final samples (the tutorial samples with the raw ones)."""
     n_samples: int = 10_000
@@ -77,13 +85,6 @@ class Config:
     """Train on the data standardized (minus its mean, divided by the standard deviation of all its
     coordinates) and map the samples back: the schedule then meets every dataset at unit scale (the
     tutorial's s_curve has std 0.1, its noise 0.01). The statistics are the training points'."""
-    prediction: Literal["eps", "v", "x0"] = "eps"
-    """What the model is trained to predict: the noise eps (the tutorial), v = sqrt(abar) eps -
-    sqrt(1 - abar) x_0 (Salimans & Ho 2022) or x_0; every sampler converts. v and x0 replace the
-    target of the noise loss (--loss noise)."""
-    zero_terminal_snr: bool = False
-    """Rescale the schedule so that alpha_bar_T = 0 (Lin et al. 2024): the forward process ends at
-    pure noise, where sampling starts. Needs --prediction v or x0."""
     sampler: Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"] = "tutorial"
     """Sampler of the final samples and the evaluations: tutorial (its ancestral chain, noise at
     t = 0 included), ddpm (Ho et al. Algorithm 2, no noise at the last step), ddim (Song et al.
@@ -163,7 +164,8 @@ class Config:
 
 
 def validate(config: Config) -> Config:
-    """Raise ConfigError naming the first impossible hyper-parameter; return the config otherwise."""
+    """Raise ConfigError naming the first impossible hyper-parameter (the sampling options through
+    `SamplerOptions.from_config`); return the config otherwise."""
     for field in dataclasses.fields(config):  # NaN passes every comparison below, and JSON cannot hold it
         value = getattr(config, field.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -217,19 +219,112 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
     if config.out_dir is not None and not config.out_dir.strip():
         raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
-    validate_sampling(config)
+    SamplerOptions.from_config(config)
     return config
 
 
-def validate_sampling(config) -> None:
-    """Raise ConfigError for prediction and sampler options that cannot work together (one sentence
-    saying what to do). `config` is a Config, or anything with its sampling fields (the sample CLI's
-    merged options)."""
-    if config.zero_terminal_snr and config.prediction == "eps":
+SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode")
+PREDICTIONS = ("eps", "v", "x0")
+VARIANCES = ("beta", "posterior")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+    """How a trained model is sampled, checked once when made (ConfigError, one sentence saying what to
+    do): every sampler entry point takes it and trusts it. sample_steps and timestep_spacing hold their
+    resolved values (K of the T steps and the spacing for ddpm, ddim and dpm-solver++; None for the
+    tutorial sampler and the ODE); zero_terminal_snr says the schedule ends at alpha_bar = 0."""
+
+    sampler: str = "tutorial"
+    num_steps: int = 100
+    sample_steps: Optional[int] = None
+    prediction: str = "eps"
+    eta: float = 0.0
+    variance: str = "beta"
+    timestep_spacing: Optional[str] = None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    zero_terminal_snr: bool = False
+
+    def __post_init__(self):
+        _check_names(self)
+        _check_values(self)
+        if self.sampler in ("ddpm", "ddim", "dpm-solver++"):
+            given, spacing = self.sample_steps, self.timestep_spacing or default_spacing(self.sampler)
+            object.__setattr__(self, "sample_steps", given or default_sample_steps(self.sampler, self.num_steps))
+            object.__setattr__(self, "timestep_spacing", spacing)
+            _check_spacing(self, given)
+        object.__setattr__(self, "eta", float(self.eta))
+        object.__setattr__(self, "rtol", float(self.rtol))
+        object.__setattr__(self, "atol", float(self.atol))
+
+    @classmethod
+    def from_config(cls, config) -> SamplerOptions:
+        """The sampling options of a Config (or anything with its sampling fields), after the checks
+        that pair them with its training options (--loss, --prediction)."""
+        _check_training_pairs(config)
+        return cls(
+            sampler=config.sampler,
+            num_steps=config.num_steps,
+            sample_steps=config.sample_steps,
+            prediction=config.prediction,
+            eta=config.eta,
+            variance=config.variance,
+            timestep_spacing=config.timestep_spacing,
+            rtol=config.ode_rtol,
+            atol=config.ode_atol,
+            zero_terminal_snr=config.zero_terminal_snr,
+        )
+
+
+def _check_names(options: SamplerOptions) -> None:
+    for what, value, choices in (
+        ("sampler", options.sampler, SAMPLERS),
+        ("prediction", options.prediction, PREDICTIONS),
+        ("variance", options.variance, VARIANCES),
+        ("timestep spacing", options.timestep_spacing, (None, *SPACINGS)),
+    ):
+        if value not in choices:
+            shown = ", ".join(c for c in choices if c is not None)
+            raise ConfigError(f"unknown {what} {value!r}: choose one of {shown}.")
+
+
+def _check_values(options: SamplerOptions) -> None:
+    name, steps = options.sampler, options.sample_steps
+    if options.zero_terminal_snr and options.prediction == "eps":
         raise ConfigError(
             "a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
             "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0."
         )
+    if name == "tutorial" and options.prediction != "eps":
+        raise ConfigError(
+            f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm (the same "
+            f"chain without noise at t = 0) or another sampler for --prediction {options.prediction}."
+        )
+    if steps is not None and name in ("tutorial", "ode"):
+        what = "always takes all T" if name == "tutorial" else "chooses its own steps (set --ode-rtol/atol)"
+        raise ConfigError(f"--sample-steps does not apply to the {name} sampler, which {what}: leave it out.")
+    if steps is not None and not 1 <= steps <= options.num_steps:
+        raise ConfigError(f"--sample-steps is {steps}, but it must be between 1 and T = {options.num_steps}.")
+    if options.eta < 0:
+        raise ConfigError(f"--eta is {options.eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
+    for name, value in (("ode_rtol", options.rtol), ("ode_atol", options.atol)):
+        if not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _check_spacing(options: SamplerOptions, given: Optional[int]) -> None:
+    k, spacing = options.sample_steps, options.timestep_spacing
+    ts = sampler_timesteps(options.sampler, options.num_steps, k, spacing)
+    if given is not None and (len(np.unique(ts)) != len(ts) or len(ts) != k):
+        raise ConfigError(
+            f"{options.sampler} with --timestep-spacing {spacing} gives repeated or missing steps for "
+            f"K = {k} of T = {options.num_steps}: choose a smaller K or another spacing."
+        )
+
+
+def _check_training_pairs(config) -> None:
+    """The sampling options against what the model was trained to predict (--loss, --prediction)."""
     if config.prediction != "eps" and config.loss != "noise":
         raise ConfigError(
             f"--prediction {config.prediction} replaces the noise loss's target; --loss {config.loss} "
@@ -240,28 +335,6 @@ def validate_sampling(config) -> None:
             f"--loss variational trains the mean of each tutorial step, which only its ancestral "
             f"chain can use: leave out --sampler {config.sampler} (or use --loss noise or hybrid)."
         )
-    if config.sampler == "tutorial" and config.prediction != "eps":
-        raise ConfigError(
-            f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm (the same "
-            f"chain without noise at t = 0) or another sampler for --prediction {config.prediction}."
-        )
-    if config.sample_steps is not None:
-        if config.sampler in ("tutorial", "ode"):
-            what = (
-                "always takes all T" if config.sampler == "tutorial" else "chooses its own steps (set --ode-rtol/atol)"
-            )
-            raise ConfigError(
-                f"--sample-steps does not apply to the {config.sampler} sampler, which {what}: leave it out."
-            )
-        if not 1 <= config.sample_steps <= config.num_steps:
-            raise ConfigError(
-                f"--sample-steps is {config.sample_steps}, but it must be between 1 and T = {config.num_steps}."
-            )
-    if config.eta < 0:
-        raise ConfigError(f"--eta is {config.eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
-    for name in ("ode_rtol", "ode_atol"):
-        if not getattr(config, name) > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
 
 
 # ---- presets -----------------------------------------------------------------------------------
@@ -378,103 +451,5 @@ def check_processes(config: Config) -> None:
         )
 
 
-def dataset_for(config: Config) -> np.ndarray:
-    """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32."""
-    return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
-
-
-def data_transform(config: Config, data: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
-    """(shift (2,), scale) with model units = (data - shift) / scale: the training points' mean and
-    the standard deviation of all their coordinates with --normalize, (0, 1) without. `data`: the
-    config's training points when already drawn; otherwise they are drawn once per process (every
-    sampling chunk maps its points back with this)."""
-    if not config.normalize:
-        return np.zeros(2, np.float32), 1.0
-    if data is None:
-        return _drawn_transform(config.dataset, config.n_points, config.data_noise, config.seed)
-    return _transform_of(data)
-
-
-@functools.lru_cache(maxsize=8)
-def _drawn_transform(dataset: str, n_points: int, noise: float, seed: int) -> tuple[np.ndarray, float]:
-    return _transform_of(get_dataset(dataset, n_points, noise, seed))
-
-
-def _transform_of(data: np.ndarray) -> tuple[np.ndarray, float]:
-    shift = data.mean(axis=0).astype(np.float32)
-    shift.flags.writeable = False  # shared by every caller of the cached transform
-    return shift, float(data.std())
-
-
-def held_out_for(config: Config, n: int) -> np.ndarray:
-    """The held-out reference (n, 2) that samples of this config are scored against (`held_out_points`, draw 0)."""
-    return held_out_points(config.dataset, n, config.data_noise, config.seed)
-
-
 # The options that only choose how a trained model is sampled (the sampler and its settings).
 SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "variance", "timestep_spacing", "ode_rtol", "ode_atol")
-
-# Bytes per point that a run holds at once: the dataset (float64 and float32 copies, shuffled and
-# on the device) and the final samples (float32, plus the chain's working copies).
-DATA_BYTES_PER_POINT = 64
-SAMPLE_BYTES_PER_POINT = 32
-# Bytes per diffusion step of each seed's model: the schedule's arrays, and the three 128-wide step
-# embeddings with their EMA, Adam's two moments and the gradients.
-STEP_BYTES = 8192
-# Points whose reverse chains are sampled at once (jax_ddpm.runner.experiment.sample_points streams the rest),
-# and the bytes of each point's state in a chain: float32 (x, y) on the device and its copy on the host.
-SAMPLE_CHUNK = 25_000
-CHAIN_BYTES_PER_STATE = 16
-
-
-def chain_states(config: Config) -> int:
-    """States a reverse chain of this config keeps (x_T first): K + 1 with --sample-steps K, else T + 1."""
-    return (config.sample_steps or config.num_steps) + 1
-
-
-def chain_bytes(config: Config, n: int) -> int:
-    """Memory that the reverse chains of n points (for each seed) hold at once."""
-    return config.seeds * n * chain_states(config) * CHAIN_BYTES_PER_STATE
-
-
-def available_memory_bytes() -> Optional[int]:
-    """Memory available to a new allocation (Linux MemAvailable), None when unknown."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_fits_in_memory(config: Config) -> None:
-    """Refuse, before any work, a request whose data or samples alone would not fit in memory."""
-    available = available_memory_bytes()
-    if available is None:
-        return
-    for name, n, per_point in (
-        ("n_points", config.n_points, DATA_BYTES_PER_POINT),
-        ("n_samples", config.n_samples * config.seeds, SAMPLE_BYTES_PER_POINT),
-        ("n_eval", config.n_eval * config.seeds, DATA_BYTES_PER_POINT),
-        ("num_steps", config.num_steps * config.seeds, STEP_BYTES),
-    ):
-        needed = n * per_point
-        if needed > available:
-            raise ConfigError(
-                f"--{name.replace('_', '-')} {getattr(config, name):,} needs about "
-                f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
-                f"ask for fewer {'steps' if name == 'num_steps' else 'points'}"
-            )
-    check_chain_fits(config, min(config.n_samples, SAMPLE_CHUNK), available, "--num-steps", "ask for fewer steps")
-
-
-def check_chain_fits(config: Config, n: int, available: Optional[int], option: str, advice: str) -> None:
-    """Refuse a request whose reverse chains of n points would not fit in `available` bytes."""
-    needed = chain_bytes(config, n)
-    if available is not None and needed > available:
-        raise ConfigError(
-            f"{option}: the reverse chains of {n:,} points over {chain_states(config):,} states "
-            f"{f'for {config.seeds} seeds ' if config.seeds > 1 else ''}need about {needed / 2**30:,.1f} GiB, "
-            f"more than the {available / 2**30:.1f} GiB available; {advice}"
-        )

@@ -3,11 +3,13 @@
 The tutorial's three come from scikit-learn exactly as it builds them (swiss roll and s-curve keep
 columns 0 and 2 and are divided by 10; moons is unscaled). scikit-learn's `make_checkerboard` is a
 bicluster matrix generator, not a point cloud, so the 2D checkerboard density (as in the
-flow-model literature) is drawn directly here.
+flow-model literature) is drawn directly here. `dataset_for`, `held_out_for` and `data_transform`
+are the one way a run's config (any object with its data fields) becomes points.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from pathlib import Path
@@ -154,3 +156,39 @@ def held_out_points(name_or_path: str, n_points: int, noise: float, seed: int, d
     if is_builtin(name_or_path):
         return make_dataset(name_or_path, n_points, noise, seed + HELD_OUT_SEED_OFFSET + draw)
     return load_points(name_or_path)
+
+
+# ---- a config's data (duck-typed: a Config, or anything with its data fields) ------------------
+
+
+def dataset_for(config) -> np.ndarray:
+    """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32."""
+    return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+
+
+def data_transform(config, data: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
+    """(shift (2,), scale) with model units = (data - shift) / scale: the training points' mean and
+    the standard deviation of all their coordinates with --normalize, (0, 1) without. `data`: the
+    config's training points when already drawn; otherwise they are drawn once per process (every
+    sampling chunk maps its points back with this)."""
+    if not config.normalize:
+        return np.zeros(2, np.float32), 1.0
+    if data is None:
+        return _drawn_transform(config.dataset, config.n_points, config.data_noise, config.seed)
+    return _transform_of(data)
+
+
+@functools.lru_cache(maxsize=8)
+def _drawn_transform(dataset: str, n_points: int, noise: float, seed: int) -> tuple[np.ndarray, float]:
+    return _transform_of(get_dataset(dataset, n_points, noise, seed))
+
+
+def _transform_of(data: np.ndarray) -> tuple[np.ndarray, float]:
+    shift = data.mean(axis=0).astype(np.float32)
+    shift.flags.writeable = False  # shared by every caller of the cached transform
+    return shift, float(data.std())
+
+
+def held_out_for(config, n: int) -> np.ndarray:
+    """The held-out reference (n, 2) that samples of this config are scored against (`held_out_points`, draw 0)."""
+    return held_out_points(config.dataset, n, config.data_noise, config.seed)

@@ -15,29 +15,31 @@ leave one leaderboard to whichever process merges. Nothing here imports jax.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime
+import inspect
 import itertools
 import json
 import math
 import os
+import re
+import textwrap
+import typing
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Annotated, Literal, Optional, Sequence
 
 import numpy as np
+import tyro
 
-from ddpm_harness.config import (
-    DATA_BYTES_PER_POINT,
-    PRESETS,
-    SAMPLE_BYTES_PER_POINT,
-    SAMPLING_FIELDS,
-    Config,
-    ConfigError,
-    available_memory_bytes,
-    given_fields,
-    validate,
-)
+from ddpm_harness.config import PRESETS, SAMPLING_FIELDS, Config, ConfigError, given_fields, validate
 from ddpm_harness.data import get_dataset, is_builtin
+from ddpm_harness.memory import (
+    DATA_BYTES_PER_POINT,
+    SAMPLE_BYTES_PER_POINT,
+    available_memory_bytes,
+    check_fits_in_memory,
+)
 from ddpm_harness.runs import SAMPLES_FILE, SUMMARY_FILE, write_atomic, write_json
 
 SWEEP_FILE = "sweep.json"
@@ -45,72 +47,26 @@ LEADERBOARD_MD = "leaderboard.md"
 LEADERBOARD_JSON = "leaderboard.json"
 GRID_PNG = "grid.png"
 
-Schedules = Literal["linear", "quad", "sigmoid", "constant", "cosine"]
-Samplers = Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"]
+# Config fields a sweep does not take: a process of many (issue 10's many hosts), the run's own folder flags, and
+# --normalize (the sweep's groups train on the data as drawn).
+NOT_SWEPT = ("coordinator_address", "num_processes", "process_id", "distributed_timeout", "no_plots", "normalize")
+# Config fields a sweep takes once, as they are, for every configuration (the others, but for SweepOnly's, it
+# takes as lists and sweeps).
+SINGLE_CONFIG = (
+    "checkpoint_every",
+    "log_every",
+    "eval_every",
+    "n_eval",
+    "n_samples",
+    "preset",
+    "compile_cache",
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepArgs:
-    """Train the Cartesian product of the training options given as lists, each configuration with
-    --seeds seeds, and rank the configurations by the quality of their samples.
+class SweepOnly:
+    """The sweep's own options, and those of Config that mean something else in a sweep."""
 
-    Options that only change values (--lr, --clip-norm, --ema-decay, --schedule, --beta-start,
-    --beta-end, --zero-terminal-snr, --hybrid-lambda, and the sampling options) are trained together in
-    one compiled program (vmapped); the others (--dataset, --n-points, --data-noise, --seed,
-    --num-steps, --epochs, --batch-size, --loss, --prediction, and --clip-norm 0 against > 0) form
-    groups trained one after another. Each configuration's folder is a run folder.
-    """
-
-    dataset: tuple[str, ...] = (Config.dataset,)
-    """Datasets (built-in names or .npy/.csv files of shape (N, 2))."""
-    n_points: tuple[int, ...] = (Config.n_points,)
-    """Points drawn from a built-in dataset."""
-    data_noise: tuple[float, ...] = (Config.data_noise,)
-    """Noise of the dataset generators."""
-    schedule: tuple[Schedules, ...] = (Config.schedule,)
-    """Beta schedules."""
-    num_steps: tuple[int, ...] = (Config.num_steps,)
-    """Numbers of diffusion steps T."""
-    beta_start: tuple[float, ...] = (Config.beta_start,)
-    """First betas of the schedule."""
-    beta_end: tuple[float, ...] = (Config.beta_end,)
-    """Last betas of the schedule."""
-    zero_terminal_snr: tuple[bool, ...] = (Config.zero_terminal_snr,)
-    """Rescale the schedule to alpha_bar_T = 0 (True / False; needs --prediction v or x0)."""
-    epochs: tuple[int, ...] = (Config.epochs,)
-    """Passes over the dataset."""
-    batch_size: tuple[int, ...] = (Config.batch_size,)
-    """Batch sizes."""
-    lr: tuple[float, ...] = (Config.lr,)
-    """Adam learning rates."""
-    clip_norm: tuple[float, ...] = (Config.clip_norm,)
-    """Global-norm clipping thresholds (0 disables clipping)."""
-    ema_decay: tuple[float, ...] = (Config.ema_decay,)
-    """EMA decays mu."""
-    loss: tuple[Literal["noise", "variational", "hybrid"], ...] = (Config.loss,)
-    """Training losses."""
-    hybrid_lambda: tuple[float, ...] = (Config.hybrid_lambda,)
-    """Weights of the bound in --loss hybrid."""
-    prediction: tuple[Literal["eps", "v", "x0"], ...] = (Config.prediction,)
-    """What the model predicts: eps, v or x0."""
-    sample_with: tuple[Literal["raw", "ema"], ...] = (Config.sample_with,)
-    """Parameters each configuration's samples.npy is drawn with (the leaderboard scores both)."""
-    sampler: tuple[Samplers, ...] = (Config.sampler,)
-    """Samplers of the final samples and the evaluations (sampling options cost no training of their own)."""
-    sample_steps: tuple[Optional[int], ...] = (Config.sample_steps,)
-    """Model evaluations of ddpm, ddim and dpm-solver++ (None: the sampler's default)."""
-    eta: tuple[float, ...] = (Config.eta,)
-    """DDIM's eta."""
-    variance: tuple[Literal["beta", "posterior"], ...] = (Config.variance,)
-    """Variance of each ddpm step."""
-    timestep_spacing: tuple[Optional[Literal["leading", "trailing", "linspace"]], ...] = (Config.timestep_spacing,)
-    """Which of the T steps ddpm, ddim and dpm-solver++ visit (None: the sampler's default)."""
-    ode_rtol: tuple[float, ...] = (Config.ode_rtol,)
-    """Relative tolerances of the ODE solver."""
-    ode_atol: tuple[float, ...] = (Config.ode_atol,)
-    """Absolute tolerances of the ODE solver."""
-    seed: tuple[int, ...] = (Config.seed,)
-    """First seeds: of the dataset, and of the --seeds models of every configuration (seed .. seed + seeds - 1)."""
     seeds: int = 1
     """Models trained per configuration (seeds seed .. seed + seeds - 1); the leaderboard gives mean +- std
     over them."""
@@ -135,23 +91,8 @@ class SweepArgs:
     ] = "sliced_w2"
     """Metric the leaderboard is ranked by (lower is better): its mean over seeds for the better of the raw and
     EMA parameters, or for raw_ / ema_ ones."""
-    checkpoint_every: int = 100
-    """Write every configuration's checkpoint every this many epochs (and at the end)."""
-    log_every: int = 100
-    """Print progress every this many epochs."""
-    eval_every: int = 0
-    """Evaluate sample quality every this many epochs (0: only at the end, on the final samples)."""
-    n_eval: int = 2000
-    """Points sampled (raw and EMA parameters) per periodic evaluation (--eval-every)."""
-    n_samples: int = 10_000
-    """Points each configuration samples at the end, with raw and EMA parameters; the leaderboard scores them
-    against the floor and ceiling at this n."""
-    preset: Literal["tutorial", "recommended"] = "tutorial"
-    """Defaults to start from (ddpm_harness.config.PRESETS); options given on the command line override them."""
     plots: bool = False
     """Also draw every configuration's run pictures and GIF (slow; grid.png is always drawn)."""
-    compile_cache: bool = True
-    """Load compiled programs from JAX's persistent compilation cache and store new ones there."""
     num_processes: Optional[int] = None
     """Processes that split the grid (each trains every num_processes-th configuration into the shared
     --out-dir; process 0 then merges the leaderboard). Under srun / mpirun their variables are read when
@@ -163,25 +104,52 @@ class SweepArgs:
     gives up with one line (their rows can be merged later with --resume)."""
 
 
-# The training options a sweep takes as lists, in the order of the grid (the product varies the last fastest).
-SINGLE = (
-    "seeds",
-    "devices",
-    "out_dir",
-    "resume",
-    "rank_by",
-    "checkpoint_every",
-    "log_every",
-    "eval_every",
-    "n_eval",
-    "n_samples",
-    "preset",
-    "plots",
-    "compile_cache",
-    "num_processes",
-    "process_id",
-    "merge_timeout",
-)
+SWEEP_DOC = """Train the Cartesian product of the training options given as lists, each configuration with
+--seeds seeds, and rank the configurations by the quality of their samples.
+
+Options that only change values (--lr, --clip-norm, --ema-decay, --schedule, --beta-start,
+--beta-end, --zero-terminal-snr, --hybrid-lambda, and the sampling options) are trained together in
+one compiled program (vmapped); the others (--dataset, --n-points, --data-noise, --seed,
+--num-steps, --epochs, --batch-size, --loss, --prediction, and --clip-norm 0 against > 0) form
+groups trained one after another. Each configuration's folder is a run folder.
+"""
+
+
+def field_help(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass, by name, its lines joined as tyro joins them: the help
+    tyro shows for it. A generated class has no source for tyro to read them from, so it is given them."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        node.target.id: re.sub(r"(?<!\n)\n(?!\n)", " ", inspect.cleandoc(after.value.value))
+        for node, after in zip(body, body[1:])
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+    }
+
+
+def sweep_args_class() -> type:
+    """SweepArgs, generated from Config so that a new option is written once: every field of Config not in
+    NOT_SWEPT, as a tuple of values (default: Config's default alone) or, for SINGLE_CONFIG, as in Config;
+    then SweepOnly's fields; each with its docstring as help."""
+    own = {f.name for f in dataclasses.fields(SweepOnly)}
+    fields = []
+    for cls in (Config, SweepOnly):
+        hints, help_of = typing.get_type_hints(cls), field_help(cls)
+        for field in dataclasses.fields(cls):
+            if cls is Config and (field.name in NOT_SWEPT or field.name in own):
+                continue
+            swept = cls is Config and field.name not in SINGLE_CONFIG
+            kind = tuple[hints[field.name], ...] if swept else hints[field.name]
+            default = (field.default,) if swept else field.default
+            fields.append((field.name, Annotated[kind, tyro.conf.arg(help=help_of[field.name])], default))
+    return dataclasses.make_dataclass(
+        "SweepArgs", fields, frozen=True, namespace={"__doc__": SWEEP_DOC, "__module__": __name__}
+    )
+
+
+SweepArgs = sweep_args_class()
+# The options a sweep takes once, and those it takes as lists, in the order of the grid (the product varies the
+# last fastest).
+SINGLE = (*(f.name for f in dataclasses.fields(SweepOnly)), *SINGLE_CONFIG)
 SWEPT = tuple(f.name for f in dataclasses.fields(SweepArgs) if f.name not in SINGLE)
 # Options that change only values inside one compiled program (vmapped, one value per model), or
 # only how each configuration samples once trained.
@@ -197,8 +165,6 @@ VALUE_OPTIONS = (
     "sample_with",
     *SAMPLING_FIELDS,
 )
-# Config fields a sweep does not take: a process of many (issue 10's many hosts) and the run's own folder flags.
-NOT_SWEPT = ("coordinator_address", "num_processes", "process_id", "distributed_timeout", "no_plots")
 METRICS = ("sliced_w2", "mmd2", "energy")
 
 
@@ -368,7 +334,8 @@ def check_data(configs: Sequence[Configuration]) -> None:
 
 def check_memory(configs: Sequence[Configuration], available: Optional[int] = None) -> None:
     """Refuse, before anything is compiled or written, a grid whose largest group (or whose data or
-    samples) would not fit in memory; the message gives the estimate and the limit."""
+    samples, or one configuration's as `memory.check_fits_in_memory` counts them) would not fit in
+    memory; the message gives the estimate and the limit."""
     available = available_memory_bytes() if available is None else available
     if available is None:
         return
@@ -390,6 +357,8 @@ def check_memory(configs: Sequence[Configuration], available: Optional[int] = No
                 f"steps needs about {needed / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} "
                 "GiB available; ask for fewer samples"
             )
+    for c in configs:  # each configuration's own data, samples and chains, as a single run's door checks them
+        check_fits_in_memory(c.config)
 
 
 # ---- the sweep folder ---------------------------------------------------------------------------

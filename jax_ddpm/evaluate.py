@@ -24,14 +24,15 @@ import jax
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import ConfigError, data_transform, held_out_for
+from ddpm_harness.config import ConfigError
+from ddpm_harness.data import data_transform, held_out_for
 from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import METRICS, RunDirError, format_against, format_metric, write_json
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import predictions, variance
 from jax_ddpm.objectives.schedules import run_schedule
-from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.runner.experiment import check_sampler, sample_quality, sample_states, sampling_record
+from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run, run_config
+from jax_ddpm.runner.experiment import sample_quality, sample_states, sampling_record
 from jax_ddpm.sample import RunSampling, sampling_config
 from jax_ddpm.samplers import chains, likelihood
 
@@ -115,16 +116,15 @@ def evaluate_run(args: EvaluateArgs) -> dict:
     for name in ("n", "n_likelihood"):
         if getattr(args, name) is not None and getattr(args, name) < 2:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
-    config, state, record = restore_run(run_dir)
-    config = sampling_config(config, args)
-    schedule = run_schedule(config)
-    check_sampler(config, schedule)
+    config = sampling_config(run_config(run_dir), args)  # checked before the checkpoint is read
     which = args.params or config.sample_with
     n = args.n or config.n_samples
     out = Path(args.out) if args.out else run_dir / f"evaluation_{which}_{config.sampler}_n{n}.json"
     if out.exists():
         raise RunDirError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")
+    _, state, record = restore_run(run_dir)
     params = state.ema_params if which == "ema" else state.params
+    schedule = run_schedule(config)
 
     states, nfe = sample_states(params, schedule, config, n)
     quality = sample_quality(states[..., -1, :, :], held_out_for(config, n))

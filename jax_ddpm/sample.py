@@ -20,19 +20,13 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import (
-    SAMPLING_FIELDS,
-    SEED_MAX,
-    ConfigError,
-    available_memory_bytes,
-    check_chain_fits,
-    validate_sampling,
-)
+from ddpm_harness.config import SAMPLING_FIELDS, SEED_MAX, ConfigError, SamplerOptions
 from ddpm_harness.data import DataError, load_points
+from ddpm_harness.memory import available_memory_bytes, check_chain_fits
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.objectives.schedules import run_schedule
-from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.runner.experiment import check_sampler, sample_points, sample_states
+from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run, run_config
+from jax_ddpm.runner.experiment import sample_points, sample_states
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,14 +72,14 @@ class SampleArgs(RunSampling):
 
 
 def sampling_config(config, args: RunSampling):
-    """The run's config with the sampling options given on the command line."""
+    """The run's config with the sampling options given on the command line, checked (`SamplerOptions`)."""
     given = {name: getattr(args, name) for name in SAMPLING_FIELDS if getattr(args, name) is not None}
     if args.sampler is not None and args.sampler != config.sampler and args.sample_steps is None:
         given["sample_steps"] = None  # the run's K belongs to the run's sampler
     if args.seed is not None:
         given["seed"] = args.seed
     config = dataclasses.replace(config, **given)
-    validate_sampling(config)
+    SamplerOptions.from_config(config)
     return config
 
 
@@ -98,7 +92,7 @@ def read_x_T(path: str) -> np.ndarray:
 
 
 def sample_run(args: SampleArgs) -> Path:
-    """Restore the run, sample, write the .npy file; its path."""
+    """Check the sampling options against the run's config, restore the run, sample, write the .npy file; its path."""
     run_dir = Path(args.run)
     if args.n < 1:
         raise ConfigError(f"--n must be a positive integer, got {args.n}")
@@ -106,16 +100,12 @@ def sample_run(args: SampleArgs) -> Path:
         raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {args.seed}")
     x_T = read_x_T(args.x_T) if args.x_T is not None else None
     n = args.n if x_T is None else x_T.shape[0]
-    config, state, record = restore_run(run_dir)
-    config = sampling_config(config, args)
-    schedule = run_schedule(config)
-    check_sampler(config, schedule)
+    config = sampling_config(run_config(run_dir), args)  # checked before the checkpoint is read
     which = "" if args.sampler is None else f"_{args.sampler}"
     kind = "trajectory" if args.trajectory else "samples"
     out = Path(args.out) if args.out else run_dir / f"{kind}_{args.params}{which}_{n}.npy"
     if out.exists():
         raise RunDirError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")
-    params = state.ema_params if args.params == "ema" else state.params
     shape = (n, 2) if config.seeds == 1 else (config.seeds, n, 2)
     needed, free = 4 * int(np.prod(shape)), shutil.disk_usage(out.parent if out.parent.exists() else ".").free
     if needed > free:
@@ -128,6 +118,9 @@ def sample_run(args: SampleArgs) -> Path:
     # memory stays bounded whatever --n (a --trajectory holds every state and is not streamed).
     if args.trajectory:  # every state of every chain, in memory at once
         check_chain_fits(config, n, available_memory_bytes(), "--trajectory", "ask for fewer points (--n)")
+    _, state, record = restore_run(run_dir)
+    params = state.ema_params if args.params == "ema" else state.params
+    schedule = run_schedule(config)
     partial = out.with_name(out.name + ".partial.npy")
     try:
         if args.trajectory:

@@ -41,8 +41,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ddpm_harness.cli import run as run_cli
-from ddpm_harness.config import Config, ConfigError, held_out_for
-from ddpm_harness.data import DataError
+from ddpm_harness.config import Config, ConfigError
+from ddpm_harness.data import DataError, held_out_for
 from ddpm_harness.runs import CONFIG_FILE, SUMMARY_FILE, RunDirError, epoch_record, release_run_dir, write_summary
 from ddpm_harness.sweeps import (
     SINGLE,

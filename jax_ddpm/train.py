@@ -14,8 +14,8 @@ _IMPORTS_START = time.perf_counter()
 import sys  # noqa: E402  (the imports below are timed for the run's time breakdown)
 from typing import Sequence  # noqa: E402
 
-from ddpm_harness.cli import run  # noqa: E402
-from ddpm_harness.config import Config, ConfigError, resolve_preset  # noqa: E402
+from ddpm_harness.cli import door, run  # noqa: E402
+from ddpm_harness.config import Config, ConfigError  # noqa: E402
 from ddpm_harness.data import DataError  # noqa: E402
 from ddpm_harness.runs import RunDirError  # noqa: E402
 from jax_ddpm.runner import distributed  # noqa: E402
@@ -36,8 +36,9 @@ def train(config: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse argv (default: sys.argv[1:]) into a Config, apply its --preset, train; the exit status."""
-    return run(Config, argv, "python -m jax_ddpm.train", train, USAGE_ERRORS, RUNTIME_ERRORS, resolve_preset)
+    """Parse argv (default: sys.argv[1:]) into a Config, apply its --preset and check it (`cli.door`), train;
+    the exit status."""
+    return run(Config, argv, "python -m jax_ddpm.train", train, USAGE_ERRORS, RUNTIME_ERRORS, door)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from diffusers.schedulers.scheduling_ddim import (
     rescale_zero_terminal_snr as diffusers_rescale_zero_terminal_snr,
 )
 
-from jax_ddpm.objectives.predictions import PREDICTIONS
+from ddpm_harness.config import PREDICTIONS
 from jax_ddpm.objectives.schedules import device_schedule, rescale_zero_terminal_snr
 from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_beta_schedule

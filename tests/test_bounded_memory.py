@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_harness.config import SAMPLE_CHUNK
+from ddpm_harness.memory import SAMPLE_CHUNK
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_harness.config import SAMPLE_CHUNK, Config, ConfigError, chain_bytes, check_chain_fits
+from ddpm_harness.config import Config, ConfigError
+from ddpm_harness.memory import SAMPLE_CHUNK, chain_bytes, check_chain_fits
 from ddpm_harness.runs import CONFIG_FILE
 from ddpm_harness.sweeps import SWEEP_FILE
 from jax_ddpm.runner.checkpoint import restore_run

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_harness.config import Config, ConfigError, dataset_for, validate
+from ddpm_harness.config import Config, ConfigError, validate
+from ddpm_harness.data import dataset_for
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for
 

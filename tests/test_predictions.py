@@ -14,16 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_harness.config import (
-    PRESETS,
-    Config,
-    ConfigError,
-    data_transform,
-    dataset_for,
-    given_fields,
-    resolve_preset,
-    validate,
-)
+from ddpm_harness.config import PRESETS, Config, ConfigError, given_fields, resolve_preset, validate
+from ddpm_harness.data import data_transform, dataset_for
 from jax_ddpm import losses
 from jax_ddpm.evaluate import to_data_units
 from jax_ddpm.model import apply_model, init_params

@@ -42,7 +42,7 @@ def tutorial_setup():
 )
 def test_bad_options_get_one_sentence(name, options, message):
     with pytest.raises(ValueError, match=message):
-        chains.sample(name, None, make_schedule(), jnp.zeros((4, 2)), **options)
+        chains.options_for(make_schedule(), name, **options)
 
 
 @pytest.mark.parametrize("name", ["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"])
@@ -51,21 +51,22 @@ def test_eps_prediction_with_zero_terminal_snr_is_refused(name):
     schedule = device_schedule(betas)
     assert has_zero_terminal_snr(schedule)
     with pytest.raises(ValueError, match="use --prediction v or x0"):
-        chains.sample(name, None, schedule, jnp.zeros((4, 2)))
+        chains.options_for(schedule, name)
 
 
 def test_tutorial_entry_is_todays_sampler_bit_for_bit(tutorial_setup):
     params, schedule, _ = tutorial_setup
     key = jax.random.key(3)
     out_ref = tutorial.sample_chain(params, schedule, key, 64)
-    out = chains.sample("tutorial", None, schedule, key=key, n=64, params=params, trajectory=True)
+    options = chains.options_for(schedule, "tutorial")
+    out = chains.sample(options, None, schedule, None, key, trajectory=True, n=64, params=params)
     np.testing.assert_array_equal(np.asarray(out.trajectory), np.asarray(out_ref))
     np.testing.assert_array_equal(np.asarray(out.x_0), np.asarray(out_ref[-1]))
     assert int(out.nfe) == T
     # From a given x_T, with the noise sample_chain draws from the key: the same chain (up to the
     # per-program compiler options sample_chain runs with, which change float rounding only).
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (64, 2))
-    out = chains.sample("tutorial", None, schedule, x_T, key=key, params=params)
+    out = chains.sample(options, None, schedule, x_T, key, params=params)
     np.testing.assert_allclose(np.asarray(out.x_0), np.asarray(out_ref[-1]), rtol=0, atol=1e-5)
 
 
@@ -99,11 +100,11 @@ def test_ddpm_with_beta_variance_is_the_tutorials_chain_without_its_last_noise()
 def test_noise_from_a_key_is_the_same_noise_injected(tutorial_setup, name):
     _, schedule, model_fn = tutorial_setup
     key = jax.random.key(5)
-    options = {"sample_steps": 10, "eta": 1.0} if name == "ddim" else {"sample_steps": 10}
-    drawn = chains.sample(name, model_fn, schedule, key=key, n=32, **options)
+    options = chains.options_for(schedule, name, sample_steps=10, eta=1.0 if name == "ddim" else 0.0)
+    drawn = chains.sample(options, model_fn, schedule, None, key, n=32)
     x_T = jax.random.normal(jax.random.fold_in(key, 0), (32, 2))
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(key, i + 1), (32, 2)) for i in range(10)])
-    injected = chains.sample(name, model_fn, schedule, x_T, noise=noise, **options)
+    injected = chains.sample(options, model_fn, schedule, x_T, noise=noise)
     # Two compiled programs (noise drawn inside the scan or read from an array) round differently:
     # measured 1 ulp; allow 1e-6.
     np.testing.assert_allclose(np.asarray(drawn.x_0), np.asarray(injected.x_0), rtol=1e-6, atol=1e-6)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_harness.config import Config, dataset_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import dataset_for
 from jax_ddpm import speed
 from jax_ddpm.ema import EMA
 from jax_ddpm.model import apply_model, init_params

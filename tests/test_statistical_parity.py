@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from ddpm_harness import metrics
-from ddpm_harness.config import Config, dataset_for, held_out_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import dataset_for, held_out_for
 from jax_ddpm.convert import torch_to_flax
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.schedules import run_schedule

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_harness.config import Config, held_out_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import held_out_for
 from ddpm_harness.metrics import calibrate, evaluate
 from ddpm_harness.runs import read_config
 from jax_ddpm.runner.checkpoint import Checkpointer, restore_run

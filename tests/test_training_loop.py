@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_harness.config import Config, dataset_for
+from ddpm_harness.config import Config
+from ddpm_harness.data import dataset_for
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import init_states, make_train_chunk, optimizer_for
 from jax_ddpm.training import train

@@ -21,11 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ddpm_harness.config import PREDICTIONS
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import variance
 from jax_ddpm.schedule import Schedule, extract, q_posterior_mean_variance
-
-PREDICTIONS = ("eps", "v", "x0")
 
 
 def predict_x0(model_output: jax.Array, x_t: jax.Array, alpha_prod_t: jax.Array, prediction: str) -> jax.Array:

@@ -337,18 +337,24 @@ def _orbax_read(read: Callable[[], dict]) -> dict:
     raise CheckpointError(f"orbax cannot read it ({problem})")
 
 
-def restore_run(run_dir) -> tuple[Config, object, dict]:
-    """(config, state, record) of the newest checkpoint of a run folder written by
-    `python -m jax_ddpm.train`: what sampling, evaluating and exporting a run start from.
-
-    Raises RunDirError when the folder holds no run, CheckpointError when its checkpoint is unreadable.
-    """
+def run_config(run_dir) -> Config:
+    """The validated Config of a run folder written by `python -m jax_ddpm.train`; RunDirError when the
+    folder holds no run. The command lines that read a run check their options against it before restoring."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(
             f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE}); "
             "give a folder written by python -m jax_ddpm.train"
         )
-    config = validate(read_config(run_dir))
+    return validate(read_config(run_dir))
+
+
+def restore_run(run_dir) -> tuple[Config, object, dict]:
+    """(config, state, record) of the newest checkpoint of a run folder written by
+    `python -m jax_ddpm.train`: what sampling, evaluating and exporting a run start from.
+
+    Raises RunDirError when the folder holds no run, CheckpointError when its checkpoint is unreadable.
+    """
+    config = run_config(run_dir)
     state, record = Checkpointer(run_dir).restore(init_states(config, optimizer_for(config)), config, set_aside=False)
     return config, state, record

@@ -52,7 +52,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ddpm_harness.config import Config, ConfigError, check_processes
+from ddpm_harness.config import Config, ConfigError
 from ddpm_harness.runs import MetricsLog, default_run_dir, open_run_dir, release_run_dir
 from jax_ddpm.runner.checkpoint import Checkpointer, CheckpointError
 
@@ -210,8 +210,8 @@ def initialize(
 
 def join(config: Config) -> Launch:
     """`initialize` with a training Config's options, then check that the run fits the processes: --devices counts
-    every device of every process, and one model is trained (--seeds 1)."""
-    check_processes(config)
+    every device of every process, and one model is trained (--seeds 1). The options on their own were checked
+    when the command line was parsed (`ddpm_harness.cli.door`)."""
     launch = initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed_timeout)
     if launch.multi:
         total = jax.device_count()

@@ -28,18 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from ddpm_harness.config import (
-    SAMPLE_CHUNK,
-    SAMPLING_FIELDS,
-    Config,
-    ConfigError,
-    check_fits_in_memory,
-    data_transform,
-    dataset_for,
-    held_out_for,
-    validate,
-)
-from ddpm_harness.data import file_sha256
+from ddpm_harness.config import SAMPLING_FIELDS, Config, ConfigError, SamplerOptions
+from ddpm_harness.data import data_transform, dataset_for, file_sha256, held_out_for
+from ddpm_harness.memory import SAMPLE_CHUNK
 from ddpm_harness.metrics import calibration, evaluate
 from ddpm_harness.runs import (
     MetricsLog,
@@ -55,6 +46,7 @@ from ddpm_harness.runs import (
     write_config,
     write_summary,
 )
+from ddpm_harness.timesteps import sampler_timesteps
 from jax_ddpm import speed
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.schedules import run_schedule
@@ -115,31 +107,6 @@ def chunk_epochs(config: Config, steps_per_epoch: int, start_epoch: int = 0) -> 
     return max(d for d in range(1, period + 1) if period % d == 0 and (d == 1 or d * steps <= MAX_CHUNK_STEPS))
 
 
-def sampler_options(config: Config) -> dict:
-    """The keyword options of `chains.sample` that a config's sampling fields give."""
-    steps = config.sample_steps
-    if steps is None and config.sampler in ("ddpm", "ddim", "dpm-solver++"):
-        steps = chains.default_sample_steps(config.sampler, config.num_steps)
-    return dict(
-        sample_steps=steps,
-        prediction=config.prediction,
-        eta=float(config.eta),
-        variance=config.variance,
-        timestep_spacing=config.timestep_spacing,
-        rtol=float(config.ode_rtol),
-        atol=float(config.ode_atol),
-    )
-
-
-def check_sampler(config: Config, schedule: Schedule) -> None:
-    """ConfigError (one sentence) for sampling options `chains.validate` refuses on this schedule."""
-    options = {k: v for k, v in sampler_options(config).items() if k not in ("rtol", "atol")}
-    try:
-        chains.validate(config.sampler, schedule, **options)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
 def _model_fn(params: dict, config: Config) -> chains.ModelFn:
     """The model as the samplers call it: its eps/v/x0 output (the eps half of the hybrid loss's
     4-output model), at float t through `chains.interpolate_steps` for the ODE."""
@@ -161,15 +128,7 @@ def _jitted_sample_from():
 
 
 def _sample_from(params, schedule, key, x_T, *, config, trajectory):
-    return chains.sample(
-        config.sampler,
-        _model_fn(params, config),
-        schedule,
-        x_T,
-        key=key,
-        trajectory=trajectory,
-        **sampler_options(config),
-    )
+    return chains.sample(SamplerOptions.from_config(config), _model_fn(params, config), schedule, x_T, key, trajectory)
 
 
 def draw_samples(
@@ -231,7 +190,7 @@ def _draw(params, schedule, config, key, n, x_T, trajectory) -> chains.Samples:
 def _sampling_part(config: Config) -> Config:
     """The config with every field that does not change sampling reset, so that jit (which keys its
     cache on the static config) compiles one sampler program per sampling setup."""
-    keep = (*SAMPLING_FIELDS, "prediction", "loss", "num_steps")
+    keep = (*SAMPLING_FIELDS, "prediction", "loss", "num_steps", "zero_terminal_snr")
     return Config(**{name: getattr(config, name) for name in keep})
 
 
@@ -391,15 +350,12 @@ class Pictures:
 
 
 def set_up(config: Config) -> Run:
-    """Validate, draw the data, build the schedule, optimizer, devices and run folder; restore the
-    newest checkpoint with --resume."""
+    """Draw the data, build the schedule, optimizer, devices and run folder; restore the newest
+    checkpoint with --resume. The config was validated when it was parsed (`ddpm_harness.cli.door`)."""
     start = time.perf_counter()
-    validate(config)
-    check_fits_in_memory(config)
     use_compile_cache(config.compile_cache)
     data = dataset_for(config)
     schedule = run_schedule(config)
-    check_sampler(config, schedule)
     for line in describe_setup(config, data, schedule):
         print(line)
     optimizer = optimizer_for(config)
@@ -617,9 +573,8 @@ def state_steps(config: Config) -> Optional[list[int]]:
     None for the samplers whose chains have T + 1 states labelled as the tutorial's."""
     if config.sampler not in ("ddpm", "ddim", "dpm-solver++"):
         return None
-    options = sampler_options(config)
-    spacing = options["timestep_spacing"] or ("linspace" if config.sampler == "dpm-solver++" else "leading")
-    steps = chains.sampler_timesteps(config.sampler, config.num_steps, options["sample_steps"], spacing)
+    options = SamplerOptions.from_config(config)
+    steps = sampler_timesteps(config.sampler, config.num_steps, options.sample_steps, options.timestep_spacing)
     return [int(t) + 1 for t in steps] + [0]
 
 
@@ -627,7 +582,9 @@ def sampling_record(config: Config, nfe: int) -> dict:
     """How the final samples were drawn, for summary.json: sampler, its options, NFE."""
     record = dict(sampler=config.sampler, nfe=nfe, prediction=config.prediction)
     if config.sampler in ("ddpm", "ddim", "dpm-solver++"):
-        record.update(sample_steps=sampler_options(config)["sample_steps"], timestep_spacing=config.timestep_spacing)
+        record.update(
+            sample_steps=SamplerOptions.from_config(config).sample_steps, timestep_spacing=config.timestep_spacing
+        )
     if config.sampler == "ddim":
         record["eta"] = config.eta
     if config.sampler == "ddpm":

@@ -2,7 +2,7 @@
 
 - `tutorial`: the tutorial's chain compiled for runs (`sample_chain`), with a learned variance too.
 - `chains`: the DDPM (K of T steps), DDIM, DPM-Solver++ and probability-flow ODE samplers, and the
-  registry `sample` that runs any of them.
+  registry `sample` that runs any of them with one checked `ddpm_harness.config.SamplerOptions`.
 - `likelihood`: the exact NLL through the probability-flow ODE.
 
 May import: the twins, `speed`, `objectives` and ddpm_harness. Never imports `runner` or a command line.

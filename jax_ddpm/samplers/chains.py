@@ -33,18 +33,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_harness.config import VARIANCES, SamplerOptions
+from ddpm_harness.timesteps import SPACINGS, ddim_timesteps, dpm_solver_timesteps  # noqa: F401 (SPACINGS: for callers)
 from jax_ddpm import sampling
 from jax_ddpm.model import apply_model
-from jax_ddpm.objectives.predictions import PREDICTIONS, predict_eps, predict_x0
+from jax_ddpm.objectives.predictions import predict_eps, predict_x0
 from jax_ddpm.objectives.schedules import has_zero_terminal_snr
 from jax_ddpm.samplers.tutorial import sample_chain
 from jax_ddpm.schedule import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode")
-VARIANCES = ("beta", "posterior")
-SPACINGS = ("leading", "trailing", "linspace")
 # The solver of the probability-flow ODE and its default tolerances (mixed error per entry:
 # |err| <= atol + rtol |y|, RMS over the state, diffrax's PIDController).
 ODE_SOLVER = "Tsit5"
@@ -67,37 +66,6 @@ class Samples:
 
 
 # --- timesteps ----------------------------------------------------------------------------------
-
-
-def ddim_timesteps(num_steps: int, sample_steps: int, spacing: str = "leading") -> np.ndarray:
-    """The K steps (descending, int64) of diffusers' DDIMScheduler/DDPMScheduler.set_timesteps
-    (steps_offset = 0); Lin et al. 2024, Table 2 names the spacings. For T = 100, K = 10:
-    leading 90, 80, ..., 0; trailing 99, 89, ..., 9; linspace 99, 88, 77, ..., 11, 0."""
-    if spacing == "linspace":
-        return np.linspace(0, num_steps - 1, sample_steps).round()[::-1].copy().astype(np.int64)
-    if spacing == "leading":
-        step_ratio = num_steps // sample_steps
-        return (np.arange(0, sample_steps) * step_ratio).round()[::-1].copy().astype(np.int64)
-    if spacing == "trailing":
-        step_ratio = num_steps / sample_steps
-        return np.round(np.arange(num_steps, 0, -step_ratio)).astype(np.int64) - 1
-    raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
-
-
-def dpm_solver_timesteps(num_steps: int, sample_steps: int, spacing: str = "linspace") -> np.ndarray:
-    """The K steps (descending, int64) of diffusers' DPMSolverMultistepScheduler.set_timesteps
-    (lambda_min_clipped = -inf, steps_offset = 0), which spaces K + 1 points and drops the last
-    (t = 0, replaced by the final step to alpha_bar = 1). For T = 100, K = 10: linspace 99, 89, 79,
-    69, 59, 50, 40, 30, 20, 10; leading 90, 81, ..., 9; trailing 99, 89, ..., 9."""
-    if spacing == "linspace":
-        return np.linspace(0, num_steps - 1, sample_steps + 1).round()[::-1][:-1].copy().astype(np.int64)
-    if spacing == "leading":
-        step_ratio = num_steps // (sample_steps + 1)
-        return (np.arange(0, sample_steps + 1) * step_ratio).round()[::-1][:-1].copy().astype(np.int64)
-    if spacing == "trailing":
-        step_ratio = num_steps / sample_steps
-        return np.arange(num_steps, 0, -step_ratio).round().copy().astype(np.int64) - 1
-    raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
 
 
 def _alpha_prod(schedule: Schedule, t) -> jax.Array:
@@ -525,146 +493,48 @@ def tutorial(
     return Samples(states[-1], states if trajectory else None, jnp.asarray(schedule.num_steps, jnp.int32))
 
 
-def default_sample_steps(name: str, num_steps: int) -> int | None:
-    """K when not given: all T steps for ddpm and ddim, 20 for dpm-solver++ (diffusers' usual), none
-    for the tutorial (always T) and the ODE (adaptive)."""
-    return {"ddpm": num_steps, "ddim": num_steps, "dpm-solver++": min(20, num_steps)}.get(name)
-
-
-def sampler_timesteps(name: str, num_steps: int, sample_steps: int, spacing: str) -> np.ndarray:
-    """The steps a fixed-step sampler evaluates the model at (descending)."""
-    if name == "dpm-solver++":
-        return dpm_solver_timesteps(num_steps, sample_steps, spacing)
-    return ddim_timesteps(num_steps, sample_steps, spacing)
-
-
-def validate(
-    name: str,
-    schedule: Schedule,
-    *,
-    sample_steps: int | None = None,
-    prediction: str = "eps",
-    eta: float = 0.0,
-    variance: str = "beta",
-    timestep_spacing: str | None = None,
-) -> None:
-    """Raise ValueError, one sentence saying what to do, for options no sampler can run."""
-    num_steps = schedule.num_steps
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}.")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}.")
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}: choose one of {', '.join(VARIANCES)}.")
-    if timestep_spacing is not None and timestep_spacing not in SPACINGS:
-        raise ValueError(f"unknown timestep spacing {timestep_spacing!r}: choose one of {', '.join(SPACINGS)}.")
-    if eta < 0:
-        raise ValueError(f"--eta is {eta}, but it must be >= 0 (0: deterministic DDIM, 1: DDPM-like noise).")
-    if prediction == "eps" and has_zero_terminal_snr(schedule):
-        raise ValueError(
-            "a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
-            "(x_0 = (x_T - eps) / 0 at the last step): use --prediction v or x0."
-        )
-    if name == "tutorial" and prediction != "eps":
-        raise ValueError(
-            f"the tutorial sampler runs the tutorial's eps model only: use --sampler ddpm for "
-            f"--prediction {prediction}."
-        )
-    if sample_steps is None:
-        return
-    if name in ("tutorial", "ode") and sample_steps != num_steps:
-        what = "always takes all T" if name == "tutorial" else "chooses its own steps (set rtol/atol)"
-        raise ValueError(f"--sample-steps does not apply to the {name} sampler, which {what}: leave it out.")
-    if not 1 <= sample_steps <= num_steps:
-        raise ValueError(f"--sample-steps is {sample_steps}, but it must be between 1 and T = {num_steps}.")
-    if name in ("ddpm", "ddim", "dpm-solver++"):
-        spacing = timestep_spacing or ("linspace" if name == "dpm-solver++" else "leading")
-        ts = sampler_timesteps(name, num_steps, sample_steps, spacing)
-        if len(np.unique(ts)) != len(ts) or len(ts) != sample_steps:
-            raise ValueError(
-                f"{name} with --timestep-spacing {spacing} gives repeated or missing steps for "
-                f"K = {sample_steps} of T = {num_steps}: choose a smaller K or another spacing."
-            )
+def options_for(schedule: Schedule, sampler: str = "tutorial", **options) -> SamplerOptions:
+    """SamplerOptions (checked: a ConfigError, which is a ValueError) for sampling this schedule, whose
+    T and zero terminal SNR it takes; `options`: SamplerOptions' other fields."""
+    return SamplerOptions(sampler, schedule.num_steps, zero_terminal_snr=has_zero_terminal_snr(schedule), **options)
 
 
 def sample(
-    name: str,
+    options: SamplerOptions,
     model_fn: ModelFn | None,
     schedule: Schedule,
     x_T: jax.Array | None = None,
-    *,
     key: jax.Array | None = None,
+    trajectory: bool = False,
+    *,
     noise: jax.Array | None = None,
     n: int | None = None,
     params: dict | None = None,
-    sample_steps: int | None = None,
-    prediction: str = "eps",
-    eta: float = 0.0,
-    variance: str = "beta",
-    timestep_spacing: str | None = None,
-    rtol: float = ODE_RTOL,
-    atol: float = ODE_ATOL,
-    trajectory: bool = False,
 ) -> Samples:
-    """Run sampler `name` (one of SAMPLERS) after `validate`.
+    """Run sampler `options.sampler` with its (already checked) options on `schedule`.
 
     x_T (N, 2), or None: drawn from fold_in(key, 0) with shape (n, 2) (the tutorial's sample_chain
     convention). Step noise injected (`noise`) or drawn from `key`. `tutorial` runs the tutorial's
-    model with `params` (model_fn unused); the others call model_fn. timestep_spacing None: each
-    sampler's diffusers default (leading for ddpm/ddim, linspace for dpm-solver++).
+    model with `params` (model_fn unused); the others call model_fn.
     """
-    validate(
-        name,
-        schedule,
-        sample_steps=sample_steps,
-        prediction=prediction,
-        eta=eta,
-        variance=variance,
-        timestep_spacing=timestep_spacing,
-    )
+    if options.num_steps != schedule.num_steps:
+        raise ValueError(f"the options are for T = {options.num_steps}, the schedule has T = {schedule.num_steps}.")
     if x_T is None and (key is None or n is None):
         raise ValueError("give x_T (N, 2), or a key and n to draw x_T ~ N(0, I).")
+    name, k, prediction = options.sampler, options.sample_steps, options.prediction
     if name == "tutorial":
         if params is None:
             raise ValueError("the tutorial sampler runs the tutorial's model: pass params=.")
         return tutorial(params, schedule, x_T, noise, key, n=n, trajectory=trajectory)
     if x_T is None:
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2), schedule.alphas_prod.dtype)
-    k = sample_steps or default_sample_steps(name, schedule.num_steps)
+    spacing = dict(timestep_spacing=options.timestep_spacing, prediction=prediction, trajectory=trajectory)
     if name == "ddpm":
-        return ddpm(
-            model_fn,
-            schedule,
-            x_T,
-            noise,
-            key,
-            sample_steps=k,
-            timestep_spacing=timestep_spacing or "leading",
-            variance=variance,
-            prediction=prediction,
-            trajectory=trajectory,
-        )
+        return ddpm(model_fn, schedule, x_T, noise, key, sample_steps=k, variance=options.variance, **spacing)
     if name == "ddim":
-        return ddim(
-            model_fn,
-            schedule,
-            x_T,
-            noise,
-            key,
-            sample_steps=k,
-            eta=eta,
-            timestep_spacing=timestep_spacing or "leading",
-            prediction=prediction,
-            trajectory=trajectory,
-        )
+        return ddim(model_fn, schedule, x_T, noise, key, sample_steps=k, eta=options.eta, **spacing)
     if name == "dpm-solver++":
-        return dpm_solver_pp(
-            model_fn,
-            schedule,
-            x_T,
-            sample_steps=k,
-            timestep_spacing=timestep_spacing or "linspace",
-            prediction=prediction,
-            trajectory=trajectory,
-        )
-    return ode(model_fn, schedule, x_T, prediction=prediction, rtol=rtol, atol=atol, trajectory=trajectory)
+        return dpm_solver_pp(model_fn, schedule, x_T, sample_steps=k, **spacing)
+    return ode(
+        model_fn, schedule, x_T, prediction=prediction, rtol=options.rtol, atol=options.atol, trajectory=trajectory
+    )
