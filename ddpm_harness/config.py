@@ -166,50 +166,70 @@ class Config:
 def validate(config: Config) -> Config:
     """Raise ConfigError naming the first impossible hyper-parameter (the sampling options through
     `SamplerOptions.from_config`); return the config otherwise."""
+    _check_numbers(config)
+    _check_schedule_and_seeds(config)
+    check_processes(config)
+    _check_devices(config)
+    if config.out_dir is not None and not config.out_dir.strip():
+        raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
+    SamplerOptions.from_config(config)
+    return config
+
+
+def _option(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+POSITIVE_INTS = (
+    "n_points",
+    "num_steps",
+    "epochs",
+    "batch_size",
+    "n_samples",
+    "seeds",
+    "devices",
+    "checkpoint_every",
+    "log_every",
+    "n_eval",
+)
+# (field, test, what its value must be), checked in this order after the positive integers.
+RANGES = (
+    ("eval_every", lambda v: v >= 0, "must be >= 0"),
+    ("data_noise", lambda v: v >= 0, "must be >= 0"),
+    ("hybrid_lambda", lambda v: v >= 0, "must be >= 0"),
+    ("lr", lambda v: v > 0, "must be positive"),
+    ("clip_norm", lambda v: v >= 0, "must be >= 0 (0 disables clipping)"),
+    ("ema_decay", lambda v: 0.0 <= v < 1.0, "must lie in [0, 1)"),
+)
+
+
+def _check_numbers(config: Config) -> None:
     for field in dataclasses.fields(config):  # NaN passes every comparison below, and JSON cannot hold it
         value = getattr(config, field.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
-    positive_ints = (
-        "n_points",
-        "num_steps",
-        "epochs",
-        "batch_size",
-        "n_samples",
-        "seeds",
-        "devices",
-        "checkpoint_every",
-        "log_every",
-        "n_eval",
-    )
-    for name in positive_ints:
-        value = getattr(config, name)
-        if value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if config.eval_every < 0:
-        raise ConfigError(f"--eval-every must be >= 0, got {config.eval_every}")
+            raise ConfigError(f"{_option(field.name)} must be a finite number, got {value}")
+    for name in POSITIVE_INTS:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{_option(name)} must be a positive integer, got {getattr(config, name)}")
+    for name, ok, must in RANGES:
+        if not ok(getattr(config, name)):
+            raise ConfigError(f"{_option(name)} {must}, got {getattr(config, name)}")
+
+
+def _check_schedule_and_seeds(config: Config) -> None:
     if config.schedule not in SCHEDULES:
         raise ConfigError(f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if config.schedule != "cosine":
         for name in ("beta_start", "beta_end"):
-            value = getattr(config, name)
-            if not 0.0 < value < 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
+            if not 0.0 < getattr(config, name) < 1.0:
+                raise ConfigError(f"{_option(name)} must lie in (0, 1), got {getattr(config, name)}")
     if not 0 <= config.seed <= SEED_MAX:
         raise ConfigError(f"--seed must lie in [0, {SEED_MAX}], got {config.seed}")
     if config.seed + config.seeds - 1 > SEED_MAX:
         raise ConfigError(f"--seeds {config.seeds} from --seed {config.seed} go past the largest seed {SEED_MAX}")
-    if config.data_noise < 0:
-        raise ConfigError(f"--data-noise must be >= 0, got {config.data_noise}")
-    if config.hybrid_lambda < 0:
-        raise ConfigError(f"--hybrid-lambda must be >= 0, got {config.hybrid_lambda}")
-    if config.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {config.lr}")
-    if config.clip_norm < 0:
-        raise ConfigError(f"--clip-norm must be >= 0 (0 disables clipping), got {config.clip_norm}")
-    if not 0.0 <= config.ema_decay < 1.0:
-        raise ConfigError(f"--ema-decay must lie in [0, 1), got {config.ema_decay}")
-    check_processes(config)
+
+
+def _check_devices(config: Config) -> None:
     if config.seeds > 1 and config.seeds % config.devices:
         raise ConfigError(
             f"--seeds {config.seeds} is not divisible by --devices {config.devices} "
@@ -217,10 +237,6 @@ def validate(config: Config) -> Config:
         )
     if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
-    if config.out_dir is not None and not config.out_dir.strip():
-        raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
-    SamplerOptions.from_config(config)
-    return config
 
 
 SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode")
