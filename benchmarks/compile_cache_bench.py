@@ -24,7 +24,7 @@ def measure() -> dict:
 
     from ddpm_harness.config import Config, dataset_for
     from jax_ddpm.runner.compile_cache import use_compile_cache
-    from jax_ddpm.runner.experiment import chunk_epochs
+    from jax_ddpm.runner.loop import chunk_epochs
     from jax_ddpm.schedule import schedule_for
     from jax_ddpm.training import init_states, make_mesh, make_train_chunk, optimizer_for
 

@@ -27,7 +27,7 @@ from ddpm_harness import metrics
 from ddpm_harness.config import Config, data_transform, dataset_for, held_out_for
 from jax_ddpm import speed
 from jax_ddpm.objectives.predictions import loss_fn_for, run_schedule
-from jax_ddpm.runner.experiment import draw_samples
+from jax_ddpm.runner.finish import draw_samples
 from jax_ddpm.training import ema_update, init_states, make_optimizer, run_keys, train_epoch, train_step
 
 RESULTS = Path(__file__).parent / "results"

@@ -31,7 +31,7 @@ from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import predictions, variance
 from jax_ddpm.objectives.predictions import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.runner.experiment import check_sampler, sample_quality, sample_states, sampling_record
+from jax_ddpm.runner.finish import check_sampler, sample_quality, sample_states, sampling_record
 from jax_ddpm.sample import RunSampling, sampling_config
 from jax_ddpm.samplers import chains, likelihood
 

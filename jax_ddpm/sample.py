@@ -32,7 +32,7 @@ from ddpm_harness.data import DataError, load_points
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.objectives.predictions import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run
-from jax_ddpm.runner.experiment import check_sampler, sample_points, sample_states
+from jax_ddpm.runner.finish import check_sampler, sample_points, sample_states
 
 
 @dataclasses.dataclass(frozen=True)

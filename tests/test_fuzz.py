@@ -53,7 +53,7 @@ from hypothesis.extra import numpy as hnp
 
 from ddpm_harness.config import SCHEDULES, Config
 from ddpm_harness.sweeps import SweepArgs
-from jax_ddpm.runner import experiment
+from jax_ddpm.runner import finish
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.sweep import main as sweep_main
 from tests.conftest import snapshot, train_main
@@ -495,7 +495,7 @@ def test_sample_arguments(sandbox):
     assert_tried("sample-args")
 
 
-@pytest.mark.skipif(not hasattr(experiment, "sample_points"), reason="needs the streaming sampler (issue 11, item 3)")
+@pytest.mark.skipif(not hasattr(finish, "sample_points"), reason="needs the streaming sampler (issue 11, item 3)")
 @pytest.mark.parametrize("n", [2**40, 10**20])
 def test_sample_huge_n_is_refused(sandbox, n):
     with sandbox.case("sample-args") as folder:

@@ -36,7 +36,7 @@ from jax_ddpm.objectives.predictions import (
     training_target,
 )
 from jax_ddpm.runner.checkpoint import IncompatibleCheckpointError, check_compatible
-from jax_ddpm.runner.experiment import draw_samples
+from jax_ddpm.runner.finish import draw_samples
 from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_beta_schedule, make_schedule
 

@@ -23,7 +23,8 @@ import torch
 from ddpm_harness import metrics
 from ddpm_harness.config import Config, dataset_for, held_out_for
 from jax_ddpm.convert import torch_to_flax
-from jax_ddpm.runner.experiment import final_samples, train_models
+from jax_ddpm.runner.finish import final_samples
+from jax_ddpm.runner.loop import train_models
 from jax_ddpm.sampling import p_sample_loop
 from jax_ddpm.schedule import schedule_for
 from torch_reference import schedule as ref_schedule

@@ -30,8 +30,8 @@ from ddpm_harness.sweeps import (
 )
 from jax_ddpm.runner.checkpoint import Checkpointer, restore_run
 from jax_ddpm.runner.distributed import process_share
+from jax_ddpm.runner.sweep import MODEL_BLOCKS, launch_of, merge_sweep, model_block, pad_models, run_sweep
 from jax_ddpm.sample import main as sample_main
-from jax_ddpm.sweep import MODEL_BLOCK, launch_of, merge_sweep, model_block, pad_models, run_sweep
 from jax_ddpm.sweep import main as sweep_main
 from jax_ddpm.train import main as train_main
 from tests.conftest import snapshot
@@ -130,11 +130,15 @@ def test_grid_groups_and_split():
     assert all(sorted(len(g) for g in groups(half)) == [2, 2, 2, 2] for half in halves)  # every group shared out
 
 
-def test_models_are_trained_in_blocks():
-    """A device trains more than MODEL_BLOCK models in blocks (lax.map over vmapped blocks) with the least
-    padding; sweep_a's 16 models run as 4 blocks of 4, so the tests on it cover the blocked program."""
-    assert MODEL_BLOCK == 4 and model_block(16) == 4 and model_block(8, devices=2) is None
-    assert model_block(6) == 3 and model_block(7) == 4 and model_block(64, devices=2) == 4
+def test_models_are_trained_in_blocks_on_cpu_and_all_at_once_on_gpu_and_tpu():
+    """On CPU a device trains more than 4 models in blocks (lax.map over vmapped blocks) with the least
+    padding; sweep_a's 16 models run as 4 blocks of 4, so the tests on it cover the blocked program. On a
+    GPU or TPU (and a backend the table does not name) all of a device's models are vmapped at once."""
+    assert jax.default_backend() == "cpu" and MODEL_BLOCKS["cpu"] == 4 and model_block(16) == 4
+    assert model_block(8, devices=2) is None and model_block(64, devices=2, platform="cpu") == 4
+    assert model_block(6) == 3 and model_block(7) == 4 and model_block(4) is None
+    for platform in ("gpu", "tpu", "metal"):
+        assert model_block(64, platform=platform) is None and model_block(64, 2, platform) is None
     state, hyper = {"w": np.arange(7.0)}, {"lr": np.arange(7.0) / 10}
     padded, padded_hyper, block = pad_models(state, hyper, 7, devices=2)  # 4 a device: no blocks, one copy
     assert block is None and padded["w"].tolist() == [0, 1, 2, 3, 4, 5, 6, 6] and padded_hyper["lr"][-1] == 0.6
