@@ -182,6 +182,26 @@ def test_seeds_and_groups_equal_single_runs(tmp_path):
         assert_same_run(folder(out, lr=3e-3, loss=loss), single, exact=exact)
 
 
+def test_a_diverged_configuration_stops_and_the_others_go_on(tmp_path, capsys):
+    """--lr 1e6 overflows: that configuration stops with one warning and a summary.json saying where (its
+    metrics.jsonl up to the epoch before), while the other, trained beside it in the same program, still
+    equals its single train run bit for bit."""
+    out = tmp_path / "sweep"
+    assert sweep_main([*TINY, "--lr", "1e-3", "1e6", "--out-dir", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "the others go on" in warnings[0], warnings
+    bad = folder(out, lr=1e6)
+    summary = json.loads((bad / "summary.json").read_text())
+    assert f"{bad.name}: the loss became NaN or inf at epoch {summary['diverged_at']};" in warnings[0]
+    assert [r["epoch"] for r in records(bad)] == list(range(1, summary["diverged_at"]))
+    assert summary["evaluation"]["raw"]["sliced_w2"] is None
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]  # the diverged one ranked last, unscored
+    assert [(r["name"], r["score"] is None) for r in rows] == [(folder(out, lr=1e-3).name, False), (bad.name, True)]
+    single = tmp_path / "single"
+    assert train_main(train_argv(single, "--lr", "1e-3")) == 0
+    assert_same_run(folder(out, lr=1e-3), single)
+
+
 def test_leaderboard_follows_its_metric(sweep_a):
     board = json.loads((sweep_a / "leaderboard.json").read_text())
     rows = board["rows"]
