@@ -88,8 +88,9 @@ def stack(trees: Sequence) -> object:
 # Most models a device trains at once, per backend (None: all of its share vmapped at once). On a 2-core
 # CPU, blocks of 4 (`lax.map` over vmapped blocks) keep a block's states in the caches through a chunk and
 # were faster (benchmarks/results/cpu-avx512.md, docs/sweep.md). On a GPU blocks serialise many small
-# programs: an H200 trained 64 models in blocks at 0.12x the rate of the plain vmap (issue 17), so GPU and
-# TPU vmap all of a device's models at once; to be re-measured by `benchmarks.gpu_newcomer`.
+# programs: an H200 trained 64 models in blocks at 0.12x the rate of the plain vmap (issue 17), so a GPU
+# vmaps all of a device's models at once; to be re-measured by `benchmarks.gpu_newcomer`. TPU (not
+# measured) is treated as a GPU.
 MODEL_BLOCKS = {"cpu": 4, "gpu": None, "tpu": None}
 
 
@@ -169,7 +170,7 @@ def sweep_program(config: Config, hyper: HyperParams, mesh, block: Optional[int]
     return Program(compile_chunk, width, functools.partial(model_slice, seeds=config.seeds))
 
 
-# ---- 1. set up a group ---------------------------------------------------------------------------
+# ---- set up a group ------------------------------------------------------------------------------
 
 
 def _as_models(state, seeds: int):
@@ -217,7 +218,7 @@ def set_up_group(group: list[Configuration], args: SweepArgs, mesh) -> Optional[
     return Group(runs, state, sweep_program(runs[0].config, hyper, mesh, block), start, n_models)
 
 
-# ---- 3. finish every configuration of a group ----------------------------------------------------
+# ---- finish every configuration of a group -------------------------------------------------------
 
 
 def finish_group(group: Group, trained: Trained) -> None:
@@ -280,6 +281,7 @@ def run_sweep(args: SweepArgs, process_id: int = 0, num_processes: int = 1, comm
 
 
 def _train_group(configs: list[Configuration], label: str, args: SweepArgs, mesh) -> None:
+    """Set up, train (the run's chunk loop) and finish one group; its folders released whatever happens."""
     group = set_up_group(configs, args, mesh)
     if group is None:
         print(f"{label}: finished earlier")
