@@ -22,7 +22,14 @@ class Pictures:
     def __init__(self, run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray):
         self.run_dir, self.forward = Path(run_dir), forward
         self._error: Optional[BaseException] = None
-        self._thread = self._start(lambda: _draw_setup(self.run_dir, datasets, forward))
+        run_dir = self.run_dir
+
+        def draw_setup():
+            from ddpm_harness.plots import draw_setup_pictures
+
+            draw_setup_pictures(run_dir, datasets, forward)
+
+        self._thread = self._start(draw_setup)
 
     def _start(self, target) -> threading.Thread:
         def guarded():
@@ -40,7 +47,13 @@ class Pictures:
         (S + 1, n, 2): one reverse chain, x_T first; steps: the t of each state when the sampler skips steps)."""
         self.wait()
         run_dir, forward = self.run_dir, self.forward
-        self._thread = self._start(lambda: _draw_results(run_dir, forward, x_seq, records, steps))
+
+        def draw_results():
+            from ddpm_harness.plots import draw_result_pictures
+
+            draw_result_pictures(run_dir, forward, x_seq, records, steps)
+
+        self._thread = self._start(draw_results)
 
     def join(self) -> None:
         """Wait for the drawing in progress, keeping any error for `wait`."""
@@ -51,15 +64,3 @@ class Pictures:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-
-
-def _draw_setup(run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray) -> None:
-    from ddpm_harness.plots import draw_setup_pictures
-
-    draw_setup_pictures(run_dir, datasets, forward)
-
-
-def _draw_results(run_dir: Path, forward: np.ndarray, x_seq: np.ndarray, records: list[dict], steps) -> None:
-    from ddpm_harness.plots import draw_result_pictures
-
-    draw_result_pictures(run_dir, forward, x_seq, records, steps)
