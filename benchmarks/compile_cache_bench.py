@@ -27,7 +27,7 @@ def measure() -> dict:
     from jax_ddpm.objectives.schedules import run_schedule
     from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for
     from jax_ddpm.runner.compile_cache import use_compile_cache
-    from jax_ddpm.runner.experiment import chunk_epochs
+    from jax_ddpm.runner.loop import chunk_epochs
 
     events = []
     jax.monitoring.register_event_listener(

@@ -18,7 +18,7 @@ Writes benchmarks/results/quality.md (tables) and its pictures:
 6. the log of `python -m benchmarks.recipe_search`, which found the preset.
 `--sections` runs a subset (the report then holds only those sections).
 
-Training and sampling on either side use the library (jax_ddpm.runner.experiment.train_models /
+Training and sampling on either side use the library (jax_ddpm.runner.loop.train_models /
 final_samples, torch_reference.train.train_model / final_samples), as tests/test_statistical_parity.py
 does; the held-out reference is ddpm_harness.data.held_out_for.
 """
@@ -40,7 +40,8 @@ from ddpm_harness.config import Config, resolve_preset
 from ddpm_harness.data import dataset_for, held_out_for, held_out_points
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.objectives.variance import negative_elbo
-from jax_ddpm.runner.experiment import final_samples, train_models
+from jax_ddpm.runner.finish import final_samples
+from jax_ddpm.runner.loop import train_models
 from jax_ddpm.schedule import q_sample
 
 RESULTS = Path(__file__).parent / "results"

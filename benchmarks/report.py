@@ -153,10 +153,10 @@ def _sweep_table(results: dict) -> list[str]:
     lines = [
         "## Many models: a sweep's program",
         "",
-        "Total model-steps/s of `jax_ddpm.sweep.make_sweep_chunk` (what `python -m jax_ddpm.sweep` compiles) "
+        "Total model-steps/s of `jax_ddpm.runner.sweep.make_sweep_chunk` (what `python -m jax_ddpm.sweep` compiles) "
         "for K configurations of one group (learning rates 1e-4 .. 1e-3, each model its own optimizer "
-        "values), moons, batch 128; with 2 host devices each trains K / 2 of them; more than 4 on a device train "
-        "in blocks of up to 4 (`jax_ddpm.sweep.MODEL_BLOCK`). Of roofline = "
+        "values), moons, batch 128; with 2 host devices each trains K / 2 of them; on a CPU more than 4 on a device "
+        "train in blocks of up to 4 (`jax_ddpm.runner.sweep.MODEL_BLOCKS`). Of roofline = "
         "model-steps/s x FLOPs per step / the roofline above. What was tried: docs/sweep.md.",
         "",
         "| K | " + " | ".join(f"{c}: model-steps/s | per model | of roofline" for c in columns) + " |",

@@ -1,5 +1,5 @@
-"""Throughput of many models: total model-steps/s of a sweep's vmapped program (`jax_ddpm.sweep.make_sweep_chunk`)
-for K models, as a fraction of the roofline measured in the same run.
+"""Throughput of many models: total model-steps/s of a sweep's vmapped program
+(`jax_ddpm.runner.sweep.make_sweep_chunk`) for K models, as a fraction of the roofline measured in the same run.
 
 The K models are K configurations of one group (learning rates spread over a decade, so the
 per-model hyper-parameters are really different), trained on the default data (moons, 10,000
@@ -27,7 +27,7 @@ from benchmarks.timing import measure, rates
 from ddpm_harness.config import Config
 from ddpm_harness.data import dataset_for
 from jax_ddpm.runner.chunk import init_states, make_mesh, optimizer_for
-from jax_ddpm.sweep import hyper_params, make_sweep_chunk, pad_models, stack
+from jax_ddpm.runner.sweep import hyper_params, make_sweep_chunk, pad_models, stack
 
 KS = (1, 4, 16, 64, 256)
 QUICK_KS = (1, 4)

@@ -14,7 +14,7 @@ SAMPLE_BYTES_PER_POINT = 32
 # Bytes per diffusion step of each seed's model: the schedule's arrays, and the three 128-wide step
 # embeddings with their EMA, Adam's two moments and the gradients.
 STEP_BYTES = 8192
-# Points whose reverse chains are sampled at once (jax_ddpm.runner.experiment.sample_points streams the rest),
+# Points whose reverse chains are sampled at once (jax_ddpm.runner.finish.sample_points streams the rest),
 # and the bytes of each point's state in a chain: float32 (x, y) on the device and its copy on the host.
 SAMPLE_CHUNK = 25_000
 CHAIN_BYTES_PER_STATE = 16

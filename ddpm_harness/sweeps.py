@@ -508,9 +508,10 @@ def merge(args: SweepArgs, sweep_dir: Path, configs: Sequence[Configuration], co
     rows = rank(leaderboard_rows(configs), args.rank_by)
     by_name = {c.name: c for c in configs}
     swept = [name for name in SWEPT if len(getattr(args, name)) > 1]
+    stored = [dict(r, score=r["score"] if math.isfinite(r["score"]) else None) for r in rows]  # JSON has no inf
     write_json(
         sweep_dir / LEADERBOARD_JSON,
-        dict(command=command, rank_by=args.rank_by, seeds=args.seeds, n=args.n_samples, swept=swept, rows=rows),
+        dict(command=command, rank_by=args.rank_by, seeds=args.seeds, n=args.n_samples, swept=swept, rows=stored),
     )
     write_atomic(sweep_dir / LEADERBOARD_MD, leaderboard_markdown(rows, args, swept, command))
     draw_grid(sweep_dir / GRID_PNG, rows, by_name, args.rank_by)

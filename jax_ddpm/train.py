@@ -20,7 +20,9 @@ from ddpm_harness.data import DataError  # noqa: E402
 from ddpm_harness.runs import RunDirError  # noqa: E402
 from jax_ddpm.runner import distributed  # noqa: E402
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError  # noqa: E402
-from jax_ddpm.runner.experiment import RunWriteError, TrainingDiverged, train_and_evaluate  # noqa: E402
+from jax_ddpm.runner.experiment import train_and_evaluate  # noqa: E402
+from jax_ddpm.runner.loop import TrainingDiverged  # noqa: E402
+from jax_ddpm.runner.setup import RunWriteError  # noqa: E402
 
 IMPORTS_S = time.perf_counter() - _IMPORTS_START
 

@@ -113,7 +113,7 @@ def test_noise_from_a_key_is_the_same_noise_injected(tutorial_setup, name):
 def test_pictures_of_a_k_step_chain_are_titled_with_its_steps(monkeypatch, tmp_path):
     from ddpm_harness import plots
     from ddpm_harness.config import Config
-    from jax_ddpm.runner.experiment import state_steps
+    from jax_ddpm.runner.finish import state_steps
 
     # State k of a chain is x_{t + 1} before the model call at step t, and the sample is x_0: the
     # tutorial's chain is x_100 .. x_0; K = 10 trailing steps (99, 89, ..., 9) give x_100, x_90, ... .

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -28,11 +29,11 @@ from ddpm_harness.sweeps import (
 )
 from jax_ddpm.runner.checkpoint import Checkpointer
 from jax_ddpm.runner.distributed import process_share
+from jax_ddpm.runner.sweep import MODEL_BLOCKS, launch_of, merge_sweep, model_block, pad_models, run_sweep
 from jax_ddpm.sample import main as sample_main
-from jax_ddpm.sweep import MODEL_BLOCK, launch_of, merge_sweep, model_block, pad_models, run_sweep
 from jax_ddpm.sweep import main as sweep_main
 from jax_ddpm.train import main as train_main
-from tests.conftest import assert_same_run, snapshot, tiny_argv
+from tests.conftest import assert_same_run, records, snapshot, tiny_argv
 from tests.test_bad_input import one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,11 +89,15 @@ def test_grid_groups_and_split():
     assert all(sorted(len(g) for g in groups(half)) == [2, 2, 2, 2] for half in halves)  # every group shared out
 
 
-def test_models_are_trained_in_blocks():
-    """A device trains more than MODEL_BLOCK models in blocks (lax.map over vmapped blocks) with the least
-    padding; sweep_a's 16 models run as 4 blocks of 4, so the tests on it cover the blocked program."""
-    assert MODEL_BLOCK == 4 and model_block(16) == 4 and model_block(8, devices=2) is None
-    assert model_block(6) == 3 and model_block(7) == 4 and model_block(64, devices=2) == 4
+def test_models_are_trained_in_blocks_on_cpu_and_all_at_once_on_gpu_and_tpu():
+    """On CPU a device trains more than 4 models in blocks (lax.map over vmapped blocks) with the least
+    padding; sweep_a's 16 models run as 4 blocks of 4, so the tests on it cover the blocked program. On a
+    GPU or TPU (and a backend the table does not name) all of a device's models are vmapped at once."""
+    assert jax.default_backend() == "cpu" and MODEL_BLOCKS["cpu"] == 4 and model_block(16) == 4
+    assert model_block(8, devices=2) is None and model_block(64, devices=2, platform="cpu") == 4
+    assert model_block(6) == 3 and model_block(7) == 4 and model_block(4) is None
+    for platform in ("gpu", "tpu", "metal"):
+        assert model_block(64, platform=platform) is None and model_block(64, 2, platform) is None
     state, hyper = {"w": np.arange(7.0)}, {"lr": np.arange(7.0) / 10}
     padded, padded_hyper, block = pad_models(state, hyper, 7, devices=2)  # 4 a device: no blocks, one copy
     assert block is None and padded["w"].tolist() == [0, 1, 2, 3, 4, 5, 6, 6] and padded_hyper["lr"][-1] == 0.6
@@ -131,6 +136,26 @@ def test_seeds_and_groups_equal_single_runs(tmp_path):
         single = tmp_path / loss
         assert train_main(train_argv(single, "--lr", "3e-3", "--loss", loss, "--seeds", "2")) == 0
         assert_same_run(folder(out, lr=3e-3, loss=loss), single, exact=exact)
+
+
+def test_a_diverged_configuration_stops_and_the_others_go_on(tmp_path, capsys):
+    """--lr 1e6 overflows: that configuration stops with one warning and a summary.json saying where (its
+    metrics.jsonl up to the epoch before), while the other, trained beside it in the same program, still
+    equals its single train run bit for bit."""
+    out = tmp_path / "sweep"
+    assert sweep_main(tiny_argv(out, "--lr", "1e-3", "1e6", **SIZES)) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "the others go on" in warnings[0], warnings
+    bad = folder(out, lr=1e6)
+    summary = json.loads((bad / "summary.json").read_text())
+    assert f"{bad.name}: the loss became NaN or inf at epoch {summary['diverged_at']};" in warnings[0]
+    assert [r["epoch"] for r in records(bad)] == list(range(1, summary["diverged_at"]))
+    assert summary["evaluation"]["raw"]["sliced_w2"] is None
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]  # the diverged one ranked last, unscored
+    assert [(r["name"], r["score"] is None) for r in rows] == [(folder(out, lr=1e-3).name, False), (bad.name, True)]
+    single = tmp_path / "single"
+    assert train_main(train_argv(single, "--lr", "1e-3")) == 0
+    assert_same_run(folder(out, lr=1e-3), single)
 
 
 def test_leaderboard_follows_its_metric(sweep_a):

@@ -1,8 +1,12 @@
-"""The machinery of runs: set-up, the chunk loop, checkpoints, the compile cache, many processes.
+"""The machinery of runs: set-up, the chunk loop, sampling and evaluation, sweeps, checkpoints, many processes.
 
 - `chunk`: the compiled program of a run (epochs of the twin's train_step, seeds, devices), its
   initial state and keys, and what keeps a sweep's models bit for bit its single runs.
-- `experiment`: one run, set up, trained in compiled chunks and finished.
+- `experiment`: one run, `train_and_evaluate(config)`: the three phases below in order.
+- `setup`: a run's `Run`, `set_up` (or restore with --resume), `set_up_together` on every process.
+- `loop`: the one chunk loop (`train`) of a run (a group of one configuration) and of a sweep's group.
+- `finish`: sampling (`draw_samples`, `sample_states`, `sample_points`), evaluation, a run's `finish`.
+- `sweep`: a sweep's groups (`HyperParams`, `make_sweep_chunk`, `set_up_group`, `finish_group`, `run_sweep`).
 - `checkpoint`: orbax checkpoints with integrity checks.
 - `compile_cache`: JAX's persistent compilation cache.
 - `distributed`: a run over several processes (jax.distributed).

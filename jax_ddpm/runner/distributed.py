@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Optional, TypeVar
 
 import jax
 import numpy as np
@@ -303,6 +303,9 @@ class NoCheckpointer:
     def latest_epoch(self) -> Optional[int]:
         return self.latest
 
+    def has(self, epoch: int) -> bool:
+        return False  # process 0 decides whether to write; this process follows with `save`
+
     def save(self, state, *, epoch: int, **record) -> None:
         self.latest = int(epoch)
 
@@ -426,17 +429,16 @@ def exit_at_once_if_a_process_is_lost(launch: Launch) -> Iterator[None]:
         os._exit(1)
 
 
-def set_up_together(set_up: Callable[[Config], T], config: Config) -> T:
-    """`set_up(config)` on every process, agreed: if any process fails, every process stops with one line.
+def share_set_up(run, timeout_s: float) -> None:
+    """After every process set up its run (inside `told_on_failure`), agree: if any process failed, every process
+    stops with one line. A no-op in a single-process run.
 
-    The run `set_up` returns has run_dir, checkpointer, records, start_epoch, wall_before, state and mesh; the
-    other processes take process 0's run folder, start epoch, wall time and newest metrics record, and on --resume
-    its restored state.
+    The other processes take process 0's run folder, start epoch, wall time and newest metrics record from `run`
+    (which has run_dir, checkpointer, records, start_epoch, wall_before, state and mesh), and on --resume its
+    restored state. On failure this process's run folder is released.
     """
     if not jax.distributed.is_initialized():
-        return set_up(config)
-    with told_on_failure():
-        run = set_up(config)
+        return
     try:
         shared = (
             dict(
@@ -449,7 +451,7 @@ def set_up_together(set_up: Callable[[Config], T], config: Config) -> T:
             if is_process_zero()
             else None
         )
-        zero = meet("while setting up", config.distributed_timeout, shared)[0]
+        zero = meet("while setting up", timeout_s, shared)[0]
         if not is_process_zero():  # process 0's folder and where it resumes (the newest record, for the summary)
             run.run_dir, run.start_epoch = Path(zero["run_dir"]), zero["start_epoch"]
             run.wall_before, run.records = zero["wall_before"], zero["records"]
@@ -459,7 +461,6 @@ def set_up_together(set_up: Callable[[Config], T], config: Config) -> T:
     except BaseException:
         release_run_dir(run.run_dir)
         raise
-    return run
 
 
 def broadcast_from_zero(tree):
