@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -44,7 +43,7 @@ import tyro
 
 from benchmarks import flops
 from benchmarks.report import write_reports
-from benchmarks.timing import measure, measure_interleaved, rates
+from benchmarks.timing import Bench, measure, measure_interleaved, rates
 from ddpm_harness import cpu_isa
 
 GPU_BUDGET_S = 460.0
@@ -210,41 +209,6 @@ def end_to_end(out_tmp: Path) -> dict:
         wall_s=short[100] + 900 * per_epoch, note=f"from 50 and 100 epochs: {per_epoch:.3f} s an epoch"
     )
     return results
-
-
-class Bench:
-    """The run's clock, log, time budget and failure policy."""
-
-    def __init__(self, results: dict, budget_s: Optional[float], strict: bool, after_each: Callable[[], None]):
-        self.start, self.results, self.budget_s, self.strict = time.perf_counter(), results, budget_s, strict
-        self.after_each = after_each
-
-    def log(self, msg: str) -> None:
-        print(f"[{time.perf_counter() - self.start:6.1f} s] {msg}", flush=True)
-
-    def spent(self) -> bool:
-        return self.budget_s is not None and time.perf_counter() - self.start > self.budget_s
-
-    def skip(self, what: str, why: str) -> None:
-        self.results["skipped"][what] = why
-        self.log(f"skipped {what}: {why}")
-
-    def attempt(self, what: str, fn: Callable, optional: bool = False):
-        """fn() or, when it fails in a full run, None with the failure recorded."""
-        if optional and self.spent():
-            self.skip(what, f"time budget of {self.budget_s:.0f} s spent")
-            return None
-        try:
-            return fn()
-        except Exception as err:  # one variant must not cost the whole report
-            if self.strict:
-                raise
-            self.results["failed"][what] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
-            self.log(f"FAILED {what}: {self.results['failed'][what]}")
-            traceback.print_exc()
-            return None
-        finally:
-            self.after_each()
 
 
 @dataclasses.dataclass
