@@ -213,12 +213,17 @@ def attempt(step: Step, check: Check) -> dict:
         why = results["skipped"].get(step.name) or f"failed: {results['failed'].get(step.name)}"
         row = dict(status=why)
     row.update(name=step.name, command=" ".join(["python -m", step.module, *step.args]))
-    row.update(kind=step.kind, cache="cold" if step.cold else "warm", timeout_s=step.timeout_s, max_x=step.max_x)
+    row.update(kind=step.kind, cache=cache_label(step), timeout_s=step.timeout_s, max_x=step.max_x)
     loop = (row.get("timings") or {}).get("training_loop")
     if loop:
         row["x_training_loop"] = row["wall_s"] / loop
     check.bench.log(f"{step.name}: {row['status']}" + (f", {row['wall_s']:.1f} s" if "wall_s" in row else ""))
     return row
+
+
+def cache_label(step: Step) -> str:
+    """'cold' (emptied first), 'warm' (as the step before left it), or '-' for the parity suite (no cache role)."""
+    return "-" if step.kind == "parity" else "cold" if step.cold else "warm"
 
 
 def describe_machine(env: dict) -> dict:
