@@ -30,10 +30,12 @@ EXTRAS = ("reference", "test")  # checked besides the core dependencies; "gpu" n
 ENTRY_POINTS = (
     "ddpm_harness.cli",
     "jax_ddpm.train",
+    "jax_ddpm.sweep",
     "jax_ddpm.sample",
     "jax_ddpm.samplers.likelihood",
     "torch_reference.train",
     "benchmarks.run",
+    "benchmarks.gpu_newcomer",
     "parity_tests.error_table",
 )
 

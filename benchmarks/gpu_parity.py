@@ -20,14 +20,16 @@ import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from typing import Optional
 
 PRECISION = "highest"
 # Test files that need a package beyond the project's own dependencies (the test extra).
 OPTIONAL_IMPORTS = {"parity_tests/test_samplers_diffusers.py": "diffusers"}
 
 
-def parity_env() -> dict:
-    return dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION=PRECISION, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+def parity_env(base: Optional[dict] = None) -> dict:
+    """`base` (default: this process's environment) with JAX at the highest matmul precision."""
+    return dict(base or os.environ, JAX_DEFAULT_MATMUL_PRECISION=PRECISION, XLA_PYTHON_CLIENT_PREALLOCATE="false")
 
 
 def describe_backend(env: dict) -> dict:
@@ -40,8 +42,9 @@ def describe_backend(env: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_suite(env: dict, paths: list[str], junit: Path) -> dict:
-    """pytest over `paths`; counts, failures (name and first message line) and the left-out files."""
+def run_suite(env: dict, paths: list[str], junit: Path, timeout: Optional[float] = None) -> dict:
+    """pytest over `paths` (test files or ids); counts, failures (name and first message line) and the
+    left-out files. Past `timeout` seconds, subprocess.TimeoutExpired."""
     left_out = {
         f: module
         for f, module in OPTIONAL_IMPORTS.items()
@@ -50,7 +53,7 @@ def run_suite(env: dict, paths: list[str], junit: Path) -> dict:
     cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     cmd += [f"--ignore={f}" for f in left_out]
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - start
     counts = dict(tests=0, failures=0, errors=0, skipped=0)
     failures = []

@@ -18,6 +18,10 @@ it ends within 10 minutes): once it is spent, the optional variants left are ski
 the report, and the report is rewritten after each section (marked incomplete until the end), so a
 run stopped from outside still leaves one. A variant that fails in a full run is reported and
 skipped; in --quick and --dry-run it stops the run.
+
+The run is a table of sections (`SECTIONS`: name -> function of the run's `Context` that returns its
+part of the results); `--sections` chooses some, `--skip` leaves out those it names, and the report
+says which were left out.
 """
 
 from __future__ import annotations
@@ -31,16 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import jax
 import tyro
 
 from benchmarks import flops
 from benchmarks.report import write_reports
-from benchmarks.timing import measure, measure_interleaved, rates
+from benchmarks.timing import Bench, measure, measure_interleaved, rates
 from ddpm_harness import cpu_isa
 
 GPU_BUDGET_S = 460.0
@@ -61,8 +64,10 @@ class Args:
     """Folder of the reports."""
     budget_s: Optional[float] = None
     """Seconds after which optional variants are skipped (default: 460 on a GPU, none on a CPU)."""
+    sections: tuple[str, ...] = ()
+    """Sections to run (default: all; the roofline always runs): names of benchmarks.run.SECTIONS."""
     skip: tuple[str, ...] = ()
-    """Variants whose name contains one of these strings are skipped and named in the report."""
+    """Variants and sections whose name contains one of these strings are skipped and named in the report."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,43 +211,400 @@ def end_to_end(out_tmp: Path) -> dict:
     return results
 
 
-class Bench:
-    """The run's clock, log, time budget and failure policy."""
+@dataclasses.dataclass
+class Context:
+    """What the sections share: the arguments, the device (`kind` of report, `on_gpu` when measured on
+    one), the torch module, sizes, configuration and data, the variant lists, the results so far (the
+    report's parts merged in order) and the clock; `peak`, the roofline's FLOP/s, once measured."""
 
-    def __init__(self, results: dict, budget_s: Optional[float], strict: bool, after_each: Callable[[], None]):
-        self.start, self.results, self.budget_s, self.strict = time.perf_counter(), results, budget_s, strict
-        self.after_each = after_each
+    args: Args
+    kind: str
+    on_gpu: bool
+    torch: Any
+    sizes: Sizes
+    config: Any
+    data: Any
+    results: dict
+    bench: Bench
+    training_list: list
+    sampling_list: list
+    peak: float = 0.0
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda" if self.on_gpu else "cpu"
+
+    @property
+    def step_flops(self) -> float:
+        return flops.train_step_flops(128)
+
+    @property
+    def chain_flops(self) -> float:
+        return flops.sampling_flops(self.sizes.sampling_points)
 
     def log(self, msg: str) -> None:
-        print(f"[{time.perf_counter() - self.start:6.1f} s] {msg}", flush=True)
+        self.bench.log(msg)
 
-    def spent(self) -> bool:
-        return self.budget_s is not None and time.perf_counter() - self.start > self.budget_s
+    def add(self, part: dict, section: str) -> None:
+        """Merge a section's part into the results (tables and lists extended, the rest set); with a
+        time budget, rewrite the report so far, so that a run stopped from outside leaves one."""
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(self.results.get(key), dict):
+                self.results[key].update(value)
+            elif isinstance(value, list) and isinstance(self.results.get(key), list):
+                self.results[key] += value
+            else:
+                self.results[key] = value
+        if self.bench.budget_s is not None:
+            self.results["last_section"] = section
+            self.write(complete=False)
 
-    def skip(self, what: str, why: str) -> None:
-        self.results["skipped"][what] = why
-        self.log(f"skipped {what}: {why}")
+    def write(self, complete: bool) -> list[Path]:
+        results = self.results
+        results["complete"] = complete
+        order = [v.name for v in self.training_list]  # report order: the variant list's, then the rest as measured
+        results["training"] = dict(
+            sorted(results["training"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+        )
+        sampling = results["sampling"]
+        results["sampling"] = {v.name: sampling[v.name] for v in self.sampling_list if v.name in sampling}
+        results["targets"] = targets(results, self.kind)
+        results["notes_missed"] = [
+            f"missed '{t['target']}': {miss_reason(t['target'], results, self.kind)}"
+            for t in results["targets"]
+            if t["met"] is False
+        ]
+        results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["wall_s"] = time.perf_counter() - self.bench.start
+        stem = report_stem(self.kind, self.args.dry_run, results["machine"]["isa"])
+        return write_reports(results, Path(self.args.out), stem)
 
-    def attempt(self, what: str, fn: Callable, optional: bool = False):
-        """fn() or, when it fails in a full run, None with the failure recorded."""
-        if optional and self.spent():
-            self.skip(what, f"time budget of {self.budget_s:.0f} s spent")
-            return None
-        try:
-            return fn()
-        except Exception as err:  # one variant must not cost the whole report
-            if self.strict:
-                raise
-            self.results["failed"][what] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
-            self.log(f"FAILED {what}: {self.results['failed'][what]}")
-            traceback.print_exc()
-            return None
-        finally:
-            self.after_each()
+
+# ---- helpers of the sections ---------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(Args, args=argv)
+def with_fractions(ctx: Context, r: dict, precision: str = "float32") -> dict:
+    """A training rate with its fraction of the roofline (and of the single-core bound, when measured)."""
+    r["roofline_fraction"] = r["median"] * ctx.step_flops / ctx.peak
+    r["precision"] = precision
+    if "single_core" in ctx.results:
+        r["single_core_fraction"] = r["median"] / ctx.results["single_core"]["train_steps_per_s"]
+    return r
+
+
+def timed_training(ctx: Context, name: str, runner_and_work, warmup: int = 1, precision: str = "float32") -> dict:
+    run, work = runner_and_work
+    r = with_fractions(ctx, rates(measure(run, ctx.sizes.repeats, warmup), work), precision)
+    ctx.log(f"{name}: {r['median']:,.0f} /s (best {r['best']:,.0f}, first call {r['first_call_s']:.1f} s)")
+    return r
+
+
+def skipped_by_request(ctx: Context, name: str) -> bool:
+    """--skip names part of `name` (a variant or a section): recorded as skipped."""
+    asked = [text for text in ctx.args.skip if text in name]
+    if asked:
+        ctx.bench.skip(name, f"--skip {asked[0]!r} on the command line")
+    return bool(asked)
+
+
+def measure_training(ctx: Context, variant) -> Optional[dict]:
+    """One training variant's rates, or None when skipped or failed. Torch at batch 128 on CPU runs
+    single-threaded: as fast as 2 threads on a quiet machine (128-row matmuls) and far steadier on a
+    shared one. Sampling and the batch scaling use all threads."""
+    if skipped_by_request(ctx, variant.name):
+        return None
+    if variant.needs_cuda and not ctx.on_gpu:
+        ctx.bench.skip(variant.name, "needs CUDA (dry run on the CPU)")
+        return None
+    threads = ctx.torch.get_num_threads()
+    if ctx.torch_device == "cpu" and variant.name.startswith("torch"):
+        ctx.torch.set_num_threads(1)
+    try:
+        return ctx.bench.attempt(
+            variant.name,
+            lambda: timed_training(ctx, variant.name, variant.build(), variant.warmup, variant.precision),
+            optional=variant.optional,
+        )
+    finally:
+        ctx.torch.set_num_threads(threads)
+
+
+def measure_sampling(ctx: Context, variant) -> Optional[dict]:
+    """One sampling variant's seconds (median, best, first call), or None when skipped or failed."""
+    if skipped_by_request(ctx, variant.name):
+        return None
+
+    def timed():
+        run, _ = variant.build()
+        timing = measure(run, max(2, ctx.sizes.repeats - 2) if not ctx.args.dry_run else 1, variant.warmup)
+        return dict(
+            median_s=timing.median_s,
+            best_s=timing.min_s,
+            first_call_s=timing.first_s,
+            times_s=timing.times_s,
+            roofline_fraction=ctx.chain_flops / timing.median_s / ctx.peak,
+        )
+
+    r = ctx.bench.attempt(variant.name, timed, optional=variant.optional)
+    if r:
+        ctx.log(f"sampling {variant.name}: {r['median_s']:.3f} s")
+    return r
+
+
+def two_devices(ctx: Context) -> bool:
+    return ctx.kind == "cpu" or len(jax.devices()) >= 2
+
+
+# ---- the sections: each a function of the context that returns its part of the results ------------
+
+
+def roofline_section(ctx: Context) -> dict:
+    """The device's large-matmul rate, measured now, and the analytic bounds it gives."""
+    from benchmarks import jax_bench, torch_bench
+
+    jax_run, mm_flops = jax_bench.matmul_runner(ctx.sizes.matmul)
+    jax_mm = rates(measure(jax_run, ctx.sizes.repeats), mm_flops)
+    torch_run, mm_flops = torch_bench.matmul_runner(ctx.sizes.matmul, ctx.torch_device)
+    torch_mm = rates(measure(torch_run, ctx.sizes.repeats), mm_flops)
+    ctx.peak = max(jax_mm["best"], torch_mm["best"])
+    ctx.log(f"matmul: JAX {jax_mm['best'] / 1e9:.0f}, torch {torch_mm['best'] / 1e9:.0f} GFLOP/s")
+    roofline = dict(
+        matmul_size=ctx.sizes.matmul,
+        jax_gflops=jax_mm["best"] / 1e9,
+        torch_gflops=torch_mm["best"] / 1e9,
+        peak_gflops=ctx.peak / 1e9,
+        n_params=flops.n_params(),
+        train_step_mflop=ctx.step_flops / 1e6,
+        train_steps_per_s=ctx.peak / ctx.step_flops,
+        sampling_gflop=ctx.chain_flops / 1e9,
+        sampling_s=ctx.chain_flops / ctx.peak,
+    )
+    return dict(roofline=roofline)
+
+
+def single_core_section(ctx: Context) -> dict:
+    """The single-core bound (a CPU report)."""
+    if ctx.kind != "cpu":
+        return {}
+    from benchmarks import single_core
+
+    sc = ctx.bench.attempt(
+        "single-core bound", lambda: single_core.in_subprocess(ctx.sizes.single_core_matmuls, ctx.sizes.repeats)
+    )
+    if not sc:
+        return {}
+    sc["train_steps_per_s"] = sc["gflops_best"] * 1e9 / ctx.step_flops
+    ctx.log(f"single core: {sc['gflops_best']:.0f} GFLOP/s -> {sc['train_steps_per_s']:,.0f} steps/s")
+    return dict(single_core=sc)
+
+
+def training_section(ctx: Context) -> dict:
+    """The variants every report has, then `--devices 2` where two devices exist."""
+    notes = []
+    if ctx.torch_device == "cpu":
+        notes.append(
+            "torch training variants at batch 128 use 1 thread (torch.set_num_threads(1)); "
+            f"sampling and batch scaling use {ctx.torch.get_num_threads()}."
+        )
+    if ctx.args.quick:
+        notes.append("--quick: torch.compile variants and end-to-end runs skipped; small sizes.")
+    rows = {v.name: measure_training(ctx, v) for v in ctx.training_list if not v.optional}
+    if two_devices(ctx):
+        name = "JAX --devices 2" + (" (2 host devices, batch split)" if ctx.kind == "cpu" else "")
+        rows[name] = ctx.bench.attempt(name, lambda: with_fractions(ctx, devices_subprocess(2, ctx.sizes, ctx.kind)))
+        if rows[name]:
+            ctx.log(f"JAX --devices 2: {rows[name]['median']:,.0f} /s")
+    else:
+        notes.append("--devices 2 skipped: one device visible.")
+    return dict(training={name: r for name, r in rows.items() if r is not None}, notes=notes)
+
+
+def seeds_section(ctx: Context) -> dict:
+    """`--seeds K` for each K of the sizes (and split over 2 devices where they exist)."""
+    part = dict(seed_scaling={}, seed_scaling_2_devices={}, training={})
+    for k in ctx.sizes.seeds:
+        epochs = max(1, round(ctx.sizes.epochs * 2 / k)) if k > 1 else ctx.sizes.epochs
+        r = seeds_row(ctx, k, epochs)
+        if r is None:
+            continue
+        part["seed_scaling"][str(k)] = r
+        if k in TRAINING_TABLE_SEEDS:
+            part["training"][f"JAX --seeds {k} (total model-steps/s)"] = r
+        if k > 1 and k % 2 == 0 and two_devices(ctx):
+            r = ctx.bench.attempt(
+                f"JAX --seeds {k} --devices 2",
+                lambda: with_fractions(ctx, devices_subprocess(2, ctx.sizes, ctx.kind, seeds=k, epochs=epochs)),
+                optional=True,
+            )
+            if r:
+                part["seed_scaling_2_devices"][str(k)] = r
+                ctx.log(f"JAX --seeds {k} --devices 2: {r['median']:,.0f} /s")
+                if k in TRAINING_TABLE_SEEDS:
+                    part["training"][f"JAX --seeds {k} --devices 2 (seeds split, total model-steps/s)"] = r
+    return part
+
+
+def seeds_row(ctx: Context, k: int, epochs: int) -> Optional[dict]:
+    from benchmarks import jax_bench, variants
+
+    if k == 1 and variants.JAX_SCAN in ctx.results["training"]:  # the same program, already measured
+        return ctx.results["training"][variants.JAX_SCAN]
+    return ctx.bench.attempt(
+        f"JAX --seeds {k}",
+        lambda: timed_training(
+            ctx, f"JAX --seeds {k}", jax_bench.chunk_runner(dataclasses.replace(ctx.config, seeds=k), epochs)
+        ),
+        optional=k != max(ctx.sizes.seeds),
+    )
+
+
+def sweep_section(ctx: Context) -> dict:
+    """The sweep's program over K configurations (issue 10; CPU reports only)."""
+    if ctx.kind != "cpu" or not ctx.sizes.sweep_ks:
+        return {}
+    from benchmarks import sweep_bench
+
+    repeats = max(2, ctx.sizes.repeats - 2)
+    fraction = lambda rate: rate * ctx.step_flops / ctx.peak  # noqa: E731
+    return dict(sweep_scaling=sweep_bench.section(ctx.bench, ctx.sizes, repeats, fraction))
+
+
+def sampling_section(ctx: Context) -> dict:
+    """The sampling variants every report has."""
+    from benchmarks import variants
+
+    notes = [f"'{name}' {why}" for name, why in variants.NOT_ON_GPU.items()] if ctx.kind == "gpu" else []
+    rows = {v.name: measure_sampling(ctx, v) for v in ctx.sampling_list if not v.optional}
+    return dict(sampling={name: r for name, r in rows.items() if r}, notes=notes)
+
+
+def optional_training_section(ctx: Context) -> dict:
+    """The optional training variants, while the budget lasts; each added (and the report rewritten) at once."""
+    for variant in ctx.training_list:
+        if variant.optional:
+            r = measure_training(ctx, variant)
+            ctx.add(dict(training={variant.name: r} if r is not None else {}), variant.name)
+    return {}
+
+
+def optional_sampling_section(ctx: Context) -> dict:
+    rows = {v.name: measure_sampling(ctx, v) for v in ctx.sampling_list if v.optional}
+    return dict(sampling={name: r for name, r in rows.items() if r})
+
+
+def options_section(ctx: Context) -> dict:
+    """Each program with every XLA:CPU option set some ISA uses (a CPU report)."""
+    if ctx.kind != "cpu":
+        return {}
+    r = ctx.bench.attempt(
+        "per-program options", lambda: options_comparison(ctx.config, ctx.sizes, ctx.log), optional=True
+    )
+    return dict(cpu_options=r) if r else {}
+
+
+def compile_cache_section(ctx: Context) -> dict:
+    """The default training chunk's compile time into an empty cache and from it (not in a dry run)."""
+    if ctx.args.dry_run:
+        return {}
+    from benchmarks import compile_cache_bench
+
+    r = ctx.bench.attempt(
+        "compile cache",
+        lambda: compile_cache_bench.first_and_second_run("cpu" if ctx.kind == "cpu" else None),
+        optional=True,
+    )
+    if not r:
+        return {}
+    ctx.log("compile cache: " + ", ".join(f"{v['compile_s']:.2f} s" for v in r.values()))
+    return dict(compile_cache=r)
+
+
+def batch_scaling_section(ctx: Context) -> dict:
+    """JAX scan-fused and the tutorial's torch loop at each batch size of the sizes."""
+    jax_rows, torch_rows = {}, {}
+    for batch in ctx.sizes.batches:
+        r = ctx.bench.attempt(f"batch {batch}", lambda: batch_rates(ctx, batch), optional=True)
+        if r:
+            jax_rows[str(batch)], torch_rows[str(batch)] = r
+            ctx.log(f"batch {batch}: JAX {r[0]['median']:,.0f}, torch {r[1]['median']:,.0f} steps/s")
+    return dict(batch_scaling={"JAX scan-fused": jax_rows, "torch eager (tutorial)": torch_rows})
+
+
+def batch_rates(ctx: Context, batch: int) -> tuple[dict, dict]:
+    from benchmarks import jax_bench, torch_bench
+    from ddpm_harness.data import dataset_for
+
+    n_points = batch * max(8, ctx.config.n_points // batch)
+    cfg = dataclasses.replace(ctx.config, batch_size=batch, n_points=n_points)
+    batch_data = dataset_for(cfg)
+    run, work = jax_bench.chunk_runner(cfg, 1)
+    jax_rate = rates(measure(run, ctx.sizes.repeats), work)
+    run, work = torch_bench.tutorial_train_runner(batch_data, batch, n_points // batch, ctx.torch_device)
+    return jax_rate, rates(measure(run, max(2, ctx.sizes.repeats - 2) if not ctx.args.dry_run else 1), work)
+
+
+def end_to_end_section(ctx: Context) -> dict:
+    """The default CLIs as subprocesses (full runs only)."""
+    if ctx.args.quick or ctx.args.dry_run:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        r = ctx.bench.attempt("end to end", lambda: end_to_end(Path(tmp)), optional=True)
+    if not r:
+        return {}
+    ctx.log("end to end: " + ", ".join(f"{k}: {v['wall_s']:.1f} s" for k, v in r.items()))
+    notes = []
+    if ctx.on_gpu:
+        notes.append(
+            "end to end: `python -m jax_ddpm.train` runs on the GPU at JAX's default "
+            "matmul precision; the torch reference's CLI runs on the CPU (it has no "
+            "device option)."
+        )
+    return dict(end_to_end=r, notes=notes)
+
+
+def cuda_graph_section(ctx: Context) -> dict:
+    """How often torch.compile skipped CUDA graphs in the reduce-overhead variants (a GPU run)."""
+    if not ctx.on_gpu:
+        return {}
+    from torch._dynamo.utils import counters
+
+    skips = int(counters["inductor"].get("cudagraph_skips", 0))
+    ctx.results["machine"]["torch_cudagraph_skips"] = skips
+    if not skips:
+        return {}
+    return dict(
+        notes=[
+            f"torch.compile skipped CUDA graphs {skips} time(s) in the reduce-overhead "
+            "variants (see the run's log for why); those rows are then not CUDA-graphed."
+        ]
+    )
+
+
+# The report's sections in the order they run. The roofline always runs (every fraction needs it);
+# the others can be chosen with --sections or left out with --skip. Each returns {} where it does not apply.
+SECTIONS: dict[str, Callable[[Context], dict]] = {
+    "roofline": roofline_section,
+    "single core": single_core_section,
+    "training": training_section,
+    "seeds": seeds_section,
+    "sweep": sweep_section,
+    "sampling": sampling_section,
+    "optional training": optional_training_section,
+    "optional sampling": optional_sampling_section,
+    "per-program options": options_section,
+    "compile cache": compile_cache_section,
+    "batch scaling": batch_scaling_section,
+    "end to end": end_to_end_section,
+    "cuda graphs": cuda_graph_section,
+}
+ALWAYS = ("roofline",)
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+
+def configure_devices(args: Args):
+    """Fix JAX's platform and both frameworks' float32 matmul precision; (kind, on_gpu, torch)."""
     # JAX would take 75% of the GPU's memory at its start; torch shares the GPU in this process.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     kind = select_platform(args.device, args.dry_run)
@@ -255,35 +617,32 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch  # after jax is configured
 
-    from benchmarks import jax_bench, torch_bench, variants
-    from ddpm_harness.config import Config
-    from ddpm_harness.data import dataset_for
-
     if on_gpu and not torch.cuda.is_available():
         raise SystemExit(
             f"error: JAX sees a GPU but torch {torch.__version__} does not (a CPU-only torch?); "
             "the GPU report compares both on the GPU"
         )
-    torch_device = "cuda" if on_gpu else "cpu"
     if kind == "gpu":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
+    return kind, on_gpu, torch
 
-    def after_each():
-        if on_gpu:
-            gc.collect()
-            torch.cuda.empty_cache()
 
-    sizes = Sizes.of(args.quick, kind == "gpu", args.dry_run)
-    config = Config()
-    data = dataset_for(config)
-    results = dict(
-        command="python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+def first_results(args: Args, kind: str, sizes: Sizes, machine_info: dict, command: str) -> dict:
+    """The results before any section: what the run is, its machine, the empty tables."""
+    notes = []
+    if args.dry_run:
+        notes.append(
+            "DRY RUN on the CPU at tiny sizes: the numbers mean nothing; torch.compile traced "
+            "with backend aot_eager (no code generated)"
+        )
+    return dict(
+        command=command,
         kind=kind,
         quick=args.quick,
         dry_run=args.dry_run,
-        machine=machine(kind, torch, on_gpu),
-        notes=[],
+        machine=machine_info,
+        notes=notes,
         skipped={},
         failed={},
         training={},
@@ -293,275 +652,53 @@ def main(argv: list[str] | None = None) -> int:
         sampling_points=sizes.sampling_points,
         batch_scaling={"JAX scan-fused": {}, "torch eager (tutorial)": {}},
     )
-    bench = Bench(
-        results,
-        args.budget_s if args.budget_s is not None else (GPU_BUDGET_S if on_gpu else None),
-        strict=args.quick or args.dry_run,
-        after_each=after_each,
-    )
-    log = bench.log
-    stem = report_stem(kind, args.dry_run, results["machine"]["isa"])
 
-    def write(complete: bool) -> list[Path]:
-        results["complete"] = complete
-        results["targets"] = targets(results, kind)
-        results["notes_missed"] = [
-            f"missed '{t['target']}': {miss_reason(t['target'], results, kind)}"
-            for t in results["targets"]
-            if t["met"] is False
-        ]
-        results["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
-        results["wall_s"] = time.perf_counter() - bench.start
-        return write_reports(results, Path(args.out), stem)
 
-    def section_done(name: str) -> None:
-        """With a time budget, the report so far, so that a run stopped from outside leaves one."""
-        if bench.budget_s is not None:
-            results["last_section"] = name
-            write(complete=False)
+def build_context(args: Args, command: str) -> Context:
+    from benchmarks import variants
+    from ddpm_harness.config import Config
+    from ddpm_harness.data import dataset_for
 
-    setting = variants.Setting(kind, args.quick, torch_device, "aot_eager" if args.dry_run else "inductor")
-    if args.dry_run:
-        results["notes"].append(
-            "DRY RUN on the CPU at tiny sizes: the numbers mean nothing; torch.compile traced "
-            "with backend aot_eager (no code generated)"
-        )
+    kind, on_gpu, torch = configure_devices(args)
 
-    # Roofline: the device's large-matmul rate, measured now.
-    jax_run, mm_flops = jax_bench.matmul_runner(sizes.matmul)
-    jax_mm = rates(measure(jax_run, sizes.repeats), mm_flops)
-    torch_run, mm_flops = torch_bench.matmul_runner(sizes.matmul, torch_device)
-    torch_mm = rates(measure(torch_run, sizes.repeats), mm_flops)
-    peak = max(jax_mm["best"], torch_mm["best"])
-    step_flops = flops.train_step_flops(128)
-    chain_flops = flops.sampling_flops(sizes.sampling_points)
-    results["roofline"] = dict(
-        matmul_size=sizes.matmul,
-        jax_gflops=jax_mm["best"] / 1e9,
-        torch_gflops=torch_mm["best"] / 1e9,
-        peak_gflops=peak / 1e9,
-        n_params=flops.n_params(),
-        train_step_mflop=step_flops / 1e6,
-        train_steps_per_s=peak / step_flops,
-        sampling_gflop=chain_flops / 1e9,
-        sampling_s=chain_flops / peak,
-    )
-    log(f"matmul: JAX {jax_mm['best'] / 1e9:.0f}, torch {torch_mm['best'] / 1e9:.0f} GFLOP/s")
+    def after_each():
+        if on_gpu:
+            gc.collect()
+            torch.cuda.empty_cache()
 
-    if not on_gpu and kind == "cpu":  # the single-core bound (a CPU report)
-        from benchmarks import single_core
-
-        sc = bench.attempt(
-            "single-core bound", lambda: single_core.in_subprocess(sizes.single_core_matmuls, sizes.repeats)
-        )
-        if sc:
-            sc["train_steps_per_s"] = sc["gflops_best"] * 1e9 / step_flops
-            results["single_core"] = sc
-            log(f"single core: {sc['gflops_best']:.0f} GFLOP/s -> {sc['train_steps_per_s']:,.0f} steps/s")
-
-    def finish(r: dict, precision: str = "float32") -> dict:
-        r["roofline_fraction"] = r["median"] * step_flops / peak
-        r["precision"] = precision
-        if "single_core" in results:
-            r["single_core_fraction"] = r["median"] / results["single_core"]["train_steps_per_s"]
-        return r
-
-    def train(name: str, runner_and_work, warmup: int = 1, precision: str = "float32") -> dict:
-        run, work = runner_and_work
-        r = finish(rates(measure(run, sizes.repeats, warmup), work), precision)
-        log(f"{name}: {r['median']:,.0f} /s (best {r['best']:,.0f}, first call {r['first_call_s']:.1f} s)")
-        return r
-
-    section_done("roofline")
-    training = results["training"]
+    sizes = Sizes.of(args.quick, kind == "gpu", args.dry_run)
+    config = Config()
+    data = dataset_for(config)
+    results = first_results(args, kind, sizes, machine(kind, torch, on_gpu), command)
+    budget = args.budget_s if args.budget_s is not None else (GPU_BUDGET_S if on_gpu else None)
+    bench = Bench(results, budget, strict=args.quick or args.dry_run, after_each=after_each)
+    compiler = "aot_eager" if args.dry_run else "inductor"
+    setting = variants.Setting(kind, args.quick, "cuda" if on_gpu else "cpu", compiler)
     training_list = variants.training_variants(setting, config, data, sizes.torch_steps, sizes.loop_steps, sizes.epochs)
-    # Torch at batch 128 on CPU runs single-threaded: as fast as 2 threads on a quiet machine
-    # (128-row matmuls) and far steadier on a shared one. Sampling and the batch scaling use all.
-    torch_threads = torch.get_num_threads()
-
-    def skipped_by_request(variant) -> bool:
-        asked = [text for text in args.skip if text in variant.name]
-        if asked:
-            bench.skip(variant.name, f"--skip {asked[0]!r} on the command line")
-        return bool(asked)
-
-    def measure_training(variant) -> None:
-        if skipped_by_request(variant):
-            return
-        if variant.needs_cuda and not on_gpu:
-            bench.skip(variant.name, "needs CUDA (dry run on the CPU)")
-            return
-        if torch_device == "cpu" and variant.name.startswith("torch"):
-            torch.set_num_threads(1)
-        try:
-            r = bench.attempt(
-                variant.name,
-                lambda: train(variant.name, variant.build(), variant.warmup, variant.precision),
-                optional=variant.optional,
-            )
-        finally:
-            torch.set_num_threads(torch_threads)
-        if r is not None:
-            training[variant.name] = r
-
-    if torch_device == "cpu":
-        results["notes"].append(
-            "torch training variants at batch 128 use 1 thread (torch.set_num_threads(1)); "
-            f"sampling and batch scaling use {torch_threads}."
-        )
-    if args.quick:
-        results["notes"].append("--quick: torch.compile variants and end-to-end runs skipped; small sizes.")
-    for variant in training_list:
-        if not variant.optional:
-            measure_training(variant)
-    if kind == "cpu" or len(jax.devices()) >= 2:
-        name = "JAX --devices 2" + (" (2 host devices, batch split)" if kind == "cpu" else "")
-        r = bench.attempt(name, lambda: finish(devices_subprocess(2, sizes, kind)))
-        if r:
-            training[name] = r
-            log(f"JAX --devices 2: {r['median']:,.0f} /s")
-    else:
-        results["notes"].append("--devices 2 skipped: one device visible.")
-
-    section_done("training")
-    seed_scaling, seeds_on_devices = results["seed_scaling"], results["seed_scaling_2_devices"]
-    for k in sizes.seeds:
-        epochs = max(1, round(sizes.epochs * 2 / k)) if k > 1 else sizes.epochs
-        if k == 1 and variants.JAX_SCAN in training:  # the same program, already measured
-            r = training[variants.JAX_SCAN]
-        else:
-            r = bench.attempt(
-                f"JAX --seeds {k}",
-                lambda: train(f"JAX --seeds {k}", jax_bench.chunk_runner(dataclasses.replace(config, seeds=k), epochs)),
-                optional=k != max(sizes.seeds),
-            )
-        if r is None:
-            continue
-        seed_scaling[str(k)] = r
-        if k in TRAINING_TABLE_SEEDS:
-            training[f"JAX --seeds {k} (total model-steps/s)"] = r
-        if k > 1 and k % 2 == 0 and (kind == "cpu" or len(jax.devices()) >= 2):
-            r = bench.attempt(
-                f"JAX --seeds {k} --devices 2",
-                lambda: finish(devices_subprocess(2, sizes, kind, seeds=k, epochs=epochs)),
-                optional=True,
-            )
-            if r:
-                seeds_on_devices[str(k)] = r
-                log(f"JAX --seeds {k} --devices 2: {r['median']:,.0f} /s")
-                if k in TRAINING_TABLE_SEEDS:
-                    training[f"JAX --seeds {k} --devices 2 (seeds split, total model-steps/s)"] = r
-
-    section_done("seeds")
-    if kind == "cpu" and sizes.sweep_ks:  # the sweep's program over K configurations (issue 10)
-        from benchmarks import sweep_bench
-
-        repeats = max(2, sizes.repeats - 2)
-        sweep_bench.section(results, bench, sizes.sweep_ks, repeats, sizes.sweep_model_steps, step_flops, peak)
-        section_done("sweep")
-    sampling = results["sampling"]
-    if kind == "gpu":
-        results["notes"] += [f"'{name}' {why}" for name, why in variants.NOT_ON_GPU.items()]
     sampling_list = variants.sampling_variants(setting, sizes.sampling_points)
+    return Context(args, kind, on_gpu, torch, sizes, config, data, results, bench, training_list, sampling_list)
 
-    def measure_sampling(variant) -> None:
-        if skipped_by_request(variant):
-            return
 
-        def timed():
-            run, _ = variant.build()
-            timing = measure(run, max(2, sizes.repeats - 2) if not args.dry_run else 1, variant.warmup)
-            return dict(
-                median_s=timing.median_s,
-                best_s=timing.min_s,
-                first_call_s=timing.first_s,
-                times_s=timing.times_s,
-                roofline_fraction=chain_flops / timing.median_s / peak,
-            )
+def chosen_sections(args: Args) -> list[str]:
+    """The sections to run, in their order: --sections (default: all), less those --skip names."""
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise SystemExit(f"error: unknown section(s) {names}; choose from: {', '.join(SECTIONS)}")
+    wanted = set(args.sections or SECTIONS) | set(ALWAYS)
+    return [name for name in SECTIONS if name in wanted]
 
-        r = bench.attempt(variant.name, timed, optional=variant.optional)
-        if r:
-            sampling[variant.name] = r
-            log(f"sampling {variant.name}: {r['median_s']:.3f} s")
 
-    for variant in sampling_list:
-        if not variant.optional:
-            measure_sampling(variant)
-    section_done("sampling")
-    for variant in training_list:  # the optional ones, while the budget lasts
-        if variant.optional:
-            measure_training(variant)
-            section_done(variant.name)
-    for variant in sampling_list:
-        if variant.optional:
-            measure_sampling(variant)
-    order = [v.name for v in training_list]  # report order: the variant list's, then the rest as measured
-    results["training"] = training = dict(
-        sorted(training.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
-    )
-    results["sampling"] = sampling = {v.name: sampling[v.name] for v in sampling_list if v.name in sampling}
-
-    if not on_gpu and kind == "cpu":
-        r = bench.attempt("per-program options", lambda: options_comparison(config, sizes, log), optional=True)
-        if r:
-            results["cpu_options"] = r
-
-    section_done("optional variants")
-    if not args.dry_run:
-        from benchmarks import compile_cache_bench
-
-        r = bench.attempt(
-            "compile cache",
-            lambda: compile_cache_bench.first_and_second_run("cpu" if kind == "cpu" else None),
-            optional=True,
-        )
-        if r:
-            results["compile_cache"] = r
-            log("compile cache: " + ", ".join(f"{v['compile_s']:.2f} s" for v in r.values()))
-
-    section_done("compile cache")
-    batch_scaling = results["batch_scaling"]
-    for batch in sizes.batches:
-
-        def scale(batch=batch):
-            n_points = batch * max(8, config.n_points // batch)
-            cfg = dataclasses.replace(config, batch_size=batch, n_points=n_points)
-            batch_data = dataset_for(dataclasses.replace(cfg, n_points=n_points))
-            run, work = jax_bench.chunk_runner(cfg, 1)
-            jax_rate = rates(measure(run, sizes.repeats), work)
-            run, work = torch_bench.tutorial_train_runner(batch_data, batch, n_points // batch, torch_device)
-            return jax_rate, rates(measure(run, max(2, sizes.repeats - 2) if not args.dry_run else 1), work)
-
-        r = bench.attempt(f"batch {batch}", scale, optional=True)
-        if r:
-            batch_scaling["JAX scan-fused"][str(batch)], batch_scaling["torch eager (tutorial)"][str(batch)] = r
-            log(f"batch {batch}: JAX {r[0]['median']:,.0f}, torch {r[1]['median']:,.0f} steps/s")
-
-    section_done("batch scaling")
-    if not args.quick and not args.dry_run:
-        with tempfile.TemporaryDirectory() as tmp:
-            r = bench.attempt("end to end", lambda: end_to_end(Path(tmp)), optional=True)
-        if r:
-            results["end_to_end"] = r
-            log("end to end: " + ", ".join(f"{k}: {v['wall_s']:.1f} s" for k, v in r.items()))
-            if on_gpu:
-                results["notes"].append(
-                    "end to end: `python -m jax_ddpm.train` runs on the GPU at JAX's default "
-                    "matmul precision; the torch reference's CLI runs on the CPU (it has no "
-                    "device option)."
-                )
-
-    if on_gpu:
-        from torch._dynamo.utils import counters
-
-        skips = int(counters["inductor"].get("cudagraph_skips", 0))
-        results["machine"]["torch_cudagraph_skips"] = skips
-        if skips:
-            results["notes"].append(
-                f"torch.compile skipped CUDA graphs {skips} time(s) in the reduce-overhead "
-                "variants (see the run's log for why); those rows are then not CUDA-graphed."
-            )
-    for path in write(complete=True):
+def main(argv: list[str] | None = None) -> int:
+    args = tyro.cli(Args, args=argv)
+    chosen = chosen_sections(args)
+    ctx = build_context(args, "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]))
+    for name, section in SECTIONS.items():
+        if name not in chosen:
+            ctx.bench.skip(f"section '{name}'", "not among --sections")
+        elif name in ALWAYS or not skipped_by_request(ctx, f"section '{name}'"):
+            ctx.add(section(ctx), name)
+    for path in ctx.write(complete=True):
         print(f"wrote {path}")
     return 0
 

@@ -17,7 +17,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -96,16 +96,14 @@ def in_subprocess(ks: Sequence[int], repeats: int, devices: int, model_steps: in
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def section(
-    results: dict, bench, ks: Sequence[int], repeats: int, model_steps: int, step_flops: float, peak: float
-) -> None:
-    """The sweep throughput section of a CPU run of `benchmarks.run`: results["sweep_scaling"] =
-    {"1 device": {K: rates}, "2 host devices": {...}}, each rate with its roofline fraction."""
-    table = results.setdefault("sweep_scaling", {})
+def section(bench, sizes, repeats: int, roofline_fraction: Callable[[float], float]) -> dict:
+    """The sweep throughput section of a CPU run of `benchmarks.run` (K in sizes.sweep_ks, sizes.sweep_model_steps
+    a timed call): {"1 device": {K: rates}, "2 host devices": {...}}, each rate with its roofline fraction."""
+    ks, model_steps, table = sizes.sweep_ks, sizes.sweep_model_steps, {}
 
     def with_roofline(rows: dict) -> dict:
         for r in rows.values():
-            r["roofline_fraction"] = r["median"] * step_flops / peak
+            r["roofline_fraction"] = roofline_fraction(r["median"])
         return rows
 
     one = bench.attempt(
@@ -120,6 +118,7 @@ def section(
         table["2 host devices"] = with_roofline(two)
         for k, r in two.items():
             bench.log(f"sweep K = {k} on 2 host devices: {r['median']:,.0f} model-steps/s")
+    return table
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
