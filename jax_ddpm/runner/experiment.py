@@ -13,7 +13,6 @@ trained parameters without a run folder.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -40,7 +39,7 @@ from ddpm_harness.config import (
     validate,
 )
 from ddpm_harness.data import file_sha256
-from ddpm_harness.metrics import calibration, evaluate
+from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import (
     MetricsLog,
     describe_setup,
@@ -58,7 +57,7 @@ from ddpm_harness.runs import (
 from jax_ddpm import speed
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.predictions import run_schedule
-from jax_ddpm.runner import distributed
+from jax_ddpm.runner import distributed, scoring
 from jax_ddpm.runner.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
 from jax_ddpm.runner.compile_cache import use_compile_cache
 from jax_ddpm.samplers import chains
@@ -300,23 +299,38 @@ def sample_points(
 
 
 def sample_quality(samples: np.ndarray, reference: np.ndarray) -> dict:
-    """`metrics.evaluate` of samples (n, 2), or (seeds, n, 2) with a list per metric; a seed whose
-    samples hold NaN or inf (the sampler diverged) gets None for every metric."""
-    runs = [evaluate(s, reference) if np.isfinite(s).all() else None for s in samples.reshape(-1, *samples.shape[-2:])]
-    names = next((list(r) for r in runs if r is not None), [])
-    values = {k: [None if r is None else float(r[k]) for r in runs] for k in names}
+    """`metrics.evaluate` of samples (n, 2), or (seeds, n, 2) with a list per metric, all seeds in one
+    program (`scoring.score`); a seed whose samples hold NaN or inf (the sampler diverged) gets None
+    for every metric."""
+    batch = samples.reshape(-1, *samples.shape[-2:])
+    finite = np.isfinite(batch).all(axis=(1, 2))
+    scores = scoring.score(batch, reference) if finite.any() else {}
+    values = {k: [float(x) if ok else None for x, ok in zip(v, finite)] for k, v in scores.items()}
     return {k: v if samples.ndim == 3 else v[0] for k, v in values.items()}
+
+
+def sample_qualities(samples: dict, reference: np.ndarray) -> dict:
+    """`sample_quality` of each entry of {name: samples (n, 2) or (seeds, n, 2)}, scored in one program."""
+    batches = {name: s.reshape(-1, *s.shape[-2:]) for name, s in samples.items()}
+    quality = sample_quality(np.concatenate(list(batches.values())), reference)
+    out, start = {}, 0
+    for name, batch in batches.items():
+        part = {k: v[start : start + len(batch)] for k, v in quality.items()}
+        start += len(batch)
+        if all(x is None for v in part.values() for x in v):
+            part = {}  # as sample_quality of these samples alone: no metric names without a finite seed
+        out[name] = {k: v if samples[name].ndim == 3 else v[0] for k, v in part.items()}
+    return out
 
 
 def evaluate_state(state, schedule: Schedule, config: Config, reference: np.ndarray, epoch: int) -> dict:
     """Sample quality of the raw and the EMA parameters, --n-eval samples each with the config's
     sampler: {"raw": {metric: value}, "ema": {...}}."""
-    return {
-        name: sample_quality(
-            sample_states(params, schedule, config, config.n_eval, fold=epoch)[0][..., -1, :, :], reference
-        )
+    samples = {
+        name: sample_states(params, schedule, config, config.n_eval, fold=epoch)[0][..., -1, :, :]
         for name, params in (("raw", state.params), ("ema", state.ema_params))
     }
+    return sample_qualities(samples, reference)
 
 
 def flat_evaluation(evaluation: dict) -> dict:
@@ -557,11 +571,8 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records, state_steps(config))
     start = time.perf_counter()
     reference = held_out_for(config, config.n_samples)
-    # numpy releases the GIL in its array loops: the two evaluations run on both cores.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        futures = {name: pool.submit(sample_quality, samples[name], reference) for name in ("raw", "ema")}
-        calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed)
-        evaluation = {name: future.result() for name, future in futures.items()}
+    evaluation = sample_qualities({name: samples[name] for name in ("raw", "ema")}, reference)
+    calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed)
     run.timings["final_evaluation"] = time.perf_counter() - start
     if pictures is not None:
         start = time.perf_counter()
