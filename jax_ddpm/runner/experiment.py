@@ -326,11 +326,12 @@ def sample_qualities(samples: dict, reference: np.ndarray) -> dict:
 def evaluate_state(state, schedule: Schedule, config: Config, reference: np.ndarray, epoch: int) -> dict:
     """Sample quality of the raw and the EMA parameters, --n-eval samples each with the config's
     sampler: {"raw": {metric: value}, "ema": {...}}."""
-    samples = {
-        name: sample_states(params, schedule, config, config.n_eval, fold=epoch)[0][..., -1, :, :]
-        for name, params in (("raw", state.params), ("ema", state.ema_params))
-    }
-    return sample_qualities(samples, reference)
+    from jax_ddpm.runner import batched_sampling  # it samples through this module's draw_samples
+
+    params = batched_sampling.stack_models([state.params, state.ema_params], config.seeds)
+    keys = batched_sampling.sample_keys(config, fold=epoch) * 2
+    both, _ = batched_sampling.sample_models(params, schedule, config, keys, config.n_eval, chunk=config.n_eval)
+    return sample_qualities(batched_sampling.split_models(both, ("raw", "ema"), config.seeds), reference)
 
 
 def flat_evaluation(evaluation: dict) -> dict:
@@ -557,18 +558,27 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
     the evaluation runs), write summary.json and config.json."""
     config = run.config
     start = time.perf_counter()
-    samples, x_seq, nfe = {}, None, 0
-    for name in (config.sample_with, "ema" if config.sample_with == "raw" else "raw"):
-        params = run.state.ema_params if name == "ema" else run.state.params
-        if name == config.sample_with:
-            samples[name], x_seq, nfe = sample_points(params, run.schedule, config, config.n_samples, keep_chain=True)
-        else:
-            samples[name], _ = sample_points(params, run.schedule, config, config.n_samples)
+    from jax_ddpm.runner import batched_sampling  # it samples through this module's draw_samples
+
+    names = (config.sample_with, "ema" if config.sample_with == "raw" else "raw")  # both in one program
+    params = {"raw": run.state.params, "ema": run.state.ema_params}
+    keys = batched_sampling.sample_keys(config)
+    both, nfes = batched_sampling.sample_models(
+        batched_sampling.stack_models([params[name] for name in names], config.seeds),
+        run.schedule,
+        config,
+        keys * 2,
+        config.n_samples,
+    )
+    samples, nfe = batched_sampling.split_models(both, names, config.seeds), int(np.max(nfes[: config.seeds]))
+    if pictures is not None:  # the first seed's chain of its first chunk of points
+        first = params[names[0]] if config.seeds == 1 else jax.tree_util.tree_map(lambda x: x[0], params[names[0]])
+        x_seq = batched_sampling.first_chain(first, run.schedule, config, keys[0], config.n_samples)
     if run.writes:
         save_samples(run.run_dir, samples[config.sample_with])
     run.timings["sampling"] = time.perf_counter() - start
     if pictures is not None:
-        pictures.draw_results(x_seq if config.seeds == 1 else x_seq[0], run.records, state_steps(config))
+        pictures.draw_results(x_seq, run.records, state_steps(config))
     start = time.perf_counter()
     reference = held_out_for(config, config.n_samples)
     evaluation = sample_qualities({name: samples[name] for name in ("raw", "ema")}, reference)
