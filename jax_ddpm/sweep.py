@@ -43,7 +43,15 @@ from jax.sharding import PartitionSpec as P
 from ddpm_harness.cli import run as run_cli
 from ddpm_harness.config import Config, ConfigError, held_out_for
 from ddpm_harness.data import DataError
-from ddpm_harness.runs import CONFIG_FILE, SUMMARY_FILE, RunDirError, epoch_record, release_run_dir, write_summary
+from ddpm_harness.runs import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    RunDirError,
+    epoch_record,
+    release_run_dir,
+    time_breakdown,
+    write_summary,
+)
 from ddpm_harness.sweeps import (
     SINGLE,
     Configuration,
@@ -347,8 +355,10 @@ def _log_chunk(
         return
     state = model_slice(group.state, i, config.seeds)
     if evaluate:
+        start = time.perf_counter()
         group.evaluations[i] = experiment.evaluate_state(state, run.schedule, config, reference, epoch)
         new[-1].update(experiment.flat_evaluation(group.evaluations[i]), eval_n=config.n_eval)
+        run.timings["evaluation"] = run.timings.get("evaluation", 0.0) + time.perf_counter() - start
     run.metrics.append(new)
     run.records += new
     if (epoch % config.checkpoint_every == 0 or epoch == config.epochs) and not run.checkpointer.has(epoch):
@@ -360,8 +370,10 @@ def _log_chunk(
 
 def finish_group(group: Group, trained: experiment.Trained) -> None:
     """Finish each configuration as `python -m jax_ddpm.train` finishes a run (samples, pictures,
-    summary.json, config.json); a diverged one gets a summary.json saying where it diverged."""
+    summary.json, config.json); a diverged one gets a summary.json saying where it diverged. Prints
+    the group's time breakdown; each summary's timings hold the group's compile and training times."""
     seeds = group.config.seeds
+    shared = dict(compile=trained.compile_s, training_loop=trained.train_s, training_chunks=trained.compute_s)
     for i, run in enumerate(group.runs):
         if i in group.diverged_at:
             kept = run.checkpointer.latest_epoch()
@@ -380,6 +392,7 @@ def finish_group(group: Group, trained: experiment.Trained) -> None:
             )
             continue
         run.state = model_slice(group.state, i, seeds)
+        run.timings.update(shared)
         with contextlib.redirect_stdout(io.StringIO()):
             pictures = None if run.config.no_plots else experiment.Pictures(run)
             try:
@@ -387,6 +400,9 @@ def finish_group(group: Group, trained: experiment.Trained) -> None:
             finally:
                 if pictures is not None:
                     pictures.join()
+    phases = ("set_up", "evaluation", "sampling", "final_evaluation", "pictures")
+    totals = {k: sum(run.timings.get(k, 0.0) for run in group.runs) for k in phases}
+    print(f"{len(group.runs)} configuration(s): " + time_breakdown({**totals, **shared}))
 
 
 # ---- the whole sweep -----------------------------------------------------------------------------
