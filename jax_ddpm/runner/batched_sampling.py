@@ -35,9 +35,10 @@ def sample_keys(config: Config, fold=None) -> list:
 
 def models_at_once(config: Config, n: int) -> int:
     """Models sampled in one vmapped call: at least the config's seeds (what the memory check admits),
-    more while their chains of n points fit MEMORY_BYTES."""
+    more while their chains of n points fit MEMORY_BYTES and a quarter of the memory available."""
     one = harness_config.chain_bytes(dataclasses.replace(config, seeds=1), n)
-    return max(config.seeds, MEMORY_BYTES // one)
+    budget = min(MEMORY_BYTES, (harness_config.available_memory_bytes() or MEMORY_BYTES) // 4)
+    return max(config.seeds, budget // one)
 
 
 def sample_models(params, schedule: Schedule, config: Config, keys, n: int, chunk: Optional[int] = None):
