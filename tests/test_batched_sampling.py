@@ -40,7 +40,7 @@ def test_each_model_samples_exactly_as_alone(small_chunks, sampler):
     config = Config(sampler=sampler, num_steps=40, seed=5, seeds=3)
     params = [model_params(config, k) for k in range(3)]
     keys = batched_sampling.sample_keys(config)
-    out_ans, nfe = batched_sampling.sample_models(
+    out_ans, nfe, chains = batched_sampling.sample_models(
         batched_sampling.stack_models(params, 1), run_schedule(config), config, keys, 700
     )
     assert out_ans.shape == (3, 700, 2) and np.isfinite(out_ans).all()
@@ -49,6 +49,11 @@ def test_each_model_samples_exactly_as_alone(small_chunks, sampler):
         out_ref, nfe_ref = experiment.sample_points(params[k], run_schedule(alone), alone, 700)
         np.testing.assert_array_equal(out_ans[k], out_ref)
         assert nfe[k] == nfe_ref
+    # the first chunk's chains, as sample_points keeps them for the pictures
+    _, chains_ref, _ = experiment.sample_points(
+        params[0], run_schedule(config), dataclasses.replace(config, seeds=1), 700, keep_chain=True
+    )
+    np.testing.assert_array_equal(chains[0], chains_ref)
     # and the run's own vmapped seeds (sample_points of a 3-seed run) agree as well
     seeds_ref, _ = experiment.sample_points(batched_sampling.stack_models(params, 1), run_schedule(config), config, 700)
     np.testing.assert_array_equal(out_ans, seeds_ref)
@@ -61,10 +66,10 @@ def test_models_with_their_own_schedules_and_a_memory_budget_of_one(small_chunks
     schedules = batched_sampling.stack_models([run_schedule(c) for c in configs], 1)
     keys = batched_sampling.sample_keys(configs[0]) * 2
     stacked = batched_sampling.stack_models(params, 1)
-    together, _ = batched_sampling.sample_models(stacked, schedules, configs[0], keys, 500)
+    together, _, _ = batched_sampling.sample_models(stacked, schedules, configs[0], keys, 500)
     monkeypatch.setattr(batched_sampling, "MEMORY_BYTES", 1)
     assert batched_sampling.models_at_once(configs[0], CHUNK) == 1
-    apart, _ = batched_sampling.sample_models(stacked, schedules, configs[0], keys, 500)
+    apart, _, _ = batched_sampling.sample_models(stacked, schedules, configs[0], keys, 500)
     np.testing.assert_array_equal(apart, together)
     for k, c in enumerate(configs):
         out_ref, _ = experiment.sample_points(params[k], run_schedule(c), c, 500)
@@ -77,7 +82,7 @@ def test_one_chain_of_n_points_as_sample_states(small_chunks):
     params = [model_params(config, k) for k in range(4)]
     raw, ema = batched_sampling.stack_models(params[:2], 1), batched_sampling.stack_models(params[2:], 1)
     keys = batched_sampling.sample_keys(config, fold=7) * 2
-    both, _ = batched_sampling.sample_models(
+    both, _, _ = batched_sampling.sample_models(
         batched_sampling.stack_models([raw, ema], 2), run_schedule(config), config, keys, 400, chunk=400
     )
     split = batched_sampling.split_models(both, ("raw", "ema"), 2)

@@ -42,17 +42,17 @@ def models_at_once(config: Config, n: int) -> int:
 
 
 def sample_models(params, schedule: Schedule, config: Config, keys, n: int, chunk: Optional[int] = None):
-    """Final samples (K, n, 2) and NFE (K,) (the last chunk's, as `sample_points` reports it) of K
-    models: params with a leading model axis, one Schedule for all or one per model (leading axis),
-    keys (K,) as `sample_keys` gives them; `chunk` points per chain (SAMPLE_CHUNK unless given: give n
-    for `sample_states`' single chain)."""
+    """Final samples (K, n, 2), NFE (K,) (the last chunk's, as `sample_points` reports it) and the
+    first chunk's chains (K, S + 1, min(n, chunk), 2) of K models: params with a leading model axis,
+    one Schedule for all or one per model (leading axis), keys (K,) as `sample_keys` gives them;
+    `chunk` points per chain (SAMPLE_CHUNK unless given: give n for `sample_states`' single chain)."""
     keys, chunk = list(keys), chunk or harness_config.SAMPLE_CHUNK
     at_once = models_at_once(config, min(n, chunk))
     parts = [
         _sample_block(_take(params, start, at_once), _block_schedule(schedule, start, at_once), config, block, n, chunk)
         for start, block in ((s, keys[s : s + at_once]) for s in range(0, len(keys), at_once))
     ]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 def stack_models(trees: list, seeds: int):
@@ -74,29 +74,26 @@ def _per_model(schedule: Schedule) -> bool:
 
 
 def _sample_block(params, schedule: Schedule, config: Config, keys: list, n: int, chunk: int):
-    out, nfe = np.empty((len(keys), n, 2), np.float32), None
+    out, nfe, first = np.empty((len(keys), n, 2), np.float32), None, None
     schedule_axis = 0 if _per_model(schedule) else None
     for c, start in enumerate(range(0, n, chunk)):
         size = min(chunk, n - start)
         chunk_keys = jnp.stack([jax.random.fold_in(k, c) if c else k for k in keys])
 
-        def final(p, s, k, size=size):
-            drawn = experiment.draw_samples(p, s, config, k, size)
-            return drawn.x_0, drawn.nfe
+        def chain(p, s, k, size=size):  # with its states, as sample_states: the same program
+            drawn = experiment.draw_samples(p, s, config, k, size, trajectory=True)
+            return drawn.trajectory, drawn.nfe
 
-        x_0, chunk_nfe = jax.vmap(final, in_axes=(0, schedule_axis, 0))(params, schedule, chunk_keys)
-        out[:, start : start + size] = np.asarray(x_0)
+        states, chunk_nfe = jax.vmap(chain, in_axes=(0, schedule_axis, 0))(params, schedule, chunk_keys)
+        states = np.asarray(states)
+        out[:, start : start + size] = states[:, -1]
         nfe = np.asarray(chunk_nfe)  # the last chunk's, as sample_points reports it
-    return out, nfe
+        first = states if first is None else first
+        del states  # before the next chunk's chains are made
+    return out, nfe, first
 
 
 def split_models(samples: np.ndarray, names: tuple, seeds: int) -> dict:
     """{name: (seeds, n, 2), or (n, 2) for one seed} from samples (len(names) * seeds, n, 2) stacked name by name."""
     per_name = samples.reshape(len(names), seeds, *samples.shape[1:])
     return {name: part if seeds > 1 else part[0] for name, part in zip(names, per_name)}
-
-
-def first_chain(params, schedule: Schedule, config: Config, key, n: int) -> np.ndarray:
-    """One model's reverse chain (S + 1, min(n, SAMPLE_CHUNK), 2) of its first chunk of points, for the pictures."""
-    drawn = experiment.draw_samples(params, schedule, config, key, min(n, harness_config.SAMPLE_CHUNK), trajectory=True)
-    return np.asarray(drawn.trajectory)

@@ -330,7 +330,7 @@ def evaluate_state(state, schedule: Schedule, config: Config, reference: np.ndar
 
     params = batched_sampling.stack_models([state.params, state.ema_params], config.seeds)
     keys = batched_sampling.sample_keys(config, fold=epoch) * 2
-    both, _ = batched_sampling.sample_models(params, schedule, config, keys, config.n_eval, chunk=config.n_eval)
+    both, _, _ = batched_sampling.sample_models(params, schedule, config, keys, config.n_eval, chunk=config.n_eval)
     return sample_qualities(batched_sampling.split_models(both, ("raw", "ema"), config.seeds), reference)
 
 
@@ -563,7 +563,7 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
     names = (config.sample_with, "ema" if config.sample_with == "raw" else "raw")  # both in one program
     params = {"raw": run.state.params, "ema": run.state.ema_params}
     keys = batched_sampling.sample_keys(config)
-    both, nfes = batched_sampling.sample_models(
+    both, nfes, chains = batched_sampling.sample_models(
         batched_sampling.stack_models([params[name] for name in names], config.seeds),
         run.schedule,
         config,
@@ -571,9 +571,8 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         config.n_samples,
     )
     samples, nfe = batched_sampling.split_models(both, names, config.seeds), int(np.max(nfes[: config.seeds]))
-    if pictures is not None:  # the first seed's chain of its first chunk of points
-        first = params[names[0]] if config.seeds == 1 else jax.tree_util.tree_map(lambda x: x[0], params[names[0]])
-        x_seq = batched_sampling.first_chain(first, run.schedule, config, keys[0], config.n_samples)
+    x_seq = chains[0]  # the first seed's chain of its first chunk of points, for the pictures
+    del chains
     if run.writes:
         save_samples(run.run_dir, samples[config.sample_with])
     run.timings["sampling"] = time.perf_counter() - start
