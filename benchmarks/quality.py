@@ -40,7 +40,7 @@ from ddpm_harness.config import Config, resolve_preset
 from ddpm_harness.data import dataset_for, held_out_for, held_out_points
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.objectives.variance import negative_elbo
-from jax_ddpm.runner.finish import final_samples
+from jax_ddpm.runner.draw import final_samples
 from jax_ddpm.runner.loop import train_models
 from jax_ddpm.schedule import q_sample
 

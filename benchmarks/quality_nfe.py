@@ -25,7 +25,7 @@ from ddpm_harness.config import Config
 from ddpm_harness.data import held_out_for
 from jax_ddpm.evaluate import likelihoods_in_data_units
 from jax_ddpm.objectives.schedules import run_schedule
-from jax_ddpm.runner.finish import sample_states
+from jax_ddpm.runner.draw import sample_states
 
 NFES = (5, 10, 20, 50, 100)
 FIXED_STEP = ("ddpm", "ddim", "dpm-solver++")

@@ -31,7 +31,7 @@ from jax_ddpm.ema import EMA
 from jax_ddpm.objectives.objective import loss_fn_for
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import init_states, run_keys, run_optimizer, train_epoch
-from jax_ddpm.runner.finish import draw_samples
+from jax_ddpm.runner.draw import draw_samples
 from jax_ddpm.training import train_step
 
 RESULTS = Path(__file__).parent / "results"

@@ -60,13 +60,22 @@ def _w2_squared_1d(x_sorted: np.ndarray, y_sorted: np.ndarray) -> np.ndarray:
     W2^2 = int_0^1 (F^-1(u) - G^-1(u))^2 du; both quantile functions are constant between the
     merged breakpoints {i/n} and {j/m}, so the integral is a finite sum.
     """
-    n, m = x_sorted.shape[0], y_sorted.shape[0]
+    weights, x_index, y_index = quantile_grid(x_sorted.shape[0], y_sorted.shape[0])
+    x_q, y_q = x_sorted[x_index], y_sorted[y_index]  # (n + m, P)
+    return weights @ np.square(x_q.astype(np.float64) - y_q)
+
+
+def quantile_grid(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The merged breakpoints of two empirical quantile functions of sizes n and m, as the exact
+    1D W2^2 sums over them: (widths (n + m,) float64, x_index (n + m,), y_index (n + m,)), so that
+    W2^2 = sum_k widths[k] * (x_sorted[x_index[k]] - y_sorted[y_index[k]])^2. Also the device
+    version's (jax_ddpm.runner.scoring), so both sum the same terms."""
     u = np.sort(np.concatenate([np.arange(1, n + 1) / n, np.arange(1, m + 1) / m]))
     lower = np.concatenate([np.zeros(1), u[:-1]])
     mid = 0.5 * (u + lower)
-    x_q = x_sorted[np.minimum(np.floor(mid * n).astype(np.int64), n - 1)]  # (n + m, P)
-    y_q = y_sorted[np.minimum(np.floor(mid * m).astype(np.int64), m - 1)]
-    return (u - lower) @ np.square(x_q.astype(np.float64) - y_q)
+    x_index = np.minimum(np.floor(mid * n).astype(np.int64), n - 1)
+    y_index = np.minimum(np.floor(mid * m).astype(np.int64), m - 1)
+    return u - lower, x_index, y_index
 
 
 def sliced_w2(x, y, n_projections: int = N_PROJECTIONS) -> float:
@@ -103,8 +112,13 @@ def _pair_means(x: np.ndarray, y: np.ndarray, bandwidth: float, block_rows: int,
     return dist_sum / (n * m), kern_sum / (n * m), dist_sum / (n * m)
 
 
+def subsample_stride(n: int, k: int = MEDIAN_SUBSAMPLE) -> int:
+    """The stride that keeps at most k of n points evenly spaced (the median heuristic's subsample)."""
+    return max(1, -(-n // k))
+
+
 def _strided(points: np.ndarray, k: int) -> np.ndarray:
-    return points[:: max(1, -(-points.shape[0] // k))]
+    return points[:: subsample_stride(points.shape[0], k)]
 
 
 def median_bandwidth(x, y, subsample: int = MEDIAN_SUBSAMPLE) -> float:

@@ -26,7 +26,7 @@ from ddpm_harness.memory import available_memory_bytes, check_chain_fits
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run, run_config
-from jax_ddpm.runner.finish import sample_points, sample_states
+from jax_ddpm.runner.draw import sample_points, sample_states
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from jax_ddpm.objectives.predictions import (
 )
 from jax_ddpm.objectives.schedules import rescale_zero_terminal_snr, run_schedule
 from jax_ddpm.runner.checkpoint import IncompatibleCheckpointError, check_compatible
-from jax_ddpm.runner.finish import draw_samples
+from jax_ddpm.runner.draw import draw_samples
 from jax_ddpm.schedule import make_beta_schedule, make_schedule
 
 T = 100

@@ -28,7 +28,7 @@ from ddpm_harness.data import dataset_for, held_out_for
 from jax_ddpm.convert import torch_to_flax
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.schedules import run_schedule
-from jax_ddpm.runner.finish import final_samples
+from jax_ddpm.runner.draw import final_samples
 from jax_ddpm.runner.loop import train_models
 from jax_ddpm.sampling import p_sample_loop
 from torch_reference.sampling import p_sample_loop as ref_p_sample_loop

@@ -5,11 +5,14 @@
 - `experiment`: one run, `train_and_evaluate(config)`: the three phases below in order.
 - `setup`: a run's `Run`, `set_up` (or restore with --resume), `set_up_together` on every process.
 - `loop`: the one chunk loop (`train`) of a run (a group of one configuration) and of a sweep's group.
-- `finish`: sampling (`draw_samples`, `sample_states`, `sample_points`), evaluation, a run's `finish`.
+- `finish`: the quality of samples, of a state (`evaluate_state`), and a run's `finish`.
+- `scoring`: the sample-quality metrics of K models in one jitted program (numpy's `metrics.evaluate` on device).
 - `sweep`: a sweep's groups (`HyperParams`, `make_sweep_chunk`, `set_up_group`, `finish_group`, `run_sweep`).
 - `checkpoint`: orbax checkpoints with integrity checks.
 - `compile_cache`: JAX's persistent compilation cache.
 - `distributed`: a run over several processes (jax.distributed).
+- `draw`: samples of a run's models: one model (`draw_samples`), every seed's chains, large draws in chunks,
+  and K models in one vmapped program (`sample_models`), bit for bit each model's own.
 
 May import: everything below it (the twins, `objectives`, `samplers`, `speed`) and ddpm_harness.
 The command lines at the package's top import it; it never imports them.

@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ddpm_harness.config import Config, ConfigError
-from ddpm_harness.runs import CONFIG_FILE, SUMMARY_FILE, write_summary
+from ddpm_harness.runs import CONFIG_FILE, SUMMARY_FILE, time_breakdown, write_summary
 from ddpm_harness.sweeps import (
     Configuration,
     SweepArgs,
@@ -224,11 +224,13 @@ def set_up_group(group: list[Configuration], args: SweepArgs, mesh) -> Optional[
 
 def finish_group(group: Group, trained: Trained) -> None:
     """Finish each configuration as `python -m jax_ddpm.train` finishes a run (samples, pictures,
-    summary.json, config.json); a diverged one gets a summary.json saying where it diverged."""
+    summary.json, config.json); a diverged one gets a summary.json saying where it diverged. Prints the
+    group's time breakdown; each summary's timings hold the group's compile, training and evaluation times."""
     for i, run in enumerate(group.runs):
         if i in group.diverged_at:
             write_summary(run.run_dir, _diverged_summary(run, group.diverged_at[i]))
             continue
+        run.timings.update(trained.timings())
         with contextlib.redirect_stdout(io.StringIO()):
             pictures = None if run.config.no_plots else start_pictures(run)
             try:
@@ -236,6 +238,9 @@ def finish_group(group: Group, trained: Trained) -> None:
             finally:
                 if pictures is not None:
                     pictures.join()
+    phases = ("set_up", "sampling", "final_evaluation", "pictures")
+    totals = {k: sum(run.timings.get(k, 0.0) for run in group.runs) for k in phases}
+    print(f"{len(group.runs)} configuration(s): " + time_breakdown({**totals, **trained.timings()}))
 
 
 def _diverged_summary(run, epoch: int) -> dict:

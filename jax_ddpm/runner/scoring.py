@@ -1,0 +1,153 @@
+"""`ddpm_harness.metrics.evaluate` in jax.numpy for K models at once: `score(samples (K, n, 2),
+reference (m, 2)) -> {metric: (K,)}`, one jitted program.
+
+The same definitions and the same choices as the numpy version (its docstring has the equations):
+the sliced W2 over `metrics.projection_directions`, summed over `metrics.quantile_grid`'s merged
+breakpoints; the MMD^2 bandwidth the median pairwise distance of the pooled strided subsamples
+(`metrics.subsample_stride`), else their mean distance, else 1; the unbiased MMD^2 and the
+V-statistic energy distance. What differs is the arithmetic: the device sums the pair terms in
+float32 (numpy adds its float32 row sums in float64), in another order, with XLA's exp; the means
+and their differences are taken in float64 on the host, as numpy does. The numpy version stays the
+oracle (tests/test_device_metrics.py).
+
+Memory stays bounded: the models go through `lax.map` a few at a time (vmapped), and each pair of
+sets is summed BLOCK_ROWS rows at a time (`lax.scan`), ~block x m floats per model in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_harness import metrics
+
+MEMORY_BYTES = 128 * 2**20
+"""About how much the pairwise blocks of the models scored together may hold (sets `models_at_once`)."""
+BLOCK_ROWS = 64
+"""Rows of a set whose pair terms are summed at once: on XLA:CPU a 64 x 10^4 block stays in cache,
+numpy's 256 rows were ~3x slower."""
+METRICS = ("sliced_w2", "mmd2", "energy", "bandwidth")
+
+
+def score(samples, reference, block_rows: int = BLOCK_ROWS) -> dict[str, np.ndarray]:
+    """Every metric of `metrics.evaluate` for each of K sample sets (K, n, 2) against reference
+    (m, 2): {metric: (K,) float64}, NaN for a model whose samples hold NaN or inf."""
+    samples = np.asarray(samples, np.float32)
+    if samples.ndim != 3 or samples.shape[1:] != (samples.shape[1], 2) or samples.shape[1] < 2:
+        raise ValueError(f"samples must have shape (K, n, 2) with n >= 2, got {samples.shape}")
+    reference = metrics._as_points(reference, "reference")
+    finite = np.isfinite(samples).all(axis=(1, 2))
+    safe = np.where(finite[:, None, None], samples, np.float32(0))  # a diverged model is scored as zeros, then dropped
+    n, m = samples.shape[1], reference.shape[0]
+    widths, x_index, y_index = metrics.quantile_grid(n, m)
+    program = _program(n, m, block_rows, models_at_once(n, m, block_rows))
+    out = program(safe, reference, metrics.projection_directions(), widths.astype(np.float32), x_index, y_index)
+    sliced, bandwidth, dist_xx, kern_xx, dist_xy, kern_xy, kern_yy, dist_yy = (np.asarray(v, np.float64) for v in out)
+    # the means and differences in float64, as numpy takes them (a collapsed set gives exactly 0)
+    k_xx, k_yy, k_xy = (kern_xx - n) / (n * (n - 1)), (kern_yy - m) / (m * (m - 1)), kern_xy / (n * m)
+    energy = 2.0 * dist_xy / (n * m) - dist_xx / (n * n) - dist_yy / (m * m)
+    values = dict(sliced_w2=sliced, mmd2=k_xx + k_yy - 2.0 * k_xy, energy=energy, bandwidth=bandwidth)
+    return {k: np.where(finite, v, np.nan) for k, v in values.items()}
+
+
+def models_at_once(n: int, m: int, block_rows: int) -> int:
+    """Models vmapped together: their row blocks (block_rows x max(n, m) pair terms, a few floats
+    each) and their median-heuristic distance matrices fit MEMORY_BYTES."""
+    pooled = min(n, metrics.MEDIAN_SUBSAMPLE) + min(m, metrics.MEDIAN_SUBSAMPLE)
+    per_model = 4 * (3 * block_rows * max(n, m) + 2 * pooled**2 + 2 * (n + m) * metrics.N_PROJECTIONS)
+    return max(1, MEMORY_BYTES // per_model)
+
+
+@functools.lru_cache(maxsize=None)
+def _program(n: int, m: int, block_rows: int, at_once: int):
+    return jax.jit(functools.partial(_score_models, block_rows=block_rows, at_once=at_once))
+
+
+def _score_models(samples, reference, directions, widths, x_index, y_index, *, block_rows, at_once):
+    """Per model (K,): sliced W2, bandwidth, and the pair sums sum|x - x'|, sum k(x, x'), sum|x - y|,
+    sum k(x, y), sum k(y, y') (kernel at the model's bandwidth); and sum|y - y'| (a scalar)."""
+    y_sorted = jnp.sort(reference @ directions.T, axis=0)  # (m, P), shared by every model
+    dist_yy, _ = _pair_sums(reference, reference, 1.0, block_rows)
+
+    def one(x):
+        bandwidth = _median_bandwidth(x, reference)
+        dist_xx, kern_xx = _pair_sums(x, x, bandwidth, block_rows)
+        dist_xy, kern_xy = _pair_sums(x, reference, bandwidth, block_rows)
+        _, kern_yy = _pair_sums(reference, reference, bandwidth, block_rows)
+        sliced = _sliced_w2(x, y_sorted, directions, widths, x_index, y_index)
+        return sliced, bandwidth, dist_xx, kern_xx, dist_xy, kern_xy, kern_yy
+
+    return (*jax.lax.map(one, samples, batch_size=at_once), dist_yy)
+
+
+def _sliced_w2(x, y_sorted, directions, widths, x_index, y_index):
+    """sqrt(mean_theta W2^2(theta . x, theta . y)) with the exact 1D W2^2 of `metrics.quantile_grid`."""
+    x_sorted = jnp.sort(x @ directions.T, axis=0)  # (n, P)
+    per_direction = widths @ jnp.square(x_sorted[x_index] - y_sorted[y_index])  # (P,)
+    return jnp.sqrt(jnp.mean(per_direction))
+
+
+def _median_bandwidth(x, y):
+    """`metrics.median_bandwidth`: the median distance of the pooled strided subsamples over pairs
+    i < j (the average of the two middle ones for an even count, as np.median), else the mean
+    distance, else 1. The order statistics come from a bisection on the float32 bits of the squared
+    distances (monotone for floats >= 0, and sqrt is monotone), exact without sorting ~2M values;
+    each pass recomputes the distances (a few thousand points stay in cache, a p x p matrix does not)."""
+    pooled = jnp.concatenate([x[:: metrics.subsample_stride(x.shape[0])], y[:: metrics.subsample_stride(y.shape[0])]])
+    p = pooled.shape[0]
+    pairs = p * (p - 1) // 2
+    low = _kth_pair(pooled, (pairs - 1) // 2)
+    d2 = _squared_distances(pooled, pooled)  # symmetric bit for bit, zero on the diagonal
+    above = jnp.min(jnp.where(d2 > low, d2, jnp.inf))
+    high = jnp.where(_pairs_at_most(d2, low) >= pairs // 2 + 1, low, above)  # the next order statistic
+    median = 0.5 * (jnp.sqrt(low) + jnp.sqrt(high))
+    mean = 0.5 * jnp.sum(jnp.sqrt(d2)) / pairs
+    return jnp.where(median > 0, median, jnp.where(mean > 0, mean, 1.0))
+
+
+def _pairs_at_most(d2, threshold):
+    """How many pairs i < j of a symmetric (p, p) matrix with a zero diagonal are <= threshold >= 0."""
+    return (jnp.sum(d2 <= threshold) - d2.shape[0]) // 2
+
+
+def _kth_pair(pooled, k: int):
+    """The k-th smallest (0-based) squared distance over pairs i < j of pooled (p, 2): bisection on
+    the bits of float32 values >= 0, 31 halvings of [0, inf]."""
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        d2 = _squared_distances(pooled, pooled)
+        enough = _pairs_at_most(d2, jax.lax.bitcast_convert_type(mid, jnp.float32)) >= k + 1
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, 31, halve, (jnp.int32(0), jnp.int32(0x7F800000)))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)
+
+
+def _squared_distances(x, y):
+    """|x_i - y_j|^2 (n, m), computed as numpy's `_pair_row_sums` does (per coordinate, then added)."""
+    return jnp.square(x[:, None, 0] - y[None, :, 0]) + jnp.square(x[:, None, 1] - y[None, :, 1])
+
+
+def _pair_sums(x, y, bandwidth, block_rows: int):
+    """(sum_ij |x_i - y_j|, sum_ij exp(-|x_i - y_j|^2 / (2 h^2))) over x (n, 2) and y (m, 2),
+    block_rows rows of x at a time (the last block padded, its padding masked out)."""
+    n = x.shape[0]
+    blocks = -(-n // block_rows)
+    padded = jnp.zeros((blocks * block_rows, 2), x.dtype).at[:n].set(x).reshape(blocks, block_rows, 2)
+    real = (jnp.arange(blocks * block_rows) < n).reshape(blocks, block_rows)
+    scale = -0.5 / jnp.square(jnp.asarray(bandwidth, jnp.float32))
+
+    def block(_, rows_mask):
+        rows, mask = rows_mask
+        d2 = _squared_distances(rows, y)  # (block_rows, m)
+        dist = jnp.where(mask, jnp.sum(jnp.sqrt(d2), axis=1), 0.0)
+        kern = jnp.where(mask, jnp.sum(jnp.exp(scale * d2), axis=1), 0.0)
+        return None, (dist, kern)
+
+    _, (dist, kern) = jax.lax.scan(block, None, (padded, real))
+    return jnp.sum(dist), jnp.sum(kern)
