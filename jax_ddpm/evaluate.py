@@ -33,7 +33,8 @@ from jax_ddpm.objectives import predictions, variance
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run, run_config
 from jax_ddpm.runner.draw import sample_states
-from jax_ddpm.runner.finish import sample_quality, sampling_record
+from jax_ddpm.runner.evaluation import sample_quality
+from jax_ddpm.runner.finish import sampling_record
 from jax_ddpm.sample import RunSampling, sampling_config
 from jax_ddpm.samplers import chains, likelihood
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from ddpm_harness import metrics
-from jax_ddpm.runner import finish, scoring
+from jax_ddpm.runner import evaluation, scoring
 
 ATOL_PAIRS = 3e-6
 RTOL_SLICED = 5e-6
@@ -112,19 +112,19 @@ def test_diverged_model_scores_none_and_the_others_are_unchanged(rng):
     y = moons_like(rng, 1000)
     xs = np.stack([gaussian(rng, 800, [0, 0], 1.0), gaussian(rng, 800, [1, 0], 0.5), gaussian(rng, 800, [0, 1], 0.7)])
     xs[1, 17, 0], xs[2, 3, 1] = np.nan, np.inf
-    quality = finish.sample_quality(xs, y)
+    quality = evaluation.sample_quality(xs, y)
     assert set(quality) == set(scoring.METRICS)
     for name, values in quality.items():
         assert values[1] is None and values[2] is None
     assert_matches_numpy({k: v[0] for k, v in quality.items()}, metrics.evaluate(xs[0], y))
-    assert finish.sample_quality(xs[1], y) == {}  # one seed, diverged: no metric, as before
+    assert evaluation.sample_quality(xs[1], y) == {}  # one seed, diverged: no metric, as before
 
 
 def test_sample_qualities_splits_one_program_back_by_name(rng):
     y = moons_like(rng, 1000)
     raw, ema = gaussian(rng, 900, [0, 0], 1.0), np.stack([gaussian(rng, 900, [0.2, 0], 0.9) for _ in range(2)])
     ema[1, 0, 0] = np.nan
-    out = finish.sample_qualities({"raw": raw, "ema": ema}, y)
+    out = evaluation.sample_qualities({"raw": raw, "ema": ema}, y)
     assert_matches_numpy(out["raw"], metrics.evaluate(raw, y))
     assert_matches_numpy({k: v[0] for k, v in out["ema"].items()}, metrics.evaluate(ema[0], y))
     assert all(v[1] is None for v in out["ema"].values())

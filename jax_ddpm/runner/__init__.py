@@ -5,7 +5,8 @@
 - `experiment`: one run, `train_and_evaluate(config)`: the three phases below in order.
 - `setup`: a run's `Run`, `set_up` (or restore with --resume), `set_up_together` on every process.
 - `loop`: the one chunk loop (`train`) of a run (a group of one configuration) and of a sweep's group.
-- `finish`: the quality of samples, of a state (`evaluate_state`), and a run's `finish`.
+- `evaluation`: the quality of samples (every model scored at once) and of a state (`evaluate_state`).
+- `finish`: a run's last phase: sample with both parameters, evaluate, draw the pictures, write the summary.
 - `scoring`: the sample-quality metrics of K models in one jitted program (numpy's `metrics.evaluate` on device).
 - `sweep`: a sweep's groups (`HyperParams`, `make_sweep_chunk`, `set_up_group`, `finish_group`, `run_sweep`).
 - `checkpoint`: orbax checkpoints with integrity checks.

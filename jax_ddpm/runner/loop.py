@@ -35,7 +35,7 @@ from ddpm_harness.runs import epoch_record, format_against
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import distributed
 from jax_ddpm.runner.chunk import init_states, make_train_chunk, optimizer_for
-from jax_ddpm.runner.finish import evaluate_state, flat_evaluation
+from jax_ddpm.runner.evaluation import evaluate_state, flat_evaluation
 from jax_ddpm.runner.setup import Run
 
 # A chunk holds at most this many optimizer steps (summed over models), so the progress bar moves
