@@ -4,7 +4,9 @@ Each step runs in a fresh process, as a user would start it: `python -m jax_ddpm
 compile cache (the project's cache folder, $JAX_DDPM_CACHE_DIR, emptied first) and again warm (the same
 folder as the first run left it); the same for `--preset recommended`; a sweep of 256 models start to
 finish (2 learning rates x 2 EMA decays x 64 seeds, 20 epochs; cold cache); and the parity suite with
-JAX on the device at the highest matmul precision (`benchmarks.gpu_parity`). Writes
+JAX on the device at the highest matmul precision (`benchmarks.gpu_parity`); last, the default run on a
+cold cache again with JAX_DDPM_NO_PROGRAM_OPTIONS=1, the per-program compiler options
+(`jax_ddpm.speed.program_options`: on a GPU, autotuning off) against none. Writes
 <out>/gpu_newcomer.md and .json: each step's wall time, its time breakdown (the run's summary.json
 `timings`; for the sweep, summed from its configurations' summaries), its ratio to the training loop,
 the machine, and the issue's targets, met or not: a run's wall time at most 2x its training loop on a
@@ -35,6 +37,7 @@ from benchmarks.timing import Bench
 from ddpm_harness import cpu_isa
 from ddpm_harness.runs import SUMMARY_FILE, time_breakdown
 from jax_ddpm.runner.compile_cache import CACHE_DIR_ENV
+from jax_ddpm.speed import NO_PROGRAM_OPTIONS_ENV
 
 COLD_X, WARM_X = 2.0, 1.3  # a run's wall time over its training loop, on a cold and on a warm cache
 SCORED_S = 10.0  # the sweep's models sampled and scored within
@@ -63,6 +66,7 @@ class Step:
     cold: bool
     timeout_s: float
     max_x: Optional[float] = None
+    env: tuple[tuple[str, str], ...] = ()  # variables set for this step alone
 
 
 def steps(dry_run: bool) -> list[Step]:
@@ -81,6 +85,17 @@ def steps(dry_run: bool) -> list[Step]:
         Step("--preset recommended, warm cache", "run", "jax_ddpm.train", recommended, False, limit(45), WARM_X),
         Step(f"{n_models(sweep)}-model sweep, cold cache", "sweep", "jax_ddpm.sweep", sweep, True, limit(120)),
         Step("parity suite", "parity", "pytest", DRY_PARITY if dry_run else ("parity_tests",), False, limit(150)),
+        # speed.program_options against none: the default run again on a cold cache, without them
+        Step(
+            "default run, cold cache, no program options",
+            "run",
+            "jax_ddpm.train",
+            tiny,
+            True,
+            limit(75),
+            None,  # a comparison, no target: compare its compile and loop with the first step's
+            ((NO_PROGRAM_OPTIONS_ENV, "1"),),
+        ),
     ]
 
 
@@ -128,7 +143,11 @@ def run_process(step: Step, check: Check) -> dict:
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            command_line(step, check), env=check.env, capture_output=True, text=True, timeout=check.left_s(step)
+            command_line(step, check),
+            env={**check.env, **dict(step.env)},
+            capture_output=True,
+            text=True,
+            timeout=check.left_s(step),
         )
     except subprocess.TimeoutExpired as err:
         tail = "".join(text(out)[-1500:] for out in (err.stdout, err.stderr))

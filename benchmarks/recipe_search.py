@@ -119,7 +119,8 @@ def train_multi_ema(config: Config, data: np.ndarray, lr_schedule, decays=EMA_DE
     def chunk(state, data):
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=config.epochs)
 
-    state, _ = jax.jit(jax.vmap(chunk, in_axes=(0, None)), compiler_options=speed.on_cpu(speed.TRAINING))(state, data)
+    models = jax.jit(jax.vmap(chunk, in_axes=(0, None)), compiler_options=speed.program_options("training"))
+    state, _ = models(state, data)
     state = jax.block_until_ready(state)
     out = {"raw": state.params}
     out.update({f"ema{d:g}": p for d, p in zip(decays, state.ema_params)})

@@ -1,10 +1,10 @@
-"""The speed tricks: what jax_ddpm does beyond the tutorial's translation only to run faster on XLA:CPU.
+"""The speed tricks: what jax_ddpm does beyond the tutorial's translation only to run faster.
 
 - `dense` / `FastLinear`: a linear layer whose backward pass computes the kernel gradient from a
   materialised transpose, which XLA:CPU runs as a fast row-major matmul.
 - `epoch_permutation`: a uniform random permutation from packed uint32 sorts.
-- `TRAINING` / `SAMPLING` / `on_cpu`: per-program XLA:CPU compiler options, chosen by the CPU's
-  vector ISA (`options_for`).
+- `program_options`: per-program compiler options per backend: on the CPU `TRAINING` / `SAMPLING`,
+  chosen by its vector ISA (`options_for`); on a GPU, `GPU_OPTIONS` (XLA's autotuning off).
 
 Each changes results at most by float rounding (tests/test_speed.py). Why each pays, and by how much on
 each kind of CPU measured: benchmarks/results/cpu-<isa>.md and docs/speed.md.

@@ -24,6 +24,7 @@ STEPS = [
     "--preset recommended, warm cache",
     "4-model sweep, cold cache",
     "parity suite",
+    "default run, cold cache, no program options",
 ]
 PHASES = ("imports", "set_up", "compile", "training_loop", "sampling", "final_evaluation")
 
@@ -44,8 +45,8 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     assert machine["backend"] == "cpu" and machine["gpu"] is None and machine["jax"] and machine["cpu_model"]
     steps = {row["name"]: row for row in results["steps"]}
     assert list(steps) == STEPS and all(row["status"] == "ok" for row in steps.values())
-    assert [steps[n]["cache"] for n in STEPS] == ["cold", "warm", "cold", "warm", "cold", "-"]
-    for name in STEPS[:4]:  # each run's summary.json read: its phases, and wall / training loop
+    assert [steps[n]["cache"] for n in STEPS] == ["cold", "warm", "cold", "warm", "cold", "-", "cold"]
+    for name in STEPS[:4] + STEPS[6:]:  # each run's summary.json read: its phases, and wall / training loop
         row = steps[name]
         assert set(PHASES) <= set(row["timings"]) and row["summary"]["epochs"] == 2, name
         assert row["x_training_loop"] == pytest.approx(row["wall_s"] / row["timings"]["training_loop"])

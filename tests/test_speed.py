@@ -120,3 +120,18 @@ def test_the_projects_options_are_accepted_here():
     # (a rename would silently cost speed: the warning line above is the only other sign).
     for options in (speed.TRAINING, speed.SAMPLING):
         assert speed.supported_options(options) == options, "re-measure the options for this jaxlib"
+
+
+def test_each_program_gets_its_backends_options(monkeypatch):
+    """program_options: on the CPU the ISA's options of that program (what on_cpu gives), on a GPU the GPU's
+    (autotuning off: a compile option XLA accepts), elsewhere none, and none at all with
+    JAX_DDPM_NO_PROGRAM_OPTIONS=1 (how the benchmarks measure the options against none)."""
+    assert speed.program_options("training") == speed.on_cpu(speed.TRAINING)
+    assert speed.program_options("sampling") == speed.on_cpu(speed.SAMPLING)
+    monkeypatch.setattr(speed.jax, "default_backend", lambda: "gpu")
+    assert speed.program_options("training") == {"xla_gpu_autotune_level": 0} == speed.program_options("sampling")
+    monkeypatch.setattr(speed.jax, "default_backend", lambda: "tpu")
+    assert speed.program_options("training") is None
+    monkeypatch.setattr(speed.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setenv(speed.NO_PROGRAM_OPTIONS_ENV, "1")
+    assert speed.program_options("training") is None and speed.program_options("sampling") is None

@@ -202,7 +202,7 @@ def make_train_chunk(
         chunk = _as_one_of_many(chunk)
     if seeds_on_devices:
         chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P("data"), P()), out_specs=P("data"))
-    return jax.jit(chunk, compiler_options=speed.on_cpu(speed.TRAINING))
+    return jax.jit(chunk, compiler_options=speed.program_options("training"))
 
 
 def _as_one_of_many(chunk: Callable) -> Callable:

@@ -43,7 +43,7 @@ def _jitted_sample_from():
     # Made on first use, not at import: speed.on_cpu asks JAX for its backend, and a multi-process run must join
     # (jax.distributed.initialize) before anything starts the backend.
     return jax.jit(
-        _sample_from, static_argnames=("config", "trajectory"), compiler_options=speed.on_cpu(speed.SAMPLING)
+        _sample_from, static_argnames=("config", "trajectory"), compiler_options=speed.program_options("sampling")
     )
 
 

@@ -156,7 +156,7 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[i
 
     if mesh is not None:
         chunk = jax.shard_map(chunk, mesh=mesh, in_specs=(P("data"), P(), P("data")), out_specs=P("data"))
-    return jax.jit(chunk, compiler_options=speed.on_cpu(speed.TRAINING))
+    return jax.jit(chunk, compiler_options=speed.program_options("training"))
 
 
 def sweep_program(config: Config, hyper: HyperParams, mesh, block: Optional[int]) -> Program:

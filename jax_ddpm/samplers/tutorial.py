@@ -36,7 +36,7 @@ def sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int, param
 @functools.lru_cache(maxsize=None)
 def _jitted_chain():
     return jax.jit(
-        _sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.on_cpu(speed.SAMPLING)
+        _sample_chain, static_argnames=("n", "parameterization"), compiler_options=speed.program_options("sampling")
     )
 
 
