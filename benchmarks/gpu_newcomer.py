@@ -176,7 +176,7 @@ def sweep_step(step: Step, check: Check) -> dict:
     row = run_process(step, check)
     row["sweep_own_breakdown"] = None
     row["sweep_own_breakdown_note"] = (
-        "jax_ddpm.sweep writes no time breakdown of its own yet; `timings` are summed over its "
+        "jax_ddpm.sweep prints its time breakdown but writes no time breakdown file; `timings` are summed over its "
         "configurations' summary.json (one group: its compile and training loop counted once), and the "
         "merge (leaderboard, grid.png) is not timed apart"
     )

@@ -131,9 +131,7 @@ def sample_states(
     for chunk c > 0 of a large draw (`sample_points`), with c; x_T (n, 2), when given, starts every
     seed's chain.
     """
-    keys = [run_keys(config.seed + i)["sample"] for i in range(config.seeds)]
-    if fold is not None:
-        keys = [jax.random.fold_in(k, fold) for k in keys]
+    keys = sample_keys(config, fold)
     if chunk:
         keys = [jax.random.fold_in(k, chunk) for k in keys]
 
