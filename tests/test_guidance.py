@@ -66,10 +66,16 @@ def test_mixture_score_is_the_gradient_of_its_log_density(x64):
         [0, 1, 1], dtype=jnp.float64,
     )  # fmt: skip
     x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 2)))
+
+    @jax.jit
+    def score_and_grad(abar, label):
+        grad = jax.vmap(jax.grad(lambda xi: mixtures.log_density(mix, xi[None], abar, label)[0]))(x)
+        return mixtures.score(mix, x, abar, label), grad
+
     for abar in (1.0, 0.7, 0.05):
-        for label in (None, 0, 1, 2):  # 2 = n_classes: the null class, the marginal
-            grad = jax.vmap(jax.grad(lambda xi: mixtures.log_density(mix, xi[None], abar, label)[0]))(x)
-            np.testing.assert_allclose(mixtures.score(mix, x, abar, label), grad, rtol=1e-10, atol=1e-12)
+        for label in (0, 1, 2):  # 2 = n_classes: the null class, the marginal
+            np.testing.assert_allclose(*score_and_grad(abar, label), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mixtures.score(mix, x, 0.7), score_and_grad(0.7, 2)[0], rtol=1e-12)  # label None
     # The null class is the marginal; the classes' densities mix to it by their weights (1/4, 3/4).
     np.testing.assert_allclose(mixtures.log_density(mix, x, 0.7, 2), mixtures.log_density(mix, x, 0.7), rtol=1e-12)
     mixed = 0.25 * np.exp(mixtures.log_density(mix, x, 0.7, 0)) + 0.75 * np.exp(mixtures.log_density(mix, x, 0.7, 1))
@@ -85,12 +91,13 @@ def test_mixture_model_predictions_agree(x64):
     mix = mixtures.eight_gaussians(dtype=jnp.float64)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 2)))
     y = jnp.arange(8) % 9
+    models = {p: jax.jit(mixtures.class_model_fn(mix, schedule, p)) for p in ("eps", "v", "x0")}
     for t in (jnp.array([0]), jnp.array([30]), jnp.array([49])):
         abar = schedule.alphas_prod[t[0]]
-        eps = mixtures.class_model_fn(mix, schedule, "eps")(x, t, y)
-        np.testing.assert_allclose(eps, mixtures.eps(mix, x, abar, y), rtol=1e-12)
+        eps = models["eps"](x, t, y)
+        np.testing.assert_allclose(eps, jax.jit(mixtures.eps)(mix, x, abar, y), rtol=1e-12)
         for prediction in ("v", "x0"):
-            out = mixtures.class_model_fn(mix, schedule, prediction)(x, t, y)
+            out = models[prediction](x, t, y)
             np.testing.assert_allclose(predict_eps(out, x, abar, prediction), eps, rtol=1e-9, atol=1e-12)
     # Float t between steps: log alpha_bar interpolated; integer steps read exactly.
     at_30 = mixtures.alpha_prod_at(schedule, jnp.asarray(30.0))
@@ -100,7 +107,6 @@ def test_mixture_model_predictions_agree(x64):
     np.testing.assert_allclose(mixtures.alpha_prod_at(schedule, jnp.asarray(-1.0)), 1.0)
     # Per-point t (the training loss's call) gives each point its own noise level.
     t = jnp.array([0, 30, 49, 10, 10, 2, 3, 4])
-    per_point = mixtures.class_model_fn(mix, schedule)(x, t, y)
+    per_point = models["eps"](x, t, y)
     for i in range(8):
-        one = mixtures.class_model_fn(mix, schedule)(x[i : i + 1], t[i : i + 1], y[i : i + 1])
-        np.testing.assert_allclose(per_point[i : i + 1], one, rtol=1e-12)
+        np.testing.assert_allclose(per_point[i], models["eps"](x, t[i : i + 1], y)[i], rtol=1e-12)
