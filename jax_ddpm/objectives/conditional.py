@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from jax_ddpm import torchlike as nn
@@ -23,6 +24,7 @@ from jax_ddpm.objectives.guidance import drop_labels
 from jax_ddpm.objectives.predictions import training_target
 from jax_ddpm.schedule import Schedule, extract
 from jax_ddpm.torchlike import functional as F
+from jax_ddpm.training import batch_noise
 
 
 class ClassConditionalLinear(nn.Module):
@@ -114,3 +116,24 @@ def class_prediction_loss(
     x = x_0 * a + e * am1
     output = apply_class_model(params, x, t, y)
     return jnp.mean(jnp.square(training_target(schedule, x_0, t, e, prediction) - output))
+
+
+def class_train_step(
+    state, optimizer, ema, batch_x, batch_y, schedule, cond_drop=0.1, prediction="eps", t=None, e=None
+):
+    """One optimizer step of the class model on batch_x (B, 2) with labels batch_y (B,), as
+    `jax_ddpm.training.train_step` takes one of the tutorial's: t and e drawn for state.opt_step unless
+    given, the labels dropped with a key of the same step, gradients, the optimizer (clipping
+    included), then the EMA. Returns (new state, loss)."""
+    step_key = jax.random.fold_in(state.noise_key, state.opt_step)
+    if t is None:
+        t, e = batch_noise(state.noise_key, state.opt_step, batch_x.shape, schedule.num_steps, batch_x.dtype)
+    drop_key = jax.random.fold_in(step_key, 2)  # batch_noise splits step_key for t and e: a key of its own
+    loss, grads = jax.value_and_grad(class_prediction_loss)(
+        state.params, schedule, batch_x, batch_y, t, e, drop_key, cond_drop, prediction
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = ema.update(state.ema_params, params)
+    state = state.replace(opt_step=state.opt_step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    return state, loss
