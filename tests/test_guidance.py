@@ -110,3 +110,19 @@ def test_mixture_model_predictions_agree(x64):
     per_point = models["eps"](x, t, y)
     for i in range(8):
         np.testing.assert_allclose(per_point[i], models["eps"](x, t[i : i + 1], y)[i], rtol=1e-12)
+
+
+def test_guiding_any_prediction_is_the_same_guided_field(x64):
+    """eps, v and x0 are affine in one another at fixed x and t with weights that sum to one, so mixing the
+    model's v (or x0) by (1 + w, -w) and reading eps off it is mixing eps: one guided field whatever is predicted."""
+    schedule = make_schedule("linear", 50, 1e-4, 0.2, dtype=np.float64)
+    mix = mixtures.two_gaussians(dtype=jnp.float64)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(16, 2)))
+    labels = jnp.arange(16) % 2
+    t = jnp.array([20])
+    abar = schedule.alphas_prod[20]
+    for w in (0.0, 1.0, 3.0):
+        eps = guidance.guided_model_fn(mixtures.class_model_fn(mix, schedule, "eps"), labels, w, 2)(x, t)
+        for prediction in ("v", "x0"):
+            out = guidance.guided_model_fn(mixtures.class_model_fn(mix, schedule, prediction), labels, w, 2)(x, t)
+            np.testing.assert_allclose(predict_eps(out, x, abar, prediction), eps, rtol=1e-9, atol=1e-11)
