@@ -126,3 +126,15 @@ def test_guiding_any_prediction_is_the_same_guided_field(x64):
         for prediction in ("v", "x0"):
             out = guidance.guided_model_fn(mixtures.class_model_fn(mix, schedule, prediction), labels, w, 2)(x, t)
             np.testing.assert_allclose(predict_eps(out, x, abar, prediction), eps, rtol=1e-9, atol=1e-11)
+
+
+def test_plot_guidance_draws_a_row_per_w(tmp_path):
+    from PIL import Image
+
+    from ddpm_harness.plots import plot_guidance
+
+    points, labels = np.random.default_rng(0).normal(size=(40, 2)), np.arange(40) % 8
+    rows = {w: {"a": (points * (1 + w), labels), "b": (points, labels % 2)} for w in (0.0, 1.0, 3.0)}
+    plot_guidance(rows, tmp_path / "guidance.png")
+    width, height = Image.open(tmp_path / "guidance.png").size
+    assert height > 2.5 * width / 2  # three rows of two square panels
