@@ -5,6 +5,10 @@ columns 0 and 2 and are divided by 10; moons is unscaled). scikit-learn's `make_
 bicluster matrix generator, not a point cloud, so the 2D checkerboard density (as in the
 flow-model literature) is drawn directly here. `dataset_for`, `held_out_for` and `data_transform`
 are the one way a run's config (any object with its data fields) becomes points.
+
+Labels (class-conditional generation, docs/guidance.md): `make_labelled_dataset` returns the same
+points with a class per point for the datasets that have classes (`N_CLASSES`), and
+`load_labelled_points` reads a user's (N, 3) file whose third column holds integer classes.
 """
 
 from __future__ import annotations
@@ -41,27 +45,54 @@ def _s_curve(n, noise, rng):
 
 
 def _moons(n, noise, rng):
-    return _sklearn_datasets().make_moons(n, noise=noise, random_state=rng)[0]
+    return _labelled_moons(n, noise, rng)[0]
 
 
 def _circles(n, noise, rng):
-    # Small noise relative to the 0.5 ring gap; the tutorial's 0.1 would merge the rings.
-    return _sklearn_datasets().make_circles(n, noise=noise * 0.5, factor=0.5, random_state=rng)[0]
+    return _labelled_circles(n, noise, rng)[0]
 
 
 def _checkerboard(n, noise, rng):
-    """The 4x4 checkerboard of the flow literature on [-2, 2]^2: uniform on the dark squares."""
-    x1 = rng.uniform(-2.0, 2.0, size=n)
-    x2 = rng.uniform(0.0, 1.0, size=n) - rng.integers(0, 2, size=n) * 2.0
-    x2 = x2 + np.floor(x1) % 2
-    return np.stack([x1, x2], axis=1)
+    return _labelled_checkerboard(n, noise, rng)[0]
 
 
 def _eight_gaussians(n, noise, rng):
-    """Eight Gaussians of std `noise` on the circle of radius 2."""
-    angles = rng.integers(0, 8, size=n) * (np.pi / 4)
+    return _labelled_eight_gaussians(n, noise, rng)[0]
+
+
+# The classes of the datasets that have them: each draws (points, labels) with the very draws of the
+# unlabelled generator above, which keeps only the points.
+
+
+def _labelled_moons(n, noise, rng):
+    """scikit-learn's label: 0 the upper moon, 1 the lower."""
+    return _sklearn_datasets().make_moons(n, noise=noise, random_state=rng)
+
+
+def _labelled_circles(n, noise, rng):
+    """scikit-learn's label: 0 the outer circle, 1 the inner."""
+    # Small noise relative to the 0.5 ring gap; the tutorial's 0.1 would merge the rings.
+    return _sklearn_datasets().make_circles(n, noise=noise * 0.5, factor=0.5, random_state=rng)
+
+
+def _labelled_checkerboard(n, noise, rng):
+    """The 4x4 checkerboard of the flow literature on [-2, 2]^2: uniform on the dark squares. Label: the
+    parity of the dark square's column, floor(x1) mod 2, which is also its row's, floor(x2) mod 2 (the
+    parity of floor(x1) + floor(x2) is even on every dark square, so it cannot be the class)."""
+    x1 = rng.uniform(-2.0, 2.0, size=n)
+    x2 = rng.uniform(0.0, 1.0, size=n) - rng.integers(0, 2, size=n) * 2.0
+    parity = np.floor(x1) % 2
+    x2 = x2 + parity
+    return np.stack([x1, x2], axis=1), parity.astype(np.int64)
+
+
+def _labelled_eight_gaussians(n, noise, rng):
+    """Eight Gaussians of std `noise` on the circle of radius 2. Label k: the Gaussian at angle k * 45
+    degrees, centre 2 (cos, sin)."""
+    k = rng.integers(0, 8, size=n)
+    angles = k * (np.pi / 4)
     centres = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    return centres + noise * rng.standard_normal((n, 2))
+    return centres + noise * rng.standard_normal((n, 2)), k.astype(np.int64)
 
 
 GENERATORS = {
@@ -74,6 +105,23 @@ GENERATORS = {
 }
 
 
+LABELLED_GENERATORS = {
+    "moons": _labelled_moons,
+    "circles": _labelled_circles,
+    "checkerboard": _labelled_checkerboard,
+    "eight_gaussians": _labelled_eight_gaussians,
+}
+N_CLASSES = {"moons": 2, "circles": 2, "checkerboard": 2, "eight_gaussians": 8}
+"""The number of classes of each built-in dataset that has them (labels 0 .. n - 1)."""
+
+
+def _generator_rng(name: str, seed: int):
+    # scikit-learn wants a legacy RandomState; derive it from the same seed.
+    if name in ("moons", "swiss_roll", "s_curve", "circles"):
+        return np.random.RandomState(seed)
+    return np.random.default_rng(seed)
+
+
 def make_dataset(name: str, n_points: int = 10_000, noise: float = 0.1, seed: int = 0) -> np.ndarray:
     """Draw `n_points` points of a built-in dataset, float32 (n_points, 2), deterministic in `seed`."""
     if name not in GENERATORS:
@@ -81,17 +129,26 @@ def make_dataset(name: str, n_points: int = 10_000, noise: float = 0.1, seed: in
             f"unknown dataset {name!r}; choose one of {', '.join(GENERATORS)} "
             "or give a path to a .npy or .csv file of shape (N, 2)"
         )
-    rng = np.random.default_rng(seed)
-    # scikit-learn wants a legacy RandomState; derive it from the same seed.
-    sk_rng = np.random.RandomState(seed) if name in ("moons", "swiss_roll", "s_curve", "circles") else rng
-    return np.asarray(GENERATORS[name](n_points, noise, sk_rng), dtype=np.float32)
+    return np.asarray(GENERATORS[name](n_points, noise, _generator_rng(name, seed)), dtype=np.float32)
 
 
-def load_points(path: str | Path) -> np.ndarray:
-    """Read a user's (N, 2) point set from .npy or .csv, checking shape and finiteness."""
-    path = Path(path)
+def make_labelled_dataset(
+    name: str, n_points: int = 10_000, noise: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`make_dataset`'s points (the same draw, bit for bit) and their classes: float32 (n_points, 2)
+    and int32 (n_points,) in 0 .. N_CLASSES[name] - 1 (see each generator for what a class is)."""
+    if name not in LABELLED_GENERATORS:
+        known = f"{name!r} has no classes" if name in GENERATORS else f"unknown dataset {name!r}"
+        raise DataError(f"{known}; a labelled dataset is one of {', '.join(LABELLED_GENERATORS)} or a file with labels")
+    points, labels = LABELLED_GENERATORS[name](n_points, noise, _generator_rng(name, seed))
+    return np.asarray(points, dtype=np.float32), np.asarray(labels, dtype=np.int32)
+
+
+def _read_numbers(path: Path, shape: str) -> np.ndarray:
+    """A .npy or .csv file's numbers as float64, any shape; `shape` ("(N, 2)") goes into the messages."""
+    columns = {"(N, 2)": "two", "(N, 3)": "three"}[shape]
     if not path.is_file():
-        raise DataError(f"data file {str(path)!r} does not exist; give a .npy or .csv file of shape (N, 2)")
+        raise DataError(f"data file {str(path)!r} does not exist; give a .npy or .csv file of shape {shape}")
     try:
         if path.suffix == ".npy":
             points = np.load(path, allow_pickle=False)
@@ -103,16 +160,18 @@ def load_points(path: str | Path) -> np.ndarray:
                 points = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
         else:
             raise DataError(f"data file {str(path)!r} must end in .npy or .csv")
-        points = np.asarray(points, dtype=np.float64)
+        return np.asarray(points, dtype=np.float64)
     except DataError:
         raise
     except (ValueError, OSError, TypeError, EOFError) as err:  # EOFError: an empty or cut .npy
         raise DataError(
             f"cannot read {str(path)!r} as numbers ({err}); "
-            "write it as a numeric .npy array or comma-separated .csv with two columns"
+            f"write it as a numeric .npy array or comma-separated .csv with {columns} columns"
         ) from None
-    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 2:
-        raise DataError(f"data file {str(path)!r} has shape {points.shape}; it must be (N, 2) with N >= 2")
+
+
+def _checked_points(path: Path, points: np.ndarray) -> np.ndarray:
+    """The (N, 2) float64 coordinates as float32, refused with NaN, inf or beyond float32's range."""
     with np.errstate(over="ignore"):
         points = points.astype(np.float32)  # training's precision: beyond 3.4e38 a value becomes inf
     if not np.all(np.isfinite(points)):
@@ -122,6 +181,49 @@ def load_points(path: str | Path) -> np.ndarray:
             "remove them and retry"
         )
     return points
+
+
+def load_points(path: str | Path) -> np.ndarray:
+    """Read a user's (N, 2) point set from .npy or .csv, checking shape and finiteness."""
+    path = Path(path)
+    points = _read_numbers(path, "(N, 2)")
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 2:
+        raise DataError(f"data file {str(path)!r} has shape {points.shape}; it must be (N, 2) with N >= 2")
+    return _checked_points(path, points)
+
+
+MAX_LABEL = 2**20
+"""The largest class label a data file may hold (a class-conditional model has one embedding row per class)."""
+
+
+def load_labelled_points(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a user's labelled points: (N, 3) .npy or .csv, columns x, y and an integer class label.
+
+    Returns float32 (N, 2) points (checked as `load_points` checks them) and int32 (N,) labels: whole
+    numbers in 0 .. MAX_LABEL (1.0 is the label 1; 1.5, -1, NaN are refused), each with one line."""
+    path = Path(path)
+    table = _read_numbers(path, "(N, 3)")
+    if table.ndim != 2 or table.shape[1] != 3 or table.shape[0] < 2:
+        raise DataError(
+            f"data file {str(path)!r} has shape {table.shape}; labelled data must be (N, 3) with N >= 2: "
+            "x, y and an integer class label"
+        )
+    labels = table[:, 2]
+    bad = ~np.isfinite(labels) | (labels != np.round(labels))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(
+            f"data file {str(path)!r} has {int(bad.sum())} labels that are not whole numbers "
+            f"(row {row}: {float(labels[row])!r}); the third column must hold integer classes 0, 1, ..."
+        )
+    out_of_range = (labels < 0) | (labels > MAX_LABEL)
+    if out_of_range.any():
+        row = int(np.argmax(out_of_range))
+        raise DataError(
+            f"data file {str(path)!r} has {int(out_of_range.sum())} labels outside 0 .. {MAX_LABEL} "
+            f"(row {row}: {int(labels[row])}); classes are numbered from 0"
+        )
+    return _checked_points(path, table[:, :2]), labels.astype(np.int32)
 
 
 def is_builtin(name_or_path: str) -> bool:
@@ -136,6 +238,17 @@ def get_dataset(name_or_path: str, n_points: int = 10_000, noise: float = 0.1, s
     if name_or_path.endswith((".npy", ".csv")) or "/" in name_or_path:
         return load_points(name_or_path)
     return make_dataset(name_or_path, n_points, noise, seed)  # raises the unknown-dataset error
+
+
+def get_labelled_dataset(
+    name_or_path: str, n_points: int = 10_000, noise: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A built-in dataset's points and classes (`make_labelled_dataset`), or a labelled (N, 3) file's."""
+    if is_builtin(name_or_path):
+        return make_labelled_dataset(name_or_path, n_points, noise, seed)
+    if name_or_path.endswith((".npy", ".csv")) or "/" in name_or_path:
+        return load_labelled_points(name_or_path)
+    return make_labelled_dataset(name_or_path, n_points, noise, seed)  # raises the unknown-dataset error
 
 
 def file_sha256(name_or_path: str) -> Optional[str]:

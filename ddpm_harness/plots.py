@@ -40,6 +40,30 @@ def plot_datasets(datasets: dict[str, np.ndarray], path: Path) -> None:
     _scatter_row([(name.replace("_", " "), x) for name, x in datasets.items()], path, (5, 5), alpha=0.5)
 
 
+def plot_guidance(rows: dict[float, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path) -> None:
+    """guidance.png: one row per guidance weight w, one column per dataset, samples coloured by class.
+    rows: w -> {dataset name -> (points (N, 2), labels (N,))}; every row has the same datasets."""
+    names = list(next(iter(rows.values())))
+    colours = plt.get_cmap("tab10")
+    with plt.style.context("dark_background"):
+        fig, axs = plt.subplots(
+            len(rows),
+            len(names),
+            figsize=(3.2 * len(names), 3.2 * len(rows)),
+            squeeze=False,
+            sharex="col",
+            sharey="col",
+        )
+        for axs_row, (w, panels) in zip(axs, rows.items()):
+            for ax, name in zip(axs_row, names):
+                points, labels = panels[name]
+                ax.scatter(points[:, 0], points[:, 1], c=colours(np.asarray(labels) % 10), s=3, alpha=0.6, linewidths=0)
+                ax.set_axis_off()
+                ax.set_title(f"{name.replace('_', ' ')}, w = {w:g}")
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        plt.close(fig)
+
+
 def forward_steps(num_steps: int) -> list[int]:
     """The ten forward steps the tutorial shows: t = 0, 10, ..., 90 for T = 100."""
     return [i * num_steps // 10 for i in range(10)]
