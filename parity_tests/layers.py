@@ -387,11 +387,8 @@ def chain_pairs(p: Precision, n_points: int = 500) -> Pairs:
             x_T=xT_ref,
             zs=zs_ref,
         )
-    out_ans = jax.jit(
-        lambda params, *args, **kwargs: sampling.p_sample_loop(functools.partial(apply_model, params), *args, **kwargs),
-        static_argnums=(1, 2),
-    )(
-        params,
+    out_ans = sampling.p_sample_loop(  # the tutorial's Python loop, step by step as torch's
+        functools.partial(apply_model, params),
         x_T.shape,
         N_STEPS,
         sched_ans.alphas,
@@ -400,7 +397,7 @@ def chain_pairs(p: Precision, n_points: int = 500) -> Pairs:
         x_T=xT_ans,
         zs=zs_ans,
     )
-    return {"x_seq": (np.stack([to_numpy(x) for x in out_ref]), to_numpy(out_ans))}
+    return {"x_seq": (np.stack([to_numpy(x) for x in out_ref]), np.stack([to_numpy(x) for x in out_ans]))}
 
 
 def training_batches(p: Precision, n_steps: int, batch_size: int = 128):

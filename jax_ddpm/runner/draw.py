@@ -22,8 +22,6 @@ from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import run_keys
 from jax_ddpm.samplers import chains
-from jax_ddpm.samplers.tutorial import p_sample_for, sample_chain
-from jax_ddpm.sampling import p_sample_loop
 from jax_ddpm.schedule import Schedule
 
 
@@ -81,25 +79,10 @@ def _to_data(samples: chains.Samples, shift: np.ndarray, scale: float) -> chains
 def _draw(params, schedule, config, key, n, x_T, trajectory) -> chains.Samples:
     sampling_config = _sampling_part(config)
     if config.sampler == "tutorial":
-        if x_T is None:
-            states = sample_chain(params, schedule, key, n, parameterization=config.parameterization)
-        else:
-            x_T = jnp.asarray(x_T, jnp.float32)
-            zs = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape))(
-                jnp.arange(config.num_steps)
-            )
-            states = p_sample_loop(
-                functools.partial(apply_model, params),
-                x_T.shape,
-                config.num_steps,
-                schedule.alphas,
-                schedule.betas,
-                schedule.one_minus_alphas_bar_sqrt,
-                x_T=x_T,
-                zs=zs,
-                p_sample=p_sample_for(params, schedule, config.parameterization),
-            )
-        return chains.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
+        x_T = None if x_T is None else jnp.asarray(x_T, jnp.float32)
+        return chains.tutorial(
+            params, schedule, x_T, key=key, n=n, trajectory=trajectory, parameterization=config.parameterization
+        )
     if x_T is None:
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
     return _jitted_sample_from()(

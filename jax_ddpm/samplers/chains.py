@@ -35,11 +35,10 @@ import numpy as np
 
 from ddpm_harness.config import VARIANCES, SamplerOptions
 from ddpm_harness.timesteps import SPACINGS, ddim_timesteps, dpm_solver_timesteps  # noqa: F401 (SPACINGS: for callers)
-from jax_ddpm import sampling
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.predictions import predict_eps, predict_x0
 from jax_ddpm.objectives.schedules import has_zero_terminal_snr
-from jax_ddpm.samplers.tutorial import sample_chain
+from jax_ddpm.samplers.tutorial import p_sample_for, sample_chain, scan_chain
 from jax_ddpm.schedule import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -464,23 +463,23 @@ def tutorial(
     *,
     n: int | None = None,
     trajectory: bool = False,
+    parameterization: str = "eps",
 ) -> Samples:
-    """The tutorial's ancestral sampler, unchanged (`jax_ddpm.sampling`, noise at t = 0 included).
+    """The tutorial's ancestral sampler, unchanged (`jax_ddpm.sampling`, noise at t = 0 included), for a model
+    that predicts `parameterization` (`samplers.tutorial.p_sample_for`: eps, or a learned variance).
 
     x_T None: `samplers.tutorial.sample_chain(params, schedule, key, n)`, bit for bit today's default; x_T given:
-    `sampling.p_sample_loop` with noise (T, N, 2), or with the noise sample_chain would draw from key.
+    the same chain (`samplers.tutorial.scan_chain`) with noise (T, N, 2), or with the noise sample_chain would
+    draw from key.
     """
     if x_T is None:
-        states = sample_chain(params, schedule, key, n)
+        states = sample_chain(params, schedule, key, n, parameterization=parameterization)
     else:
         if noise is None:
-            noise = jnp.stack(
-                [
-                    jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape, x_T.dtype)
-                    for k in range(schedule.num_steps)
-                ]
+            noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape, x_T.dtype))(
+                jnp.arange(schedule.num_steps)
             )
-        states = sampling.p_sample_loop(
+        states = scan_chain(
             functools.partial(apply_model, params),
             x_T.shape,
             schedule.num_steps,
@@ -489,6 +488,7 @@ def tutorial(
             schedule.one_minus_alphas_bar_sqrt,
             x_T=x_T,
             zs=noise,
+            p_sample=p_sample_for(params, schedule, parameterization),
         )
     return Samples(states[-1], states if trajectory else None, jnp.asarray(schedule.num_steps, jnp.int32))
 

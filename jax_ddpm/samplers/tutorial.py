@@ -1,15 +1,35 @@
-"""The tutorial's ancestral chain as the runs use it: compiled (`sample_chain`), for the tutorial's
-eps model or a model that learned its variance (`p_sample_for`)."""
+"""The tutorial's ancestral chain as the runs use it: its loop as one lax.scan (`scan_chain`), compiled
+(`sample_chain`), for the tutorial's eps model or a model that learned its variance (`p_sample_for`)."""
 
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from jax_ddpm import speed
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.variance import p_sample_learned
-from jax_ddpm.sampling import p_sample, p_sample_loop
+from jax_ddpm.sampling import p_sample
 from jax_ddpm.schedule import Schedule
+
+
+def scan_chain(
+    model, shape, n_steps, alphas, betas, one_minus_alphas_bar_sqrt, x_T=None, zs=None, key=None, p_sample=p_sample
+):
+    """`sampling.p_sample_loop` as one lax.scan: all n_steps + 1 states (n_steps + 1, *shape), x_T first, the
+    same draws from `key` (made inside the scan: no (T, N, 2) noise array is built). `p_sample`: the reverse
+    step, called with p_sample's arguments."""
+    cur_x = jax.random.normal(jax.random.fold_in(key, 0), shape) if x_T is None else x_T
+
+    def step(cur_x, k_i):  # for k, i in enumerate(reversed(range(n_steps))):
+        k, i = k_i
+        z = None if zs is None else zs[k]
+        key_k = None if key is None else jax.random.fold_in(key, k + 1)
+        cur_x = p_sample(model, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt, z=z, key=key_k)
+        return cur_x, cur_x
+
+    _, x_seq = jax.lax.scan(step, cur_x, (jnp.arange(n_steps), jnp.arange(n_steps - 1, -1, -1)))
+    return jnp.concatenate([cur_x[None], x_seq])
 
 
 def p_sample_for(params: dict, schedule: Schedule, parameterization: str = "eps"):
@@ -41,7 +61,7 @@ def _jitted_chain():
 
 
 def _sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int, parameterization: str) -> jax.Array:
-    return p_sample_loop(
+    return scan_chain(
         functools.partial(apply_model, params),
         (n, 2),
         schedule.num_steps,
