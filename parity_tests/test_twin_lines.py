@@ -15,8 +15,9 @@ from parity_tests.twin_lines import PAIRS, shared_lines
 # pairs pure twins: everything beyond the tutorial moved out (the run machinery to jax_ddpm/runner/chunk.py,
 # the loss choice to jax_ddpm/objectives/objective.py, the schedule's options to objectives/schedules.py),
 # the model is written with jax_ddpm.torchlike, and the JAX side has the tutorial's `train` loop. Measured:
-# schedule 55, model 23, losses 59, sampling 16, training 27.
-FLOORS = {"schedule": 52, "model": 22, "losses": 56, "sampling": 15, "training": 26}
+# schedule 55, model 23, losses 59, sampling 16, training 27. Then sampling's p_sample_loop became the
+# tutorial's Python loop again (its lax.scan is samplers.tutorial.scan_chain): sampling 19.
+FLOORS = {"schedule": 52, "model": 22, "losses": 56, "sampling": 18, "training": 26}
 
 
 @pytest.mark.parametrize("name", PAIRS)
