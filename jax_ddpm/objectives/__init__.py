@@ -3,6 +3,7 @@
 - `schedules`: the schedule a run's config asks for (`run_schedule`): cosine betas, zero terminal SNR.
 - `predictions`: the model's output read as eps, v or x0, and the training target of each.
 - `variance`: the learned variance (a 4-output model), the hybrid loss and the variational bound.
+- `flow`: flow matching (--method flow): TorchCFM's path, target and couplings, and its loss.
 - `objective`: `loss_fn_for(config)`, the one place a run's loss is chosen (the single run and the sweep).
 
 May import: the twins at the package's top (schedule, model, losses, training), `speed`, and ddpm_harness.
