@@ -122,6 +122,11 @@ def state_steps(config: Config) -> Optional[list[int]]:
 def sampling_record(config: Config, nfe: int) -> dict:
     """How the final samples were drawn, for summary.json: sampler, its options, NFE."""
     record = dict(sampler=config.sampler, nfe=nfe, prediction=config.prediction)
+    if config.method == "flow":
+        record = dict(sampler=config.sampler, nfe=nfe, method="flow", coupling=config.coupling)
+        record["flow_sigma"] = config.flow_sigma
+    if config.sampler in ("euler", "midpoint"):
+        record["sample_steps"] = SamplerOptions.from_config(config).sample_steps
     if config.sampler in ("ddpm", "ddim", "dpm-solver++"):
         record.update(
             sample_steps=SamplerOptions.from_config(config).sample_steps, timestep_spacing=config.timestep_spacing
