@@ -16,8 +16,8 @@ time (`samplers.flow.grid_model`). So t = 1 itself is never seen: the last grid 
 Couplings. independent: x_0 paired with x_1 as drawn (I-CFM). ot: within each batch, the noise points
 are permuted to the minibatch exact optimal transport plan between them and the data (uniform weights,
 squared Euclidean cost, `ot_pairing`): with equal batch sizes that plan is a permutation, an assignment
-problem, solved on the host by scipy's `linear_sum_assignment` through `jax.pure_callback` inside the
-compiled training program. TorchCFM's ExactOptimalTransportConditionalFlowMatcher solves the same plan
+problem, solved by optax's Hungarian algorithm inside the compiled training program (OTT-JAX's solvers
+are entropic, Sinkhorn: not the exact plan). TorchCFM's ExactOptimalTransportConditionalFlowMatcher solves the same plan
 with POT's `ot.emd` and then *samples* B pairs from it, with replacement by default (some pairs twice,
 some not at all); ours uses every pair of the plan once, which is TorchCFM's `sample_plan(replace=False)`
 up to the order of the pairs (docs/flow.md).
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 
 from jax_ddpm.losses import antithetic_timesteps
 from jax_ddpm.model import apply_model
@@ -49,23 +49,15 @@ def flow_noise(noise_key, opt_step, shape, n_steps, dtype=jnp.float32):
     return antithetic_timesteps(k_t, batch, n_steps), jax.random.normal(k_e, (batch, 2, dim), dtype)
 
 
-def _assignment(cost: np.ndarray) -> np.ndarray:
-    from scipy.optimize import linear_sum_assignment  # here: only --coupling ot needs scipy
-
-    rows, cols = linear_sum_assignment(np.asarray(cost, np.float64))
-    out = np.empty(cost.shape[0], np.int32)
-    out[rows] = cols
-    return out
-
-
 def ot_pairing(x_0: jax.Array, x_1: jax.Array) -> jax.Array:
     """perm (B,) int32 with x_0[perm] paired with x_1: the minibatch exact OT plan (uniform weights,
     squared Euclidean cost) between B noise points x_0 (B, D) and B data points x_1 (B, D), which for
-    equal sizes is the assignment minimising sum_j ||x_0[perm[j]] - x_1[j]||^2. Solved on the host
-    (scipy's linear_sum_assignment) through jax.pure_callback; not differentiated (no parameter enters)."""
-    cost = jnp.sum((x_1[:, None, :] - x_0[None, :, :]) ** 2, axis=-1)  # (B data, B noise)
-    out = jax.ShapeDtypeStruct((x_1.shape[0],), jnp.int32)
-    return jax.pure_callback(_assignment, out, jax.lax.stop_gradient(cost), vmap_method="sequential")
+    equal sizes is the assignment minimising sum_j ||x_0[perm[j]] - x_1[j]||^2. Solved in JAX by
+    optax's Hungarian algorithm (compiled with the training step, vmapped with the models of a sweep);
+    not differentiated (no parameter enters)."""
+    cost = jax.lax.stop_gradient(jnp.sum((x_1[:, None, :] - x_0[None, :, :]) ** 2, axis=-1))  # (B data, B noise)
+    rows, cols = optax.assignment.hungarian_algorithm(cost)
+    return jnp.zeros(x_1.shape[0], jnp.int32).at[rows].set(cols.astype(jnp.int32))
 
 
 def couple(x_0: jax.Array, x_1: jax.Array, coupling: str) -> jax.Array:
