@@ -1,5 +1,5 @@
 """Flow matching (--method flow) without torch: its options, its samplers against hand-written numpy
-loops, its likelihood against a closed form, and a tiny run that resumes bit for bit.
+loops, its likelihood against a closed form, and a tiny run that resumes bit for bit after SIGKILL.
 
 Gaussian data N(m, s^2 I) with x_0 ~ N(0, I) and sigma = 0: x_t = (1 - t) x_0 + t x_1 is Gaussian,
 N(t m, sigma_t^2 I) with sigma_t^2 = (1 - t)^2 + t^2 s^2, and the exact marginal velocity
@@ -13,7 +13,13 @@ whose flow maps x_0 to x_1 = m + s x_0. So the ODE's NLL of a point is exactly -
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +27,13 @@ import pytest
 
 from ddpm_harness.config import Config, ConfigError, SamplerOptions, validate
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
+from jax_ddpm.runner.checkpoint import Checkpointer
 from jax_ddpm.samplers import flow, likelihood
 from jax_ddpm.training import batch_noise, noise_loss
 from parity_tests.precision import FLOAT64
 from tests.conftest import assert_same_run, tiny_argv, train_main
 
+REPO = Path(__file__).resolve().parents[1]
 M, S = np.array([1.5, -0.5]), 0.4
 T = 100
 FLOW = Config(method="flow", sampler="euler")
@@ -160,15 +168,30 @@ def test_flow_samplers_transport_noise_to_the_gaussian(sampler, k, atol):
 # --- a tiny run --------------------------------------------------------------------------------
 
 
-def test_tiny_flow_run_with_ot_resumes_bit_for_bit(tmp_path):
-    """--method flow --coupling ot --sampler euler trains, samples and writes a run folder; stopped at
-    epoch 2 and resumed to 4 it ends bit for bit where an uninterrupted run ends."""
+def test_flow_run_with_ot_resumes_bit_for_bit_after_sigkill(tmp_path):
+    """--method flow --coupling ot --sampler euler trains, samples and writes a run folder; killed with
+    SIGKILL after its first checkpoint and resumed, it ends bit for bit where an uninterrupted run ends."""
     flow_args = ("--no-plots", "--method", "flow", "--coupling", "ot", "--sampler", "euler", "--sample-steps", "20")
-    halves, whole = tmp_path / "halves", tmp_path / "whole"
-    sizes = dict(checkpoint_every=2, log_every=2, n_samples=64, n_eval=64)
-    assert train_main(tiny_argv(halves, *flow_args, epochs=2, **sizes)) == 0
-    assert train_main(tiny_argv(halves, *flow_args, "--resume", epochs=4, **sizes)) == 0
-    assert train_main(tiny_argv(whole, *flow_args, epochs=4, **sizes)) == 0
-    assert_same_run(halves, whole)
+    sizes = dict(epochs=40, n_samples=64, n_eval=64)  # 8 steps an epoch, checkpoints every 10 epochs
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jax_ddpm.train", *tiny_argv(killed, *flow_args, **sizes)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint_manifests" / "10.json").is_file():  # complete once its manifest is written
+        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = Checkpointer(killed).latest_epoch()
+    assert kept is not None and kept < 40, f"the kill came too late to test resume (checkpoint {kept})"
+    assert train_main(tiny_argv(killed, *flow_args, "--resume", **sizes)) == 0
+    assert train_main(tiny_argv(whole, *flow_args, **sizes)) == 0
+    assert_same_run(killed, whole)
     samples = np.load(whole / "samples.npy")
     assert samples.shape == (64, 2) and np.all(np.isfinite(samples))
