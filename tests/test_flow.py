@@ -26,8 +26,10 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, ConfigError, SamplerOptions, validate
+from jax_ddpm.convert import main as convert_main
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.runner.checkpoint import Checkpointer
+from jax_ddpm.sample import main as sample_main
 from jax_ddpm.samplers import flow, likelihood
 from jax_ddpm.training import batch_noise, noise_loss
 from parity_tests.precision import FLOAT64
@@ -195,3 +197,10 @@ def test_flow_run_with_ot_resumes_bit_for_bit_after_sigkill(tmp_path):
     assert_same_run(killed, whole)
     samples = np.load(whole / "samples.npy")
     assert samples.shape == (64, 2) and np.all(np.isfinite(samples))
+    # convert takes the flow run: exported and imported, it samples as the run does (its config travels along).
+    model, imported = tmp_path / "model.safetensors", tmp_path / "imported"
+    assert convert_main(["export", "--run", str(whole), "--out", str(model)]) == 0
+    assert convert_main(["import", str(model), "--out-dir", str(imported)]) == 0
+    for run in (whole, imported):
+        assert sample_main(["--run", str(run), "--n", "32", "--out", str(run / "m.npy")]) == 0
+    np.testing.assert_array_equal(np.load(imported / "m.npy"), np.load(whole / "m.npy"))
