@@ -111,7 +111,12 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
 def state_steps(config: Config) -> Optional[list[int]]:
     """The step t of each state of a ddpm, ddim or dpm-solver++ chain on K of the T steps, in the
     tutorial's labels (state k is x_{t + 1} before the model call at step t; the sample is x_0);
-    None for the samplers whose chains have T + 1 states labelled as the tutorial's."""
+    None for the samplers whose chains have T + 1 states labelled as the tutorial's. A flow model's
+    states are labelled by their time t in [0, 1] (x_1 the sample)."""
+    if config.method == "flow":
+        k = SamplerOptions.from_config(config).sample_steps
+        times = np.append(np.arange(config.num_steps) / config.num_steps, 1.0) if k is None else np.arange(k + 1) / k
+        return [f"{t:.3g}" for t in times]
     if config.sampler not in ("ddpm", "ddim", "dpm-solver++"):
         return None
     options = SamplerOptions.from_config(config)
