@@ -45,6 +45,15 @@ class Config:
     """Noise of the dataset (the tutorial uses 0.1): the std of scikit-learn's noise for moons, swiss_roll and s_curve
     (before their scaling); half of it for circles (the tutorial's 0.1 would merge the rings); the std of each of
     the eight Gaussians; ignored by checkerboard and by a file."""
+    method: Literal["diffusion", "flow"] = "diffusion"
+    """What the model learns: the tutorial's diffusion (DDPM), or flow matching (a velocity on the straight
+    path from N(0, I) at t = 0 to the data at t = 1, TorchCFM's definitions; the model sees t as the
+    nearest of T grid times k / T). Flow samples with --sampler euler, midpoint or ode. Details: docs/flow.md."""
+    coupling: Literal["independent", "ot"] = "independent"
+    """Flow matching's pairing of noise and data in a batch: independent (I-CFM) or ot (minibatch exact
+    optimal transport, squared Euclidean cost, OT-CFM). --method flow only."""
+    flow_sigma: float = 0.0
+    """Flow matching's Gaussian path width sigma: x_t = t x_1 + (1 - t) x_0 + sigma eps. --method flow only."""
     schedule: Literal["linear", "quad", "sigmoid", "constant", "cosine"] = "sigmoid"
     """Beta schedule."""
     num_steps: int = 100
@@ -85,14 +94,16 @@ class Config:
     """Train on the data standardized (minus its mean, divided by the standard deviation of all its
     coordinates) and map the samples back: the schedule then meets every dataset at unit scale (the
     tutorial's s_curve has std 0.1, its noise 0.01). The statistics are the training points'."""
-    sampler: Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"] = "tutorial"
+    sampler: Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode", "euler", "midpoint"] = "tutorial"
     """Sampler of the final samples and the evaluations: tutorial (its ancestral chain, noise at
     t = 0 included), ddpm (Ho et al. Algorithm 2, no noise at the last step), ddim (Song et al.
     2021), dpm-solver++ (Lu et al. 2022, 2M multistep) or ode (the probability-flow ODE, diffrax
-    Tsit5, adaptive). Details: docs/samplers.md."""
+    Tsit5, adaptive). Details: docs/samplers.md. A flow model (--method flow): euler or midpoint
+    (K fixed steps from t = 0 to 1) or ode (its ODE, diffrax Tsit5, adaptive); docs/flow.md."""
     sample_steps: Optional[int] = None
-    """K, the model evaluations (NFE) of ddpm, ddim and dpm-solver++: K of the T steps (default T;
-    20 for dpm-solver++). The tutorial sampler always takes T steps; the ODE chooses its own."""
+    """K, the steps of ddpm, ddim, dpm-solver++, euler and midpoint: K of the T steps (default T;
+    20 for dpm-solver++; T for euler, T // 2 for midpoint: T model evaluations). The tutorial sampler
+    always takes T steps; the ODE chooses its own."""
     eta: float = 0.0
     """DDIM's eta: 0 is deterministic, 1 adds DDPM-like noise (used by --sampler ddim)."""
     variance: Literal["beta", "posterior"] = "beta"
@@ -200,6 +211,7 @@ RANGES = (
     ("lr", lambda v: v > 0, "must be positive"),
     ("clip_norm", lambda v: v >= 0, "must be >= 0 (0 disables clipping)"),
     ("ema_decay", lambda v: 0.0 <= v < 1.0, "must lie in [0, 1)"),
+    ("flow_sigma", lambda v: v >= 0, "must be >= 0"),
 )
 
 
@@ -239,7 +251,9 @@ def _check_devices(config: Config) -> None:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
 
 
-SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode")
+SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode", "euler", "midpoint")
+FLOW_SAMPLERS = ("euler", "midpoint", "ode")  # the samplers of a flow model (--method flow)
+METHODS = ("diffusion", "flow")
 PREDICTIONS = ("eps", "v", "x0")
 VARIANCES = ("beta", "posterior")
 
@@ -261,10 +275,14 @@ class SamplerOptions:
     rtol: float = 1e-5
     atol: float = 1e-5
     zero_terminal_snr: bool = False
+    method: str = "diffusion"
 
     def __post_init__(self):
         _check_names(self)
         _check_values(self)
+        if self.sampler in ("euler", "midpoint"):
+            default = self.num_steps if self.sampler == "euler" else max(1, self.num_steps // 2)
+            object.__setattr__(self, "sample_steps", self.sample_steps or default)
         if self.sampler in ("ddpm", "ddim", "dpm-solver++"):
             given, spacing = self.sample_steps, self.timestep_spacing or default_spacing(self.sampler)
             object.__setattr__(self, "sample_steps", given or default_sample_steps(self.sampler, self.num_steps))
@@ -290,11 +308,13 @@ class SamplerOptions:
             rtol=config.ode_rtol,
             atol=config.ode_atol,
             zero_terminal_snr=config.zero_terminal_snr,
+            method=getattr(config, "method", "diffusion"),
         )
 
 
 def _check_names(options: SamplerOptions) -> None:
     for what, value, choices in (
+        ("method", options.method, METHODS),
         ("sampler", options.sampler, SAMPLERS),
         ("prediction", options.prediction, PREDICTIONS),
         ("variance", options.variance, VARIANCES),
@@ -307,6 +327,7 @@ def _check_names(options: SamplerOptions) -> None:
 
 def _check_values(options: SamplerOptions) -> None:
     name, steps = options.sampler, options.sample_steps
+    _check_method_sampler(options)
     if options.zero_terminal_snr and options.prediction == "eps":
         raise ConfigError(
             "a zero-terminal-SNR schedule cannot be sampled with an eps-prediction model "
@@ -329,6 +350,34 @@ def _check_values(options: SamplerOptions) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
+def _check_method_sampler(options: SamplerOptions) -> None:
+    """A flow model's samplers against a diffusion model's, and the options only diffusion reads."""
+    name = options.sampler
+    if options.method == "flow":
+        if name not in FLOW_SAMPLERS:
+            raise ConfigError(
+                f"--sampler {name} runs a diffusion model; a flow model (--method flow) samples with "
+                "--sampler euler, midpoint or ode: add --sampler euler (or midpoint, ode)."
+            )
+        for what, value, default in (
+            ("--prediction", options.prediction, "eps"),
+            ("--timestep-spacing", options.timestep_spacing, None),
+            ("--eta", options.eta, 0.0),
+            ("--variance", options.variance, "beta"),
+            ("--zero-terminal-snr", options.zero_terminal_snr, False),
+        ):
+            if value != default:
+                raise ConfigError(
+                    f"{what} {value} is a diffusion option; a flow model (--method flow) predicts a velocity "
+                    f"on a straight path and has no use for it: leave {what} out (or use --method diffusion)."
+                )
+    elif name in ("euler", "midpoint"):
+        raise ConfigError(
+            f"--sampler {name} integrates a flow model's velocity; a diffusion model samples with tutorial, "
+            "ddpm, ddim, dpm-solver++ or ode: add --method flow (and train a flow model), or choose one of those."
+        )
+
+
 def _check_spacing(options: SamplerOptions, given: Optional[int]) -> None:
     k, spacing = options.sample_steps, options.timestep_spacing
     ts = sampler_timesteps(options.sampler, options.num_steps, k, spacing)
@@ -340,7 +389,8 @@ def _check_spacing(options: SamplerOptions, given: Optional[int]) -> None:
 
 
 def _check_training_pairs(config) -> None:
-    """The sampling options against what the model was trained to predict (--loss, --prediction)."""
+    """The sampling options against what the model was trained to predict (--method, --loss, --prediction)."""
+    _check_flow_training(config)
     if config.prediction != "eps" and config.loss != "noise":
         raise ConfigError(
             f"--prediction {config.prediction} replaces the noise loss's target; --loss {config.loss} "
@@ -350,6 +400,36 @@ def _check_training_pairs(config) -> None:
         raise ConfigError(
             f"--loss variational trains the mean of each tutorial step, which only its ancestral "
             f"chain can use: leave out --sampler {config.sampler} (or use --loss noise or hybrid)."
+        )
+
+
+def _check_flow_training(config) -> None:
+    """--method flow against the diffusion-only training options, and the flow-only options under diffusion."""
+    method = getattr(config, "method", "diffusion")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+    coupling, sigma = getattr(config, "coupling", "independent"), getattr(config, "flow_sigma", 0.0)
+    if method == "diffusion":
+        if coupling != "independent" or sigma != 0.0:
+            what = f"--coupling {coupling}" if coupling != "independent" else f"--flow-sigma {sigma}"
+            raise ConfigError(
+                f"{what} is a flow-matching option; a diffusion model pairs each point with its own noise: "
+                "add --method flow, or leave it out."
+            )
+        return
+    if coupling not in ("independent", "ot"):
+        raise ConfigError(f"unknown coupling {coupling!r}: choose one of independent, ot.")
+    if config.loss != "noise":
+        raise ConfigError(
+            f"--loss {config.loss} is a diffusion loss; flow matching (--method flow) trains its own "
+            "(the velocity regression): leave --loss out (or use --method diffusion)."
+        )
+    devices = getattr(config, "devices", 1)
+    processes = getattr(config, "num_processes", None)
+    if coupling == "ot" and (devices > 1 or (processes or 1) > 1):
+        raise ConfigError(
+            "--coupling ot pairs each whole batch on the host (an exact assignment), which one device holds: "
+            "use --devices 1 and one process with --coupling ot, or --coupling independent."
         )
 
 

@@ -40,6 +40,12 @@ class RunDirError(ValueError):
 def describe_setup(config: Config, data: np.ndarray, schedule) -> list[str]:
     """The opening lines: dataset, schedule and how far from N(0, I) its forward process ends
     (`schedule` of either framework: its betas and alphas_prod are read)."""
+    if config.method == "flow":
+        return [
+            f"dataset: {config.dataset}, {data.shape[0]:,} points",
+            f"flow matching: N(0, I) at t = 0 to the data at t = 1, coupling {config.coupling}, "
+            f"sigma {config.flow_sigma:g}, the model at the T = {config.num_steps} grid times k / T",
+        ]
     betas, alpha_bar_T = schedule.betas, float(schedule.alphas_prod[-1])
     lines = [
         f"dataset: {config.dataset}, {data.shape[0]:,} points",

@@ -265,8 +265,12 @@ def configurations(args: SweepArgs, sweep_dir: Path) -> list[Configuration]:
 
 def group_key(config: Config) -> tuple:
     """What must be equal for configurations to share one compiled program: the data, the shapes
-    (T, batch size, epochs), the loss and prediction target, and whether there is a clipping step at all."""
+    (T, batch size, epochs), the loss and prediction target, whether there is a clipping step at all, and
+    what the model learns (--method, and a flow model's --coupling and --flow-sigma, constants of its loss)."""
     return (
+        config.method,
+        config.coupling,
+        config.flow_sigma,
         config.dataset,
         config.n_points,
         config.data_noise,

@@ -10,6 +10,8 @@ run folder (never overwriting one):
    `predictions.negative_elbo` for v and x0 models) on the same points;
 3. the sample metrics of n samples with the chosen sampler, beside the floor and ceiling calibrated
    at the same n.
+A flow run (--method flow): its NLL through its own ODE from the data at t = 1 to N(0, I) at t = 0
+(`likelihood.flow_nll_bits_per_dim`, exact divergence, the exact source density); it has no bound.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from jax_ddpm.runner.draw import sample_states
 from jax_ddpm.runner.evaluation import sample_quality
 from jax_ddpm.runner.finish import sampling_record
 from jax_ddpm.sample import RunSampling, sampling_config
-from jax_ddpm.samplers import chains, likelihood
+from jax_ddpm.samplers import chains, flow, likelihood
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,15 @@ def per_seed(params, seeds: int) -> list:
 
 
 def nll(config, params, schedule, points: np.ndarray) -> dict:
-    """NLL in bits/dim through the probability-flow ODE, or why it is unavailable."""
+    """NLL in bits/dim through the probability-flow ODE (a flow model's: its own ODE), or why it is unavailable."""
+    if config.method == "flow":
+        out = likelihood.flow_nll_bits_per_dim(
+            flow.grid_model(functools.partial(apply_model, params), config.num_steps),
+            np.asarray(points, np.float32),
+            rtol=config.ode_rtol,
+            atol=config.ode_atol,
+        )
+        return dict(bits_per_dim=float(np.mean(np.asarray(out.bits_per_dim, np.float64))), nfe=int(out.nfe))
     if config.loss == "variational" or config.prediction == "x0":
         why = (
             "the variational loss's model predicts means, not a vector field"
@@ -84,7 +94,9 @@ def nll(config, params, schedule, points: np.ndarray) -> dict:
 
 
 def bound(config, params, schedule, points: np.ndarray, decoder: str, seed: int) -> dict:
-    """The negative ELBO in bits/dim and its parts."""
+    """The negative ELBO in bits/dim and its parts (none for a flow model)."""
+    if config.method == "flow":
+        return dict(unavailable="a flow model has no diffusion steps, so no variational bound")
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     if config.prediction == "eps":
         return variance.negative_elbo(params, schedule, points, key, config.parameterization, decoder)
@@ -148,7 +160,9 @@ def evaluate_run(args: EvaluateArgs) -> dict:
         calibration=dict(n=n, **calibrated),
         likelihood=dict(
             n=len(points), prior="N(0, I) at t = T-1", alpha_bar_T=float(schedule.alphas_prod[-1]), **gather(nlls)
-        ),
+        )
+        if config.method == "diffusion"
+        else dict(n=len(points), prior="N(0, I) at t = 0 (flow matching's source)", **gather(nlls)),
         bound=dict(n=len(points), decoder_kind=args.decoder, **gather(bounds)),
     )
     write_json(out, result)
@@ -166,17 +180,25 @@ def report(result: dict) -> str:
     ]
     if "unavailable" in lk:
         lines.append(f"NLL (probability-flow ODE): unavailable: {np.atleast_1d(lk['unavailable'])[0]}")
+    elif "alpha_bar_T" not in lk:
+        lines.append(
+            f"NLL (the flow's ODE, exact divergence, {lk['prior']}; {lk['n']:,} held-out points): "
+            f"{format_metric(lk['bits_per_dim'])} bits/dim (NFE {int(np.max(lk['nfe']))})"
+        )
     else:
         lines.append(
             f"NLL (probability-flow ODE, exact divergence, prior N(0, I) at t = T-1 where alpha_bar = "
             f"{lk['alpha_bar_T']:.3g}; {lk['n']:,} held-out points): {format_metric(lk['bits_per_dim'])} "
             f"bits/dim (NFE {int(np.max(lk['nfe']))})"
         )
-    lines.append(
-        f"variational bound (-ELBO, {bd['decoder_kind']} decoder, {bd['n']:,} held-out points): "
-        f"{format_metric(bd['total'])} bits/dim (prior {format_metric(bd['prior'])}, diffusion "
-        f"{format_metric(bd['diffusion'])}, decoder {format_metric(bd['decoder'])})"
-    )
+    if "unavailable" in bd:
+        lines.append(f"variational bound: unavailable: {np.atleast_1d(bd['unavailable'])[0]}")
+    else:
+        lines.append(
+            f"variational bound (-ELBO, {bd['decoder_kind']} decoder, {bd['n']:,} held-out points): "
+            f"{format_metric(bd['total'])} bits/dim (prior {format_metric(bd['prior'])}, diffusion "
+            f"{format_metric(bd['diffusion'])}, decoder {format_metric(bd['decoder'])})"
+        )
     shown = (
         ", ".join(format_against(k, v, result["calibration"]) for k, v in result["metrics"].items() if k in METRICS)
         or "samples hold NaN or inf"

@@ -35,11 +35,11 @@ class RunSampling:
 
     run: str
     """Run folder written by `python -m jax_ddpm.train` (holds config.json and checkpoints/)."""
-    sampler: Optional[Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode"]] = None
+    sampler: Optional[Literal["tutorial", "ddpm", "ddim", "dpm-solver++", "ode", "euler", "midpoint"]] = None
     """Sampler (default: the run's own; see python -m jax_ddpm.train --help)."""
     sample_steps: Optional[int] = None
-    """K, model evaluations of ddpm, ddim and dpm-solver++ (default: the run's own, or the sampler's
-    default when --sampler changes it)."""
+    """K, the steps of ddpm, ddim, dpm-solver++, euler and midpoint (default: the run's own, or the
+    sampler's default when --sampler changes it)."""
     eta: Optional[float] = None
     """DDIM's eta (default: the run's own)."""
     variance: Optional[Literal["beta", "posterior"]] = None

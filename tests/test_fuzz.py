@@ -279,8 +279,14 @@ POSITIVE_INTS = (
 NON_NEGATIVE_INTS = ("eval-every", "seed")
 # Options whose huge values must be refused before any work (a huge --epochs is a long run, not an error).
 REFUSED_WHEN_HUGE = ("n-points", "num-steps", "n-samples", "seeds", "devices", "n-eval", "seed")
-FLOATS = ("data-noise", "beta-start", "beta-end", "lr", "clip-norm", "ema-decay", "hybrid-lambda")
-CHOICES = {"schedule": SCHEDULES, "loss": ("noise", "variational", "hybrid"), "sample-with": ("raw", "ema")}
+FLOATS = ("data-noise", "beta-start", "beta-end", "lr", "clip-norm", "ema-decay", "hybrid-lambda", "flow-sigma")
+CHOICES = {
+    "schedule": SCHEDULES,
+    "loss": ("noise", "variational", "hybrid"),
+    "sample-with": ("raw", "ema"),
+    "method": ("diffusion", "flow"),
+    "coupling": ("independent", "ot"),
+}
 FLAGS = ("resume", "no-plots", "no-compile-cache")
 TRAIN_OPTIONS = {f.name.replace("_", "-") for f in dataclasses.fields(Config)} | {"help", "h"}
 SAMPLE_OPTIONS = {"run", "n", "params", "out", "seed", "help", "h"}

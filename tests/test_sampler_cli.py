@@ -146,7 +146,8 @@ BAD_TRAIN = [
     (["--sampler", "ode", "--sample-steps", "10"], "--sample-steps does not apply to the ode sampler"),
     (["--sampler", "dpm-solver++", "--sample-steps", "100"], "gives repeated or missing steps for K = 100"),
     (["--sampler", "ode", "--ode-rtol", "0"], "--ode-rtol must be positive"),
-    (["--sampler", "euler"], "invalid choice 'euler'"),
+    (["--sampler", "heun"], "invalid choice 'heun'"),
+    (["--sampler", "euler"], "--sampler euler integrates a flow model's velocity"),  # a flow sampler (--method flow)
 ]
 
 

@@ -8,6 +8,7 @@
 - `conditional`: the class-conditional model (the tutorial's, with a learned per-class scale and a null
   class) and its loss with label dropout (`cond_drop`).
 - `mixtures`: the exact model of Gaussian-mixture data (noised class-conditional scores in closed form).
+- `flow`: flow matching (--method flow): TorchCFM's path, target and couplings, and its loss.
 - `objective`: `loss_fn_for(config)`, the one place a run's loss is chosen (the single run and the sweep).
 
 May import: the twins at the package's top (schedule, model, losses, training), `speed`, and ddpm_harness.

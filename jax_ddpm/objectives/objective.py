@@ -4,7 +4,8 @@
 --prediction and --loss: for eps (the tutorial's prediction) the noise-estimation loss, the tutorial's
 variational loss (a 4-output model) or Improved DDPM's hybrid loss; for v and x0 the regression on their
 target (`predictions.prediction_loss`; the noise loss only, `ddpm_harness.config.validate` refuses the
-others). The single run's chunk and the sweep's models both call it.
+others); for --method flow the flow matching loss (`flow.flow_loss_fn`). The single run's chunk and the
+sweep's models both call it, and `noise_fn_for(config)`, the per-step draws that go with the loss.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jax_ddpm.losses import loss_variational
+from jax_ddpm.objectives.flow import flow_loss_fn, flow_noise
 from jax_ddpm.objectives.predictions import prediction_loss
 from jax_ddpm.objectives.variance import hybrid_loss
-from jax_ddpm.training import noise_loss
+from jax_ddpm.training import batch_noise, noise_loss
 
 LOSSES = ("noise", "variational", "hybrid")
 
@@ -38,6 +40,8 @@ def variational_loss(params, batch_x, schedule, n_steps, t, e):
 def loss_fn_for(config, hybrid_lambda=None) -> Callable:
     """loss_fn(params, batch_x, schedule, n_steps, t, e) of `config.prediction` and `config.loss`.
     `hybrid_lambda` (default config.hybrid_lambda) may be a traced value: a sweep's per-model weight."""
+    if getattr(config, "method", "diffusion") == "flow":
+        return flow_loss_fn(config)
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     if config.prediction != "eps":
@@ -58,3 +62,9 @@ def loss_fn_for(config, hybrid_lambda=None) -> Callable:
 
         return hybrid
     return noise_loss
+
+
+def noise_fn_for(config) -> Callable:
+    """noise_fn(noise_key, opt_step, shape, n_steps, dtype) -> (t, e) of a config's loss: the twin's
+    `batch_noise` for diffusion, `flow.flow_noise` (grid indices, and x_0 with the path's eps) for flow."""
+    return flow_noise if getattr(config, "method", "diffusion") == "flow" else batch_noise

@@ -30,7 +30,7 @@ from ddpm_harness.config import Config, ConfigError
 from jax_ddpm import speed
 from jax_ddpm.ema import EMA
 from jax_ddpm.model import init_params
-from jax_ddpm.objectives.objective import loss_fn_for
+from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.schedule import Schedule
 from jax_ddpm.speed import epoch_permutation
 from jax_ddpm.training import TrainState, batch_noise, train_step
@@ -125,6 +125,7 @@ def train_epoch(
     train_step_fn: Callable,
     n_steps: int,
     batch_sharding: Optional[NamedSharding] = None,
+    noise_fn: Callable = batch_noise,
 ) -> tuple[TrainState, dict]:
     """One pass of the tutorial's epoch loop over `dataset` (N, 2), compiled; returns the mean and last-batch loss.
 
@@ -132,7 +133,7 @@ def train_epoch(
     permutation, one lax.scan over the full batches, then the short last batch as the tutorial takes it.
     Every step gets the t and e `batch_noise` draws for it, but the full batches' draws are made in one
     vectorised call before the scan: drawn step by step, threefry's small loops cost a noticeable part of
-    a step on CPU.
+    a step on CPU. `noise_fn` draws them (`objective.noise_fn_for`: `batch_noise`, or flow matching's).
     """
     n, dim = dataset.shape
     n_full, rest = divmod(n, batch_size)
@@ -143,7 +144,7 @@ def train_epoch(
         # Every full batch: (n_full, B, 2), their t (n_full, B) and e (n_full, B, 2)
         batches = shuffled[: n_full * batch_size].reshape(n_full, batch_size, dim)
         opt_steps = state.opt_step + jnp.arange(n_full)
-        t, e = jax.vmap(lambda s: batch_noise(state.noise_key, s, (batch_size, dim), n_steps, dataset.dtype))(opt_steps)
+        t, e = jax.vmap(lambda s: noise_fn(state.noise_key, s, (batch_size, dim), n_steps, dataset.dtype))(opt_steps)
         xs = (batches, t, e)
         if batch_sharding is not None:
             xs = jax.lax.with_sharding_constraint(xs, batch_sharding)
@@ -152,7 +153,7 @@ def train_epoch(
         )
         losses.append(full_losses)
     if rest:  # the tutorial keeps the short last batch
-        t, e = batch_noise(state.noise_key, state.opt_step, (rest, dim), n_steps, dataset.dtype)
+        t, e = noise_fn(state.noise_key, state.opt_step, (rest, dim), n_steps, dataset.dtype)
         state, loss = train_step_fn(state, batch_x=shuffled[n_full * batch_size :], t=t, e=e)
         losses.append(loss[None])
     losses = jnp.concatenate(losses)
@@ -191,6 +192,7 @@ def make_train_chunk(
         train_step_fn=train_step_fn,
         n_steps=schedule.num_steps,
         batch_sharding=batch_sharding,
+        noise_fn=noise_fn_for(config),
     )
 
     def chunk(state, data):

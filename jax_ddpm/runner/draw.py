@@ -21,14 +21,17 @@ from jax_ddpm import speed
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import run_keys
-from jax_ddpm.samplers import chains
+from jax_ddpm.samplers import chains, flow
 from jax_ddpm.schedule import Schedule
 
 
 def _model_fn(params: dict, config: Config) -> chains.ModelFn:
     """The model as the samplers call it: its eps/v/x0 output (the eps half of the hybrid loss's
-    4-output model), at float t through `chains.interpolate_steps` for the ODE."""
+    4-output model), at float t through `chains.interpolate_steps` for the ODE; a flow model's velocity at
+    float t in [0, 1] through `flow.grid_model` (the nearest of its T grid times)."""
     model_fn = functools.partial(apply_model, params)
+    if config.method == "flow":
+        return flow.grid_model(model_fn, config.num_steps)
     if config.parameterization == "eps_logvar":
         model_fn = lambda x, t, f=model_fn: f(x, t)[..., :2]  # noqa: E731
     if config.sampler == "ode":
@@ -93,7 +96,7 @@ def _draw(params, schedule, config, key, n, x_T, trajectory) -> chains.Samples:
 def _sampling_part(config: Config) -> Config:
     """The config with every field that does not change sampling reset, so that jit (which keys its
     cache on the static config) compiles one sampler program per sampling setup."""
-    keep = (*SAMPLING_FIELDS, "prediction", "loss", "num_steps", "zero_terminal_snr")
+    keep = (*SAMPLING_FIELDS, "prediction", "loss", "num_steps", "zero_terminal_snr", "method")
     return Config(**{name: getattr(config, name) for name in keep})
 
 

@@ -111,7 +111,12 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
 def state_steps(config: Config) -> Optional[list[int]]:
     """The step t of each state of a ddpm, ddim or dpm-solver++ chain on K of the T steps, in the
     tutorial's labels (state k is x_{t + 1} before the model call at step t; the sample is x_0);
-    None for the samplers whose chains have T + 1 states labelled as the tutorial's."""
+    None for the samplers whose chains have T + 1 states labelled as the tutorial's. A flow model's
+    states are labelled by their time t in [0, 1] (x_1 the sample)."""
+    if config.method == "flow":
+        k = SamplerOptions.from_config(config).sample_steps
+        times = np.append(np.arange(config.num_steps) / config.num_steps, 1.0) if k is None else np.arange(k + 1) / k
+        return [f"{t:.3g}" for t in times]
     if config.sampler not in ("ddpm", "ddim", "dpm-solver++"):
         return None
     options = SamplerOptions.from_config(config)
@@ -122,6 +127,11 @@ def state_steps(config: Config) -> Optional[list[int]]:
 def sampling_record(config: Config, nfe: int) -> dict:
     """How the final samples were drawn, for summary.json: sampler, its options, NFE."""
     record = dict(sampler=config.sampler, nfe=nfe, prediction=config.prediction)
+    if config.method == "flow":
+        record = dict(sampler=config.sampler, nfe=nfe, method="flow", coupling=config.coupling)
+        record["flow_sigma"] = config.flow_sigma
+    if config.sampler in ("euler", "midpoint"):
+        record["sample_steps"] = SamplerOptions.from_config(config).sample_steps
     if config.sampler in ("ddpm", "ddim", "dpm-solver++"):
         record.update(
             sample_steps=SamplerOptions.from_config(config).sample_steps, timestep_spacing=config.timestep_spacing

@@ -49,7 +49,7 @@ from ddpm_harness.sweeps import (
     open_sweep_dir,
 )
 from jax_ddpm import speed
-from jax_ddpm.objectives.objective import loss_fn_for
+from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import distributed
 from jax_ddpm.runner.chunk import EmaRate, make_mesh, run_optimizer, train_epoch
@@ -139,7 +139,13 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[i
         step = functools.partial(
             train_step, optimizer=optimizer, ema=hyper.ema, schedule=hyper.schedule, n_steps=n_steps, loss_fn=loss_fn
         )
-        epoch_fn = functools.partial(train_epoch, batch_size=config.batch_size, train_step_fn=step, n_steps=n_steps)
+        epoch_fn = functools.partial(
+            train_epoch,
+            batch_size=config.batch_size,
+            train_step_fn=step,
+            n_steps=n_steps,
+            noise_fn=noise_fn_for(config),
+        )
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=n_epochs)
 
     models = jax.vmap(one_model, in_axes=(0, None, 0))

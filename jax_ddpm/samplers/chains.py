@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,30 +37,17 @@ from ddpm_harness.timesteps import SPACINGS, ddim_timesteps, dpm_solver_timestep
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives.predictions import predict_eps, predict_x0
 from jax_ddpm.objectives.schedules import has_zero_terminal_snr
+from jax_ddpm.samplers import flow
+from jax_ddpm.samplers.samples import ODE_ATOL, ODE_RTOL, ODE_SOLVER, Samples, _nfe  # noqa: F401 (for callers)
 from jax_ddpm.samplers.tutorial import p_sample_for, sample_chain, scan_chain
 from jax_ddpm.schedule import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-# The solver of the probability-flow ODE and its default tolerances (mixed error per entry:
-# |err| <= atol + rtol |y|, RMS over the state, diffrax's PIDController).
-ODE_SOLVER = "Tsit5"
-ODE_RTOL = 1e-5
-ODE_ATOL = 1e-5
 # DPM-Solver and the ODE cannot start at alpha_bar = 0 (sigma = sqrt(1 - abar) / sqrt(abar) = inf):
 # a zero-terminal-SNR schedule's last alpha_bar is replaced by 2^-24 there, as diffusers'
 # DPMSolverMultistepScheduler does.
 ZERO_SNR_ALPHA_PROD = 2.0**-24
-
-
-@flax.struct.dataclass
-class Samples:
-    """What a sampler returns: x_0 (N, 2), the trajectory (S + 1, N, 2) with x_T first (None unless
-    asked for), and the number of model evaluations (NFE, an int32 scalar)."""
-
-    x_0: jax.Array
-    trajectory: jax.Array | None
-    nfe: jax.Array
 
 
 # --- timesteps ----------------------------------------------------------------------------------
@@ -386,13 +372,6 @@ def _ode_eps(model_fn, schedule, prediction):
     return vector_field
 
 
-def _nfe(solution) -> jax.Array:
-    # Tsit5 under diffrax's PIDController with dt0=None: one evaluation to start (shared with the
-    # initial step-size choice) and 6 per attempted step, accepted or rejected (tests/test_ode_likelihood.py
-    # counts the calls).
-    return (6 * solution.stats["num_steps"] + 1).astype(jnp.int32)
-
-
 @functools.partial(jax.jit, static_argnames=("model_fn", "prediction", "rtol", "atol", "trajectory", "max_steps"))
 def _ode(model_fn, schedule, x_T, *, prediction, rtol, atol, trajectory, max_steps):
     import diffrax  # here, not at the top: only --sampler ode needs it, and it costs every run ~0.4 s to import
@@ -511,7 +490,8 @@ def sample(
     n: int | None = None,
     params: dict | None = None,
 ) -> Samples:
-    """Run sampler `options.sampler` with its (already checked) options on `schedule`.
+    """Run sampler `options.sampler` with its (already checked) options on `schedule` (a flow model's,
+    --method flow: `flow.sample`, from x_T at t = 0 to the sample at t = 1; the schedule unused).
 
     x_T (N, 2), or None: drawn from fold_in(key, 0) with shape (n, 2) (the tutorial's sample_chain
     convention). Step noise injected (`noise`) or drawn from `key`. `tutorial` runs the tutorial's
@@ -522,6 +502,10 @@ def sample(
     if x_T is None and (key is None or n is None):
         raise ValueError("give x_T (N, 2), or a key and n to draw x_T ~ N(0, I).")
     name, k, prediction = options.sampler, options.sample_steps, options.prediction
+    if options.method == "flow":  # model_fn: a velocity at continuous t (`flow.grid_model`)
+        if x_T is None:
+            x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2), schedule.alphas_prod.dtype)
+        return flow.sample(options, model_fn, x_T, trajectory)
     if name == "tutorial":
         if params is None:
             raise ValueError("the tutorial sampler runs the tutorial's model: pass params=.")

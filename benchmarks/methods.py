@@ -1,0 +1,162 @@
+"""DDPM against flow matching on the same model, data and budget: `python -m benchmarks.methods`.
+
+Writes benchmarks/results/methods.md and methods.json (issue 18). Each method trains `--seeds` models
+(vmapped, `runner.loop.train_models`) with the same model, data, epochs, batch size and optimizer; each
+is then sampled at every NFE of NFES with n points per seed and scored by sliced W2 against a held-out
+draw, as a multiple of the metric's floor at the same n (two draws of the data), mean +- std over seeds.
+
+- ddpm (tutorial): the tutorial's settings, DPM-Solver++(2M) with K = NFE steps, "trailing" spacing
+  (benchmarks/quality_nfe.py's choice), and the tutorial's own sampler at NFE = T;
+- ddpm (preset): `--preset recommended` (v prediction, normalized data, sigmoid 1e-5..0.2, EMA), the
+  same samplers;
+- flow (independent), flow (ot): `--method flow` with each coupling, Euler with K = NFE steps and
+  midpoint with K = NFE / 2 (even NFE).
+
+Also the NLL (bits/dim, through each method's ODE, on held-out points; ddpm's prior N(0, I) at t = T-1,
+flow's exact source at t = 0) and the training time. `--quick` runs a tiny version (for a smoke check,
+not for the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_harness import metrics
+from ddpm_harness.config import Config, resolve_preset
+from ddpm_harness.data import dataset_for, held_out_for
+from jax_ddpm.evaluate import likelihoods_in_data_units
+from jax_ddpm.objectives.schedules import run_schedule
+from jax_ddpm.runner.draw import sample_states
+from jax_ddpm.runner.loop import train_models
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATASETS = ("moons", "swiss_roll", "s_curve", "eight_gaussians")
+NFES = (1, 2, 5, 10, 20, 50, 100)
+
+
+def methods(base: Config) -> dict[str, Config]:
+    """The four methods on `base`'s data and budget."""
+    return {
+        "ddpm (tutorial)": base,
+        "ddpm (preset)": resolve_preset(dataclasses.replace(base, preset="recommended")),
+        "flow (independent)": dataclasses.replace(base, method="flow", sampler="euler"),
+        "flow (ot)": dataclasses.replace(base, method="flow", coupling="ot", sampler="euler"),
+    }
+
+
+def samplings(config: Config, nfes: tuple[int, ...]) -> list[tuple[str, int, Config]]:
+    """(sampler, NFE, sampling config) of a method at every NFE it can take."""
+    out = []
+    if config.method == "flow":
+        for nfe in nfes:
+            out.append(("euler", nfe, dataclasses.replace(config, sampler="euler", sample_steps=nfe)))
+            if nfe % 2 == 0:
+                out.append(("midpoint", nfe, dataclasses.replace(config, sampler="midpoint", sample_steps=nfe // 2)))
+        return out
+    if config.prediction == "eps":
+        out.append(("tutorial", config.num_steps, dataclasses.replace(config, sampler="tutorial", sample_steps=None)))
+    for nfe in nfes:
+        if nfe <= config.num_steps:
+            sampling = dataclasses.replace(
+                config, sampler="dpm-solver++", sample_steps=nfe, timestep_spacing="trailing", eta=0.0
+            )
+            out.append(("dpm-solver++", nfe, sampling))
+    return out
+
+
+def mean_std(values) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def run_method(label: str, config: Config, nfes, n: int, n_likelihood: int, log) -> dict:
+    """Train the method's seeds, then score every (sampler, NFE) and the NLL."""
+    start = time.perf_counter()
+    params_list = jax.block_until_ready(train_models(config, dataset_for(config)))
+    train_s = time.perf_counter() - start
+    reference = held_out_for(config, n)
+    floor = metrics.calibration(config.dataset, n, config.data_noise, config.seed)["floor"]["sliced_w2"]
+    params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params_list)
+    schedule = run_schedule(config)
+    rows = []
+    for sampler, nfe, sampling in samplings(config, nfes):
+        states, _ = sample_states(params, schedule, sampling, n)
+        scored = [
+            metrics.evaluate(x, reference)["sliced_w2"] if np.isfinite(x).all() else np.nan for x in states[:, -1]
+        ]
+        w2 = mean_std(scored)
+        rows.append(dict(sampler=sampler, nfe=nfe, sliced_w2=w2, x_floor=w2[0] / floor))
+        log(f"{config.dataset} {label} {sampler} NFE {nfe}: sliced W2 {w2[0]:.4f} ({w2[0] / floor:.2f}x the floor)")
+    points = held_out_for(config, n_likelihood)[:n_likelihood]
+    nlls, _ = likelihoods_in_data_units(config, params_list, schedule, points, "gaussian")
+    nll = mean_std([r["bits_per_dim"] for r in nlls]) if all("bits_per_dim" in r for r in nlls) else None
+    return dict(method=label, dataset=config.dataset, train_s=train_s, floor=floor, nll=nll, rows=rows)
+
+
+def report(results: list[dict], base: Config, n: int, seconds: float) -> str:
+    """methods.md: one table per dataset, x floor per method and NFE, the NLL and training time."""
+    lines = [
+        "# DDPM against flow matching: same model, data and budget",
+        "",
+        f"`python -m benchmarks.methods`: {base.epochs} epochs, batch {base.batch_size}, {base.seeds} seeds, "
+        f"n = {n:,} samples per seed; sliced W2 as a multiple of its floor (two draws of the data at the same n), "
+        f"mean over seeds; the best sampler of each method at each NFE. {seconds:.0f} s in all.",
+    ]
+    for dataset in dict.fromkeys(r["dataset"] for r in results):
+        rows = [r for r in results if r["dataset"] == dataset]
+        nfes = sorted({row["nfe"] for r in rows for row in r["rows"]})
+        header = " | ".join(f"NFE {k}" for k in nfes)
+        lines += ["", f"## {dataset}", "", f"| method | {header} | NLL (bits/dim) | training s (compile included) |"]
+        lines.append("|---" * (len(nfes) + 3) + "|")
+        for r in rows:
+            best = {}
+            for row in r["rows"]:
+                if row["nfe"] not in best or row["x_floor"] < best[row["nfe"]]["x_floor"]:
+                    best[row["nfe"]] = row
+            cells = [f"{best[k]['x_floor']:.2f} ({best[k]['sampler']})" if k in best else "" for k in nfes]
+            nll = f"{r['nll'][0]:.3f}" if r["nll"] else "n/a"
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {nll} | {r['train_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--n", type=int, default=10_000, help="samples per seed, and the floor's n")
+    parser.add_argument("--n-likelihood", type=int, default=1000)
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check, not a measurement")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.epochs < 1 or args.n < 2:
+        print("error: --seeds and --epochs must be positive, --n at least 2", file=sys.stderr)
+        return 2
+    nfes = (1, 2, 5) if args.quick else NFES
+    epochs, n, n_likelihood = (5, 256, 16) if args.quick else (args.epochs, args.n, args.n_likelihood)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
+    results = []
+    for dataset in args.datasets.split(","):
+        base = Config(dataset=dataset, epochs=epochs, seeds=args.seeds, n_points=10_000 if not args.quick else 512)
+        for label, config in methods(base).items():
+            results.append(run_method(label, config, nfes, n, n_likelihood, log))
+    name = "methods_quick" if args.quick else "methods"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(report(results, base, n, time.perf_counter() - start))
+    log(f"-> {args.out / name}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
