@@ -102,14 +102,80 @@ def run_method(label: str, config: Config, nfes, n: int, n_likelihood: int, log)
     return dict(method=label, dataset=config.dataset, train_s=train_s, floor=floor, nll=nll, rows=rows)
 
 
+TUTORIAL_DATASETS = ("moons", "swiss_roll", "s_curve")
+TARGET_X_FLOOR, TARGET_NFE = 2.0, 20  # issue 18's target: at most 2x the floor at 20 evaluations or fewer
+
+
+def best_rows(result: dict) -> dict[int, dict]:
+    """The method's best sampler at each NFE: {nfe: row}."""
+    best = {}
+    for row in result["rows"]:
+        if row["nfe"] not in best or row["x_floor"] < best[row["nfe"]]["x_floor"]:
+            best[row["nfe"]] = row
+    return dict(sorted(best.items()))
+
+
+def best_within(result: dict, max_nfe: int) -> dict | None:
+    """The method's best row at max_nfe evaluations or fewer."""
+    rows = [row for nfe, row in best_rows(result).items() if nfe <= max_nfe]
+    return min(rows, key=lambda row: row["x_floor"]) if rows else None
+
+
+def _x_floor(row: dict | None) -> float:
+    return row["x_floor"] if row else np.inf
+
+
+def verdict(results: list[dict]) -> list[str]:
+    """Which method wins where: the best method at each NFE per dataset, and each method's best within the
+    target's budget against the target."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    methods_run = list(dict.fromkeys(r["method"] for r in results))
+    nfes = sorted({row["nfe"] for r in results for row in r["rows"]})
+    lines = ["", "## Who wins", "", "The method with the lowest sliced W2 at each NFE (x the floor):", ""]
+    lines += ["| dataset | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
+    for dataset in datasets:
+        cells = []
+        for k in nfes:
+            at_k = [
+                (best_rows(r)[k]["x_floor"], r["method"])
+                for r in results
+                if r["dataset"] == dataset and k in best_rows(r) and np.isfinite(best_rows(r)[k]["x_floor"])
+            ]
+            cells.append(f"{min(at_k)[1]} ({min(at_k)[0]:.2f})" if at_k else "")
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Each method's best at {TARGET_NFE} evaluations or fewer (target: at most {TARGET_X_FLOOR:g}x the floor "
+        "on the three tutorial datasets):",
+        "",
+        "| dataset | " + " | ".join(methods_run) + " |",
+        "|---" * (len(methods_run) + 1) + "|",
+    ]
+    for dataset in datasets:
+        cells = []
+        for r in (r for r in results if r["dataset"] == dataset):
+            row = best_within(r, TARGET_NFE)
+            cells.append(f"{row['x_floor']:.2f} ({row['sampler']}, NFE {row['nfe']})" if row else "")
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    for method in methods_run:
+        mine = [r for r in results if r["method"] == method and r["dataset"] in TUTORIAL_DATASETS]
+        met = [r["dataset"] for r in mine if _x_floor(best_within(r, TARGET_NFE)) <= TARGET_X_FLOOR]
+        lines.append(
+            f"- {method}: at most {TARGET_X_FLOOR:g}x the floor within {TARGET_NFE} evaluations on "
+            f"{len(met)} of {len(mine)} tutorial datasets" + (f" ({', '.join(met)})" if met else "")
+        )
+    return lines
+
+
 def report(results: list[dict], base: Config, n: int, seconds: float) -> str:
-    """methods.md: one table per dataset, x floor per method and NFE, the NLL and training time."""
+    """methods.md: one table per dataset, x floor per method and NFE, the NLL and training time; who wins."""
     lines = [
         "# DDPM against flow matching: same model, data and budget",
         "",
         f"`python -m benchmarks.methods`: {base.epochs} epochs, batch {base.batch_size}, {base.seeds} seeds, "
         f"n = {n:,} samples per seed; sliced W2 as a multiple of its floor (two draws of the data at the same n), "
-        f"mean over seeds; the best sampler of each method at each NFE. {seconds:.0f} s in all.",
+        f"mean over seeds; the best sampler of each method at each NFE. {seconds:.0f} s in all. "
+        "Chart: [methods.png](methods.png).",
     ]
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
@@ -118,14 +184,37 @@ def report(results: list[dict], base: Config, n: int, seconds: float) -> str:
         lines += ["", f"## {dataset}", "", f"| method | {header} | NLL (bits/dim) | training s (compile included) |"]
         lines.append("|---" * (len(nfes) + 3) + "|")
         for r in rows:
-            best = {}
-            for row in r["rows"]:
-                if row["nfe"] not in best or row["x_floor"] < best[row["nfe"]]["x_floor"]:
-                    best[row["nfe"]] = row
+            best = best_rows(r)
             cells = [f"{best[k]['x_floor']:.2f} ({best[k]['sampler']})" if k in best else "" for k in nfes]
             nll = f"{r['nll'][0]:.3f}" if r["nll"] else "n/a"
             lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {nll} | {r['train_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + verdict(results)) + "\n"
+
+
+def chart(results: list[dict], path: Path) -> None:
+    """methods.png: x the floor against NFE, one panel per dataset, a line per method (its best sampler)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for r in (r for r in results if r["dataset"] == dataset):
+            best = best_rows(r)
+            ax.plot(list(best), [row["x_floor"] for row in best.values()], marker="o", label=r["method"])
+        ax.axhline(TARGET_X_FLOOR, color="grey", linestyle=":", linewidth=1)
+        ax.set(xscale="log", yscale="log", title=dataset, xlabel="NFE", ylabel="sliced W2 / floor")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: list[dict], base: Config, n: int, seconds: float, out: Path, name: str) -> None:
+    (out / f"{name}.md").write_text(report(results, base, n, seconds))
+    chart(results, out / f"{name}.png")
 
 
 def main(argv=None) -> int:
@@ -147,13 +236,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
     results = []
+    name = "methods_quick" if args.quick else "methods"
     for dataset in args.datasets.split(","):
         base = Config(dataset=dataset, epochs=epochs, seeds=args.seeds, n_points=10_000 if not args.quick else 512)
         for label, config in methods(base).items():
             results.append(run_method(label, config, nfes, n, n_likelihood, log))
-    name = "methods_quick" if args.quick else "methods"
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / f"{name}.md").write_text(report(results, base, n, time.perf_counter() - start))
+            (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")  # a stopped run keeps these
+    write_report(results, base, n, time.perf_counter() - start, args.out, name)
     log(f"-> {args.out / name}.md")
     return 0
 
