@@ -10,7 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -88,3 +92,23 @@ def tiny_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     assert train_main(tiny_argv(run_dir)) == 0
     return run_dir
+
+
+def train_killed_after_first_checkpoint(argv: list[str], run_dir: Path, epoch: int) -> None:
+    """`python -m jax_ddpm.train *argv` (writing run_dir) in a subprocess, SIGKILLed as soon as its checkpoint
+    of `epoch` is complete: once its manifest is written, after orbax renamed it into place (a kill between
+    the two leaves an unfinished checkpoint, which --resume rightly refuses when it is the only one)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jax_ddpm.train", *argv],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoint_manifests" / f"{epoch}.json").is_file():
+        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -13,11 +13,6 @@ whose flow maps x_0 to x_1 = m + s x_0. So the ODE's NLL of a point is exactly -
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,7 +28,7 @@ from jax_ddpm.sample import main as sample_main
 from jax_ddpm.samplers import flow, likelihood
 from jax_ddpm.training import batch_noise, noise_loss
 from parity_tests.precision import FLOAT64
-from tests.conftest import assert_same_run, tiny_argv, train_main
+from tests.conftest import assert_same_run, tiny_argv, train_killed_after_first_checkpoint, train_main
 
 REPO = Path(__file__).resolve().parents[1]
 M, S = np.array([1.5, -0.5]), 0.4
@@ -176,20 +171,7 @@ def test_flow_run_with_ot_resumes_bit_for_bit_after_sigkill(tmp_path):
     flow_args = ("--no-plots", "--method", "flow", "--coupling", "ot", "--sampler", "euler", "--sample-steps", "20")
     sizes = dict(epochs=40, n_samples=64, n_eval=64)  # 8 steps an epoch, checkpoints every 10 epochs
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jax_ddpm.train", *tiny_argv(killed, *flow_args, **sizes)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (killed / "checkpoint_manifests" / "10.json").is_file():  # complete once its manifest is written
-        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    train_killed_after_first_checkpoint(tiny_argv(killed, *flow_args, **sizes), killed, 10)
     kept = Checkpointer(killed).latest_epoch()
     assert kept is not None and kept < 40, f"the kill came too late to test resume (checkpoint {kept})"
     assert train_main(tiny_argv(killed, *flow_args, "--resume", **sizes)) == 0

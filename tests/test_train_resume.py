@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from jax_ddpm.runner.checkpoint import Checkpointer
 from jax_ddpm.train import main as train_main
-from tests.conftest import assert_same_run, records, tiny_argv
+from tests.conftest import assert_same_run, records, tiny_argv, train_killed_after_first_checkpoint
 from tests.test_train_e2e import restore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,22 +19,7 @@ SIZES = dict(batch_size=8, epochs=60, n_samples=64, n_eval=64)
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jax_ddpm.train", *tiny_argv(killed, "--no-plots", **SIZES)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    # A checkpoint is complete once its manifest is written (after orbax renamed it into place); a kill
-    # between the two leaves an unfinished checkpoint, which --resume rightly refuses when it is the only one.
-    while not (killed / "checkpoint_manifests" / "10.json").is_file():
-        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    train_killed_after_first_checkpoint(tiny_argv(killed, "--no-plots", **SIZES), killed, 10)
     kept = Checkpointer(killed).latest_epoch()
     assert kept is not None and kept < 60, f"the kill came too late to test resume (checkpoint {kept})"
 
