@@ -279,6 +279,24 @@ def dataset_for(config) -> np.ndarray:
     return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
 
 
+def labels_for(config) -> np.ndarray:
+    """The class of each of `dataset_for(config)`'s points (a --conditional run's built-in dataset): int32 (N,)."""
+    return make_labelled_dataset(config.dataset, config.n_points, config.data_noise, config.seed)[1]
+
+
+def class_proportions(config) -> np.ndarray:
+    """The share of each class among a --conditional run's training points: float64 (N_CLASSES[dataset],)."""
+    return _class_proportions(config.dataset, config.n_points, config.data_noise, config.seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _class_proportions(dataset: str, n_points: int, noise: float, seed: int) -> np.ndarray:
+    counts = np.bincount(make_labelled_dataset(dataset, n_points, noise, seed)[1], minlength=N_CLASSES[dataset])
+    shares = counts / counts.sum()
+    shares.flags.writeable = False  # shared by every caller
+    return shares
+
+
 def data_transform(config, data: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
     """(shift (2,), scale) with model units = (data - shift) / scale: the training points' mean and
     the standard deviation of all their coordinates with --normalize, (0, 1) without. `data`: the

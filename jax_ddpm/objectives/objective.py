@@ -4,14 +4,17 @@
 --prediction and --loss: for eps (the tutorial's prediction) the noise-estimation loss, the tutorial's
 variational loss (a 4-output model) or Improved DDPM's hybrid loss; for v and x0 the regression on their
 target (`predictions.prediction_loss`; the noise loss only, `ddpm_harness.config.validate` refuses the
-others). The single run's chunk and the sweep's models both call it.
+others). The single run's chunk and the sweep's models both call it. A --conditional run's loss is the
+class model's (`class_loss_fn_for`, which loss_fn_for gives for it): another signature, with the labels.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from jax_ddpm.losses import loss_variational
+from jax_ddpm.objectives.conditional import class_prediction_loss
 from jax_ddpm.objectives.predictions import prediction_loss
 from jax_ddpm.objectives.variance import hybrid_loss
 from jax_ddpm.training import noise_loss
@@ -40,6 +43,8 @@ def loss_fn_for(config, hybrid_lambda=None) -> Callable:
     `hybrid_lambda` (default config.hybrid_lambda) may be a traced value: a sweep's per-model weight."""
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    if getattr(config, "conditional", False):
+        return class_loss_fn_for(config)
     if config.prediction != "eps":
         if config.loss != "noise":
             raise ValueError(f"--prediction {config.prediction} trains the noise loss only, not --loss {config.loss}")
@@ -58,3 +63,12 @@ def loss_fn_for(config, hybrid_lambda=None) -> Callable:
 
         return hybrid
     return noise_loss
+
+
+def class_loss_fn_for(config) -> Callable:
+    """A --conditional run's loss_fn(params, schedule, x_0, labels, t, e, drop_key) for
+    `conditional.class_train_step`: the class model's regression on `config.prediction`'s target, labels
+    dropped to the null class with probability `config.cond_drop` (the noise loss only)."""
+    if config.loss != "noise":
+        raise ValueError(f"--conditional trains the noise loss only, not --loss {config.loss}")
+    return functools.partial(class_prediction_loss, cond_drop=config.cond_drop, prediction=config.prediction)

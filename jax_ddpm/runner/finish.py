@@ -132,4 +132,6 @@ def sampling_record(config: Config, nfe: int) -> dict:
         record["variance"] = config.variance
     if config.sampler == "ode":
         record.update(rtol=config.ode_rtol, atol=config.ode_atol)
+    if config.conditional:  # the run's own samples: every class, in the data's proportions, unguided
+        record.update(classes="all", guidance=0.0)
     return record
