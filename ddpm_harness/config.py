@@ -257,15 +257,11 @@ def check_conditional(config: Config) -> None:
         return
     if not 0.0 <= config.cond_drop < 1.0:
         raise ConfigError(f"--cond-drop must lie in [0, 1), got {config.cond_drop}")
-    if not is_builtin(config.dataset) and (config.dataset.endswith((".npy", ".csv")) or "/" in config.dataset):
-        raise ConfigError(
-            "--conditional trains on a built-in dataset's classes; a data file is not supported yet: use one of "
-            + ", ".join(N_CLASSES)
-        )
     if is_builtin(config.dataset) and config.dataset not in N_CLASSES:  # an unknown name: its own error, later
         raise ConfigError(
             f"--conditional needs a dataset with classes, and {config.dataset} has none: use one of "
             + ", ".join(N_CLASSES)
+            + " or a data file of (N, 3) labelled points"
         )
     if config.loss != "noise":
         raise ConfigError(f"--conditional trains the noise loss only, not yet --loss {config.loss}: use --loss noise")

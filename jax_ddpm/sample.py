@@ -24,7 +24,7 @@ import tyro
 
 from ddpm_harness.cli import run
 from ddpm_harness.config import SAMPLING_FIELDS, SEED_MAX, ConfigError, SamplerOptions
-from ddpm_harness.data import N_CLASSES, DataError, load_points
+from ddpm_harness.data import DataError, load_points, n_classes_for
 from ddpm_harness.memory import available_memory_bytes, check_chain_fits
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.objectives.schedules import run_schedule
@@ -102,7 +102,7 @@ def guidance_of(config, args: SampleArgs, n: int) -> Optional[Guide]:
                 f"{args.run} is not one: leave them out"
             )
         return None
-    n_classes = N_CLASSES[config.dataset]
+    n_classes = n_classes_for(config)
     which = "all" if args.class_ is None else args.class_.strip().lower()
     if which not in ("all", "none") and not (which.isdigit() and int(which) < n_classes):
         raise ConfigError(f"--class must be a class 0 .. {n_classes - 1}, all or none; got {args.class_!r}")
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
         "python -m jax_ddpm.sample",
         sample_run,
-        (ConfigError, RunDirError, IncompatibleCheckpointError),
+        (ConfigError, DataError, RunDirError, IncompatibleCheckpointError),
         (CheckpointError, OSError),
     )
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, SamplerOptions
-from ddpm_harness.data import class_proportions
+from ddpm_harness.data import class_proportions, make_labelled_dataset
 from ddpm_harness.runs import write_config
 from jax_ddpm.convert import main as convert_main
 from jax_ddpm.evaluate import main as evaluate_main
@@ -114,13 +114,33 @@ def test_a_conditional_run_resumes_as_if_never_stopped(class_run, tmp_path):
         (("--dataset", "moons", "--cond-drop", "0.2"), "add --conditional"),
         (("--dataset", "moons", "--conditional", "--loss", "hybrid"), "not yet --loss hybrid"),
         (("--dataset", "moons", "--conditional", "--devices", "2"), "not yet --devices 2"),
-        (("--dataset", "points.npy", "--conditional"), "a data file is not supported yet"),
     ],
 )
 def test_train_refuses_what_conditional_does_not_support(options, says, tmp_path, capsys):
     assert train_main(tiny_argv(tmp_path / "run", *options)) == 2
     assert says in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_labelled_file_trains_as_its_built_in_dataset(class_run, tmp_path, capsys):
+    """The fixture's points and classes written to an (N, 3) .csv train the same model, and sample by class;
+    the same points without their label column are refused in one line, before any folder is made."""
+    points, labels = make_labelled_dataset("eight_gaussians", 256, 0.1, 0)
+    np.savetxt(tmp_path / "labelled.csv", np.column_stack([points, labels]), delimiter=",")
+    run_dir = tmp_path / "from-file"
+    argv = ["--dataset", str(tmp_path / "labelled.csv"), "--conditional", "--no-plots"]
+    assert train_main(tiny_argv(run_dir, *argv)) == 0
+    for x, y in zip(
+        jax.tree_util.tree_leaves(restore_run(run_dir)[1]), jax.tree_util.tree_leaves(restore_run(class_run)[1])
+    ):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), np.load(class_run / "samples.npy"))
+    assert sample_main(["--run", str(run_dir), "--class", "7", "--n", "8", "--out", str(tmp_path / "c7.npy")]) == 0
+    np.save(tmp_path / "points.npy", points)
+    capsys.readouterr()
+    assert train_main(tiny_argv(tmp_path / "refused", "--dataset", str(tmp_path / "points.npy"), "--conditional")) == 2
+    assert "labelled data must be (N, 3)" in one_error_line(capsys)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_sample_refuses_bad_classes_and_weights_and_keeps_files(class_run, tmp_path, capsys):

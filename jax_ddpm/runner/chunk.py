@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ddpm_harness.config import Config, ConfigError
-from ddpm_harness.data import N_CLASSES
+from ddpm_harness.data import n_classes_for
 from jax_ddpm import speed
 from jax_ddpm.ema import EMA
 from jax_ddpm.model import init_params
@@ -256,7 +256,7 @@ def state_sharding(config: Config, mesh: Mesh) -> NamedSharding:
 def init_states(config: Config, optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None) -> TrainState:
     """The initial state of a run: one seed, or `config.seeds` stacked on a leading axis; placed
     on `mesh` as `make_train_chunk` uses it when one is given."""
-    n_classes = N_CLASSES[config.dataset] if config.conditional else None
+    n_classes = n_classes_for(config) if config.conditional else None
     if config.seeds == 1:
         state = init_train_state(config.seed, config.num_steps, config.n_outputs, optimizer, n_classes)
     else:

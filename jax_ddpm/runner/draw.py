@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_harness.config import SAMPLING_FIELDS, Config, SamplerOptions
-from ddpm_harness.data import N_CLASSES, class_proportions, data_transform
+from ddpm_harness.data import class_proportions, data_transform, n_classes_for
 from ddpm_harness.memory import SAMPLE_CHUNK, available_memory_bytes, chain_bytes
 from jax_ddpm import speed
 from jax_ddpm.model import apply_model
@@ -47,7 +47,7 @@ def class_labels(config: Config, which, n: int) -> np.ndarray:
     """(n,) int32 classes of a --conditional run's draw: `which` a class, "none" (the null class:
     unconditional) or "all": the training data's class proportions, stratified (each class's count
     rounded from its share) and shuffled with the run's seed, so the same n always gives the same classes."""
-    n_classes = N_CLASSES[config.dataset]
+    n_classes = n_classes_for(config)
     if which == "none":
         return np.full(n, n_classes, np.int32)
     if which != "all":

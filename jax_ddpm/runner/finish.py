@@ -82,7 +82,7 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
     start = time.perf_counter()
     reference = held_out_for(config, config.n_samples)
     evaluation = sample_qualities({name: samples[name] for name in ("raw", "ema")}, reference)
-    calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed)
+    calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed, config.conditional)
     run.timings["final_evaluation"] = time.perf_counter() - start
     if pictures is not None:
         start = time.perf_counter()

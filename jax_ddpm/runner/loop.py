@@ -239,7 +239,7 @@ class RunProgress:
     def __enter__(self) -> RunProgress:
         config = self.run.config
         if config.eval_every:  # the floor the bar's metric is shown against
-            self.floor = calibration(config.dataset, config.n_eval, config.data_noise, config.seed)
+            self.floor = calibration(config.dataset, config.n_eval, config.data_noise, config.seed, config.conditional)
         self.bar = tqdm(
             total=config.epochs, initial=self.run.start_epoch, unit="epoch", file=sys.stdout, dynamic_ncols=True
         )

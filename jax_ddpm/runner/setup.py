@@ -80,7 +80,7 @@ def set_up(config: Config) -> Run:
     try:
         run = Run(config, run_dir, data, schedule, optimizer, mesh, state, checkpointer, metrics, [])
         run.data_sha256, run.writes, run.transform = file_sha256(config.dataset), writes, data_transform(config, data)
-        run.labels = labels_for(config) if config.conditional else None
+        run.labels = labels_for(config) if config.conditional else None  # a file is read again: it was checked
         if config.resume and run.checkpointer.latest_epoch() is not None:
             _restore(run)
         run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
