@@ -149,7 +149,8 @@ class Config:
     the command line override the preset."""
     conditional: bool = False
     """Train a class-conditional model (docs/guidance.md): the tutorial's model with a learned per-class
-    scale, on a built-in dataset's classes (moons, circles, checkerboard, eight_gaussians). The run's
+    scale, on a built-in dataset's classes (moons, circles, checkerboard, eight_gaussians) or a data
+    file's third column of integer labels, (N, 3). The run's
     own samples draw the classes in the dataset's proportions, unguided; `python -m jax_ddpm.sample
     --class c --guidance w` draws one class with classifier-free guidance. --loss noise only, one device."""
     cond_drop: float = 0.1
