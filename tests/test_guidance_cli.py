@@ -190,7 +190,7 @@ def test_the_sweep_does_not_take_conditional(tmp_path, capsys):
 
 
 @pytest.mark.skipif(
-    not os.environ.get("JAX_DDPM_GUIDANCE_TRAIN"), reason="trains a model (~2 min): JAX_DDPM_GUIDANCE_TRAIN=1"
+    not os.environ.get("JAX_DDPM_GUIDANCE_TRAIN"), reason="trains a model (~3 min): JAX_DDPM_GUIDANCE_TRAIN=1"
 )
 def test_train_conditional_then_sample_class_3_at_guidance_1(tmp_path):
     """The issue's Done-when, its own commands (the tutorial's defaults otherwise): class 3's 2000 samples
