@@ -18,6 +18,7 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
+from ddpm_harness.data import N_CLASSES, is_builtin
 from ddpm_harness.timesteps import SPACINGS, default_sample_steps, default_spacing, sampler_timesteps
 
 SCHEDULES = ("linear", "quad", "sigmoid", "constant", "cosine")
@@ -157,6 +158,15 @@ class Config:
     benchmarks/results/quality.md and docs/samplers.md (ddpm_harness.config.PRESETS: v prediction on
     the normalized data, sigmoid 1e-5..0.2, EMA 0.9995, DPM-Solver++ with 20 steps). Options given on
     the command line override the preset."""
+    conditional: bool = False
+    """Train a class-conditional model (docs/guidance.md): the tutorial's model with a learned per-class
+    scale, on a built-in dataset's classes (moons, circles, checkerboard, eight_gaussians) or a data
+    file's third column of integer labels, (N, 3). The run's
+    own samples draw the classes in the dataset's proportions, unguided; `python -m jax_ddpm.sample
+    --class c --guidance w` draws one class with classifier-free guidance. --loss noise only, one device."""
+    cond_drop: float = 0.1
+    """With --conditional: the probability that a training label is replaced by the null class, so that
+    the one model also learns the unconditional prediction guidance needs (Ho & Salimans 2022)."""
     compile_cache: bool = True
     """Load compiled programs from JAX's persistent compilation cache (~/.cache/jax_ddpm/xla, or
     $JAX_DDPM_CACHE_DIR/xla) and store new ones there; --no-compile-cache compiles every program afresh."""
@@ -181,6 +191,7 @@ def validate(config: Config) -> Config:
     _check_schedule_and_seeds(config)
     check_processes(config)
     _check_devices(config)
+    check_conditional(config)
     if config.out_dir is not None and not config.out_dir.strip():
         raise ConfigError("--out-dir is empty; give a folder, or leave the option out for runs/<dataset>-<timestamp>")
     SamplerOptions.from_config(config)
@@ -249,6 +260,28 @@ def _check_devices(config: Config) -> None:
         )
     if config.seeds == 1 and config.batch_size % config.devices:
         raise ConfigError(f"--batch-size {config.batch_size} is not divisible by --devices {config.devices}")
+
+
+def check_conditional(config: Config) -> None:
+    """--conditional and --cond-drop: what this version supports of them, one line for the rest."""
+    if not config.conditional:
+        if config.cond_drop != Config.cond_drop:
+            raise ConfigError("--cond-drop applies only to a class-conditional run: add --conditional, or leave it out")
+        return
+    if not 0.0 <= config.cond_drop < 1.0:
+        raise ConfigError(f"--cond-drop must lie in [0, 1), got {config.cond_drop}")
+    if is_builtin(config.dataset) and config.dataset not in N_CLASSES:  # an unknown name: its own error, later
+        raise ConfigError(
+            f"--conditional needs a dataset with classes, and {config.dataset} has none: use one of "
+            + ", ".join(N_CLASSES)
+            + " or a data file of (N, 3) labelled points"
+        )
+    if config.loss != "noise":
+        raise ConfigError(f"--conditional trains the noise loss only, not yet --loss {config.loss}: use --loss noise")
+    if config.devices > 1:
+        raise ConfigError(f"--conditional trains on one device only, not yet --devices {config.devices}")
+    if config.method != "diffusion":
+        raise ConfigError("--conditional trains diffusion only, not yet --method flow: leave out one of the two")
 
 
 SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode", "euler", "midpoint")

@@ -275,8 +275,56 @@ def held_out_points(name_or_path: str, n_points: int, noise: float, seed: int, d
 
 
 def dataset_for(config) -> np.ndarray:
-    """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32."""
+    """The training points a config asks for (--dataset, --n-points, --data-noise, --seed): (N, 2) float32;
+    a --conditional run's are `labelled_data_for`'s (the same points for a built-in dataset)."""
+    if getattr(config, "conditional", False):
+        return labelled_data_for(config)[0]
     return get_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+
+
+def labelled_data_for(config) -> tuple[np.ndarray, np.ndarray]:
+    """A --conditional run's training points (N, 2) and their classes int32 (N,): a built-in dataset's
+    (`make_labelled_dataset`) or a labelled (N, 3) file's (`load_labelled_points`)."""
+    return get_labelled_dataset(config.dataset, config.n_points, config.data_noise, config.seed)
+
+
+MAX_CLASSES = 1024
+"""The most classes a --conditional run takes: its model learns a scale per class and layer."""
+
+
+def n_classes_for(config) -> int:
+    """The classes of a --conditional run: N_CLASSES of a built-in dataset, the largest label of a file
+    plus one (DataError past MAX_CLASSES)."""
+    if is_builtin(config.dataset):
+        return N_CLASSES[config.dataset]
+    n_classes = int(labels_for(config).max()) + 1
+    if n_classes > MAX_CLASSES:
+        raise DataError(
+            f"data file {config.dataset!r} has labels up to {n_classes - 1}; a class-conditional run takes at "
+            f"most {MAX_CLASSES} classes, 0 .. {MAX_CLASSES - 1}"
+        )
+    return n_classes
+
+
+def labels_for(config) -> np.ndarray:
+    """The class of each of `dataset_for(config)`'s points (a --conditional run): int32 (N,)."""
+    return labelled_data_for(config)[1]
+
+
+def class_proportions(config) -> np.ndarray:
+    """The share of each class among a --conditional run's training points: float64 (n_classes_for(config),)."""
+    if not is_builtin(config.dataset):  # a file's content may change: read afresh
+        counts = np.bincount(labels_for(config), minlength=n_classes_for(config))
+        return counts / counts.sum()
+    return _class_proportions(config.dataset, config.n_points, config.data_noise, config.seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _class_proportions(dataset: str, n_points: int, noise: float, seed: int) -> np.ndarray:
+    counts = np.bincount(make_labelled_dataset(dataset, n_points, noise, seed)[1], minlength=N_CLASSES[dataset])
+    shares = counts / counts.sum()
+    shares.flags.writeable = False  # shared by every caller
+    return shares
 
 
 def data_transform(config, data: Optional[np.ndarray] = None) -> tuple[np.ndarray, float]:
@@ -287,12 +335,15 @@ def data_transform(config, data: Optional[np.ndarray] = None) -> tuple[np.ndarra
     if not config.normalize:
         return np.zeros(2, np.float32), 1.0
     if data is None:
-        return _drawn_transform(config.dataset, config.n_points, config.data_noise, config.seed)
+        labelled = getattr(config, "conditional", False)
+        return _drawn_transform(config.dataset, config.n_points, config.data_noise, config.seed, labelled)
     return _transform_of(data)
 
 
 @functools.lru_cache(maxsize=8)
-def _drawn_transform(dataset: str, n_points: int, noise: float, seed: int) -> tuple[np.ndarray, float]:
+def _drawn_transform(dataset: str, n_points: int, noise: float, seed: int, labelled=False) -> tuple[np.ndarray, float]:
+    if labelled:  # a --conditional run's: a labelled file's points
+        return _transform_of(get_labelled_dataset(dataset, n_points, noise, seed)[0])
     return _transform_of(get_dataset(dataset, n_points, noise, seed))
 
 
@@ -303,5 +354,8 @@ def _transform_of(data: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def held_out_for(config, n: int) -> np.ndarray:
-    """The held-out reference (n, 2) that samples of this config are scored against (`held_out_points`, draw 0)."""
+    """The held-out reference (n, 2) that samples of this config are scored against (`held_out_points`, draw 0;
+    a --conditional run's labelled file: its points)."""
+    if getattr(config, "conditional", False) and not is_builtin(config.dataset):
+        return load_labelled_points(config.dataset)[0]
     return held_out_points(config.dataset, n, config.data_noise, config.seed)

@@ -195,11 +195,17 @@ def calibrate(dataset, n_points: int = 10_000, noise: float = 0.1, seed: int = 0
     return dict(floor=evaluate(first, second), ceiling=evaluate(gaussian, second))
 
 
-def calibration(dataset: str, n_points: int, noise: float = 0.1, seed: int = 0) -> dict[str, dict[str, float]]:
+def calibration(
+    dataset: str, n_points: int, noise: float = 0.1, seed: int = 0, labelled: bool = False
+) -> dict[str, dict[str, float]]:
     """`calibrate` of a dataset name or file, computed once per (dataset, n, noise, seed) in a process
     and, for a built-in dataset, once per machine (`cache_root()/calibration/`: the values are a
     deterministic function of those four, and at n = 10,000 they cost seconds): the floor and ceiling
-    every metric is printed with."""
+    every metric is printed with. `labelled`: a --conditional run's, whose file holds (N, 3) labelled points."""
+    from ddpm_harness.data import is_builtin, load_labelled_points
+
+    if labelled and not is_builtin(dataset):
+        return calibrate(load_labelled_points(dataset)[0], n_points, noise, seed)
     return copy.deepcopy(_cached_calibration(dataset, int(n_points), float(noise), int(seed)))
 
 

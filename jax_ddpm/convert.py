@@ -179,6 +179,11 @@ def export_run(args: ExportArgs) -> Path:
     if out.exists():
         raise UsageError(f"{str(out)!r} already exists; choose another --out (files are never overwritten)")
     config, state, record = restore_run(run_dir)
+    if config.conditional:
+        raise ConfigError(
+            f"{run_dir} is a class-conditional run (--conditional): the reference has no class model to export "
+            "it to (the tutorial's model has no classes)"
+        )
     if not 0 <= args.seed_index < config.seeds:
         raise ConfigError(
             f"--seed-index must lie in 0 .. {config.seeds - 1} for this run of "

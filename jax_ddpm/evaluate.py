@@ -131,6 +131,11 @@ def evaluate_run(args: EvaluateArgs) -> dict:
         if getattr(args, name) is not None and getattr(args, name) < 2:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
     config = sampling_config(run_config(run_dir), args)  # checked before the checkpoint is read
+    if config.conditional:
+        raise ConfigError(
+            f"{run_dir} is a class-conditional run (--conditional), which python -m jax_ddpm.evaluate does not "
+            "support yet: its run summary holds its sample quality; python -m jax_ddpm.sample --class draws it"
+        )
     which = args.params or config.sample_with
     n = args.n or config.n_samples
     out = Path(args.out) if args.out else run_dir / f"evaluation_{which}_{config.sampler}_n{n}.json"

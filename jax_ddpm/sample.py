@@ -5,28 +5,31 @@ Samples from the newest checkpoint of a run folder, with the run's own sampler a
 sampling key, so `--n` equal to the run's --n-samples with the parameters and the sampler it
 sampled with reproduces its samples.npy exactly. `--x-T points.npy` starts the chain from given
 points (N, 2) instead of N(0, I): a deterministic sampler (ddim with eta 0, dpm-solver++, ode) then
-reproduces a trajectory exactly (`--trajectory` writes every state).
+reproduces a trajectory exactly (`--trajectory` writes every state). A run trained with --conditional
+draws `--class c|all|none` with classifier-free guidance `--guidance w` (docs/guidance.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Annotated, Literal, Optional, Sequence
 
 import numpy as np
+import tyro
 
 from ddpm_harness.cli import run
 from ddpm_harness.config import SAMPLING_FIELDS, SEED_MAX, ConfigError, SamplerOptions
-from ddpm_harness.data import DataError, load_points
+from ddpm_harness.data import DataError, load_points, n_classes_for
 from ddpm_harness.memory import available_memory_bytes, check_chain_fits
 from ddpm_harness.runs import RunDirError
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run, run_config
-from jax_ddpm.runner.draw import sample_points, sample_states
+from jax_ddpm.runner.draw import Guide, guide_for, sample_points, sample_states
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,12 @@ class SampleArgs(RunSampling):
     """Start every chain from these points: a .npy or .csv file of shape (N, 2), finite (N samples)."""
     trajectory: bool = False
     """Write every state of the chain, (S + 1, n, 2) with x_T first, instead of the final samples."""
+    class_: Annotated[Optional[str], tyro.conf.arg(name="class", metavar="{c,all,none}")] = None
+    """A class-conditional run's (--conditional) class to draw: c (an integer class), all (every class in the
+    training data's proportions; the default) or none (unconditional: the null class)."""
+    guidance: Optional[float] = None
+    """A class-conditional run's guidance weight w >= 0: (1 + w) * cond - w * uncond (classifier-free
+    guidance, docs/guidance.md); 0, the default, is plain conditional sampling."""
 
 
 def sampling_config(config, args: RunSampling):
@@ -81,6 +90,26 @@ def sampling_config(config, args: RunSampling):
     config = dataclasses.replace(config, **given)
     SamplerOptions.from_config(config)
     return config
+
+
+def guidance_of(config, args: SampleArgs, n: int) -> Optional[Guide]:
+    """The classes and guidance weight of n points (`draw.guide_for`) of a --conditional run: --class
+    (default all) and --guidance (default 0); None for another run, which refuses both options."""
+    if not config.conditional:
+        if args.class_ is not None or args.guidance is not None:
+            raise ConfigError(
+                f"--class and --guidance apply to a class-conditional run (trained with --conditional); "
+                f"{args.run} is not one: leave them out"
+            )
+        return None
+    n_classes = n_classes_for(config)
+    which = "all" if args.class_ is None else args.class_.strip().lower()
+    if which not in ("all", "none") and not (which.isdigit() and int(which) < n_classes):
+        raise ConfigError(f"--class must be a class 0 .. {n_classes - 1}, all or none; got {args.class_!r}")
+    w = 0.0 if args.guidance is None else args.guidance
+    if not (math.isfinite(w) and w >= 0):
+        raise ConfigError(f"--guidance must be a finite number >= 0, got {w}")
+    return guide_for(config, n, which, w)
 
 
 def read_x_T(path: str) -> np.ndarray:
@@ -101,7 +130,10 @@ def sample_run(args: SampleArgs) -> Path:
     x_T = read_x_T(args.x_T) if args.x_T is not None else None
     n = args.n if x_T is None else x_T.shape[0]
     config = sampling_config(run_config(run_dir), args)  # checked before the checkpoint is read
+    guide = guidance_of(config, args, n)
     which = "" if args.sampler is None else f"_{args.sampler}"
+    if args.class_ is not None or args.guidance is not None:
+        which += f"_class-{args.class_ or 'all'}_w{args.guidance or 0:g}"
     kind = "trajectory" if args.trajectory else "samples"
     out = Path(args.out) if args.out else run_dir / f"{kind}_{args.params}{which}_{n}.npy"
     if out.exists():
@@ -124,20 +156,21 @@ def sample_run(args: SampleArgs) -> Path:
     partial = out.with_name(out.name + ".partial.npy")
     try:
         if args.trajectory:
-            states, nfe = sample_states(params, schedule, config, n, x_T=x_T)
+            states, nfe = sample_states(params, schedule, config, n, x_T=x_T, guide=guide)
             np.save(partial, states.astype(np.float32))
         else:
             samples = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
-            _, nfe = sample_points(params, schedule, config, n, out=samples, x_T=x_T)
+            _, nfe = sample_points(params, schedule, config, n, out=samples, x_T=x_T, guide=guide)
             samples.flush()
             del samples
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
     start = "given x_T" if x_T is not None else "x_T ~ N(0, I)"
+    classes = "" if guide is None else f", class {args.class_ or 'all'}, guidance {args.guidance or 0:g}"
     print(
         f"{n:,} {kind} from epoch {record['epoch']} of {run_dir} ({args.params} parameters, {config.sampler} "
-        f"sampler, NFE {nfe}, {start}) -> {out}"
+        f"sampler, NFE {nfe}, {start}{classes}) -> {out}"
     )
     return out
 
@@ -149,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
         "python -m jax_ddpm.sample",
         sample_run,
-        (ConfigError, RunDirError, IncompatibleCheckpointError),
+        (ConfigError, DataError, RunDirError, IncompatibleCheckpointError),
         (CheckpointError, OSError),
     )
 

@@ -65,6 +65,7 @@ def check_supported(config: Config) -> None:
         "prediction": ("eps", "the tutorial's model predicts the noise"),
         "zero_terminal_snr": (False, "the tutorial's schedules only"),
         "sampler": ("tutorial", "the reference has the tutorial's sampler only"),
+        "conditional": (False, "the tutorial's model has no classes"),
     }
     for name, (allowed, why) in unsupported.items():
         if getattr(config, name) != allowed:

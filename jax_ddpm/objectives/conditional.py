@@ -119,19 +119,21 @@ def class_prediction_loss(
 
 
 def class_train_step(
-    state, optimizer, ema, batch_x, batch_y, schedule, cond_drop=0.1, prediction="eps", t=None, e=None
+    state, optimizer, ema, batch_x, batch_y, schedule, cond_drop=0.1, prediction="eps", t=None, e=None, loss_fn=None
 ):
     """One optimizer step of the class model on batch_x (B, 2) with labels batch_y (B,), as
     `jax_ddpm.training.train_step` takes one of the tutorial's: t and e drawn for state.opt_step unless
     given, the labels dropped with a key of the same step, gradients, the optimizer (clipping
-    included), then the EMA. Returns (new state, loss)."""
+    included), then the EMA. Returns (new state, loss). `loss_fn(params, schedule, x_0, labels, t, e,
+    drop_key)` is `class_prediction_loss` with cond_drop and prediction unless given (a run's comes from
+    `objectives.objective.loss_fn_for`)."""
+    if loss_fn is None:
+        loss_fn = functools.partial(class_prediction_loss, cond_drop=cond_drop, prediction=prediction)
     step_key = jax.random.fold_in(state.noise_key, state.opt_step)
     if t is None:
         t, e = batch_noise(state.noise_key, state.opt_step, batch_x.shape, schedule.num_steps, batch_x.dtype)
     drop_key = jax.random.fold_in(step_key, 2)  # batch_noise splits step_key for t and e: a key of its own
-    loss, grads = jax.value_and_grad(class_prediction_loss)(
-        state.params, schedule, batch_x, batch_y, t, e, drop_key, cond_drop, prediction
-    )
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, schedule, batch_x, batch_y, t, e, drop_key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = ema.update(state.ema_params, params)

@@ -6,13 +6,17 @@ variational loss (a 4-output model) or Improved DDPM's hybrid loss; for v and x0
 target (`predictions.prediction_loss`; the noise loss only, `ddpm_harness.config.validate` refuses the
 others); for --method flow the flow matching loss (`flow.flow_loss_fn`). The single run's chunk and the
 sweep's models both call it, and `noise_fn_for(config)`, the per-step draws that go with the loss.
+A --conditional run's loss is the class model's (`class_loss_fn_for`, which loss_fn_for gives for it):
+another signature, with the labels.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from jax_ddpm.losses import loss_variational
+from jax_ddpm.objectives.conditional import class_prediction_loss
 from jax_ddpm.objectives.flow import flow_loss_fn, flow_noise
 from jax_ddpm.objectives.predictions import prediction_loss
 from jax_ddpm.objectives.variance import hybrid_loss
@@ -44,6 +48,8 @@ def loss_fn_for(config, hybrid_lambda=None) -> Callable:
         return flow_loss_fn(config)
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    if getattr(config, "conditional", False):
+        return class_loss_fn_for(config)
     if config.prediction != "eps":
         if config.loss != "noise":
             raise ValueError(f"--prediction {config.prediction} trains the noise loss only, not --loss {config.loss}")
@@ -68,3 +74,12 @@ def noise_fn_for(config) -> Callable:
     """noise_fn(noise_key, opt_step, shape, n_steps, dtype) -> (t, e) of a config's loss: the twin's
     `batch_noise` for diffusion, `flow.flow_noise` (grid indices, and x_0 with the path's eps) for flow."""
     return flow_noise if getattr(config, "method", "diffusion") == "flow" else batch_noise
+
+
+def class_loss_fn_for(config) -> Callable:
+    """A --conditional run's loss_fn(params, schedule, x_0, labels, t, e, drop_key) for
+    `conditional.class_train_step`: the class model's regression on `config.prediction`'s target, labels
+    dropped to the null class with probability `config.cond_drop` (the noise loss only)."""
+    if config.loss != "noise":
+        raise ValueError(f"--conditional trains the noise loss only, not --loss {config.loss}")
+    return functools.partial(class_prediction_loss, cond_drop=config.cond_drop, prediction=config.prediction)

@@ -27,9 +27,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ddpm_harness.config import Config, ConfigError
+from ddpm_harness.data import n_classes_for
 from jax_ddpm import speed
 from jax_ddpm.ema import EMA
 from jax_ddpm.model import init_params
+from jax_ddpm.objectives.conditional import class_train_step, init_class_params
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.schedule import Schedule
 from jax_ddpm.speed import epoch_permutation
@@ -102,10 +104,16 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
     return dict(init=init, order=order, noise=noise, sample=sample)
 
 
-def init_train_state(seed: int, n_steps: int, n_outputs: int, optimizer: optax.GradientTransformation) -> TrainState:
-    """Fresh state for one seed: reference-distributed weights, EMA registered as a copy."""
+def init_train_state(
+    seed: int, n_steps: int, n_outputs: int, optimizer: optax.GradientTransformation, n_classes: Optional[int] = None
+) -> TrainState:
+    """Fresh state for one seed: reference-distributed weights, EMA registered as a copy; with
+    `n_classes`, the class-conditional model's (the same weights, class scales at one)."""
     keys = run_keys(seed)
-    params = init_params(keys["init"], n_steps, n_outputs)
+    if n_classes is None:
+        params = init_params(keys["init"], n_steps, n_outputs)
+    else:
+        params = init_class_params(keys["init"], n_steps, n_classes, n_outputs)
     return TrainState(
         opt_step=jnp.zeros((), jnp.int32),
         epoch=jnp.zeros((), jnp.int32),
@@ -126,10 +134,13 @@ def train_epoch(
     n_steps: int,
     batch_sharding: Optional[NamedSharding] = None,
     noise_fn: Callable = batch_noise,
+    labels: Optional[jax.Array] = None,
 ) -> tuple[TrainState, dict]:
     """One pass of the tutorial's epoch loop over `dataset` (N, 2), compiled; returns the mean and last-batch loss.
 
-    `train_step_fn(state, batch_x=, t=, e=)` is `train_step` with its other arguments bound. A fresh
+    `train_step_fn(state, batch_x=, t=, e=)` is `train_step` with its other arguments bound; with
+    `labels` (N,) (a --conditional run), `train_step_fn(state, batch_x=, batch_y=, t=, e=)`, each batch's
+    labels permuted with its points. A fresh
     permutation, one lax.scan over the full batches, then the short last batch as the tutorial takes it.
     Every step gets the t and e `batch_noise` draws for it, but the full batches' draws are made in one
     vectorised call before the scan: drawn step by step, threefry's small loops cost a noticeable part of
@@ -139,6 +150,7 @@ def train_epoch(
     n_full, rest = divmod(n, batch_size)
     permutation = epoch_permutation(jax.random.fold_in(state.order_key, state.epoch), n)
     shuffled = dataset[permutation]
+    with_labels = {} if labels is None else dict(batch_y=labels[permutation])  # (N,)
     losses = []
     if n_full:
         # Every full batch: (n_full, B, 2), their t (n_full, B) and e (n_full, B, 2)
@@ -148,13 +160,17 @@ def train_epoch(
         xs = (batches, t, e)
         if batch_sharding is not None:
             xs = jax.lax.with_sharding_constraint(xs, batch_sharding)
+        batch_ys = {k: y[: n_full * batch_size].reshape(n_full, batch_size) for k, y in with_labels.items()}
         state, full_losses = jax.lax.scan(
-            lambda s, x_t_e: train_step_fn(s, batch_x=x_t_e[0], t=x_t_e[1], e=x_t_e[2]), state, xs
+            lambda s, x_t_e_y: train_step_fn(s, batch_x=x_t_e_y[0][0], t=x_t_e_y[0][1], e=x_t_e_y[0][2], **x_t_e_y[1]),
+            state,
+            (xs, batch_ys),
         )
         losses.append(full_losses)
     if rest:  # the tutorial keeps the short last batch
         t, e = noise_fn(state.noise_key, state.opt_step, (rest, dim), n_steps, dataset.dtype)
-        state, loss = train_step_fn(state, batch_x=shuffled[n_full * batch_size :], t=t, e=e)
+        rest_ys = {k: y[n_full * batch_size :] for k, y in with_labels.items()}
+        state, loss = train_step_fn(state, batch_x=shuffled[n_full * batch_size :], t=t, e=e, **rest_ys)
         losses.append(loss[None])
     losses = jnp.concatenate(losses)
     # The tutorial's mean epoch loss weights batches equally, as it prints single-batch losses.
@@ -176,14 +192,23 @@ def make_train_chunk(
     devices (parameters replicated, gradients all-reduced every step); several seeds are split
     instead (`shard_map`: each device trains seeds / devices whole models, no communication).
     """
-    train_step_fn = functools.partial(
-        train_step,
-        optimizer=optimizer,
-        ema=EMA(config.ema_decay),
-        schedule=schedule,
-        n_steps=schedule.num_steps,
-        loss_fn=loss_fn_for(config),
-    )
+    if config.conditional:  # data: (points (N, 2), labels (N,))
+        train_step_fn = functools.partial(
+            class_train_step,
+            optimizer=optimizer,
+            ema=EMA(config.ema_decay),
+            schedule=schedule,
+            loss_fn=loss_fn_for(config),
+        )
+    else:
+        train_step_fn = functools.partial(
+            train_step,
+            optimizer=optimizer,
+            ema=EMA(config.ema_decay),
+            schedule=schedule,
+            n_steps=schedule.num_steps,
+            loss_fn=loss_fn_for(config),
+        )
     seeds_on_devices = mesh is not None and config.seeds > 1
     batch_sharding = NamedSharding(mesh, P(None, "data")) if mesh is not None and not seeds_on_devices else None
     epoch_fn = functools.partial(
@@ -196,6 +221,9 @@ def make_train_chunk(
     )
 
     def chunk(state, data):
+        if config.conditional:
+            points, labels = data
+            return jax.lax.scan(lambda s, _: epoch_fn(s, points, labels=labels), state, None, length=n_epochs)
         return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=n_epochs)
 
     if config.seeds > 1:
@@ -230,11 +258,12 @@ def state_sharding(config: Config, mesh: Mesh) -> NamedSharding:
 def init_states(config: Config, optimizer: optax.GradientTransformation, mesh: Optional[Mesh] = None) -> TrainState:
     """The initial state of a run: one seed, or `config.seeds` stacked on a leading axis; placed
     on `mesh` as `make_train_chunk` uses it when one is given."""
+    n_classes = n_classes_for(config) if config.conditional else None
     if config.seeds == 1:
-        state = init_train_state(config.seed, config.num_steps, config.n_outputs, optimizer)
+        state = init_train_state(config.seed, config.num_steps, config.n_outputs, optimizer, n_classes)
     else:
         states = [
-            init_train_state(config.seed + i, config.num_steps, config.n_outputs, optimizer)
+            init_train_state(config.seed + i, config.num_steps, config.n_outputs, optimizer, n_classes)
             for i in range(config.seeds)
         ]
         state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)

@@ -10,26 +10,70 @@ import dataclasses
 import functools
 from typing import Optional
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ddpm_harness.config import SAMPLING_FIELDS, Config, SamplerOptions
-from ddpm_harness.data import data_transform
+from ddpm_harness.data import class_proportions, data_transform, n_classes_for
 from ddpm_harness.memory import SAMPLE_CHUNK, available_memory_bytes, chain_bytes
 from jax_ddpm import speed
 from jax_ddpm.model import apply_model
+from jax_ddpm.objectives.conditional import apply_class_model, n_classes_of
+from jax_ddpm.objectives.guidance import guided_model_fn
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import run_keys
 from jax_ddpm.samplers import chains, flow
+from jax_ddpm.samplers.tutorial import scan_chain
 from jax_ddpm.schedule import Schedule
 
 
-def _model_fn(params: dict, config: Config) -> chains.ModelFn:
+@flax.struct.dataclass
+class Guide:
+    """What a class-conditional model (--conditional) is asked when it samples: a class per point,
+    the null class for unconditional points, and the guidance weight w, a value of the compiled program."""
+
+    labels: jax.Array  # (n,) int32 in 0 .. n_classes (n_classes: the null class)
+    w: jax.Array  # () float32
+
+    def part(self, start: int, size: int) -> "Guide":
+        """The guide of points start .. start + size - 1 (a chunk of a large draw)."""
+        return self.replace(labels=self.labels[start : start + size])
+
+
+def class_labels(config: Config, which, n: int) -> np.ndarray:
+    """(n,) int32 classes of a --conditional run's draw: `which` a class, "none" (the null class:
+    unconditional) or "all": the training data's class proportions, stratified (each class's count
+    rounded from its share) and shuffled with the run's seed, so the same n always gives the same classes."""
+    n_classes = n_classes_for(config)
+    if which == "none":
+        return np.full(n, n_classes, np.int32)
+    if which != "all":
+        return np.full(n, int(which), np.int32)
+    quantiles = (np.arange(n) + 0.5) / n
+    labels = np.minimum(np.searchsorted(np.cumsum(class_proportions(config)), quantiles), n_classes - 1)
+    return np.random.default_rng(config.seed).permutation(labels).astype(np.int32)
+
+
+def guide_for(config: Config, n: int, which="all", w: float = 0.0) -> Optional[Guide]:
+    """The guide of n points of class `which` (`class_labels`) at guidance w; None for a run without classes.
+    A --conditional run's own samples and evaluations draw `which="all"` at w = 0."""
+    if not config.conditional:
+        return None
+    return Guide(labels=jnp.asarray(class_labels(config, which, n)), w=jnp.asarray(w, jnp.float32))
+
+
+def _model_fn(params: dict, config: Config, guide: Optional[Guide] = None) -> chains.ModelFn:
     """The model as the samplers call it: its eps/v/x0 output (the eps half of the hybrid loss's
-    4-output model), at float t through `chains.interpolate_steps` for the ODE; a flow model's velocity at
-    float t in [0, 1] through `flow.grid_model` (the nearest of its T grid times)."""
+    4-output model; a class model guided by `guide`), at float t through `chains.interpolate_steps` for the ODE;
+    a flow model's velocity at float t in [0, 1] through `flow.grid_model` (the nearest of its T grid times)."""
     model_fn = functools.partial(apply_model, params)
+    if guide is not None:  # (1 + w) * model(x, t, class) - w * model(x, t, null class)
+        class_model_fn = functools.partial(apply_class_model, params)
+        model_fn = guided_model_fn(class_model_fn, guide.labels, guide.w, n_classes_of(params))
+    if config is None:  # the tutorial's chain
+        return model_fn
     if config.method == "flow":
         return flow.grid_model(model_fn, config.num_steps)
     if config.parameterization == "eps_logvar":
@@ -48,8 +92,28 @@ def _jitted_sample_from():
     )
 
 
-def _sample_from(params, schedule, key, x_T, *, config, trajectory):
-    return chains.sample(SamplerOptions.from_config(config), _model_fn(params, config), schedule, x_T, key, trajectory)
+def _sample_from(params, schedule, key, x_T, guide=None, *, config, trajectory):
+    model_fn = _model_fn(params, config, guide)
+    return chains.sample(SamplerOptions.from_config(config), model_fn, schedule, x_T, key, trajectory)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_guided_tutorial():
+    return jax.jit(_guided_tutorial, compiler_options=speed.program_options("sampling"))
+
+
+def _guided_tutorial(params, schedule, key, x_T, guide):
+    """The tutorial's chain of a class model guided by `guide`, from x_T; step k's noise from fold_in(key, k + 1)."""
+    return scan_chain(
+        _model_fn(params, None, guide),
+        x_T.shape,
+        schedule.num_steps,
+        schedule.alphas,
+        schedule.betas,
+        schedule.one_minus_alphas_bar_sqrt,
+        x_T=x_T,
+        key=key,
+    )
 
 
 def draw_samples(
@@ -60,16 +124,21 @@ def draw_samples(
     n: Optional[int] = None,
     x_T: Optional[jax.Array] = None,
     trajectory: bool = False,
+    guide: Optional[Guide] = None,
 ) -> chains.Samples:
     """One model's samples with the config's sampler (--sampler, --sample-steps, --eta, ...): from
     x_T (n, 2) ~ N(0, I) drawn from fold_in(key, 0), or from the given x_T (N, 2); step noise from key.
+    A --conditional run's model is guided by `guide` (default `guide_for(config, n)`: the classes in
+    the data's proportions, w = 0).
 
     The tutorial sampler is `samplers.tutorial.sample_chain` itself (bit for bit the tutorial's default run);
     the others run as one program with x_T as its input, so a deterministic sampler started from the
     x_T it drew reproduces its chain exactly. With --normalize every state is mapped back to data
     units (x_T is given in model units, where it is N(0, I)).
     """
-    return _to_data(_draw(params, schedule, config, key, n, x_T, trajectory), *data_transform(config))
+    if config.conditional and guide is None:
+        guide = guide_for(config, n if x_T is None else x_T.shape[0])
+    return _to_data(_draw(params, schedule, config, key, n, x_T, trajectory, guide), *data_transform(config))
 
 
 def _to_data(samples: chains.Samples, shift: np.ndarray, scale: float) -> chains.Samples:
@@ -79,8 +148,12 @@ def _to_data(samples: chains.Samples, shift: np.ndarray, scale: float) -> chains
     return samples.replace(x_0=samples.x_0 * scale + shift, trajectory=trajectory)
 
 
-def _draw(params, schedule, config, key, n, x_T, trajectory) -> chains.Samples:
+def _draw(params, schedule, config, key, n, x_T, trajectory, guide=None) -> chains.Samples:
     sampling_config = _sampling_part(config)
+    if config.sampler == "tutorial" and guide is not None:
+        x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2)) if x_T is None else x_T
+        states = _jitted_guided_tutorial()(params, schedule, key, jnp.asarray(x_T, jnp.float32), guide)
+        return chains.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
     if config.sampler == "tutorial":
         x_T = None if x_T is None else jnp.asarray(x_T, jnp.float32)
         return chains.tutorial(
@@ -89,14 +162,14 @@ def _draw(params, schedule, config, key, n, x_T, trajectory) -> chains.Samples:
     if x_T is None:
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2))
     return _jitted_sample_from()(
-        params, schedule, key, jnp.asarray(x_T, jnp.float32), config=sampling_config, trajectory=trajectory
+        params, schedule, key, jnp.asarray(x_T, jnp.float32), guide, config=sampling_config, trajectory=trajectory
     )
 
 
 def _sampling_part(config: Config) -> Config:
     """The config with every field that does not change sampling reset, so that jit (which keys its
     cache on the static config) compiles one sampler program per sampling setup."""
-    keep = (*SAMPLING_FIELDS, "prediction", "loss", "num_steps", "zero_terminal_snr", "method")
+    keep = (*SAMPLING_FIELDS, "prediction", "loss", "num_steps", "zero_terminal_snr", "method", "conditional")
     return Config(**{name: getattr(config, name) for name in keep})
 
 
@@ -108,6 +181,7 @@ def sample_states(
     fold: Optional[int] = None,
     x_T: Optional[np.ndarray] = None,
     chunk: int = 0,
+    guide: Optional[Guide] = None,
 ) -> tuple[np.ndarray, int]:
     """The reverse chains of every seed with the config's sampler, and its NFE: states (S + 1, n, 2),
     or (seeds, S + 1, n, 2) for several, x_T first (S = T for the tutorial sampler, K for ddpm, ddim
@@ -115,14 +189,14 @@ def sample_states(
 
     Seed i samples with run_keys(seed + i)["sample"], folded with `fold` for the evaluations and,
     for chunk c > 0 of a large draw (`sample_points`), with c; x_T (n, 2), when given, starts every
-    seed's chain.
+    seed's chain. `guide`: a --conditional run's classes and w (`draw_samples`).
     """
     keys = sample_keys(config, fold)
     if chunk:
         keys = [jax.random.fold_in(k, chunk) for k in keys]
 
     def chain(p, key):
-        out = draw_samples(p, schedule, config, key, n, x_T, trajectory=True)
+        out = draw_samples(p, schedule, config, key, n, x_T, trajectory=True, guide=guide)
         return out.trajectory, out.nfe
 
     if config.seeds == 1:
@@ -141,10 +215,12 @@ def sample_points(
     out: Optional[np.ndarray] = None,
     keep_chain: bool = False,
     x_T: Optional[np.ndarray] = None,
+    guide: Optional[Guide] = None,
 ):
     """n final samples (n, 2), or (seeds, n, 2), drawn SAMPLE_CHUNK points at a time into `out`
     (allocated when None; a memory-mapped .npy works), and the sampler's NFE; with `keep_chain`,
-    (samples, the first chunk's chains, NFE) for the pictures. x_T (n, 2), when given, starts the chains.
+    (samples, the first chunk's chains, NFE) for the pictures. x_T (n, 2), when given, starts the chains;
+    `guide` (n points' classes and w) guides a --conditional run's model.
 
     Points [c * SAMPLE_CHUNK, (c + 1) * SAMPLE_CHUNK) come from chunk c's keys (`sample_states`), so
     a draw of up to SAMPLE_CHUNK points is one chain, and the same n always gives the same points.
@@ -155,7 +231,8 @@ def sample_points(
     for c, start in enumerate(range(0, n, SAMPLE_CHUNK)):
         size = min(SAMPLE_CHUNK, n - start)
         part = None if x_T is None else x_T[start : start + size]
-        chains, nfe = sample_states(params, schedule, config, size, fold=fold, x_T=part, chunk=c)
+        chunk_guide = None if guide is None else guide.part(start, size)
+        chains, nfe = sample_states(params, schedule, config, size, fold=fold, x_T=part, chunk=c, guide=chunk_guide)
         out[..., start : start + size, :] = chains[..., -1, :, :]
         if keep_chain and first is None:
             first = chains

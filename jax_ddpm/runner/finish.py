@@ -82,7 +82,7 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
     start = time.perf_counter()
     reference = held_out_for(config, config.n_samples)
     evaluation = sample_qualities({name: samples[name] for name in ("raw", "ema")}, reference)
-    calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed)
+    calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed, config.conditional)
     run.timings["final_evaluation"] = time.perf_counter() - start
     if pictures is not None:
         start = time.perf_counter()
@@ -142,4 +142,6 @@ def sampling_record(config: Config, nfe: int) -> dict:
         record["variance"] = config.variance
     if config.sampler == "ode":
         record.update(rtol=config.ode_rtol, atol=config.ode_atol)
+    if config.conditional:  # the run's own samples: every class, in the data's proportions, unguided
+        record.update(classes="all", guidance=0.0)
     return record

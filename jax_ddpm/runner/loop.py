@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ddpm_harness.config import Config
-from ddpm_harness.data import data_transform, dataset_for, held_out_for
+from ddpm_harness.data import data_transform, dataset_for, held_out_for, labels_for
 from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import epoch_record, format_against
 from jax_ddpm.objectives.schedules import run_schedule
@@ -139,7 +139,7 @@ def train(group: Group, progress) -> Trained:
     chunks); afterwards each run holds its final state. `progress`: `RunProgress` or `GroupProgress`."""
     config, steps_per_epoch = group.config, group.steps_per_epoch
     n_chunk = chunk_epochs(dataclasses.replace(config, seeds=group.program.width), steps_per_epoch, group.start_epoch)
-    data = jnp.asarray(group.runs[0].model_data())
+    data = group.runs[0].training_data()
     trained, compiled = Trained(steps=(config.epochs - group.start_epoch) * steps_per_epoch), None
     if group.start_epoch < config.epochs:
         compile_start = time.perf_counter()
@@ -239,7 +239,7 @@ class RunProgress:
     def __enter__(self) -> RunProgress:
         config = self.run.config
         if config.eval_every:  # the floor the bar's metric is shown against
-            self.floor = calibration(config.dataset, config.n_eval, config.data_noise, config.seed)
+            self.floor = calibration(config.dataset, config.n_eval, config.data_noise, config.seed, config.conditional)
         self.bar = tqdm(
             total=config.epochs, initial=self.run.start_epoch, unit="epoch", file=sys.stdout, dynamic_ncols=True
         )
@@ -326,11 +326,13 @@ def train_models(config: Config, data: Optional[np.ndarray] = None) -> list[dict
     final parameters of each seed (raw or EMA, as config.sample_with says)."""
     data = dataset_for(config) if data is None else data
     shift, scale = data_transform(config, data)
-    data = (data - shift) / scale  # --normalize: model units
+    data = jnp.asarray((data - shift) / scale)  # --normalize: model units
+    if config.conditional:
+        data = (data, jnp.asarray(labels_for(config)))
     optimizer = optimizer_for(config)
     state = init_states(config, optimizer)
     chunk = make_train_chunk(config, run_schedule(config), optimizer, config.epochs)
-    state, _ = chunk(state, jnp.asarray(data))
+    state, _ = chunk(state, data)
     params = state.ema_params if config.sample_with == "ema" else state.params
     if config.seeds == 1:
         return [params]

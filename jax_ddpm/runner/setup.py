@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import jax.numpy as jnp
 import numpy as np
 
 from ddpm_harness.config import Config, ConfigError
-from ddpm_harness.data import data_transform, dataset_for, file_sha256
+from ddpm_harness.data import data_transform, dataset_for, file_sha256, labels_for
 from ddpm_harness.runs import MetricsLog, describe_setup, release_run_dir, write_config
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import distributed
@@ -46,6 +47,12 @@ class Run:
     data_sha256: Optional[str] = None  # of a data file; None for a built-in dataset
     writes: bool = True  # False on the processes of a multi-process run other than 0, which write nothing
     transform: tuple = (np.zeros(2, np.float32), 1.0)  # (shift, scale): model units = (data - shift) / scale
+    labels: Optional[np.ndarray] = None  # (N,) int32, the class of each point of a --conditional run
+
+    def training_data(self):
+        """What the compiled chunk trains on: the points in model units (N, 2), or (points, labels (N,))."""
+        points = jnp.asarray(self.model_data())
+        return points if self.labels is None else (points, jnp.asarray(self.labels))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -73,6 +80,7 @@ def set_up(config: Config) -> Run:
     try:
         run = Run(config, run_dir, data, schedule, optimizer, mesh, state, checkpointer, metrics, [])
         run.data_sha256, run.writes, run.transform = file_sha256(config.dataset), writes, data_transform(config, data)
+        run.labels = labels_for(config) if config.conditional else None  # a file is read again: it was checked
         if config.resume and run.checkpointer.latest_epoch() is not None:
             _restore(run)
         run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
