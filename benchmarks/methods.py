@@ -1,9 +1,10 @@
 """DDPM against flow matching on the same model, data and budget: `python -m benchmarks.methods`.
 
-Writes benchmarks/results/methods.md and methods.json (issue 18). Each method trains `--seeds` models
-(vmapped, `runner.loop.train_models`) with the same model, data, epochs, batch size and optimizer; each
-is then sampled at every NFE of NFES with n points per seed and scored by sliced W2 against a held-out
-draw, as a multiple of the metric's floor at the same n (two draws of the data), mean +- std over seeds.
+Writes benchmarks/results/methods.md, methods.json and the chart methods.png (issue 18). Each method
+trains `--seeds` models (vmapped, `runner.loop.train_models`) with the same model, data, epochs, batch
+size and optimizer; each is then sampled at every NFE of NFES with n points per seed and scored by sliced
+W2 against a held-out draw, as a multiple of the metric's floor at the same n (two draws of the data),
+mean +- std over seeds.
 
 - ddpm (tutorial): the tutorial's settings, DPM-Solver++(2M) with K = NFE steps, "trailing" spacing
   (benchmarks/quality_nfe.py's choice), and the tutorial's own sampler at NFE = T;
@@ -164,6 +165,7 @@ def verdict(results: list[dict]) -> list[str]:
             row = best_within(r, TARGET_NFE)
             cells.append(f"{row['x_floor']:.2f} ({row['sampler']}, NFE {row['nfe']})" if row else "")
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    lines.append("")
     for method in methods_run:
         mine = [r for r in results if r["method"] == method and r["dataset"] in TUTORIAL_DATASETS]
         met = [r["dataset"] for r in mine if _x_floor(best_within(r, TARGET_NFE)) <= TARGET_X_FLOOR]
