@@ -39,7 +39,7 @@ from jax_ddpm.objectives.predictions import predict_eps, predict_x0
 from jax_ddpm.objectives.schedules import has_zero_terminal_snr
 from jax_ddpm.samplers import flow
 from jax_ddpm.samplers.samples import ODE_ATOL, ODE_RTOL, ODE_SOLVER, Samples, _nfe  # noqa: F401 (for callers)
-from jax_ddpm.samplers.tutorial import p_sample_for, sample_chain, scan_chain
+from jax_ddpm.samplers.tutorial import p_sample_for, sample_chain, schedule_chain
 from jax_ddpm.schedule import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -453,22 +453,10 @@ def tutorial(
     """
     if x_T is None:
         states = sample_chain(params, schedule, key, n, parameterization=parameterization)
-    else:
-        if noise is None:
-            noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k + 1), x_T.shape, x_T.dtype))(
-                jnp.arange(schedule.num_steps)
-            )
-        states = scan_chain(
-            functools.partial(apply_model, params),
-            x_T.shape,
-            schedule.num_steps,
-            schedule.alphas,
-            schedule.betas,
-            schedule.one_minus_alphas_bar_sqrt,
-            x_T=x_T,
-            zs=noise,
-            p_sample=p_sample_for(params, schedule, parameterization),
-        )
+    else:  # noise not given: step k's from fold_in(key, k + 1), as sample_chain draws it
+        p_sample = p_sample_for(params, schedule, parameterization)
+        model = functools.partial(apply_model, params)
+        states = schedule_chain(model, schedule, x_T.shape, x_T=x_T, zs=noise, key=key, p_sample=p_sample)
     return Samples(states[-1], states if trajectory else None, jnp.asarray(schedule.num_steps, jnp.int32))
 
 

@@ -32,6 +32,22 @@ def scan_chain(
     return jnp.concatenate([cur_x[None], x_seq])
 
 
+def schedule_chain(model, schedule: Schedule, shape, x_T=None, zs=None, key=None, p_sample=p_sample) -> jax.Array:
+    """`scan_chain` over all of `schedule`'s steps, with its arrays."""
+    return scan_chain(
+        model,
+        shape,
+        schedule.num_steps,
+        schedule.alphas,
+        schedule.betas,
+        schedule.one_minus_alphas_bar_sqrt,
+        x_T=x_T,
+        zs=zs,
+        key=key,
+        p_sample=p_sample,
+    )
+
+
 def p_sample_for(params: dict, schedule: Schedule, parameterization: str = "eps"):
     """The reverse step for a model that predicts `parameterization`, with p_sample's arguments: the
     tutorial's p_sample for "eps", variance.p_sample_learned for "mean_logvar" and "eps_logvar"."""
@@ -61,13 +77,5 @@ def _jitted_chain():
 
 
 def _sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int, parameterization: str) -> jax.Array:
-    return scan_chain(
-        functools.partial(apply_model, params),
-        (n, 2),
-        schedule.num_steps,
-        schedule.alphas,
-        schedule.betas,
-        schedule.one_minus_alphas_bar_sqrt,
-        key=key,
-        p_sample=p_sample_for(params, schedule, parameterization),
-    )
+    model = functools.partial(apply_model, params)
+    return schedule_chain(model, schedule, (n, 2), key=key, p_sample=p_sample_for(params, schedule, parameterization))
