@@ -25,7 +25,7 @@ from jax_ddpm.objectives.guidance import guided_model_fn
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import run_keys
 from jax_ddpm.samplers import chains, flow
-from jax_ddpm.samplers.tutorial import schedule_chain
+from jax_ddpm.samplers.tutorial import scan_chain
 from jax_ddpm.schedule import Schedule
 
 
@@ -104,7 +104,7 @@ def _jitted_guided_tutorial():
 
 def _guided_tutorial(params, schedule, key, x_T, guide):
     """The tutorial's chain of a class model guided by `guide`, from x_T; step k's noise from fold_in(key, k + 1)."""
-    return schedule_chain(_model_fn(params, None, guide), schedule, x_T.shape, x_T=x_T, key=key)
+    return scan_chain(_model_fn(params, None, guide), schedule, x_T.shape, x_T=x_T, key=key)
 
 
 def draw_samples(

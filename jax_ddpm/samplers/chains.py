@@ -39,7 +39,7 @@ from jax_ddpm.objectives.predictions import predict_eps, predict_x0
 from jax_ddpm.objectives.schedules import has_zero_terminal_snr
 from jax_ddpm.samplers import flow
 from jax_ddpm.samplers.samples import ODE_ATOL, ODE_RTOL, ODE_SOLVER, Samples, _nfe  # noqa: F401 (for callers)
-from jax_ddpm.samplers.tutorial import p_sample_for, sample_chain, schedule_chain
+from jax_ddpm.samplers.tutorial import p_sample_for, sample_chain, scan_chain
 from jax_ddpm.schedule import Schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -456,7 +456,7 @@ def tutorial(
     else:  # noise not given: step k's from fold_in(key, k + 1), as sample_chain draws it
         p_sample = p_sample_for(params, schedule, parameterization)
         model = functools.partial(apply_model, params)
-        states = schedule_chain(model, schedule, x_T.shape, x_T=x_T, zs=noise, key=key, p_sample=p_sample)
+        states = scan_chain(model, schedule, x_T.shape, x_T=x_T, zs=noise, key=key, p_sample=p_sample)
     return Samples(states[-1], states if trajectory else None, jnp.asarray(schedule.num_steps, jnp.int32))
 
 

@@ -13,39 +13,24 @@ from jax_ddpm.sampling import p_sample
 from jax_ddpm.schedule import Schedule
 
 
-def scan_chain(
-    model, shape, n_steps, alphas, betas, one_minus_alphas_bar_sqrt, x_T=None, zs=None, key=None, p_sample=p_sample
-):
-    """`sampling.p_sample_loop` as one lax.scan: all n_steps + 1 states (n_steps + 1, *shape), x_T first, the
-    same draws from `key` (made inside the scan: no (T, N, 2) noise array is built). `p_sample`: the reverse
-    step, called with p_sample's arguments."""
+def scan_chain(model, schedule: Schedule, shape, x_T=None, zs=None, key=None, p_sample=p_sample) -> jax.Array:
+    """`sampling.p_sample_loop` over all of `schedule`'s steps as one lax.scan: the T + 1 states (T + 1, *shape),
+    x_T first, the same draws from `key` (made inside the scan: no (T, N, 2) noise array is built). `p_sample`:
+    the reverse step, called with p_sample's arguments."""
     cur_x = jax.random.normal(jax.random.fold_in(key, 0), shape) if x_T is None else x_T
+    n_steps = schedule.num_steps
 
     def step(cur_x, k_i):  # for k, i in enumerate(reversed(range(n_steps))):
         k, i = k_i
         z = None if zs is None else zs[k]
         key_k = None if key is None else jax.random.fold_in(key, k + 1)
-        cur_x = p_sample(model, cur_x, i, alphas, betas, one_minus_alphas_bar_sqrt, z=z, key=key_k)
+        cur_x = p_sample(
+            model, cur_x, i, schedule.alphas, schedule.betas, schedule.one_minus_alphas_bar_sqrt, z=z, key=key_k
+        )
         return cur_x, cur_x
 
     _, x_seq = jax.lax.scan(step, cur_x, (jnp.arange(n_steps), jnp.arange(n_steps - 1, -1, -1)))
     return jnp.concatenate([cur_x[None], x_seq])
-
-
-def schedule_chain(model, schedule: Schedule, shape, x_T=None, zs=None, key=None, p_sample=p_sample) -> jax.Array:
-    """`scan_chain` over all of `schedule`'s steps, with its arrays."""
-    return scan_chain(
-        model,
-        shape,
-        schedule.num_steps,
-        schedule.alphas,
-        schedule.betas,
-        schedule.one_minus_alphas_bar_sqrt,
-        x_T=x_T,
-        zs=zs,
-        key=key,
-        p_sample=p_sample,
-    )
 
 
 def p_sample_for(params: dict, schedule: Schedule, parameterization: str = "eps"):
@@ -78,4 +63,4 @@ def _jitted_chain():
 
 def _sample_chain(params: dict, schedule: Schedule, key: jax.Array, n: int, parameterization: str) -> jax.Array:
     model = functools.partial(apply_model, params)
-    return schedule_chain(model, schedule, (n, 2), key=key, p_sample=p_sample_for(params, schedule, parameterization))
+    return scan_chain(model, schedule, (n, 2), key=key, p_sample=p_sample_for(params, schedule, parameterization))
