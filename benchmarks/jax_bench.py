@@ -22,12 +22,11 @@ from benchmarks.timing import measure, rates
 from ddpm_harness.config import Config
 from ddpm_harness.data import dataset_for
 from jax_ddpm import speed
-from jax_ddpm.ema import EMA
 from jax_ddpm.objectives.schedules import run_schedule
+from jax_ddpm.objectives.step import EmaRate, pure_train_step
 from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for, run_keys
 from jax_ddpm.samplers import tutorial
 from jax_ddpm.samplers.tutorial import sample_chain
-from jax_ddpm.training import train_step
 
 
 def _parts(config: Config):
@@ -74,11 +73,15 @@ def chunk_runner(config: Config, n_epochs: int, options: dict | str = CHOSEN, pr
 
 
 def python_loop_runner(config: Config, n_steps: int):
-    """The jitted `train_step` called once per batch from Python; work = steps."""
+    """The jitted step (`pure_train_step`, what a run compiles) called once per batch from Python; work = steps."""
     schedule, data, optimizer = _parts(config)
     step = jax.jit(
         functools.partial(
-            train_step, optimizer=optimizer, ema=EMA(config.ema_decay), schedule=schedule, n_steps=config.num_steps
+            pure_train_step,
+            optimizer=optimizer,
+            ema=EmaRate.constant(config.ema_decay),
+            schedule=schedule,
+            n_steps=config.num_steps,
         )
     )
     initial = init_states(config, optimizer)

@@ -27,12 +27,11 @@ from ddpm_harness import metrics
 from ddpm_harness.config import Config
 from ddpm_harness.data import data_transform, dataset_for, held_out_for
 from jax_ddpm import speed
-from jax_ddpm.ema import EMA
 from jax_ddpm.objectives.objective import loss_fn_for
 from jax_ddpm.objectives.schedules import run_schedule
+from jax_ddpm.objectives.step import EmaRate, pure_train_step
 from jax_ddpm.runner.chunk import init_states, run_keys, run_optimizer, train_epoch
 from jax_ddpm.runner.draw import draw_samples
-from jax_ddpm.training import train_step
 
 RESULTS = Path(__file__).parent / "results"
 EMA_DECAYS = (0.999, 0.9995, 0.9999)
@@ -98,10 +97,10 @@ def train_multi_ema(config: Config, data: np.ndarray, lr_schedule, decays=EMA_DE
     state = state.replace(ema_params=tuple(state.ema_params for _ in decays))
 
     def train_step_fn(state, batch_x, t, e):
-        new, loss = train_step(
+        new, loss = pure_train_step(
             state.replace(ema_params=state.ema_params[0]),
             optimizer,
-            EMA(decays[0]),
+            EmaRate.constant(decays[0]),
             batch_x,
             schedule,
             config.num_steps,
@@ -109,7 +108,7 @@ def train_multi_ema(config: Config, data: np.ndarray, lr_schedule, decays=EMA_DE
             e=e,
             loss_fn=loss_fn,
         )
-        rest = tuple(EMA(d).update(p, new.params) for p, d in zip(state.ema_params[1:], decays[1:]))
+        rest = tuple(EmaRate.constant(d).update(p, new.params) for p, d in zip(state.ema_params[1:], decays[1:]))
         return new.replace(ema_params=(new.ema_params,) + rest), loss
 
     epoch_fn = functools.partial(

@@ -1,14 +1,14 @@
 """The tutorial's losses: noise_estimation_loss (trained with) and loss_variational (never called).
 
 JAX twin of torch_reference/losses.py. Both draw t (antithetic) and the noise from `key` unless `t` /
-`e` / `noise` are given (JAX has no global random state, so `key` is the one added argument).
+`e` / `noise` are given (JAX has no global random state, so `key` is the one added argument). `model` is
+any callable model(x, t): the NNX ConditionalModel, or `model.model_of(params)` in a pure function.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ddpm.model import apply_model
 from jax_ddpm.schedule import extract, q_posterior_mean_variance, q_sample
 
 
@@ -17,7 +17,7 @@ def antithetic_timesteps(key, batch_size, n_steps):
     return jnp.concatenate([t, n_steps - t - 1], axis=0)[:batch_size]
 
 
-def noise_estimation_loss(params, x_0, alphas_bar_sqrt, one_minus_alphas_bar_sqrt, n_steps, t=None, e=None, key=None):
+def noise_estimation_loss(model, x_0, alphas_bar_sqrt, one_minus_alphas_bar_sqrt, n_steps, t=None, e=None, key=None):
     batch_size = x_0.shape[0]
     key_t, key_e = jax.random.split(key) if key is not None else (None, None)
     # Select a random step for each example
@@ -31,7 +31,7 @@ def noise_estimation_loss(params, x_0, alphas_bar_sqrt, one_minus_alphas_bar_sqr
         e = jax.random.normal(key_e, x_0.shape, x_0.dtype)
     # model input
     x = x_0 * a + e * am1
-    output = apply_model(params, x, t)
+    output = model(x, t)
     return jnp.square(e - output).mean()
 
 
@@ -67,16 +67,16 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     return log_probs
 
 
-def p_mean_variance(params, x, t):
+def p_mean_variance(model, x, t):
     # Go through model
-    out = apply_model(params, x, t)
+    out = model(x, t)
     # Extract the mean and variance
     mean, log_var = jnp.split(out, 2, axis=-1)
     return mean, log_var
 
 
 def loss_variational(
-    params,
+    model,
     x_0,
     alphas_bar_sqrt,
     one_minus_alphas_bar_sqrt,
@@ -102,7 +102,7 @@ def loss_variational(
         x_0, x_t, t, posterior_mean_coef_1, posterior_mean_coef_2, posterior_log_variance_clipped
     )
     # Infer the mean and variance with our model
-    model_mean, model_var = p_mean_variance(params, x_t, t)
+    model_mean, model_var = p_mean_variance(model, x_t, t)
     # Compute the KL loss
     kl = normal_kl(true_mean, true_var, model_mean, model_var)
     kl = jnp.mean(kl.reshape(batch_size, -1), axis=1) / np.log(2.0)

@@ -43,9 +43,9 @@ class ConditionalModel(nn.Module):
 
 # --- Beyond the tutorial: the parameters as a plain nested dict -------------------------------------
 # Training and sampling handle the parameters as a dict (`init_params`) and run the model with
-# `apply_model`, which merges them into the module inside the traced function (the NNX performance
-# guide's split-once pattern: no graph traversal per step). Names mirror the PyTorch state dict:
-# lin1.lin.kernel <-> lin1.lin.weight (transposed: Flax kernels are (in, out)).
+# `apply_model` (or `model_of(params)`, the module itself), which merge them into the module inside the
+# traced function (the NNX performance guide's split-once pattern: no graph traversal per step). Names
+# mirror the PyTorch state dict: lin1.lin.kernel <-> lin1.lin.weight (transposed: Flax kernels are (in, out)).
 
 
 def init_params(key: jax.Array, n_steps: int, n_outputs: int = 2) -> dict:
@@ -64,8 +64,14 @@ def _graphdef(n_steps: int, n_outputs: int):
     return nnx.graphdef(nnx.eval_shape(build))
 
 
-def apply_model(params: dict, x: jax.Array, t: jax.Array) -> jax.Array:
-    """Run the model with `params` on x (B, 2) at integer steps t (B,) or (1,): (B, n_outputs)."""
+def model_of(params: dict) -> ConditionalModel:
+    """The model with `params`, for a pure function: merged from a cached graph definition, so a traced
+    function builds it without traversing a module (run it as model_of(params)(x, t))."""
     n_steps = params["lin1"]["embed"]["embedding"].shape[-2]
     n_outputs = params["lin4"]["bias"].shape[-1]
-    return nnx.merge(_graphdef(n_steps, n_outputs), params)(x, t)
+    return nnx.merge(_graphdef(n_steps, n_outputs), params)
+
+
+def apply_model(params: dict, x: jax.Array, t: jax.Array) -> jax.Array:
+    """Run the model with `params` on x (B, 2) at integer steps t (B,) or (1,): (B, n_outputs)."""
+    return model_of(params)(x, t)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
+from flax import nnx
 
 import torch_reference.losses as ref_losses
 import torch_reference.sampling as ref_sampling
@@ -24,7 +25,8 @@ from ddpm_harness.data import make_dataset
 from jax_ddpm import ema as jax_ema
 from jax_ddpm import losses, sampling, schedule, training
 from jax_ddpm.convert import torch_to_flax
-from jax_ddpm.model import apply_model
+from jax_ddpm.model import apply_model, model_of
+from jax_ddpm.objectives import step
 from jax_ddpm.runner import chunk
 from parity_tests.compare import Pairs, Precision, flat_params, flat_torch, to_numpy, tree_pairs
 from torch_reference.ema import EMA
@@ -149,7 +151,13 @@ def _torch_noise_loss(model, sched_ref, x0_ref, t_ref, e_ref):
 
 def _jax_noise_loss(params, sched_ans, x0_ans, t_ans, e_ans):
     return losses.noise_estimation_loss(
-        params, x0_ans, sched_ans.alphas_bar_sqrt, sched_ans.one_minus_alphas_bar_sqrt, N_STEPS, t=t_ans, e=e_ans
+        model_of(params),
+        x0_ans,
+        sched_ans.alphas_bar_sqrt,
+        sched_ans.one_minus_alphas_bar_sqrt,
+        N_STEPS,
+        t=t_ans,
+        e=e_ans,
     )
 
 
@@ -179,17 +187,9 @@ def gradient_pairs(p: Precision) -> Pairs:
     return tree_pairs(grads_ref, grads_ans)
 
 
-def jax_optimizer(program: str, clip_norm: float) -> optax.GradientTransformation:
-    """The twin's make_optimizer ("twin") or the optimizer a run compiles ("run": the same clipping and
-    Adam, the clipping norm summed in a fixed order)."""
-    if program == "twin":
-        return training.make_optimizer(LR, clip_norm)
-    return chunk.run_optimizer(LR, clip_norm, clipped=clip_norm > 0)
-
-
 def clip_pairs(p: Precision, max_norm: float, program: str = "run") -> tuple[Pairs, float]:
-    """The same (reference) gradients clipped by torch's clip_grad_norm_ and by the clipping of
-    `jax_optimizer(program)` (optax's clip_by_global_norm, or the run's in a fixed order); also returns the
+    """The same (reference) gradients clipped by torch's clip_grad_norm_ and by the clipping of `program`
+    (the twin's: optax's clip_by_global_norm; a run's: the same, its norm summed in a fixed order); also returns the
     global norm. torch scales by max_norm / (norm + 1e-6), JAX by max_norm / norm, so clipped results differ
     by the factor (norm + 1e-6) / norm."""
     model, _ = ported_model(p)
@@ -204,51 +204,67 @@ def clip_pairs(p: Precision, max_norm: float, program: str = "run") -> tuple[Pai
     return tree_pairs(clipped_ref, flat_params(clipped_ans)), norm
 
 
-def _jax_state(params: dict, optimizer: optax.GradientTransformation) -> training.TrainState:
-    key = jax.random.PRNGKey(0)  # unused by train_step: t and e are injected
-    return training.TrainState(
-        opt_step=jnp.zeros((), jnp.int32),
-        epoch=jnp.zeros((), jnp.int32),
-        params=params,
-        ema_params=jax.tree_util.tree_map(jnp.array, params),
-        opt_state=optimizer.init(params),
-        order_key=key,
-        noise_key=key,
+def _train_twin(params: dict, batches_ans, clip_norm: float, sched_ans):
+    """jax_ddpm.training.train_step (the NNX twin) over batches from `params`: the per-step losses and
+    the final (params, EMA params, Adam's mu, Adam's nu) as nested dicts."""
+    model = model_of(params)
+    optimizer = training.make_optimizer(model, LR)
+    ema = jax_ema.EMA(EMA_DECAY)
+    ema.register(model)
+    losses_ans = [
+        to_numpy(training.train_step(model, optimizer, ema, x_0, sched_ans, N_STEPS, clip_norm, t=t, e=e))
+        for x_0, t, e in batches_ans
+    ]
+    adam = nnx.to_pure_dict(nnx.state(optimizer))["opt_state"][0]
+    shadow = {}
+    for name, value in ema.shadow.items():  # "lin1.lin.kernel" -> shadow["lin1"]["lin"]["kernel"]
+        *path, leaf = name.split(".")
+        functools.reduce(lambda tree, key: tree.setdefault(key, {}), path, shadow)[leaf] = value[...]
+    return losses_ans, (nnx.to_pure_dict(nnx.state(model, nnx.Param)), shadow, adam["mu"], adam["nu"])
+
+
+def _train_run(params: dict, batches_ans, clip_norm: float, sched_ans):
+    """A run's step (objectives.step.pure_train_step with the optimizer and EMA a run compiles) over
+    batches from `params`: what `_train_twin` returns."""
+    optimizer = chunk.run_optimizer(LR, clip_norm, clipped=clip_norm > 0)
+    key = jax.random.PRNGKey(0)  # unused: t and e are injected
+    zero = jnp.zeros((), jnp.int32)
+    state = step.TrainState(
+        zero, zero, params, jax.tree_util.tree_map(jnp.array, params), optimizer.init(params), key, key
     )
+    train_step = jax.jit(
+        functools.partial(
+            step.pure_train_step,
+            optimizer=optimizer,
+            ema=step.EmaRate.constant(EMA_DECAY),
+            schedule=sched_ans,
+            n_steps=N_STEPS,
+        )
+    )
+    losses_ans = []
+    for x_0, t, e in batches_ans:
+        state, loss = train_step(state, batch_x=x_0, t=t, e=e)
+        losses_ans.append(to_numpy(loss))
+    adam = (optax.tree.get(state.opt_state, "mu"), optax.tree.get(state.opt_state, "nu"))
+    return losses_ans, (state.params, state.ema_params, *adam)
 
 
 def _train_both(p: Precision, batches, clip_norm: float, program: str = "run") -> tuple[Pairs, list[float]]:
-    """Drive torch_reference.training.train_step and jax_ddpm.training.train_step (with the optimizer
-    `jax_optimizer(program)`) over the same (x_0, t, e) batches from the same weights. Returns pairs for the
-    parameters, EMA parameters, Adam's moments and per-step losses, and torch's pre-clip gradient norm at
-    every step."""
+    """Drive torch_reference.training.train_step and the JAX `program` ("twin": jax_ddpm.training's NNX
+    train_step; "run": the pure step a run compiles) over the same (x_0, t, e) batches from the same
+    weights. Returns pairs for the parameters, EMA parameters, Adam's moments and per-step losses, and
+    torch's pre-clip gradient norm at every step."""
     model, params = ported_model(p)
     sched_ref, sched_ans = tutorial_schedules(p)
     optimizer_ref = ref_training.make_optimizer(model, LR)
     ema = EMA(EMA_DECAY)
     ema.register(model)
-    optimizer = jax_optimizer(program, clip_norm)
-    state = _jax_state(params, optimizer)
-    train_step = jax.jit(
-        functools.partial(
-            training.train_step, optimizer=optimizer, ema=jax_ema.EMA(EMA_DECAY), schedule=sched_ans, n_steps=N_STEPS
-        )
-    )
-    losses_ref, losses_ans, norms = [], [], []
+    losses_ref, norms, batches_ans = [], [], []
     for x_0, t, e in batches:
         (x0_ref, x0_ans), (t_ref, t_ans), (e_ref, e_ans) = both(x_0, t, e)
-        norms.append(
-            float(
-                torch.linalg.vector_norm(
-                    torch.stack(
-                        [
-                            torch.linalg.vector_norm(g)
-                            for g in _torch_grads(model, sched_ref, x0_ref, t_ref, e_ref).values()
-                        ]
-                    )
-                )
-            )
-        )
+        batches_ans.append((x0_ans, t_ans, e_ans))
+        grads = _torch_grads(model, sched_ref, x0_ref, t_ref, e_ref).values()
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
         losses_ref.append(
             to_numpy(
                 ref_training.train_step(
@@ -256,17 +272,17 @@ def _train_both(p: Precision, batches, clip_norm: float, program: str = "run") -
                 )
             )
         )
-        state, loss = train_step(state, batch_x=x0_ans, t=t_ans, e=e_ans)
-        losses_ans.append(to_numpy(loss))
+    train_ans = _train_twin if program == "twin" else _train_run
+    losses_ans, (params_ans, ema_ans, mu_ans, nu_ans) = train_ans(params, batches_ans, clip_norm, sched_ans)
     named = dict(model.named_parameters())
     pairs = {"loss": (np.stack(losses_ref), np.stack(losses_ans))}
-    pairs |= tree_pairs(flat_torch(model.state_dict()), flat_params(state.params), "params.")
-    pairs |= tree_pairs(flat_torch(ema.shadow), flat_params(state.ema_params), "ema.")
-    for moment_ref, moment_ans in (("exp_avg", "mu"), ("exp_avg_sq", "nu")):
+    pairs |= tree_pairs(flat_torch(model.state_dict()), flat_params(params_ans), "params.")
+    pairs |= tree_pairs(flat_torch(ema.shadow), flat_params(ema_ans), "ema.")
+    for moment_ref, moment_ans, name in (("exp_avg", mu_ans, "mu"), ("exp_avg_sq", nu_ans, "nu")):
         pairs |= tree_pairs(
             flat_torch({n: optimizer_ref.state[q][moment_ref] for n, q in named.items()}),
-            flat_params(optax.tree.get(state.opt_state, moment_ans)),
-            f"adam_{moment_ans}.",
+            flat_params(moment_ans),
+            f"adam_{name}.",
         )
     return pairs, norms
 
@@ -279,15 +295,21 @@ def optimizer_step_pairs(p: Precision, clip_norm: float, program: str = "run") -
 
 
 def ema_pairs(p: Precision, program: str = "twin") -> Pairs:
-    """One EMA update, shadow from one model's weights, params from a second model's: by the twin's EMA
-    ("twin", what a run compiles) or by a sweep's per-model `EmaRate` ("sweep")."""
+    """One EMA update, shadow from one model's weights, params from a second model's: by the twin's NNX
+    EMA ("twin") or by a sweep's per-model `EmaRate` ("sweep")."""
     model_0, params_0 = ported_model(p, seed=0)
     model_1, params_1 = ported_model(p, seed=1)
     ema = EMA(EMA_DECAY)
     ema.register(model_0)
     ema.update(model_1)
-    rate = jax_ema.EMA(EMA_DECAY) if program == "twin" else chunk.EmaRate.of(EMA_DECAY)
-    return tree_pairs(flat_torch(ema.shadow), flat_params(rate.update(params_0, params_1)))
+    if program == "twin":
+        ema_ans = jax_ema.EMA(EMA_DECAY)
+        ema_ans.register(model_of(params_0))
+        ema_ans.update(model_of(params_1))
+        shadow = {name: to_numpy(v[...]) for name, v in ema_ans.shadow.items()}
+    else:
+        shadow = flat_params(step.EmaRate.of(EMA_DECAY).update(params_0, params_1))
+    return tree_pairs(flat_torch(ema.shadow), shadow)
 
 
 def variational_inputs(p: Precision, batch_size: int = 256):
@@ -338,7 +360,7 @@ def variational_pairs(p: Precision) -> Pairs:
         )
     ]
     loss_variational = jax.jit(
-        lambda x_0, t, e: losses.loss_variational(params, x_0, *coefs_ans, N_STEPS, t=t, noise=e)
+        lambda x_0, t, e: losses.loss_variational(model_of(params), x_0, *coefs_ans, N_STEPS, t=t, noise=e)
     )
     loss_ans = loss_variational(x0_ans, t_ans, e_ans)
     terms_ans = jnp.stack(

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from ddpm_harness.data import make_labelled_dataset
-from jax_ddpm.ema import EMA
 from jax_ddpm.losses import noise_estimation_loss
-from jax_ddpm.model import apply_model
+from jax_ddpm.model import apply_model, model_of
 from jax_ddpm.objectives import conditional, guidance
 from jax_ddpm.objectives.schedules import cosine_betas, device_schedule
+from jax_ddpm.objectives.step import EmaRate, TrainState, pure_train_step
+from jax_ddpm.runner.chunk import run_optimizer
 from jax_ddpm.samplers import chains
 from jax_ddpm.schedule import make_schedule
-from jax_ddpm.training import TrainState, make_optimizer, train_step
 
 T, N_CLASSES = 100, 8
 
@@ -56,7 +56,7 @@ def test_with_class_scales_at_one_it_is_the_tutorials_model():
     e = jax.random.normal(jax.random.key(3), (32, 2))
     labels = jnp.arange(32) % N_CLASSES
     loss_ref = noise_estimation_loss(
-        without_classes(params), x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, T, t=t, e=e
+        model_of(without_classes(params)), x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, T, t=t, e=e
     )
     for p in (0.0, 0.5):
         loss = conditional.class_prediction_loss(params, schedule, x, labels, t, e, jax.random.key(4), p)
@@ -102,7 +102,7 @@ def tiny_state(params, optimizer, ema):
         jnp.int32(0),
         jnp.int32(0),
         params,
-        ema.register(params),
+        jax.tree_util.tree_map(jnp.array, params),
         optimizer.init(params),
         jax.random.key(1),
         jax.random.key(2),
@@ -114,7 +114,7 @@ def test_one_class_step_is_the_tutorials_step_on_its_weights():
     so one Adam step (no clipping: a global norm would mix in the class scales' gradients) moves them the
     same, bit for bit; and the class scales move."""
     params = conditional.init_class_params(jax.random.key(0), T, N_CLASSES)
-    optimizer, ema = make_optimizer(1e-3, clip_norm=0.0), EMA(0.9)
+    optimizer, ema = run_optimizer(1e-3, 0.0, clipped=False), EmaRate.constant(0.9)
     schedule = make_schedule()
     x = jax.random.normal(jax.random.key(1), (32, 2))
     labels = jnp.arange(32) % N_CLASSES
@@ -123,7 +123,9 @@ def test_one_class_step_is_the_tutorials_step_on_its_weights():
         tiny_state(params, optimizer, ema), optimizer, ema, x, labels, schedule, 0.1, t=t, e=e
     )
     ref_params = without_classes(params)
-    ref_state, ref_loss = train_step(tiny_state(ref_params, optimizer, ema), optimizer, ema, x, schedule, T, t=t, e=e)
+    ref_state, ref_loss = pure_train_step(
+        tiny_state(ref_params, optimizer, ema), optimizer, ema, x, schedule, T, t=t, e=e
+    )
     np.testing.assert_array_equal(loss, ref_loss)
     jax.tree.map(np.testing.assert_array_equal, without_classes(state.params), ref_state.params)
     assert int(state.opt_step) == 1
@@ -140,7 +142,7 @@ def test_a_trained_class_model_draws_its_class():
     x, y = make_labelled_dataset("eight_gaussians", 4096, 0.1, 0)
     schedule = device_schedule(cosine_betas(100).astype(np.float32))
     params = conditional.init_class_params(jax.random.key(0), 100, 8)
-    optimizer, ema = make_optimizer(3e-3, 1.0), EMA(0.99)
+    optimizer, ema = run_optimizer(3e-3, 1.0, clipped=True), EmaRate.constant(0.99)
     data, classes = jnp.asarray(x), jnp.asarray(y)
 
     @jax.jit

@@ -23,10 +23,10 @@ import pytest
 from ddpm_harness.config import Config, ConfigError, SamplerOptions, validate
 from jax_ddpm.convert import main as convert_main
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
+from jax_ddpm.objectives.step import batch_noise, noise_loss
 from jax_ddpm.runner.checkpoint import Checkpointer
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.samplers import flow, likelihood
-from jax_ddpm.training import batch_noise, noise_loss
 from parity_tests.precision import FLOAT64
 from tests.conftest import assert_same_run, tiny_argv, train_killed_after_first_checkpoint, train_main
 

@@ -18,7 +18,7 @@ from ddpm_harness.config import PRESETS, Config, ConfigError, given_fields, reso
 from ddpm_harness.data import data_transform, dataset_for
 from jax_ddpm import losses
 from jax_ddpm.evaluate import to_data_units
-from jax_ddpm.model import apply_model, init_params
+from jax_ddpm.model import apply_model, init_params, model_of
 from jax_ddpm.objectives import predictions, variance
 from jax_ddpm.objectives.objective import loss_fn_for
 from jax_ddpm.objectives.predictions import (
@@ -82,7 +82,7 @@ def test_eps_default_is_the_tutorials_loss_bit_for_bit(batch):
     params = init_params(jax.random.key(1), T)
     x_0, t, e = (jnp.asarray(a) for a in batch)
     out_ref = losses.noise_estimation_loss(
-        params, x_0, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, T, t=t, e=e
+        model_of(params), x_0, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, T, t=t, e=e
     )
     np.testing.assert_array_equal(np.asarray(loss_fn_for(config)(params, x_0, schedule, T, t, e)), np.asarray(out_ref))
     np.testing.assert_array_equal(

@@ -16,14 +16,13 @@ import pytest
 from ddpm_harness.config import Config
 from ddpm_harness.data import dataset_for
 from jax_ddpm import speed
-from jax_ddpm.ema import EMA
 from jax_ddpm.model import apply_model, init_params
 from jax_ddpm.objectives.objective import loss_fn_for
 from jax_ddpm.objectives.schedules import run_schedule
+from jax_ddpm.objectives.step import EmaRate, pure_train_step
 from jax_ddpm.runner.chunk import init_states, make_train_chunk, optimizer_for, train_epoch
 from jax_ddpm.samplers import tutorial
 from jax_ddpm.sampling import p_sample_loop
-from jax_ddpm.training import train_step
 
 # Other fused kernels for exp, log1p and the sums only round differently: after 100 steps the
 # chains measured ~1e-5 apart on values of order 1.
@@ -49,9 +48,9 @@ def test_training_chunk_equals_epochs_jitted_without_options(options, monkeypatc
     state = init_states(config, optimizer)
     chunked, metrics = make_train_chunk(config, schedule, optimizer, config.epochs)(state, data)
     train_step_fn = functools.partial(
-        train_step,
+        pure_train_step,
         optimizer=optimizer,
-        ema=EMA(config.ema_decay),
+        ema=EmaRate.constant(config.ema_decay),
         schedule=schedule,
         n_steps=config.num_steps,
         loss_fn=loss_fn_for(config),

@@ -15,8 +15,8 @@ import optax
 import pytest
 
 from ddpm_harness.data import get_dataset
-from jax_ddpm.losses import noise_estimation_loss
 from jax_ddpm.model import apply_model, init_params
+from jax_ddpm.objectives.step import noise_loss
 from jax_ddpm.runner.checkpoint import restore_run
 from jax_ddpm.runner.chunk import init_train_state, run_keys, train_epoch
 from jax_ddpm.sample import main as sample_main
@@ -125,9 +125,7 @@ def reference_run(optimizer: optax.GradientTransformation, epochs: int):
     data = jax.numpy.asarray(get_dataset("moons", 256, 0.1, 0))
 
     def update(state, batch_x, t, e):
-        loss, grads = jax.value_and_grad(noise_estimation_loss)(
-            state.params, batch_x, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, 100, t=t, e=e
-        )
+        loss, grads = jax.value_and_grad(noise_loss)(state.params, batch_x, schedule, 100, t, e)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return state.replace(
             opt_step=state.opt_step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state

@@ -22,9 +22,9 @@ from flax import nnx
 from jax_ddpm import torchlike as nn
 from jax_ddpm.objectives.guidance import drop_labels
 from jax_ddpm.objectives.predictions import training_target
+from jax_ddpm.objectives.step import batch_noise
 from jax_ddpm.schedule import Schedule, extract
 from jax_ddpm.torchlike import functional as F
-from jax_ddpm.training import batch_noise
 
 
 class ClassConditionalLinear(nn.Module):
@@ -122,7 +122,7 @@ def class_train_step(
     state, optimizer, ema, batch_x, batch_y, schedule, cond_drop=0.1, prediction="eps", t=None, e=None, loss_fn=None
 ):
     """One optimizer step of the class model on batch_x (B, 2) with labels batch_y (B,), as
-    `jax_ddpm.training.train_step` takes one of the tutorial's: t and e drawn for state.opt_step unless
+    `objectives.step.pure_train_step` takes one of the tutorial's: t and e drawn for state.opt_step unless
     given, the labels dropped with a key of the same step, gradients, the optimizer (clipping
     included), then the EMA. Returns (new state, loss). `loss_fn(params, schedule, x_0, labels, t, e,
     drop_key)` is `class_prediction_loss` with cond_drop and prediction unless given (a run's comes from

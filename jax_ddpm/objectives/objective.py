@@ -16,11 +16,12 @@ import functools
 from collections.abc import Callable
 
 from jax_ddpm.losses import loss_variational
+from jax_ddpm.model import model_of
 from jax_ddpm.objectives.conditional import class_prediction_loss
 from jax_ddpm.objectives.flow import flow_loss_fn, flow_noise
 from jax_ddpm.objectives.predictions import prediction_loss
+from jax_ddpm.objectives.step import batch_noise, noise_loss
 from jax_ddpm.objectives.variance import hybrid_loss
-from jax_ddpm.training import batch_noise, noise_loss
 
 LOSSES = ("noise", "variational", "hybrid")
 
@@ -28,7 +29,7 @@ LOSSES = ("noise", "variational", "hybrid")
 def variational_loss(params, batch_x, schedule, n_steps, t, e):
     """The tutorial's loss_variational on `schedule`'s arrays, with e as its noise."""
     return loss_variational(
-        params,
+        model_of(params),
         batch_x,
         schedule.alphas_bar_sqrt,
         schedule.one_minus_alphas_bar_sqrt,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_ddpm.losses import discretized_gaussian_log_likelihood, normal_kl, p_mean_variance
-from jax_ddpm.model import apply_model
+from jax_ddpm.model import apply_model, model_of
 from jax_ddpm.schedule import Schedule, extract, q_posterior_mean_variance, q_sample, schedule_from_betas
 
 
@@ -59,7 +59,7 @@ def model_mean_logvar(
     "eps" (the tutorial's 2-output model, with the sampler's fixed variance beta_t), "mean_logvar"
     (the variational loss's 4-output model) or "eps_logvar" (the hybrid loss's: noise and log-variance)."""
     if parameterization == "mean_logvar":
-        return p_mean_variance(params, x_t, t)
+        return p_mean_variance(model_of(params), x_t, t)
     out = apply_model(params, x_t, t)
     if parameterization == "eps":
         return eps_to_mean(schedule, x_t, t, out), jnp.broadcast_to(jnp.log(extract(schedule.betas, t, x_t)), x_t.shape)

@@ -1,4 +1,5 @@
-"""The compiled program a run executes: several epochs of the twin's `train_step`, its seeds and devices.
+"""The compiled program a run executes: several epochs of the twin's step (`objectives.step.pure_train_step`),
+its seeds and devices.
 
 `make_train_chunk` compiles `n_epochs` epochs (`train_epoch`: the tutorial's epoch as one `lax.scan`)
 into one program, vmapped over seeds (`Config.seeds`) and spread over devices (`Config.devices`: the
@@ -8,9 +9,9 @@ determines the rest of the run: that is what makes resume exact.
 
 A sweep trains many models in one vmapped program (`jax_ddpm.sweep`) and must round exactly as a single
 run does (tests/test_sweep.py). What makes that hold lives here, used by both: the gradient norm summed in
-a fixed order (`ordered_sum`, `clip_by_global_norm`), the EMA decay as two rounded factors (`EmaRate`, a
-per-model variant of the twin's `EMA` with the same `update`), a lone model run as one of many
-(`_as_one_of_many`), and `run_optimizer`, the optimizer both build.
+a fixed order (`ordered_sum`, `clip_by_global_norm`), the EMA decay as two rounded factors
+(`objectives.step.EmaRate.of`: the twin's `EMA.update` with a per-model decay), a lone model run as one of
+many (`_as_one_of_many`), and `run_optimizer`, the optimizer both build.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import functools
 from typing import Callable, Optional
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,33 +29,12 @@ from jax.sharding import PartitionSpec as P
 from ddpm_harness.config import Config, ConfigError
 from ddpm_harness.data import n_classes_for
 from jax_ddpm import speed
-from jax_ddpm.ema import EMA
 from jax_ddpm.model import init_params
 from jax_ddpm.objectives.conditional import class_train_step, init_class_params
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
+from jax_ddpm.objectives.step import EmaRate, TrainState, batch_noise, pure_train_step
 from jax_ddpm.schedule import Schedule
 from jax_ddpm.speed import epoch_permutation
-from jax_ddpm.training import TrainState, batch_noise, train_step
-
-
-@flax.struct.dataclass
-class EmaRate:
-    """An EMA decay as the two float32 factors `optax.incremental_update(params, ema, 1.0 - mu)`
-    multiplies by, rounded from Python's float64 arithmetic as it rounds them: step = 1 - mu, keep =
-    1 - step. Traced (one per model of a sweep), they give the EMA of a float `mu` bit for bit,
-    which `1.0 - mu` on a float32 array would not (1 - float32(0.9) is not float32(0.1))."""
-
-    step: jax.Array  # () float32
-    keep: jax.Array  # () float32
-
-    @classmethod
-    def of(cls, mu: float) -> "EmaRate":
-        step = 1.0 - float(mu)
-        return cls(step=np.float32(step), keep=np.float32(1.0 - step))
-
-    def update(self, shadow: dict, params: dict) -> dict:
-        """The twin's EMA.update: shadow = (1 - mu) * param + mu * shadow."""
-        return jax.tree_util.tree_map(lambda new, old: self.step * new + self.keep * old, params, shadow)
 
 
 def ordered_sum(x: jax.Array) -> jax.Array:
@@ -118,7 +97,7 @@ def init_train_state(
         opt_step=jnp.zeros((), jnp.int32),
         epoch=jnp.zeros((), jnp.int32),
         params=params,
-        ema_params=EMA().register(params),
+        ema_params=jax.tree_util.tree_map(jnp.array, params),
         opt_state=optimizer.init(params),
         order_key=keys["order"],
         noise_key=keys["noise"],
@@ -138,7 +117,7 @@ def train_epoch(
 ) -> tuple[TrainState, dict]:
     """One pass of the tutorial's epoch loop over `dataset` (N, 2), compiled; returns the mean and last-batch loss.
 
-    `train_step_fn(state, batch_x=, t=, e=)` is `train_step` with its other arguments bound; with
+    `train_step_fn(state, batch_x=, t=, e=)` is `pure_train_step` with its other arguments bound; with
     `labels` (N,) (a --conditional run), `train_step_fn(state, batch_x=, batch_y=, t=, e=)`, each batch's
     labels permuted with its points. A fresh
     permutation, one lax.scan over the full batches, then the short last batch as the tutorial takes it.
@@ -196,15 +175,15 @@ def make_train_chunk(
         train_step_fn = functools.partial(
             class_train_step,
             optimizer=optimizer,
-            ema=EMA(config.ema_decay),
+            ema=EmaRate.constant(config.ema_decay),
             schedule=schedule,
             loss_fn=loss_fn_for(config),
         )
     else:
         train_step_fn = functools.partial(
-            train_step,
+            pure_train_step,
             optimizer=optimizer,
-            ema=EMA(config.ema_decay),
+            ema=EmaRate.constant(config.ema_decay),
             schedule=schedule,
             n_steps=schedule.num_steps,
             loss_fn=loss_fn_for(config),

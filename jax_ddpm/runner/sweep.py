@@ -51,13 +51,13 @@ from ddpm_harness.sweeps import (
 from jax_ddpm import speed
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.objectives.schedules import run_schedule
+from jax_ddpm.objectives.step import EmaRate, pure_train_step
 from jax_ddpm.runner import distributed
-from jax_ddpm.runner.chunk import EmaRate, make_mesh, run_optimizer, train_epoch
+from jax_ddpm.runner.chunk import make_mesh, run_optimizer, train_epoch
 from jax_ddpm.runner.finish import finish, start_pictures
 from jax_ddpm.runner.loop import Group, GroupProgress, Program, Trained, train
 from jax_ddpm.runner.setup import RunWriteError, release, restore_at, set_up
 from jax_ddpm.schedule import Schedule
-from jax_ddpm.training import train_step
 
 
 @flax.struct.dataclass
@@ -125,7 +125,7 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[i
 
     `state` and `hyper` carry a leading model axis; `config` gives what the group's models share
     (data shapes, T, batch size, loss, whether they clip). Each model runs `train_epoch` with
-    `train_step` as `make_train_chunk` does, its optimizer, EMA, schedule and loss weight built from
+    `pure_train_step` as `make_train_chunk` does, its optimizer, EMA, schedule and loss weight built from
     its own `hyper`. With a `mesh` (axis 'data') each device trains a share of the models. With a
     `block`, each device trains its models `block` at a time (vmapped), all epochs of the chunk for
     one block before the next (`lax.map`): the model axis must then divide into blocks.
@@ -137,7 +137,12 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[i
         optimizer = run_optimizer(hyper.lr, hyper.clip_norm, clipped=clipped)
         loss_fn = loss_fn_for(config, hybrid_lambda=hyper.hybrid_lambda)  # the model's own weight of the hybrid loss
         step = functools.partial(
-            train_step, optimizer=optimizer, ema=hyper.ema, schedule=hyper.schedule, n_steps=n_steps, loss_fn=loss_fn
+            pure_train_step,
+            optimizer=optimizer,
+            ema=hyper.ema,
+            schedule=hyper.schedule,
+            n_steps=n_steps,
+            loss_fn=loss_fn,
         )
         epoch_fn = functools.partial(
             train_epoch,

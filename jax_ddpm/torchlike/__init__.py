@@ -1,7 +1,7 @@
 """A few PyTorch layers in Flax NNX, so that a torch model ports line for line (`import torch.nn as nn`
 becomes `from jax_ddpm import torchlike as nn`; see jax_ddpm/model.py beside torch_reference/model.py).
 
-- `Module`: an nnx.Module whose call runs `forward`, as torch's does.
+- `Module`: an nnx.Module whose call runs `forward`, as torch's does, with torch's `named_parameters()`.
 - `Linear(num_in, num_out)`: nn.Linear's default init (weight and bias uniform on +-1/sqrt(num_in)),
   kernel (in, out) as Flax stores it, evaluated by `speed.dense`.
 - `Embedding(n, d)`: the table (n, d), looked up with jnp.take; init N(0, 1) as torch's, or `init`.
@@ -48,10 +48,16 @@ def _rngs() -> nnx.Rngs:
 
 
 class Module(nnx.Module):
-    """torch.nn.Module's calling convention: module(*args) runs module.forward(*args)."""
+    """torch.nn.Module's calling convention: module(*args) runs module.forward(*args), and
+    `named_parameters()` yields ("lin1.lin.kernel", its nnx.Param) as torch yields its parameters."""
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def named_parameters(self) -> Iterator[tuple[str, nnx.Param]]:
+        for path, param in nnx.iter_graph(self):
+            if isinstance(param, nnx.Param):
+                yield ".".join(str(part) for part in path), param
 
 
 def _torch_linear_init(fan_in: int) -> Callable:
