@@ -31,7 +31,7 @@ import numpy as np
 import tyro
 
 from ddpm_harness.cli import run
-from ddpm_harness.config import Config, ConfigError, validate
+from ddpm_harness.config import FLOW_SAMPLERS, Config, ConfigError, validate
 from ddpm_harness.runs import CONFIG_FILE, RunDirError, write_json
 from ddpm_harness.safetensors_io import ModelFileError, load_state_dict, model_metadata, save_state_dict
 from jax_ddpm.runner.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError, restore_run
@@ -166,6 +166,9 @@ class ImportArgs:
     """Last beta; default: the file's metadata, else 5e-3."""
     loss: Optional[Literal["noise", "variational", "hybrid"]] = None
     """The loss the model was trained with (4 outputs: variational or hybrid); default: the metadata, else noise."""
+    method: Optional[Literal["diffusion", "flow"]] = None
+    """What the model predicts: diffusion's noise, or a flow's velocity (--method flow); default: the
+    metadata, else diffusion. A flow model samples with euler (T steps) unless its metadata names a sampler."""
 
 
 ConvertArgs = Union[
@@ -278,8 +281,20 @@ def _imported_config(args: ImportArgs, metadata: dict[str, str], n_steps: int, n
     if (n_outputs == 2) != (loss == "noise"):
         want = "--loss noise" if n_outputs == 2 else "--loss variational or --loss hybrid"
         raise ConfigError(f"the model has {n_outputs} outputs but the loss is {loss!r}; give {want}")
+    method = option("method", str)
+    if method not in ("diffusion", "flow"):
+        raise ConfigError(f"the file's metadata says method {method!r}; give --method diffusion or flow")
+    if method == "flow" and n_outputs != 2:
+        raise ConfigError(
+            f"the model has {n_outputs} outputs, but a flow model predicts a 2-D velocity: leave out --method flow"
+        )
+    sampler = base.sampler
+    if method == "flow" and sampler not in FLOW_SAMPLERS:
+        sampler = "euler"  # a velocity model: the flow samplers only
     return dataclasses.replace(
         base,
+        method=method,
+        sampler=sampler,
         schedule=option("schedule", str),
         num_steps=num_steps,
         beta_start=option("beta_start", float),

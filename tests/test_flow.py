@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from ddpm_harness.config import Config, ConfigError, SamplerOptions, validate
+from ddpm_harness.runs import read_config
+from ddpm_harness.safetensors_io import load_state_dict, save_state_dict
 from jax_ddpm.convert import main as convert_main
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.objectives.step import batch_noise, noise_loss
@@ -180,9 +182,15 @@ def test_flow_run_with_ot_resumes_bit_for_bit_after_sigkill(tmp_path):
     samples = np.load(whole / "samples.npy")
     assert samples.shape == (64, 2) and np.all(np.isfinite(samples))
     # convert takes the flow run: exported and imported, it samples as the run does (its config travels along).
-    model, imported = tmp_path / "model.safetensors", tmp_path / "imported"
+    # A file without that metadata (as torch_reference writes one) imports as a flow model with --method flow.
+    model, bare, imported, imported_bare = (tmp_path / n for n in ("m.safetensors", "b.safetensors", "i", "ib"))
     assert convert_main(["export", "--run", str(whole), "--out", str(model)]) == 0
+    save_state_dict(bare, load_state_dict(model)[0], metadata={})
     assert convert_main(["import", str(model), "--out-dir", str(imported)]) == 0
-    for run in (whole, imported):
-        assert sample_main(["--run", str(run), "--n", "32", "--out", str(run / "m.npy")]) == 0
+    assert convert_main(["import", str(bare), "--out-dir", str(imported_bare), "--method", "flow"]) == 0
+    assert read_config(imported_bare).method == "flow" and read_config(imported_bare).sampler == "euler"
+    for run in (whole, imported, imported_bare):
+        sampling = ["--sampler", "euler", "--sample-steps", "20", "--seed", str(read_config(whole).seed)]
+        assert sample_main(["--run", str(run), "--n", "32", *sampling, "--out", str(run / "m.npy")]) == 0
     np.testing.assert_array_equal(np.load(imported / "m.npy"), np.load(whole / "m.npy"))
+    np.testing.assert_array_equal(np.load(imported_bare / "m.npy"), np.load(whole / "m.npy"))
