@@ -457,12 +457,11 @@ def _check_flow_training(config) -> None:
             f"--loss {config.loss} is a diffusion loss; flow matching (--method flow) trains its own "
             "(the velocity regression): leave --loss out (or use --method diffusion)."
         )
-    devices = getattr(config, "devices", 1)
     processes = getattr(config, "num_processes", None)
-    if coupling == "ot" and (devices > 1 or (processes or 1) > 1):
+    if coupling == "ot" and (processes or 1) > 1:
         raise ConfigError(
-            "--coupling ot pairs each whole batch on the host (an exact assignment), which one device holds: "
-            "use --devices 1 and one process with --coupling ot, or --coupling independent."
+            "--coupling ot pairs each whole batch with one exact assignment, which one process solves: "
+            "use one process with --coupling ot (--devices N is fine), or --coupling independent."
         )
 
 

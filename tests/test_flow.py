@@ -13,16 +13,20 @@ whose flow maps x_0 to x_1 = m + s x_0. So the ODE's NLL of a point is exactly -
 from __future__ import annotations
 
 import dataclasses
+import functools
 from fractions import Fraction
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 
 from ddpm_harness.config import Config, ConfigError, SamplerOptions, validate
 from ddpm_harness.runs import read_config
 from ddpm_harness.safetensors_io import load_state_dict, save_state_dict
+from jax_ddpm import speed
 from jax_ddpm.convert import main as convert_main
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.objectives.step import batch_noise, noise_loss
@@ -57,7 +61,7 @@ def test_diffusion_is_the_default_and_keeps_its_loss_and_draws():
         (dict(method="flow", sampler="ode", eta=0.5), "--eta 0.5 is a diffusion option"),
         (dict(method="flow", sampler="euler", sample_steps=101), "--sample-steps is 101"),
         (dict(method="flow", sampler="euler", flow_sigma=-0.1), "--flow-sigma must be >= 0"),
-        (dict(method="flow", sampler="euler", coupling="ot", devices=2), "--coupling ot pairs each whole batch"),
+        (dict(method="flow", sampler="euler", coupling="ot", num_processes=2), "--coupling ot pairs each whole batch"),
         (dict(sampler="euler"), "--sampler euler integrates a flow model's velocity"),
         (dict(coupling="ot"), "--coupling ot is a flow-matching option"),
         (dict(flow_sigma=0.1), "--flow-sigma 0.1 is a flow-matching option"),
@@ -162,6 +166,23 @@ def test_flow_samplers_transport_noise_to_the_gaussian(sampler, k, atol):
         options = SamplerOptions(sampler, T, sample_steps=k, rtol=1e-8, atol=1e-8, method="flow")
         out = flow.sample(options, gaussian_velocity, jnp.asarray(x_init))
         np.testing.assert_allclose(np.asarray(out.x_0), M + S * x_init, rtol=0, atol=atol)
+
+
+def test_both_assignment_solvers_pair_vmapped_batches_alike():
+    """speed.linear_assignment's host solver (scipy, the CPU's) and compiled one (optax, the GPU's) give the
+    same permutation, which is the optimum, under vmap too (the models of a sweep): 3 x 5 costs of B = 64."""
+    x = jax.random.normal(jax.random.key(0), (3, 5, 2, 64, 2))
+    cost = jnp.sum((x[..., 1, :, None, :] - x[..., 0, None, :, :]) ** 2, axis=-1)  # (3, 5, 64, 64)
+    solve = {
+        w: jax.jit(jax.vmap(jax.vmap(functools.partial(speed.linear_assignment, where=w))))
+        for w in ("host", "compiled")
+    }
+    host, compiled = (np.asarray(solve[w](cost)) for w in ("host", "compiled"))
+    np.testing.assert_array_equal(host, compiled)
+    c = np.asarray(cost)[0, 0]
+    rows, cols = scipy.optimize.linear_sum_assignment(c)
+    assert c[np.arange(64), host[0, 0]].sum() == c[rows, cols].sum()
+    assert sorted(host[2, 4]) == list(range(64))
 
 
 # --- a tiny run --------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ does, in another order: the pairs are compared as sets.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,7 @@ from torchcfm.conditional_flow_matching import (
 )
 from torchcfm.optimal_transport import OTPlanSampler
 
+from jax_ddpm import speed
 from jax_ddpm.model import init_params
 from jax_ddpm.objectives import flow
 from parity_tests.precision import FLOAT64
@@ -58,7 +61,9 @@ def test_path_and_target_match_conditional_flow_matcher(sigma):
         np.testing.assert_allclose(np.asarray(u_t), u_t_ref.numpy(), rtol=RTOL, atol=RTOL)
 
 
-def test_ot_pairing_is_the_exact_plan_of_pot():
+@pytest.mark.parametrize("where", ["host", "compiled"])  # the CPU's solver (scipy) and the GPU's (optax)
+def test_ot_pairing_is_the_exact_plan_of_pot(where, monkeypatch):
+    monkeypatch.setattr(flow, "linear_assignment", functools.partial(speed.linear_assignment, where=where))
     x_0, x_1, _ = draws(1)
     plan = OTPlanSampler(method="exact").get_map(torch.from_numpy(x_0), torch.from_numpy(x_1))  # (B noise, B data)
     with FLOAT64.context():

@@ -91,7 +91,7 @@ def test_seeds_split_across_devices_must_divide():
 
 def devices_check() -> dict:
     """Run in the subprocess (4 host devices): one seed on --devices 2 and 4 (batch split), and
-    4 seeds on --devices 2 and 4 (seeds split)."""
+    4 seeds on --devices 2 and 4 (seeds split); a flow model with --coupling ot both ways on 2."""
     assert len(jax.devices()) == 4, jax.devices()
     reference, reference_metrics = train_tiny(TINY)
     report = {}
@@ -111,6 +111,12 @@ def devices_check() -> dict:
         report[f"seeds_per_device_{n}"] = sorted({shard.data.shape[0] for shard in kernel.addressable_shards})
         report[f"devices_used_{n}"] = len(kernel.sharding.device_set)
         report[f"collectives_seeds_{n}"] = sum(compiled.as_text().count(c) for c in COLLECTIVES)
+    # Flow matching with the OT coupling: each batch's exact assignment (the CPU's host solver) on 2 devices.
+    ot = dataclasses.replace(TINY, method="flow", sampler="euler", coupling="ot")
+    for name, seeds in (("devices_2", 1), ("seeds_4_devices_2", 4)):
+        one_device = train_tiny(dataclasses.replace(ot, seeds=seeds))
+        two = train_tiny(dataclasses.replace(ot, seeds=seeds, devices=2), make_mesh(2))
+        report[f"gap_ot_{name}"] = max_relative_gap(two, one_device)
     return report
 
 
@@ -129,6 +135,7 @@ def test_devices_equal_one_device_in_a_subprocess_with_4_host_devices():
         assert report[f"gap_seeds_4_devices_{n}"] <= 1.0, report
         assert report[f"seeds_per_device_{n}"] == [4 // n] and report[f"devices_used_{n}"] == n, report
         assert report[f"collectives_seeds_{n}"] == 0, report  # each device trains its own models
+    assert report["gap_ot_devices_2"] <= 1.0 and report["gap_ot_seeds_4_devices_2"] <= 1.0, report
 
 
 if __name__ == "__main__":

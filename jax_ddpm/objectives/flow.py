@@ -16,8 +16,9 @@ time (`samplers.flow.grid_model`). So t = 1 itself is never seen: the last grid 
 Couplings. independent: x_0 paired with x_1 as drawn (I-CFM). ot: within each batch, the noise points
 are permuted to the minibatch exact optimal transport plan between them and the data (uniform weights,
 squared Euclidean cost, `ot_pairing`): with equal batch sizes that plan is a permutation, an assignment
-problem, solved by optax's Hungarian algorithm inside the compiled training program (OTT-JAX's solvers
-are entropic, Sinkhorn: not the exact plan). TorchCFM's ExactOptimalTransportConditionalFlowMatcher solves the same plan
+problem, solved exactly inside the compiled training program (`speed.linear_assignment`: scipy's solver
+through a host callback on the CPU, optax's Hungarian algorithm compiled elsewhere; OTT-JAX's solvers are
+entropic, Sinkhorn: not the exact plan). TorchCFM's ExactOptimalTransportConditionalFlowMatcher solves the same plan
 with POT's `ot.emd` and then *samples* B pairs from it, with replacement by default (some pairs twice,
 some not at all); ours uses every pair of the plan once, which is TorchCFM's `sample_plan(replace=False)`
 up to the order of the pairs (docs/flow.md).
@@ -27,10 +28,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jax_ddpm.losses import antithetic_timesteps
 from jax_ddpm.model import apply_model
+from jax_ddpm.speed import linear_assignment
 
 COUPLINGS = ("independent", "ot")
 
@@ -41,7 +42,7 @@ def grid_time(k: jax.Array, n_steps: int, dtype=jnp.float32) -> jax.Array:
 
 
 def flow_noise(noise_key, opt_step, shape, n_steps, dtype=jnp.float32):
-    """A flow step's draws from fold_in(noise_key, opt_step), as `training.batch_noise` draws a diffusion
+    """A flow step's draws from fold_in(noise_key, opt_step), as `objectives.step.batch_noise` draws a diffusion
     step's: grid indices k (B,) (antithetic, as the tutorial's steps) and e (B, 2, D): e[:, 0] the noise
     x_0, e[:, 1] the path's eps (read only when sigma > 0)."""
     k_t, k_e = jax.random.split(jax.random.fold_in(noise_key, opt_step))
@@ -52,12 +53,11 @@ def flow_noise(noise_key, opt_step, shape, n_steps, dtype=jnp.float32):
 def ot_pairing(x_0: jax.Array, x_1: jax.Array) -> jax.Array:
     """perm (B,) int32 with x_0[perm] paired with x_1: the minibatch exact OT plan (uniform weights,
     squared Euclidean cost) between B noise points x_0 (B, D) and B data points x_1 (B, D), which for
-    equal sizes is the assignment minimising sum_j ||x_0[perm[j]] - x_1[j]||^2. Solved in JAX by
-    optax's Hungarian algorithm (compiled with the training step, vmapped with the models of a sweep);
-    not differentiated (no parameter enters)."""
+    equal sizes is the assignment minimising sum_j ||x_0[perm[j]] - x_1[j]||^2 (`speed.linear_assignment`:
+    scipy's on the CPU, optax's Hungarian algorithm compiled elsewhere); not differentiated (no parameter
+    enters)."""
     cost = jax.lax.stop_gradient(jnp.sum((x_1[:, None, :] - x_0[None, :, :]) ** 2, axis=-1))  # (B data, B noise)
-    rows, cols = optax.assignment.hungarian_algorithm(cost)
-    return jnp.zeros(x_1.shape[0], jnp.int32).at[rows].set(cols.astype(jnp.int32))
+    return linear_assignment(cost)
 
 
 def couple(x_0: jax.Array, x_1: jax.Array, coupling: str) -> jax.Array:

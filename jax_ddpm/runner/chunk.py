@@ -249,11 +249,19 @@ def init_states(config: Config, optimizer: optax.GradientTransformation, mesh: O
     return state if mesh is None else jax.device_put(state, state_sharding(config, mesh))
 
 
-def make_mesh(n_devices: int) -> Optional[Mesh]:
+def make_mesh(n_devices: int, ot_models_split: bool = False) -> Optional[Mesh]:
     """A 1D 'data' mesh over the first n_devices devices, or None for a single device; ConfigError
-    (the command lines' one-line refusal) when JAX sees fewer devices."""
+    (the command lines' one-line refusal) when JAX sees fewer devices, or when models trained with
+    --coupling ot would be split over devices (`ot_models_split`) off the CPU: the compiled assignment
+    solver a GPU uses (`speed.linear_assignment`) does not compile inside shard_map (its while_loop
+    mixes device-varying and replicated carries), where the CPU's host solver does."""
     if n_devices == 1:
         return None
+    if ot_models_split and jax.default_backend() != "cpu":
+        raise ConfigError(
+            f"--coupling ot with several models split over --devices {n_devices} runs on the CPU only for now: "
+            "use --devices 1, one seed per run, or --coupling independent"
+        )
     devices = jax.devices()
     if len(devices) < n_devices:
         raise ConfigError(

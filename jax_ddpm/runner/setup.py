@@ -74,7 +74,7 @@ def set_up(config: Config) -> Run:
     for line in describe_setup(config, data, schedule):
         print(line)
     optimizer = optimizer_for(config)
-    mesh = make_mesh(config.devices)
+    mesh = make_mesh(config.devices, ot_models_split=config.coupling == "ot" and config.seeds > 1)
     state = init_states(config, optimizer, mesh)
     run_dir, checkpointer, metrics, writes = distributed.open_outputs(config)  # process 0 alone opens the folder
     try:

@@ -279,7 +279,8 @@ def run_sweep(args: SweepArgs, process_id: int = 0, num_processes: int = 1, comm
     configs = configurations(args, sweep_dir)
     check_memory(configs)
     check_data(configs)
-    mesh = make_mesh(args.devices)  # too few devices: refused before any folder is made
+    ot = any(c.config.coupling == "ot" for c in configs)
+    mesh = make_mesh(args.devices, ot_models_split=ot)  # refused before any folder is made
     open_sweep_dir(args, sweep_dir, configs, joining=num_processes > 1)
     mine = distributed.process_share(configs, process_id, num_processes)
     finished = sum(is_finished(c.config) for c in mine)
