@@ -280,8 +280,6 @@ def check_conditional(config: Config) -> None:
         raise ConfigError(f"--conditional trains the noise loss only, not yet --loss {config.loss}: use --loss noise")
     if config.devices > 1:
         raise ConfigError(f"--conditional trains on one device only, not yet --devices {config.devices}")
-    if config.method != "diffusion":
-        raise ConfigError("--conditional trains diffusion only, not yet --method flow: leave out one of the two")
 
 
 SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode", "euler", "midpoint")

@@ -114,7 +114,6 @@ def test_a_conditional_run_resumes_as_if_never_stopped(class_run, tmp_path):
         (("--dataset", "moons", "--cond-drop", "0.2"), "add --conditional"),
         (("--dataset", "moons", "--conditional", "--loss", "hybrid"), "not yet --loss hybrid"),
         (("--dataset", "moons", "--conditional", "--devices", "2"), "not yet --devices 2"),
-        (("--dataset", "moons", "--conditional", "--method", "flow", "--sampler", "euler"), "not yet --method flow"),
     ],
 )
 def test_train_refuses_what_conditional_does_not_support(options, says, tmp_path, capsys):
