@@ -31,7 +31,6 @@ from jax_ddpm.runner.checkpoint import restore_run
 from jax_ddpm.runner.loop import train_models
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.samplers import chains
-from jax_ddpm.sweep import main as sweep_main
 from jax_ddpm.train import main as train_main
 from tests.conftest import assert_same_run, snapshot, tiny_argv
 from tests.test_bad_input import one_error_line
@@ -113,7 +112,6 @@ def test_a_conditional_run_resumes_as_if_never_stopped(class_run, tmp_path):
         (("--dataset", "moons", "--conditional", "--cond-drop", "1"), "--cond-drop must lie in [0, 1)"),
         (("--dataset", "moons", "--cond-drop", "0.2"), "add --conditional"),
         (("--dataset", "moons", "--conditional", "--loss", "hybrid"), "not yet --loss hybrid"),
-        (("--dataset", "moons", "--conditional", "--devices", "2"), "not yet --devices 2"),
     ],
 )
 def test_train_refuses_what_conditional_does_not_support(options, says, tmp_path, capsys):
@@ -181,12 +179,6 @@ def test_seeds_train_one_class_model_each():
     assert all(s.shape == (9, 128) and np.isfinite(s).all() for s in scales)
     assert all((np.abs(s[:8] - 1).max(axis=1) > 0).all() for s in scales)
     assert not np.array_equal(scales[0], scales[1])
-
-
-def test_the_sweep_does_not_take_conditional(tmp_path, capsys):
-    assert sweep_main(["--conditional", "--out-dir", str(tmp_path / "sweep")]) == 2
-    assert "conditional" in capsys.readouterr().err
-    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.skipif(
