@@ -162,10 +162,19 @@ def test_sample_refuses_bad_classes_and_weights_and_keeps_files(class_run, tmp_p
     assert "apply to a class-conditional run" in one_error_line(capsys)
 
 
-def test_evaluate_and_export_refuse_a_conditional_run(class_run, tmp_path, capsys):
+def test_evaluate_scores_the_run_and_the_unconditional_likelihood(class_run, tmp_path):
+    """evaluate: the run's own draw (every class, unguided) scored, the NLL and bound of the null class."""
+    out = tmp_path / "evaluation.json"
+    argv = ["--run", str(class_run), "--n-likelihood", "32", "--ode-rtol", "1e-3", "--out", str(out)]
+    assert evaluate_main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["sampling"]["classes"] == "all" and result["sampling"]["guidance"] == 0.0
+    assert np.isfinite(result["metrics"]["sliced_w2"]) and np.isfinite(result["likelihood"]["bits_per_dim"])
+    assert np.isfinite(result["bound"]["total"]) and result["likelihood"]["classes"].startswith("none")
+
+
+def test_export_refuses_a_conditional_run(class_run, tmp_path, capsys):
     before = snapshot(class_run)
-    assert evaluate_main(["--run", str(class_run)]) == 2
-    assert "does not support yet" in one_error_line(capsys)
     assert convert_main(["export", "--run", str(class_run), "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "no class model" in one_error_line(capsys)
     assert snapshot(class_run) == before and not (tmp_path / "m.safetensors").exists()
