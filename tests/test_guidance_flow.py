@@ -3,6 +3,7 @@ to the null class with probability cond_drop, and the flow samplers follow the g
 (1 + w) v(x, t, c) - w v(x, t, null).
 
 CI trains one tiny conditional flow run (eight_gaussians, the conftest's sizes) and checks the plumbing:
+its pictures (guidance.png, the GIF coloured by class),
 `sample --class c --guidance w` through every flow sampler, the guided velocity against the formula on
 injected inputs, the loss against the plain flow loss, and resume. A plain flow run is unchanged: its
 loss is the same function (test_flow.py and test_flow_torchcfm.py pin it).
@@ -18,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from ddpm_harness.config import Config, SamplerOptions
+from ddpm_harness.plots import class_colours
 from jax_ddpm.objectives import flow as flow_objective
 from jax_ddpm.objectives.conditional import apply_class_model, init_class_params
 from jax_ddpm.objectives.guidance import guided_model_fn
@@ -37,10 +40,22 @@ FLOW_CONDITIONAL = ("--dataset", "eight_gaussians", "--conditional", "--method",
 
 @pytest.fixture(scope="module")
 def flow_class_run(tmp_path_factory) -> Path:
-    """A tiny class-conditional flow run of 20 epochs (checkpoints at 10 and 20)."""
+    """A tiny class-conditional flow run of 20 epochs (checkpoints at 10 and 20), with its pictures."""
     run_dir = tmp_path_factory.mktemp("conditional-flow") / "run"
-    assert train_main(tiny_argv(run_dir, *FLOW_CONDITIONAL, "--no-plots")) == 0
+    assert train_main(tiny_argv(run_dir, *FLOW_CONDITIONAL)) == 0
     return run_dir
+
+
+def test_pictures_colour_points_by_class(flow_class_run):
+    """guidance.png is written (a row per w in 0, 1, 3, 7), and the GIF's dots carry the classes' colours:
+    its first frame (the data) and its last (the samples) each hold all 8 of tab10's first colours."""
+    assert (flow_class_run / "guidance.png").stat().st_size > 0
+    gif = Image.open(flow_class_run / "diffusion.gif")
+    tab10 = {tuple(c) for c in class_colours(np.arange(8))}
+    for frame in (0, gif.n_frames - 1):
+        gif.seek(frame)
+        colours = {tuple(c) for c in np.asarray(gif.convert("RGB")).reshape(-1, 3)}
+        assert tab10 <= colours, frame
 
 
 def test_the_guided_velocity_is_the_formula_on_injected_inputs(flow_class_run):
