@@ -5,7 +5,7 @@ to the null class with probability cond_drop, and the flow samplers follow the g
 CI trains one tiny conditional flow run (eight_gaussians, the conftest's sizes) and checks the plumbing:
 its pictures (guidance.png, the GIF coloured by class),
 `sample --class c --guidance w` through every flow sampler, the guided velocity against the formula on
-injected inputs, the loss against the plain flow loss, and resume. A plain flow run is unchanged: its
+injected inputs, the loss against the plain flow loss, and resume after SIGKILL. A plain flow run is unchanged: its
 loss is the same function (test_flow.py and test_flow_torchcfm.py pin it).
 """
 
@@ -28,11 +28,11 @@ from jax_ddpm.objectives.conditional import apply_class_model, init_class_params
 from jax_ddpm.objectives.guidance import guided_model_fn
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import draw
-from jax_ddpm.runner.checkpoint import restore_run
+from jax_ddpm.runner.checkpoint import Checkpointer, restore_run
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.samplers import chains, flow
 from jax_ddpm.train import main as train_main
-from tests.conftest import assert_same_run, tiny_argv
+from tests.conftest import assert_same_run, tiny_argv, train_killed_after_first_checkpoint
 from tests.test_conditional_model import without_classes
 
 FLOW_CONDITIONAL = ("--dataset", "eight_gaussians", "--conditional", "--method", "flow", "--sampler", "euler")
@@ -114,8 +114,15 @@ def test_the_class_flow_loss_is_the_flow_loss_of_an_untrained_class_model(coupli
     np.testing.assert_array_equal(np.asarray(out_ans), np.asarray(out_ref))
 
 
-def test_a_conditional_flow_run_resumes_as_if_never_stopped(flow_class_run, tmp_path):
-    resumed = tmp_path / "resumed"
-    assert train_main(tiny_argv(resumed, *FLOW_CONDITIONAL, "--no-plots", epochs=10)) == 0
-    assert train_main(tiny_argv(resumed, *FLOW_CONDITIONAL, "--no-plots", "--resume")) == 0
-    assert_same_run(flow_class_run, resumed)
+def test_a_conditional_flow_run_resumes_bit_for_bit_after_sigkill(tmp_path):
+    """Killed with SIGKILL after its first checkpoint and resumed, a conditional flow run (labels, label
+    dropout and the class model through the checkpoint) ends bit for bit where an uninterrupted run ends."""
+    argv = (*FLOW_CONDITIONAL, "--no-plots")
+    sizes = dict(epochs=40, n_samples=64, n_eval=64)  # checkpoints every 10 epochs
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    train_killed_after_first_checkpoint(tiny_argv(killed, *argv, **sizes), killed, 10)
+    kept = Checkpointer(killed).latest_epoch()
+    assert kept is not None and kept < 40, f"the kill came too late to test resume (checkpoint {kept})"
+    assert train_main(tiny_argv(killed, *argv, "--resume", **sizes)) == 0
+    assert train_main(tiny_argv(whole, *argv, **sizes)) == 0
+    assert_same_run(killed, whole)
