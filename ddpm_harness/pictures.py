@@ -7,11 +7,23 @@ draws. `ddpm_harness.plots` (matplotlib, among the slowest imports) is imported 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassPictures:
+    """What a class-conditional run (--conditional) adds to its pictures: the GIF's dots coloured by class,
+    and guidance.png (one row per guidance weight w, samples of every class coloured by class)."""
+
+    dataset: str  # the column's title
+    data_labels: np.ndarray  # (N,) the class of each point of the forward frames
+    sample_labels: np.ndarray  # (n,) the class of each point of the reverse chain
+    guidance: dict  # w -> (points (m, 2), labels (m,)), the same x_T at every w
 
 
 class Pictures:
@@ -42,16 +54,23 @@ class Pictures:
         thread.start()
         return thread
 
-    def draw_results(self, x_seq: np.ndarray, records: list[dict], steps: Optional[list[int]] = None) -> None:
+    def draw_results(
+        self,
+        x_seq: np.ndarray,
+        records: list[dict],
+        steps: Optional[list[int]] = None,
+        classes: Optional[ClassPictures] = None,
+    ) -> None:
         """Start reverse.png, loss.png and diffusion.gif once data.png and forward.png are done (x_seq
-        (S + 1, n, 2): one reverse chain, x_T first; steps: the t of each state when the sampler skips steps)."""
+        (S + 1, n, 2): one reverse chain, x_T first; steps: the t of each state when the sampler skips steps;
+        classes: a class-conditional run's, with guidance.png)."""
         self.wait()
         run_dir, forward = self.run_dir, self.forward
 
         def draw_results():
             from ddpm_harness.plots import draw_result_pictures
 
-            draw_result_pictures(run_dir, forward, x_seq, records, steps)
+            draw_result_pictures(run_dir, forward, x_seq, records, steps, classes)
 
         self._thread = self._start(draw_results)
 

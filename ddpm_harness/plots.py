@@ -125,17 +125,28 @@ def frame_limits(frames: np.ndarray, margin: float = 0.1) -> tuple[float, float,
     return float(centre[0]), float(centre[1]), half
 
 
-def rasterize(points: np.ndarray, limits: tuple[float, float, float], size: int) -> np.ndarray:
-    """Draw points (n, 2) as grey-edged white dots on black: a (size, size) uint8 image, y up."""
+def class_colours(labels: np.ndarray) -> np.ndarray:
+    """(n, 3) uint8 RGB of each point's class: matplotlib's tab10, as `plot_guidance` colours them."""
+    return np.round(np.asarray(plt.get_cmap("tab10")(np.asarray(labels) % 10))[:, :3] * 255).astype(np.uint8)
+
+
+def rasterize(
+    points: np.ndarray, limits: tuple[float, float, float], size: int, colours: np.ndarray | None = None
+) -> np.ndarray:
+    """Draw points (n, 2) as grey-edged white dots on black: a (size, size) uint8 image, y up; with
+    `colours` (n, 3) uint8, dots of those colours with darker edges: a (size, size, 3) RGB image."""
     cx, cy, half = limits
     col = np.round((points[:, 0] - cx + half) / (2 * half) * (size - 1)).astype(np.int64)
     row = np.round((cy + half - points[:, 1]) / (2 * half) * (size - 1)).astype(np.int64)
-    image = np.zeros((size, size), np.uint8)
-    for offsets, value in ((_EDGE, 110), (_CORE, 255)):
+    if colours is None:
+        image, edge, core = np.zeros((size, size), np.uint8), np.full(len(points), 110), np.full(len(points), 255)
+    else:
+        image, edge, core = np.zeros((size, size, 3), np.uint8), colours // 2, colours
+    for offsets, value in ((_EDGE, edge), (_CORE, core)):
         for dy, dx in offsets:
             r, c = row + dy, col + dx
             inside = (r >= 0) & (r < size) & (c >= 0) & (c < size)
-            image[r[inside], c[inside]] = value
+            image[r[inside], c[inside]] = value[inside]
     return image
 
 
@@ -146,19 +157,23 @@ def write_gif(
     size: int = 256,
     frame_ms: int = 100,
     reverse_steps: Sequence[int] | None = None,
+    classes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """diffusion.gif: forward frames (F, n, 2) then reverse frames (R, n, 2), looping forever.
 
     Frame i of `forward` is labelled q(x_i); frame j of `reverse` is the chain state j + 1, that is
-    x_{R-1-j} (the caller passes x_seq[1:], so the last frame is the sample x_0).
+    x_{R-1-j} (the caller passes x_seq[1:], so the last frame is the sample x_0). `classes`, a
+    class-conditional run's (the class of each forward point, of each reverse point): dots coloured by class.
     """
     limits = frame_limits(np.concatenate([forward.reshape(-1, 2), reverse.reshape(-1, 2)]))
     steps = list(reverse_steps) if reverse_steps is not None else [len(reverse) - 1 - j for j in range(len(reverse))]
     labels = [f"q(x_{t})" for t in range(len(forward))] + [f"p: x_{t}" for t in steps]
+    colours = [None, None] if classes is None else [class_colours(c) for c in classes]
+    frame_colours = [colours[0]] * len(forward) + [colours[1]] * len(reverse)
     frames = []
-    for points, label in zip(list(forward) + list(reverse), labels):
-        image = Image.fromarray(rasterize(points, limits, size), mode="L")
-        ImageDraw.Draw(image).text((4, 2), label, fill=200)
+    for points, label, colour in zip(list(forward) + list(reverse), labels, frame_colours):
+        image = Image.fromarray(rasterize(points, limits, size, colour), mode="L" if colour is None else "RGB")
+        ImageDraw.Draw(image).text((4, 2), label, fill=200 if colour is None else (200, 200, 200))
         frames.append(image)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
 
@@ -177,16 +192,21 @@ def draw_result_pictures(
     x_seq: np.ndarray,
     records: Sequence[dict],
     state_steps: Sequence[int] | None = None,
+    classes=None,
 ) -> None:
     """The pictures of a trained model: reverse.png, loss.png and diffusion.gif (x_seq (S + 1, n, 2):
     one reverse chain, x_T first; state_steps, the t of each state when the sampler skips steps;
-    default: S = T steps, state k is x_{T-k})."""
+    default: S = T steps, state k is x_{T-k}). `classes` (`pictures.ClassPictures`), a class-conditional
+    run's: the GIF coloured by class, and guidance.png."""
     run_dir = Path(run_dir)
     plot_reverse(x_seq, run_dir / "reverse.png", state_steps)
     plot_loss(records, run_dir / "loss.png")
     # Forward frames q(x_0) .. q(x_{T-1}), then chain states 1 .. S (the last is x_0): it ends on the sample.
     reverse_steps = None if state_steps is None else list(state_steps)[1:]
-    write_gif(forward, x_seq[1:], run_dir / "diffusion.gif", reverse_steps=reverse_steps)
+    gif_classes = None if classes is None else (classes.data_labels, classes.sample_labels)
+    write_gif(forward, x_seq[1:], run_dir / "diffusion.gif", reverse_steps=reverse_steps, classes=gif_classes)
+    if classes is not None:
+        plot_guidance({w: {classes.dataset: drawn} for w, drawn in classes.guidance.items()}, run_dir / "guidance.png")
 
 
 def draw_run_pictures(

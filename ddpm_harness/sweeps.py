@@ -56,8 +56,6 @@ NOT_SWEPT = (
     "distributed_timeout",
     "no_plots",
     "normalize",
-    "conditional",  # not yet in a sweep's program (docs/guidance.md)
-    "cond_drop",
 )
 # Config fields a sweep takes once, as they are, for every configuration (the others, but for SweepOnly's, it
 # takes as lists and sweeps).
@@ -69,6 +67,7 @@ SINGLE_CONFIG = (
     "n_samples",
     "preset",
     "compile_cache",
+    "conditional",  # one model kind for the whole sweep; its --cond-drop is a list
 )
 
 
@@ -117,7 +116,7 @@ SWEEP_DOC = """Train the Cartesian product of the training options given as list
 --seeds seeds, and rank the configurations by the quality of their samples.
 
 Options that only change values (--lr, --clip-norm, --ema-decay, --schedule, --beta-start,
---beta-end, --zero-terminal-snr, --hybrid-lambda, and the sampling options) are trained together in
+--beta-end, --zero-terminal-snr, --hybrid-lambda, --cond-drop, and the sampling options) are trained together in
 one compiled program (vmapped); the others (--dataset, --n-points, --data-noise, --seed,
 --num-steps, --epochs, --batch-size, --loss, --prediction, and --clip-norm 0 against > 0) form
 groups trained one after another. Each configuration's folder is a run folder.
@@ -171,6 +170,7 @@ VALUE_OPTIONS = (
     "clip_norm",
     "ema_decay",
     "hybrid_lambda",
+    "cond_drop",
     "sample_with",
     *SAMPLING_FIELDS,
 )
@@ -263,6 +263,7 @@ def configurations(args: SweepArgs, sweep_dir: Path) -> list[Configuration]:
             no_plots=not args.plots,
             preset=args.preset,
             compile_cache=args.compile_cache,
+            conditional=args.conditional,
         )
         try:
             validate(config)
@@ -275,8 +276,10 @@ def configurations(args: SweepArgs, sweep_dir: Path) -> list[Configuration]:
 def group_key(config: Config) -> tuple:
     """What must be equal for configurations to share one compiled program: the data, the shapes
     (T, batch size, epochs), the loss and prediction target, whether there is a clipping step at all, and
-    what the model learns (--method, and a flow model's --coupling and --flow-sigma, constants of its loss)."""
+    what the model learns (--conditional, --method, and a flow model's --coupling and --flow-sigma,
+    constants of its loss)."""
     return (
+        config.conditional,
         config.method,
         config.coupling,
         config.flow_sigma,

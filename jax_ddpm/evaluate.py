@@ -12,6 +12,9 @@ run folder (never overwriting one):
    at the same n.
 A flow run (--method flow): its NLL through its own ODE from the data at t = 1 to N(0, I) at t = 0
 (`likelihood.flow_nll_bits_per_dim`, exact divergence, the exact source density); it has no bound.
+A class-conditional run (--conditional): its samples are its own draw (every class in the data's
+proportions, unguided), its NLL and bound those of its unconditional model, the null class
+(`conditional.class_params_at`: the class model at one class is a tutorial model).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import METRICS, RunDirError, format_against, format_metric, write_json
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import predictions, variance
+from jax_ddpm.objectives.conditional import class_params_at, n_classes_of
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run, run_config
 from jax_ddpm.runner.draw import sample_states
@@ -131,11 +135,6 @@ def evaluate_run(args: EvaluateArgs) -> dict:
         if getattr(args, name) is not None and getattr(args, name) < 2:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
     config = sampling_config(run_config(run_dir), args)  # checked before the checkpoint is read
-    if config.conditional:
-        raise ConfigError(
-            f"{run_dir} is a class-conditional run (--conditional), which python -m jax_ddpm.evaluate does not "
-            "support yet: its run summary holds its sample quality; python -m jax_ddpm.sample --class draws it"
-        )
     which = args.params or config.sample_with
     n = args.n or config.n_samples
     out = Path(args.out) if args.out else run_dir / f"evaluation_{which}_{config.sampler}_n{n}.json"
@@ -147,9 +146,12 @@ def evaluate_run(args: EvaluateArgs) -> dict:
 
     states, nfe = sample_states(params, schedule, config, n)
     quality = sample_quality(states[..., -1, :, :], held_out_for(config, n))
-    calibrated = calibration(config.dataset, n, config.data_noise, config.seed)
+    calibrated = calibration(config.dataset, n, config.data_noise, config.seed, config.conditional)
     points = held_out_for(config, args.n_likelihood)[: args.n_likelihood]
-    nlls, bounds = likelihoods_in_data_units(config, per_seed(params, config.seeds), schedule, points, args.decoder)
+    models = per_seed(params, config.seeds)
+    if config.conditional:  # the likelihood of the unconditional model: the null class
+        models = [class_params_at(p, n_classes_of(p)) for p in models]
+    nlls, bounds = likelihoods_in_data_units(config, models, schedule, points, args.decoder)
 
     def gather(rows: list[dict]) -> dict:  # one seed: its values; several: a list per key
         return rows[0] if len(rows) == 1 else {k: [r[k] for r in rows] for k in rows[0]}
@@ -170,6 +172,8 @@ def evaluate_run(args: EvaluateArgs) -> dict:
         else dict(n=len(points), prior="N(0, I) at t = 0 (flow matching's source)", **gather(nlls)),
         bound=dict(n=len(points), decoder_kind=args.decoder, **gather(bounds)),
     )
+    if config.conditional:
+        result["likelihood"]["classes"] = result["bound"]["classes"] = "none (the null class: unconditional)"
     write_json(out, result)
     print(report(result))
     print(f"-> {out}")

@@ -165,3 +165,17 @@ def test_a_trained_class_model_draws_its_class():
     nearest = np.argmin(((out[:, None] - centres[None]) ** 2).sum(-1), 1)
     assert (nearest == np.asarray(labels)).mean() >= 0.99
     np.testing.assert_allclose(out[np.asarray(labels) == 3].mean(0), centres[3], atol=0.15)
+
+
+def test_the_class_model_at_one_class_is_a_tutorial_model():
+    """class_params_at: the per-step scales times a class's scales give the tutorial's model that computes
+    the class model at that class (and at the null class), to float32 round-off."""
+    params = conditional.init_class_params(jax.random.key(0), T, N_CLASSES)
+    for layer in ("lin1", "lin2", "lin3"):  # class scales as a trained model's: apart from one
+        shape = params[layer]["class_embed"]["embedding"].shape
+        params[layer]["class_embed"]["embedding"] = jax.random.uniform(jax.random.key(3), shape, minval=0.5, maxval=2)
+    x, t = jax.random.normal(jax.random.key(1), (16, 2)), jnp.arange(16) * 6
+    for y in (0, 5, N_CLASSES):
+        out_ref = conditional.apply_class_model(params, x, t, jnp.full((16,), y))
+        out_ans = apply_model(conditional.class_params_at(params, y), x, t)
+        np.testing.assert_allclose(np.asarray(out_ans), np.asarray(out_ref), rtol=1e-5, atol=1e-5)

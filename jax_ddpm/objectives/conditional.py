@@ -96,6 +96,21 @@ def apply_class_model(params: dict, x: jax.Array, t: jax.Array, y: jax.Array) ->
     return nnx.merge(_graphdef(n_steps, n_classes_of(params), n_outputs), params)(x, t, y)
 
 
+def class_params_at(params: dict, y: int) -> dict:
+    """The tutorial model's parameters (`jax_ddpm.model.apply_model`'s) that compute the class model at
+    class y (the null class n_classes: the unconditional model): class_embed(y) * embed(t) * lin(x) =
+    (class_embed[y] * embed[t]) * lin(x), so each layer's per-step scales times its class-y scale. Equal to
+    `apply_class_model` at y to float32 round-off (the products are taken in another order)."""
+    out = {}
+    for name, layer in params.items():
+        if "class_embed" not in layer:
+            out[name] = layer
+            continue
+        scale = layer["class_embed"]["embedding"][y]  # (num_out,)
+        out[name] = {"lin": layer["lin"], "embed": {"embedding": layer["embed"]["embedding"] * scale}}
+    return out
+
+
 def class_prediction_loss(
     params: dict,
     schedule: Schedule,

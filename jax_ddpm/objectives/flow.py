@@ -26,11 +26,15 @@ up to the order of the pairs (docs/flow.md).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from jax_ddpm.losses import antithetic_timesteps
 from jax_ddpm.model import apply_model
+from jax_ddpm.objectives.conditional import apply_class_model, n_classes_of
+from jax_ddpm.objectives.guidance import drop_labels
 from jax_ddpm.speed import linear_assignment
 
 COUPLINGS = ("independent", "ot")
@@ -78,18 +82,39 @@ def sample_location_and_conditional_flow(x_0, x_1, t, sigma, eps):
     return x_t, x_1 - x_0
 
 
-def flow_matching_loss(params, batch_x, n_steps, k, e, *, sigma=0.0, coupling="independent"):
-    """The flow matching loss of a batch x_1 = batch_x (B, D) at grid indices k (B,), with e (B, 2, D)
-    from `flow_noise`: mean (v_theta(x_t, k) - u_t)^2."""
+def velocity_loss(model_fn, batch_x, n_steps, k, e, sigma, coupling):
+    """mean (model_fn(x_t, k) - u_t)^2 of a batch x_1 = batch_x (B, D) at grid indices k (B,), with e
+    (B, 2, D) from `flow_noise`; model_fn(x (B, D), k (B,)) -> (B, D) the velocity model."""
     x_0 = couple(e[:, 0], batch_x, coupling)
     x_t, u_t = sample_location_and_conditional_flow(x_0, batch_x, grid_time(k, n_steps, batch_x.dtype), sigma, e[:, 1])
-    output = apply_model(params, x_t, k)
+    output = model_fn(x_t, k)
     return jnp.mean(jnp.square(output - u_t))
 
 
-def flow_loss_fn(config):
-    """loss_fn(params, batch_x, schedule, n_steps, t, e) of a flow config (--flow-sigma, --coupling)."""
+def flow_matching_loss(params, batch_x, n_steps, k, e, *, sigma=0.0, coupling="independent"):
+    """The flow matching loss of a batch x_1 = batch_x (B, D) at grid indices k (B,), with e (B, 2, D)
+    from `flow_noise`: mean (v_theta(x_t, k) - u_t)^2."""
+    return velocity_loss(functools.partial(apply_model, params), batch_x, n_steps, k, e, sigma, coupling)
+
+
+def class_flow_matching_loss(params, schedule, x_1, labels, k, e, drop_key, *, sigma, coupling, cond_drop):
+    """The flow matching loss of the class model (--conditional --method flow): v_theta(x_t, k, y), y the
+    labels (B,) of x_1 (B, D), each dropped to the null class with probability cond_drop, so that the one
+    model learns the conditional and the unconditional velocity. The signature of
+    `conditional.class_prediction_loss` (`class_train_step`'s loss_fn); the schedule is unused."""
+    y = drop_labels(drop_key, labels, cond_drop, n_classes_of(params))
+    model_fn = lambda x, k: apply_class_model(params, x, k, y)  # noqa: E731
+    return velocity_loss(model_fn, x_1, schedule.num_steps, k, e, sigma, coupling)
+
+
+def flow_loss_fn(config, cond_drop=None):
+    """loss_fn(params, batch_x, schedule, n_steps, t, e) of a flow config (--flow-sigma, --coupling); a
+    --conditional config's is `class_flow_matching_loss`'s, with the labels (`class_train_step`'s loss_fn),
+    dropped with probability `cond_drop` (default config.cond_drop; a sweep's may be traced)."""
     sigma, coupling = float(config.flow_sigma), config.coupling
+    if getattr(config, "conditional", False):
+        cond_drop = config.cond_drop if cond_drop is None else cond_drop
+        return functools.partial(class_flow_matching_loss, sigma=sigma, coupling=coupling, cond_drop=cond_drop)
 
     def loss(params, batch_x, schedule, n_steps, t, e):
         return flow_matching_loss(params, batch_x, n_steps, t, e, sigma=sigma, coupling=coupling)

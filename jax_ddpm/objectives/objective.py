@@ -6,8 +6,8 @@ variational loss (a 4-output model) or Improved DDPM's hybrid loss; for v and x0
 target (`predictions.prediction_loss`; the noise loss only, `ddpm_harness.config.validate` refuses the
 others); for --method flow the flow matching loss (`flow.flow_loss_fn`). The single run's chunk and the
 sweep's models both call it, and `noise_fn_for(config)`, the per-step draws that go with the loss.
-A --conditional run's loss is the class model's (`class_loss_fn_for`, which loss_fn_for gives for it):
-another signature, with the labels.
+A --conditional run's loss is the class model's (`class_loss_fn_for`, which loss_fn_for gives for it;
+with --method flow, `flow.class_flow_matching_loss`): another signature, with the labels.
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ def variational_loss(params, batch_x, schedule, n_steps, t, e):
     )
 
 
-def loss_fn_for(config, hybrid_lambda=None) -> Callable:
+def loss_fn_for(config, hybrid_lambda=None, cond_drop=None) -> Callable:
     """loss_fn(params, batch_x, schedule, n_steps, t, e) of `config.prediction` and `config.loss`.
-    `hybrid_lambda` (default config.hybrid_lambda) may be a traced value: a sweep's per-model weight."""
+    `hybrid_lambda` and `cond_drop` (default config's) may be traced values: a sweep's per-model values."""
     if getattr(config, "method", "diffusion") == "flow":
-        return flow_loss_fn(config)
+        return flow_loss_fn(config, cond_drop)
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     if getattr(config, "conditional", False):
-        return class_loss_fn_for(config)
+        return class_loss_fn_for(config, cond_drop)
     if config.prediction != "eps":
         if config.loss != "noise":
             raise ValueError(f"--prediction {config.prediction} trains the noise loss only, not --loss {config.loss}")
@@ -77,10 +77,11 @@ def noise_fn_for(config) -> Callable:
     return flow_noise if getattr(config, "method", "diffusion") == "flow" else batch_noise
 
 
-def class_loss_fn_for(config) -> Callable:
+def class_loss_fn_for(config, cond_drop=None) -> Callable:
     """A --conditional run's loss_fn(params, schedule, x_0, labels, t, e, drop_key) for
     `conditional.class_train_step`: the class model's regression on `config.prediction`'s target, labels
-    dropped to the null class with probability `config.cond_drop` (the noise loss only)."""
+    dropped to the null class with probability `cond_drop` (default `config.cond_drop`; the noise loss only)."""
     if config.loss != "noise":
         raise ValueError(f"--conditional trains the noise loss only, not --loss {config.loss}")
-    return functools.partial(class_prediction_loss, cond_drop=config.cond_drop, prediction=config.prediction)
+    cond_drop = config.cond_drop if cond_drop is None else cond_drop
+    return functools.partial(class_prediction_loss, cond_drop=cond_drop, prediction=config.prediction)

@@ -6,6 +6,7 @@ the pictures, write the summary)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 from ddpm_harness.config import Config, SamplerOptions
 from ddpm_harness.data import held_out_for
 from ddpm_harness.metrics import calibration
-from ddpm_harness.pictures import Pictures
+from ddpm_harness.pictures import ClassPictures, Pictures
 from ddpm_harness.runs import (
     picture_noise,
     save_samples,
@@ -26,7 +27,15 @@ from ddpm_harness.runs import (
     write_summary,
 )
 from ddpm_harness.timesteps import sampler_timesteps
-from jax_ddpm.runner.draw import sample_keys, sample_models, split_models, stack_models
+from jax_ddpm.runner.draw import (
+    class_labels,
+    draw_samples,
+    guide_for,
+    sample_keys,
+    sample_models,
+    split_models,
+    stack_models,
+)
 from jax_ddpm.runner.evaluation import sample_qualities
 from jax_ddpm.schedule import Schedule, q_sample
 
@@ -78,7 +87,8 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         save_samples(run.run_dir, samples[config.sample_with])
     run.timings["sampling"] = time.perf_counter() - start
     if pictures is not None:
-        pictures.draw_results(x_seq, run.records, state_steps(config))
+        classes = class_pictures(run, params[config.sample_with], x_seq.shape[1]) if config.conditional else None
+        pictures.draw_results(x_seq, run.records, state_steps(config), classes)
     start = time.perf_counter()
     reference = held_out_for(config, config.n_samples)
     evaluation = sample_qualities({name: samples[name] for name in ("raw", "ema")}, reference)
@@ -106,6 +116,28 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         write_config(run.run_dir, config, framework="jax")
     print(summary_paragraph(summary))
     return summary
+
+
+GUIDANCE_WEIGHTS = (0.0, 1.0, 3.0, 7.0)
+"""The rows of a --conditional run's guidance.png."""
+GUIDANCE_POINTS = 2000
+"""Points a row of guidance.png draws (at most --n-samples)."""
+
+
+def class_pictures(run: Run, params, n_chain: int) -> ClassPictures:
+    """A --conditional run's ClassPictures: the classes of the GIF's points (the data's; those of the run's
+    own draw's first chunk of n_chain points, whose chain the GIF shows) and guidance.png's rows, drawn by the first
+    seed's `params` from the same x_T at every w in GUIDANCE_WEIGHTS (w a value: one compiled program)."""
+    config = run.config
+    params = params if config.seeds == 1 else jax.tree_util.tree_map(lambda x: x[0], params)
+    n, key = min(GUIDANCE_POINTS, config.n_samples), sample_keys(config)[0]
+    rows = {}
+    for w in GUIDANCE_WEIGHTS:
+        guide = guide_for(config, n, "all", w)
+        drawn = draw_samples(params, run.schedule, config, key, n, guide=guide)
+        rows[w] = (np.asarray(drawn.x_0), np.asarray(guide.labels))
+    sample_labels = class_labels(config, "all", n_chain)  # the first chunk's guide (draw.sample_models)
+    return ClassPictures(Path(config.dataset).stem, run.labels, sample_labels, rows)
 
 
 def state_steps(config: Config) -> Optional[list[int]]:

@@ -49,6 +49,7 @@ from ddpm_harness.sweeps import (
     open_sweep_dir,
 )
 from jax_ddpm import speed
+from jax_ddpm.objectives.conditional import class_train_step
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.objectives.step import EmaRate, pure_train_step
@@ -68,6 +69,7 @@ class HyperParams:
     clip_norm: jax.Array  # () float32 (unused when the group does not clip)
     ema: EmaRate
     hybrid_lambda: jax.Array  # () float32
+    cond_drop: jax.Array  # () float32 (a --conditional sweep's; unused otherwise)
     schedule: Schedule  # (T,) arrays
 
 
@@ -78,6 +80,7 @@ def hyper_params(config: Config) -> HyperParams:
         clip_norm=np.float32(config.clip_norm),
         ema=EmaRate.of(config.ema_decay),
         hybrid_lambda=np.float32(config.hybrid_lambda),
+        cond_drop=np.float32(config.cond_drop),
         schedule=run_schedule(config),
     )
 
@@ -135,7 +138,8 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[i
 
     def one_model(state, data, hyper: HyperParams):
         optimizer = run_optimizer(hyper.lr, hyper.clip_norm, clipped=clipped)
-        loss_fn = loss_fn_for(config, hybrid_lambda=hyper.hybrid_lambda)  # the model's own weight of the hybrid loss
+        # the model's own weight of the hybrid loss and label dropout
+        loss_fn = loss_fn_for(config, hybrid_lambda=hyper.hybrid_lambda, cond_drop=hyper.cond_drop)
         step = functools.partial(
             pure_train_step,
             optimizer=optimizer,
@@ -144,6 +148,10 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[i
             n_steps=n_steps,
             loss_fn=loss_fn,
         )
+        if config.conditional:  # data: (points (N, 2), labels (N,)), as make_train_chunk's
+            step = functools.partial(
+                class_train_step, optimizer=optimizer, ema=hyper.ema, schedule=hyper.schedule, loss_fn=loss_fn
+            )
         epoch_fn = functools.partial(
             train_epoch,
             batch_size=config.batch_size,
@@ -151,7 +159,8 @@ def make_sweep_chunk(config: Config, n_epochs: int, mesh=None, block: Optional[i
             n_steps=n_steps,
             noise_fn=noise_fn_for(config),
         )
-        return jax.lax.scan(lambda s, _: epoch_fn(s, data), state, None, length=n_epochs)
+        points, labels = data if config.conditional else (data, None)
+        return jax.lax.scan(lambda s, _: epoch_fn(s, points, labels=labels), state, None, length=n_epochs)
 
     models = jax.vmap(one_model, in_axes=(0, None, 0))
 
