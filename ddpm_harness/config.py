@@ -277,11 +277,6 @@ def check_conditional(config: Config) -> None:
             + ", ".join(N_CLASSES)
             + " or a data file of (N, 3) labelled points"
         )
-    if config.loss != "noise":
-        raise ConfigError(
-            f"--conditional trains the noise loss only, not --loss {config.loss} (guidance mixes predictions, and "
-            "a predicted variance is not one to mix: docs/guidance.md): use --loss noise"
-        )
 
 
 SAMPLERS = ("tutorial", "ddpm", "ddim", "dpm-solver++", "ode", "euler", "midpoint")

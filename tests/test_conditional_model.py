@@ -13,7 +13,8 @@ import pytest
 from ddpm_harness.data import make_labelled_dataset
 from jax_ddpm.losses import noise_estimation_loss
 from jax_ddpm.model import apply_model, model_of
-from jax_ddpm.objectives import conditional, guidance
+from jax_ddpm.objectives import conditional, guidance, variance
+from jax_ddpm.objectives.objective import variational_loss
 from jax_ddpm.objectives.schedules import cosine_betas, device_schedule
 from jax_ddpm.objectives.step import EmaRate, TrainState, pure_train_step
 from jax_ddpm.runner.chunk import run_optimizer
@@ -95,6 +96,25 @@ def test_cond_drop_reaches_the_null_class_at_its_rate():
         grads = jax.grad(conditional.class_prediction_loss)(params, schedule, x, labels, t, e, key, p)
         rows = np.abs(np.asarray(grads["lin2"]["class_embed"]["embedding"])).sum(1)  # (3,)
         assert ((rows > 0) == ([True, True, False] if p == 0 else [False, False, True])).all(), (p, rows)
+
+
+@pytest.mark.parametrize("loss", ["variational", "hybrid"])
+def test_with_class_scales_at_one_the_bound_losses_are_the_tutorials(loss):
+    """class_bound_loss of an untrained 4-output class model equals the tutorial's loss_variational
+    (or variance.hybrid_loss) of its weights, bit for bit, whatever is dropped."""
+    params = conditional.init_class_params(jax.random.key(0), T, N_CLASSES, n_outputs=4)
+    schedule = make_schedule()
+    x = jax.random.normal(jax.random.key(1), (32, 2))
+    t, e = jax.random.randint(jax.random.key(2), (32,), 0, T), jax.random.normal(jax.random.key(3), (32, 2))
+    labels = jnp.arange(32) % N_CLASSES
+    plain = without_classes(params)
+    if loss == "hybrid":
+        loss_ref = variance.hybrid_loss(plain, schedule, x, t, e, 0.001)
+    else:
+        loss_ref = variational_loss(plain, x, schedule, T, t, e)
+    for p in (0.0, 0.5):
+        out = conditional.class_bound_loss(params, schedule, x, labels, t, e, jax.random.key(4), p, loss, 0.001)
+        np.testing.assert_array_equal(out, loss_ref)
 
 
 def tiny_state(params, optimizer, ema):

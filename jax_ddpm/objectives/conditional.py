@@ -20,9 +20,11 @@ import optax
 from flax import nnx
 
 from jax_ddpm import torchlike as nn
+from jax_ddpm.losses import loss_variational
 from jax_ddpm.objectives.guidance import drop_labels
 from jax_ddpm.objectives.predictions import training_target
 from jax_ddpm.objectives.step import batch_noise
+from jax_ddpm.objectives.variance import hybrid_loss
 from jax_ddpm.schedule import Schedule, extract
 from jax_ddpm.torchlike import functional as F
 
@@ -131,6 +133,41 @@ def class_prediction_loss(
     x = x_0 * a + e * am1
     output = apply_class_model(params, x, t, y)
     return jnp.mean(jnp.square(training_target(schedule, x_0, t, e, prediction) - output))
+
+
+def class_bound_loss(
+    params: dict,
+    schedule: Schedule,
+    x_0: jax.Array,
+    labels: jax.Array,
+    t: jax.Array,
+    e: jax.Array,
+    drop_key: jax.Array,
+    cond_drop: float = 0.1,
+    loss: str = "variational",
+    hybrid_lambda: float = 0.001,
+) -> jax.Array:
+    """A 4-output class model's --loss variational (the tutorial's loss_variational, with e as its noise) or
+    --loss hybrid (`variance.hybrid_loss`), the model asked at the labels (B,), each dropped to the null
+    class with probability cond_drop. With class scales at one: the tutorial's model's loss, bit for bit."""
+    y = drop_labels(drop_key, labels, cond_drop, n_classes_of(params))
+
+    def model(x, t):
+        return apply_class_model(params, x, t, y)
+
+    if loss == "hybrid":
+        return hybrid_loss(params, schedule, x_0, t, e, hybrid_lambda, model=model)
+    coefs = (schedule.posterior_mean_coef_1, schedule.posterior_mean_coef_2, schedule.posterior_log_variance_clipped)
+    return loss_variational(
+        model,
+        x_0,
+        schedule.alphas_bar_sqrt,
+        schedule.one_minus_alphas_bar_sqrt,
+        *coefs,
+        schedule.num_steps,
+        t=t,
+        noise=e,
+    )
 
 
 def class_train_step(

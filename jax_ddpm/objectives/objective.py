@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from jax_ddpm.losses import loss_variational
 from jax_ddpm.model import model_of
-from jax_ddpm.objectives.conditional import class_prediction_loss
+from jax_ddpm.objectives.conditional import class_bound_loss, class_prediction_loss
 from jax_ddpm.objectives.flow import flow_loss_fn, flow_noise
 from jax_ddpm.objectives.predictions import prediction_loss
 from jax_ddpm.objectives.step import batch_noise, noise_loss
@@ -80,8 +80,11 @@ def noise_fn_for(config) -> Callable:
 def class_loss_fn_for(config, cond_drop=None) -> Callable:
     """A --conditional run's loss_fn(params, schedule, x_0, labels, t, e, drop_key) for
     `conditional.class_train_step`: the class model's regression on `config.prediction`'s target, labels
-    dropped to the null class with probability `cond_drop` (default `config.cond_drop`; the noise loss only)."""
-    if config.loss != "noise":
-        raise ValueError(f"--conditional trains the noise loss only, not --loss {config.loss}")
+    dropped to the null class with probability `cond_drop` (default `config.cond_drop`); with --loss
+    variational or hybrid, the class model's bound (`conditional.class_bound_loss`)."""
     cond_drop = config.cond_drop if cond_drop is None else cond_drop
+    if config.loss != "noise":
+        return functools.partial(
+            class_bound_loss, cond_drop=cond_drop, loss=config.loss, hybrid_lambda=config.hybrid_lambda
+        )
     return functools.partial(class_prediction_loss, cond_drop=cond_drop, prediction=config.prediction)

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jax_ddpm.losses import discretized_gaussian_log_likelihood, normal_kl, p_mean_variance
-from jax_ddpm.model import apply_model, model_of
+from jax_ddpm.model import model_of
 from jax_ddpm.schedule import Schedule, extract, q_posterior_mean_variance, q_sample, schedule_from_betas
 
 
@@ -53,14 +54,21 @@ def eps_to_mean(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array
 
 
 def model_mean_logvar(
-    params: dict, schedule: Schedule, x_t: jax.Array, t: jax.Array, parameterization: str = "mean_logvar"
+    params: dict,
+    schedule: Schedule,
+    x_t: jax.Array,
+    t: jax.Array,
+    parameterization: str = "mean_logvar",
+    model: Optional[Callable] = None,
 ):
     """Mean and log-variance (each (B, 2)) of p(x_{t-1} | x_t) for a model that predicts
     "eps" (the tutorial's 2-output model, with the sampler's fixed variance beta_t), "mean_logvar"
-    (the variational loss's 4-output model) or "eps_logvar" (the hybrid loss's: noise and log-variance)."""
+    (the variational loss's 4-output model) or "eps_logvar" (the hybrid loss's: noise and log-variance).
+    `model(x, t)`: the model to ask (a guided class model), default the tutorial's with `params`."""
+    model = model_of(params) if model is None else model
     if parameterization == "mean_logvar":
-        return p_mean_variance(model_of(params), x_t, t)
-    out = apply_model(params, x_t, t)
+        return p_mean_variance(model, x_t, t)
+    out = model(x_t, t)
     if parameterization == "eps":
         return eps_to_mean(schedule, x_t, t, out), jnp.broadcast_to(jnp.log(extract(schedule.betas, t, x_t)), x_t.shape)
     if parameterization == "eps_logvar":
@@ -70,12 +78,18 @@ def model_mean_logvar(
 
 
 def p_sample_learned(
-    params: dict, schedule: Schedule, x: jax.Array, t, z: jax.Array, parameterization: str = "mean_logvar"
+    params: dict,
+    schedule: Schedule,
+    x: jax.Array,
+    t,
+    z: jax.Array,
+    parameterization: str = "mean_logvar",
+    model: Optional[Callable] = None,
 ) -> jax.Array:
     """One reverse step x_t -> x_{t-1} of a 4-output model at integer step t, for x (N, 2):
     x_{t-1} = mean_theta + exp(log_var_theta / 2) z, the mean read off as `model_mean_logvar` does."""
     t = jnp.asarray(t, jnp.int32).reshape(1)
-    mean, log_var = model_mean_logvar(params, schedule, x, t, parameterization)
+    mean, log_var = model_mean_logvar(params, schedule, x, t, parameterization, model)
     return mean + jnp.exp(0.5 * log_var) * z
 
 
@@ -113,7 +127,13 @@ def vlb_terms(
 
 
 def hybrid_loss(
-    params: dict, schedule: Schedule, x_0: jax.Array, t: jax.Array, e: jax.Array, hybrid_lambda: float = 0.001
+    params: dict,
+    schedule: Schedule,
+    x_0: jax.Array,
+    t: jax.Array,
+    e: jax.Array,
+    hybrid_lambda: float = 0.001,
+    model: Optional[Callable] = None,
 ) -> jax.Array:
     """Improved DDPM's L_hybrid = L_simple + lambda * L_vlb (Nichol & Dhariwal 2021, sec. 3.1) for a
     4-output model predicting (eps, log-variance).
@@ -123,7 +143,8 @@ def hybrid_loss(
     variance and L_simple alone trains the mean.
     """
     x_t = q_sample(x_0, t, schedule.alphas_bar_sqrt, schedule.one_minus_alphas_bar_sqrt, e)
-    eps, log_var = jnp.split(apply_model(params, x_t, t), 2, axis=-1)
+    model = model_of(params) if model is None else model  # a class model at its labels, closed over params
+    eps, log_var = jnp.split(model(x_t, t), 2, axis=-1)
     l_simple = jnp.mean(jnp.square(e - eps))
     frozen_mean = eps_to_mean(schedule, x_t, t, jax.lax.stop_gradient(eps))
     l_vlb = schedule.num_steps * jnp.mean(vlb_terms(schedule, x_0, x_t, t, frozen_mean, log_var))

@@ -25,7 +25,7 @@ from jax_ddpm.objectives.guidance import guided_model_fn
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.chunk import run_keys
 from jax_ddpm.samplers import chains, flow
-from jax_ddpm.samplers.tutorial import scan_chain
+from jax_ddpm.samplers.tutorial import p_sample_for, scan_chain
 from jax_ddpm.schedule import Schedule
 
 
@@ -71,7 +71,8 @@ def _model_fn(params: dict, config: Config, guide: Optional[Guide] = None) -> ch
     model_fn = functools.partial(apply_model, params)
     if guide is not None:  # (1 + w) * model(x, t, class) - w * model(x, t, null class)
         class_model_fn = functools.partial(apply_class_model, params)
-        model_fn = guided_model_fn(class_model_fn, guide.labels, guide.w, n_classes_of(params))
+        learned_variance = params["lin4"]["bias"].shape[-1] == 4
+        model_fn = guided_model_fn(class_model_fn, guide.labels, guide.w, n_classes_of(params), learned_variance)
     if config is None:  # the tutorial's chain
         return model_fn
     if config.method == "flow":
@@ -99,12 +100,15 @@ def _sample_from(params, schedule, key, x_T, guide=None, *, config, trajectory):
 
 @functools.lru_cache(maxsize=None)
 def _jitted_guided_tutorial():
-    return jax.jit(_guided_tutorial, compiler_options=speed.program_options("sampling"))
+    return jax.jit(
+        _guided_tutorial, static_argnames="parameterization", compiler_options=speed.program_options("sampling")
+    )
 
 
-def _guided_tutorial(params, schedule, key, x_T, guide):
+def _guided_tutorial(params, schedule, key, x_T, guide, parameterization="eps"):
     """The tutorial's chain of a class model guided by `guide`, from x_T; step k's noise from fold_in(key, k + 1)."""
-    return scan_chain(_model_fn(params, None, guide), schedule, x_T.shape, x_T=x_T, key=key)
+    p_sample = p_sample_for(params, schedule, parameterization)
+    return scan_chain(_model_fn(params, None, guide), schedule, x_T.shape, x_T=x_T, key=key, p_sample=p_sample)
 
 
 def draw_samples(
@@ -143,7 +147,8 @@ def _draw(params, schedule, config, key, n, x_T, trajectory, guide=None) -> chai
     sampling_config = _sampling_part(config)
     if config.sampler == "tutorial" and guide is not None:
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2)) if x_T is None else x_T
-        states = _jitted_guided_tutorial()(params, schedule, key, jnp.asarray(x_T, jnp.float32), guide)
+        x_T = jnp.asarray(x_T, jnp.float32)
+        states = _jitted_guided_tutorial()(params, schedule, key, x_T, guide, config.parameterization)
         return chains.Samples(states[-1], states if trajectory else None, jnp.asarray(config.num_steps, jnp.int32))
     if config.sampler == "tutorial":
         x_T = None if x_T is None else jnp.asarray(x_T, jnp.float32)

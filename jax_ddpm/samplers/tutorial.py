@@ -41,7 +41,7 @@ def p_sample_for(params: dict, schedule: Schedule, parameterization: str = "eps"
 
     def step(model, x, t, alphas, betas, one_minus_alphas_bar_sqrt, z=None, key=None):
         z = jax.random.normal(key, x.shape, x.dtype) if z is None else z
-        return p_sample_learned(params, schedule, x, t, z, parameterization)
+        return p_sample_learned(params, schedule, x, t, z, parameterization, model=model)
 
     return step
 
