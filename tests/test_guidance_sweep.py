@@ -53,6 +53,19 @@ def test_a_configuration_equals_the_single_conditional_run(class_sweep, tmp_path
     assert not np.array_equal(null_a, null_b)
 
 
+def test_a_hybrid_configuration_equals_the_single_run(tmp_path):
+    """--conditional --loss hybrid with --hybrid-lambda a sweep list (a value of the group's program, as
+    --cond-drop): each configuration's weight reaches its model, which equals the single run to float32
+    round-off, as a plain hybrid sweep does (docs/sweep.md: a traced lambda rounds its products otherwise)."""
+    hybrid = (*CONDITIONAL, "--loss", "hybrid", "--sampler", "ddpm")
+    sweep, single = tmp_path / "sweep", tmp_path / "single"
+    assert sweep_main(tiny_argv(sweep, *hybrid, "--hybrid-lambda", "0.001", "0.1", **SIZES)) == 0
+    assert train_main(tiny_argv(single, *hybrid, "--hybrid-lambda", "0.1", "--no-plots", **SIZES)) == 0
+    assert_same_run(folder(sweep, hybrid_lambda=0.1), single, exact=False)
+    (_, low, _), (_, high, _) = (restore_run(folder(sweep, hybrid_lambda=v)) for v in (0.001, 0.1))
+    assert not np.array_equal(np.asarray(low.params["lin4"]["bias"]), np.asarray(high.params["lin4"]["bias"]))
+
+
 DEVICES_SCRIPT = """
 import sys
 from jax_ddpm.sweep import main as sweep_main

@@ -50,7 +50,7 @@ def loss_fn_for(config, hybrid_lambda=None, cond_drop=None) -> Callable:
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     if getattr(config, "conditional", False):
-        return class_loss_fn_for(config, cond_drop)
+        return class_loss_fn_for(config, cond_drop, hybrid_lambda)
     if config.prediction != "eps":
         if config.loss != "noise":
             raise ValueError(f"--prediction {config.prediction} trains the noise loss only, not --loss {config.loss}")
@@ -77,14 +77,13 @@ def noise_fn_for(config) -> Callable:
     return flow_noise if getattr(config, "method", "diffusion") == "flow" else batch_noise
 
 
-def class_loss_fn_for(config, cond_drop=None) -> Callable:
+def class_loss_fn_for(config, cond_drop=None, hybrid_lambda=None) -> Callable:
     """A --conditional run's loss_fn(params, schedule, x_0, labels, t, e, drop_key) for
     `conditional.class_train_step`: the class model's regression on `config.prediction`'s target, labels
     dropped to the null class with probability `cond_drop` (default `config.cond_drop`); with --loss
     variational or hybrid, the class model's bound (`conditional.class_bound_loss`)."""
     cond_drop = config.cond_drop if cond_drop is None else cond_drop
+    hybrid_lambda = config.hybrid_lambda if hybrid_lambda is None else hybrid_lambda
     if config.loss != "noise":
-        return functools.partial(
-            class_bound_loss, cond_drop=cond_drop, loss=config.loss, hybrid_lambda=config.hybrid_lambda
-        )
+        return functools.partial(class_bound_loss, cond_drop=cond_drop, loss=config.loss, hybrid_lambda=hybrid_lambda)
     return functools.partial(class_prediction_loss, cond_drop=cond_drop, prediction=config.prediction)
