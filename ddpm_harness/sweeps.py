@@ -32,7 +32,7 @@ from typing import Annotated, Literal, Optional, Sequence
 import numpy as np
 import tyro
 
-from ddpm_harness.config import PRESETS, SAMPLING_FIELDS, Config, ConfigError, given_fields, validate
+from ddpm_harness.config import FLOW_SAMPLERS, PRESETS, SAMPLING_FIELDS, Config, ConfigError, given_fields, validate
 from ddpm_harness.data import get_dataset, is_builtin
 from ddpm_harness.memory import (
     DATA_BYTES_PER_POINT,
@@ -240,13 +240,29 @@ def check_args(args: SweepArgs) -> None:
         raise ConfigError(f"--merge-timeout must be a positive number of seconds, got {args.merge_timeout}")
 
 
+def applies_to_its_method(chosen: dict) -> bool:
+    """Whether a combination's sampler and flow options belong to its --method: the diffusion samplers or the
+    flow ones (ode serves both), and a coupling or path width other than the default only for flow."""
+    if chosen["method"] == "flow":
+        return chosen["sampler"] in FLOW_SAMPLERS
+    flow_only = chosen["sampler"] in set(FLOW_SAMPLERS) - {"ode"}
+    return not (flow_only or chosen["coupling"] != "independent" or chosen["flow_sigma"] != 0)
+
+
 def configurations(args: SweepArgs, sweep_dir: Path) -> list[Configuration]:
-    """The Cartesian product of the swept options, each as the Config of its run folder; every one validated."""
+    """The Cartesian product of the swept options, each as the Config of its run folder; every one validated.
+    A sweep over both methods (--method diffusion flow) keeps only the combinations whose sampler and flow
+    options belong to their method (`applies_to_its_method`), so each method samples with its own."""
     check_args(args)
     swept = [name for name in SWEPT if len(getattr(args, name)) > 1]
+    combinations = [dict(zip(SWEPT, values)) for values in itertools.product(*(getattr(args, n) for n in SWEPT))]
+    if len(args.method) > 1:
+        combinations = [chosen for chosen in combinations if applies_to_its_method(chosen)]
+        for method in set(args.method) - {chosen["method"] for chosen in combinations}:
+            serving = "euler, midpoint or ode" if method == "flow" else "tutorial, ddpm, ddim, dpm-solver++ or ode"
+            raise ConfigError(f"--method {method} has no sampler of its own in --sampler: add one of {serving}")
     out = []
-    for index, values in enumerate(itertools.product(*(getattr(args, name) for name in SWEPT))):
-        chosen = dict(zip(SWEPT, values))
+    for index, chosen in enumerate(combinations):
         options = {name: chosen[name] for name in swept}
         name = folder_name(index, options)
         config = Config(
