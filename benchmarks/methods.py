@@ -50,6 +50,14 @@ NFES = (1, 2, 5, 10, 20, 50, 100)
 FLOW_RECIPE = dict(normalize=True, ema_decay=0.9995, sample_with="ema")
 
 
+METHOD_KEYS = {
+    "tutorial": "ddpm (tutorial)",
+    "preset": "ddpm (preset)",
+    "flow": "flow (independent)",
+    "ot": "flow (ot)",
+}
+
+
 def methods(base: Config) -> dict[str, Config]:
     """The four methods on `base`'s data and budget."""
     flow = dataclasses.replace(base, method="flow", sampler="euler", **FLOW_RECIPE)
@@ -233,22 +241,31 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=10_000, help="samples per seed, and the floor's n")
     parser.add_argument("--n-likelihood", type=int, default=1000)
     parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--methods", default=",".join(METHOD_KEYS), help=f"some of {', '.join(METHOD_KEYS)}")
+    parser.add_argument("--nfes", default=",".join(map(str, NFES)), help="numbers of model evaluations")
+    parser.add_argument("--name", default="methods", help="the report's file name: <out>/<name>.md, .json, .png")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check, not a measurement")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.epochs < 1 or args.n < 2:
-        print("error: --seeds and --epochs must be positive, --n at least 2", file=sys.stderr)
+    chosen = args.methods.split(",")
+    if args.seeds < 1 or args.epochs < 1 or args.n < 2 or not set(chosen) <= set(METHOD_KEYS):
+        print(
+            f"error: --seeds and --epochs must be positive, --n at least 2, --methods among {', '.join(METHOD_KEYS)}",
+            file=sys.stderr,
+        )
         return 2
-    nfes = (1, 2, 5) if args.quick else NFES
+    nfes = (1, 2, 5) if args.quick else tuple(int(k) for k in args.nfes.split(","))
     epochs, n, n_likelihood = (5, 256, 16) if args.quick else (args.epochs, args.n, args.n_likelihood)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
     results = []
-    name = "methods_quick" if args.quick else "methods"
+    name = "methods_quick" if args.quick else args.name
     for dataset in args.datasets.split(","):
         base = Config(dataset=dataset, epochs=epochs, seeds=args.seeds, n_points=10_000 if not args.quick else 512)
         for label, config in methods(base).items():
+            if label not in {METHOD_KEYS[key] for key in chosen}:
+                continue
             results.append(run_method(label, config, nfes, n, n_likelihood, log))
             (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")  # a stopped run keeps these
     write_report(results, base, n, time.perf_counter() - start, args.out, name)
