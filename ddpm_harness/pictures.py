@@ -28,18 +28,25 @@ class ClassPictures:
 
 class Pictures:
     """Draw a run's pictures into `run_dir` on a thread: data.png (`datasets`, name -> (N, 2)) and
-    forward.png (`forward`, (T, N, 2) samples of q(x_t | x_0) in data units) at once, the results'
-    pictures with `draw_results`. An error (a full disk) is raised by `wait`."""
+    forward.png (`forward`, (T, N, 2) samples of q(x_t | x_0) in data units; a flow run's path, frame k
+    labelled by its time `forward_times[k]`) at once, the results' pictures with `draw_results`. An error
+    (a full disk) is raised by `wait`."""
 
-    def __init__(self, run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray):
-        self.run_dir, self.forward = Path(run_dir), forward
+    def __init__(
+        self,
+        run_dir: Path,
+        datasets: dict[str, np.ndarray],
+        forward: np.ndarray,
+        forward_times: Optional[list[str]] = None,
+    ):
+        self.run_dir, self.forward, self.forward_times = Path(run_dir), forward, forward_times
         self._error: Optional[BaseException] = None
         run_dir = self.run_dir
 
         def draw_setup():
             from ddpm_harness.plots import draw_setup_pictures
 
-            draw_setup_pictures(run_dir, datasets, forward)
+            draw_setup_pictures(run_dir, datasets, forward, forward_times)
 
         self._thread = self._start(draw_setup)
 
@@ -65,12 +72,12 @@ class Pictures:
         (S + 1, n, 2): one reverse chain, x_T first; steps: the t of each state when the sampler skips steps;
         classes: a class-conditional run's, with guidance.png)."""
         self.wait()
-        run_dir, forward = self.run_dir, self.forward
+        run_dir, forward, forward_times = self.run_dir, self.forward, self.forward_times
 
         def draw_results():
             from ddpm_harness.plots import draw_result_pictures
 
-            draw_result_pictures(run_dir, forward, x_seq, records, steps, classes)
+            draw_result_pictures(run_dir, forward, x_seq, records, steps, classes, forward_times)
 
         self._thread = self._start(draw_results)
 

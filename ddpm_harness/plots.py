@@ -69,8 +69,8 @@ def forward_steps(num_steps: int) -> list[int]:
     return [i * num_steps // 10 for i in range(10)]
 
 
-def plot_forward(frames: Sequence[tuple[int, np.ndarray]], path: Path) -> None:
-    """forward.png: samples of q(x_t | x_0) for the given (t, points) pairs."""
+def plot_forward(frames: Sequence[tuple[int | str, np.ndarray]], path: Path) -> None:
+    """forward.png: samples of q(x_t | x_0) for the given (t, points) pairs (t a step, or a flow's time)."""
     _scatter_row([(f"$q(\\mathbf{{x}}_{{{t}}})$", x) for t, x in frames], path, (2.8, 3))
 
 
@@ -158,6 +158,7 @@ def write_gif(
     frame_ms: int = 100,
     reverse_steps: Sequence[int] | None = None,
     classes: tuple[np.ndarray, np.ndarray] | None = None,
+    forward_times: Sequence[str] | None = None,
 ) -> None:
     """diffusion.gif: forward frames (F, n, 2) then reverse frames (R, n, 2), looping forever.
 
@@ -167,7 +168,7 @@ def write_gif(
     """
     limits = frame_limits(np.concatenate([forward.reshape(-1, 2), reverse.reshape(-1, 2)]))
     steps = list(reverse_steps) if reverse_steps is not None else [len(reverse) - 1 - j for j in range(len(reverse))]
-    labels = [f"q(x_{t})" for t in range(len(forward))] + [f"p: x_{t}" for t in steps]
+    labels = [f"q(x_{t})" for t in forward_times or range(len(forward))] + [f"p: x_{t}" for t in steps]
     colours = [None, None] if classes is None else [class_colours(c) for c in classes]
     frame_colours = [colours[0]] * len(forward) + [colours[1]] * len(reverse)
     frames = []
@@ -178,12 +179,15 @@ def write_gif(
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
 
 
-def draw_setup_pictures(run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray) -> None:
+def draw_setup_pictures(
+    run_dir: Path, datasets: dict[str, np.ndarray], forward: np.ndarray, forward_times: Sequence[str] | None = None
+) -> None:
     """The pictures known before training: data.png and forward.png (forward: (T, N, 2) samples of
-    q(x_t | x_0) for t = 0 .. T-1)."""
+    q(x_t | x_0) for t = 0 .. T-1; or a flow's path, frame k labelled `forward_times[k]`, its time)."""
     run_dir = Path(run_dir)
     plot_datasets(datasets, run_dir / "data.png")
-    plot_forward([(t, forward[t]) for t in forward_steps(forward.shape[0])], run_dir / "forward.png")
+    times = forward_times or list(range(forward.shape[0]))
+    plot_forward([(times[k], forward[k]) for k in forward_steps(forward.shape[0])], run_dir / "forward.png")
 
 
 def draw_result_pictures(
@@ -193,6 +197,7 @@ def draw_result_pictures(
     records: Sequence[dict],
     state_steps: Sequence[int] | None = None,
     classes=None,
+    forward_times: Sequence[str] | None = None,
 ) -> None:
     """The pictures of a trained model: reverse.png, loss.png and diffusion.gif (x_seq (S + 1, n, 2):
     one reverse chain, x_T first; state_steps, the t of each state when the sampler skips steps;
@@ -204,7 +209,8 @@ def draw_result_pictures(
     # Forward frames q(x_0) .. q(x_{T-1}), then chain states 1 .. S (the last is x_0): it ends on the sample.
     reverse_steps = None if state_steps is None else list(state_steps)[1:]
     gif_classes = None if classes is None else (classes.data_labels, classes.sample_labels)
-    write_gif(forward, x_seq[1:], run_dir / "diffusion.gif", reverse_steps=reverse_steps, classes=gif_classes)
+    gif = dict(reverse_steps=reverse_steps, classes=gif_classes, forward_times=forward_times)
+    write_gif(forward, x_seq[1:], run_dir / "diffusion.gif", **gif)
     if classes is not None:
         plot_guidance({w: {classes.dataset: drawn} for w, drawn in classes.guidance.items()}, run_dir / "guidance.png")
 

@@ -33,6 +33,7 @@ from jax_ddpm.convert import main as convert_main
 from jax_ddpm.objectives.objective import loss_fn_for, noise_fn_for
 from jax_ddpm.objectives.step import batch_noise, noise_loss
 from jax_ddpm.runner.checkpoint import Checkpointer
+from jax_ddpm.runner.finish import flow_path_frames
 from jax_ddpm.sample import main as sample_main
 from jax_ddpm.samplers import flow, likelihood
 from jax_ddpm.sweep import main as sweep_main
@@ -186,6 +187,15 @@ def test_both_assignment_solvers_pair_vmapped_batches_alike():
     rows, cols = scipy.optimize.linear_sum_assignment(c)
     assert c[np.arange(64), host[0, 0]].sum() == c[rows, cols].sum()
     assert sorted(host[2, 4]) == list(range(64))
+
+
+def test_forward_pictures_of_a_flow_run_follow_its_path():
+    """A flow run's forward.png and GIF frames are its straight path from the data (t = 1) to the noise, frame
+    k at t = 1 - k / T, labelled by that time: x_t = t x_1 + (1 - t) x_0."""
+    data, noise = np.ones((3, 2)), np.zeros((4, 3, 2))
+    frames, times = flow_path_frames(data, noise)
+    assert times == ["1", "0.75", "0.5", "0.25"]
+    np.testing.assert_array_equal(frames[:, 0, 0], [1.0, 0.75, 0.5, 0.25])
 
 
 # --- a tiny run --------------------------------------------------------------------------------

@@ -56,12 +56,25 @@ def forward_frames(schedule: Schedule, data: np.ndarray, noise: np.ndarray) -> n
     )
 
 
+def flow_path_frames(data: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """A flow's straight path from the data back to the noise, as the forward process runs: frame k of T
+    (noise (T, N, 2)) is x_t = t x_1 + (1 - t) x_0 at t = 1 - k / T (x_1 the data, x_0 frame k's noise), and its
+    time as a label."""
+    times = 1.0 - np.arange(noise.shape[0]) / noise.shape[0]
+    frames = times[:, None, None] * data[None] + (1.0 - times[:, None, None]) * noise
+    return frames, [f"{t:.3g}" for t in times]
+
+
 def start_pictures(run: Run) -> Pictures:
-    """The run's pictures, drawn on a thread: data.png and forward.png at once (the forward process runs
-    in model units and is drawn in data units), the rest in `finish`."""
+    """The run's pictures, drawn on a thread: data.png and forward.png at once (the forward process, or a
+    flow's path, runs in model units and is drawn in data units), the rest in `finish`."""
     shift, scale = run.transform
     noise = picture_noise(run.config, run.data.shape)
-    forward = forward_frames(run.schedule, (run.data - shift) / scale, noise) * scale + shift
+    model_units = (run.data - shift) / scale
+    if run.config.method == "flow":
+        forward, times = flow_path_frames(model_units, noise)
+        return Pictures(run.run_dir, tutorial_datasets(run.config), forward * scale + shift, times)
+    forward = forward_frames(run.schedule, model_units, noise) * scale + shift
     return Pictures(run.run_dir, tutorial_datasets(run.config), forward)
 
 
