@@ -76,7 +76,7 @@ def _program(n: int, m: int, block_rows: int, at_once: int):
 def _score_models(samples, reference, directions, widths, x_index, y_index, *, block_rows, at_once):
     """Per model (K,): sliced W2, bandwidth, and the pair sums sum|x - x'|, sum k(x, x'), sum|x - y|,
     sum k(x, y), sum k(y, y') (kernel at the model's bandwidth); and sum|y - y'| (a scalar)."""
-    y_sorted = jnp.sort(reference @ directions.T, axis=0)  # (m, P), shared by every model
+    y_sorted = _sorted_projections(reference, directions)  # (P, m), shared by every model
     dist_yy, _ = _pair_sums(reference, reference, 1.0, block_rows)
 
     def one(x):
@@ -92,9 +92,15 @@ def _score_models(samples, reference, directions, widths, x_index, y_index, *, b
 
 def _sliced_w2(x, y_sorted, directions, widths, x_index, y_index):
     """sqrt(mean_theta W2^2(theta . x, theta . y)) with the exact 1D W2^2 of `metrics.quantile_grid`."""
-    x_sorted = jnp.sort(x @ directions.T, axis=0)  # (n, P)
-    per_direction = widths @ jnp.square(x_sorted[x_index] - y_sorted[y_index])  # (P,)
+    x_sorted = _sorted_projections(x, directions)  # (P, n)
+    per_direction = jnp.square(x_sorted[:, x_index] - y_sorted[:, y_index]) @ widths  # (P,)
     return jnp.sqrt(jnp.mean(per_direction))
+
+
+def _sorted_projections(points, directions):
+    """The points' projections on each direction, sorted: (P, n). Sorted along the minor axis, which XLA:CPU
+    sorts ~2x faster than along the major one (0.11 against 0.22 s for 64 x 10^4, docs/speed.md)."""
+    return jnp.sort((points @ directions.T).T, axis=1)
 
 
 def _median_bandwidth(x, y):
