@@ -1,7 +1,7 @@
 """Evaluate and finish: the quality of samples (`sample_quality`: every model scored in one program on
 the device, `scoring.score`), of a state's raw and EMA parameters (`evaluate_state`), and a trained run's
-last phase (`finish`: sample with both parameters in one program (`draw.sample_models`), evaluate, draw
-the pictures, write the summary)."""
+last phase (`finish`: sample with both parameters in one call (`draw.sample_models`), evaluate, draw
+the pictures, write the summary), and that of runs trained together, as one batch (`finish_runs`)."""
 
 from __future__ import annotations
 
