@@ -82,8 +82,9 @@ parts that fit): 2 x seeds x n points per run, 4 bytes a coordinate."""
 def finish_runs(runs: list[Run], trained: Trained, pictures: Optional[Pictures] = None) -> list[dict]:
     """Finish runs trained together (a run, or the configurations of a sweep's group), as a batch: every
     run's samples with both parameters (`draw_finals`: one `sample_models` call per sampling setup), all
-    scored in one program (`score_finals`), the pictures (`pictures`, one run's, drawn while the scoring
-    runs; with several runs, each run's after it, one at a time), then each run's samples.npy,
+    scored in one program (`score_finals`), the pictures (`pictures`, one run's started by the caller, drawn
+    while the scoring runs; without it, each run's that has plots after the scoring, one at a time: pyplot
+    is not thread-safe), then each run's samples.npy,
     summary.json and config.json. Runs are taken in parts whose samples fit FINISH_BYTES. Each summary's
     timings hold its share of the part's sampling, evaluation and writing times. Returns the summaries."""
     per_run = 2 * runs[0].config.seeds * runs[0].config.n_samples * 2 * 4
@@ -106,7 +107,7 @@ def _finish_part(runs: list[Run], trained: Trained, pictures: Optional[Pictures]
         calibration(c.dataset, c.n_samples, c.data_noise, c.seed, c.conditional) for c in (run.config for run in runs)
     ]
     times["final_evaluation"] = time.perf_counter() - start
-    later = [] if len(runs) == 1 else [i for i, run in enumerate(runs) if run.writes and not run.config.no_plots]
+    later = [] if pictures is not None else [i for i, run in enumerate(runs) if run.writes and not run.config.no_plots]
     if pictures is not None or later:
         start = time.perf_counter()
         if pictures is not None:
