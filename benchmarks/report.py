@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ddpm_harness.runs import time_breakdown  # noqa: E402
+
 TORCH_EAGER = "torch eager (tutorial)"
 NO_GRAD = "torch no_grad"
 
@@ -278,6 +280,10 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         lines += ["", "## End to end (subprocesses, `--no-plots`)", "", "| command | wall s | note |", "|---|---|---|"]
         for name, r in results["end_to_end"].items():
             lines.append(f"| `{name}` | {r['wall_s']:.1f} | {r['note']} |")
+    if results.get("sweep_finish"):
+        r = results["sweep_finish"]
+        lines += ["", "| sweep | models | wall s | breakdown |", "|---|---|---|---|"]
+        lines.append(f"| `{r['command']}` | {r['models']} | {r['wall_s']:.1f} | {time_breakdown(r['timings'])} |")
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in results["targets"]:
         met = "not measured" if t["met"] is None else "yes" if t["met"] else "NO"

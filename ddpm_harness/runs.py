@@ -324,6 +324,8 @@ PHASES = {
     "sampling": "final sampling",
     "final_evaluation": "final evaluation",
     "pictures": "pictures and GIF (the part not hidden behind training)",
+    "writing": "writing samples",
+    "merge": "merge (leaderboard, grid.png)",
 }
 
 

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import textwrap
+import time
 import typing
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Sequence
@@ -534,19 +535,28 @@ def leaderboard_rows(configs: Sequence[Configuration]) -> list[dict]:
     return [row_of(c, json.loads((Path(c.config.out_dir) / SUMMARY_FILE).read_text())) for c in configs]
 
 
-def merge(args: SweepArgs, sweep_dir: Path, configs: Sequence[Configuration], command: str = "") -> list[dict]:
-    """The merge step: read every configuration's row from disk, rank, write leaderboard.md,
-    leaderboard.json and grid.png; the ranked rows."""
+def merge(
+    args: SweepArgs,
+    sweep_dir: Path,
+    configs: Sequence[Configuration],
+    command: str = "",
+    timings: Optional[dict] = None,
+) -> list[dict]:
+    """The merge step: read every configuration's row from disk, rank, write leaderboard.md, grid.png
+    and leaderboard.json (with `timings`, the sweep's time breakdown, when given: its "merge" the time
+    of this step); the ranked rows."""
+    start = time.perf_counter()
     rows = rank(leaderboard_rows(configs), args.rank_by)
     by_name = {c.name: c for c in configs}
     swept = [name for name in SWEPT if len(getattr(args, name)) > 1]
     stored = [dict(r, score=r["score"] if math.isfinite(r["score"]) else None) for r in rows]  # JSON has no inf
-    write_json(
-        sweep_dir / LEADERBOARD_JSON,
-        dict(command=command, rank_by=args.rank_by, seeds=args.seeds, n=args.n_samples, swept=swept, rows=stored),
-    )
     write_atomic(sweep_dir / LEADERBOARD_MD, leaderboard_markdown(rows, args, swept, command))
     draw_grid(sweep_dir / GRID_PNG, rows, by_name, args.rank_by)
+    board = dict(command=command, rank_by=args.rank_by, seeds=args.seeds, n=args.n_samples, swept=swept, rows=stored)
+    if timings is not None:
+        timings["merge"] = time.perf_counter() - start
+        board["timings"] = timings
+    write_json(sweep_dir / LEADERBOARD_JSON, board)
     return rows
 
 

@@ -27,6 +27,7 @@ from ddpm_harness.sweeps import (
     groups,
     score,
 )
+from jax_ddpm.runner import finish
 from jax_ddpm.runner.checkpoint import Checkpointer
 from jax_ddpm.runner.distributed import process_share
 from jax_ddpm.runner.sweep import MODEL_BLOCKS, launch_of, merge_sweep, model_block, pad_models, run_sweep
@@ -136,6 +137,41 @@ def test_seeds_and_groups_equal_single_runs(tmp_path):
         single = tmp_path / loss
         assert train_main(train_argv(single, "--lr", "3e-3", "--loss", loss, "--seeds", "2")) == 0
         assert_same_run(folder(out, lr=3e-3, loss=loss), single, exact=exact)
+
+
+def test_batched_finish_equals_each_configurations_single_finish(tmp_path, monkeypatch):
+    """A group's finish is one batch (finish.finish_runs): every model's samples drawn together, the runs of
+    each sampling setup in one call (here two: --sampler tutorial and ddim in one group), all scored in one
+    program. Each configuration's samples and evaluation equal its single run's finish bit for bit on the CPU:
+    each model's chain is its own program's (tests/test_batched_sampling.py), and the CPU scores one model at
+    a time (scoring.VMAP_MODELS), the same program whatever K. (A vmapped batch of scores differs from K single
+    scores by float32 rounding only: rtol 1e-6, tests/test_device_metrics.py.) A finish budget of one run
+    at a time gives the same folders. The sweep's time breakdown is in leaderboard.json."""
+    grid = ["--lr", "1e-3", "3e-3", "--sampler", "tutorial", "ddim", "--seeds", "2"]
+    together = tmp_path / "together"
+    assert sweep_main(tiny_argv(together, *grid, **SIZES)) == 0
+    timings = json.loads((together / "leaderboard.json").read_text())["timings"]
+    assert {"compile", "training_loop", "sampling", "final_evaluation", "writing", "merge"} <= set(timings)
+    for sampler in ("tutorial", "ddim"):
+        single = tmp_path / sampler
+        assert train_main(train_argv(single, "--lr", "3e-3", "--sampler", sampler, "--seeds", "2")) == 0
+        assert_same_run(folder(together, lr=3e-3, sampler=sampler), single)
+    monkeypatch.setattr(finish, "FINISH_BYTES", 1)
+    apart = tmp_path / "apart"
+    assert sweep_main(tiny_argv(apart, *grid, **SIZES)) == 0
+    for name in json.loads((together / "leaderboard.json").read_text())["rows"]:
+        assert_same_run(together / name["name"], apart / name["name"])
+
+
+def test_every_configuration_gets_its_pictures(tmp_path):
+    """With --plots each configuration's pictures are drawn after its group's batch, one at a time: in a
+    group of two and in a group of one."""
+    for grid in (["--lr", "1e-3", "3e-3"], ["--lr", "1e-3"]):
+        out = tmp_path / str(len(grid))
+        assert sweep_main(tiny_argv(out, *grid, "--plots", **SIZES)) == 0
+        for row in json.loads((out / "leaderboard.json").read_text())["rows"]:
+            for name in ("data.png", "forward.png", "reverse.png", "loss.png", "diffusion.gif"):
+                assert (out / row["name"] / name).stat().st_size > 1000, (row["name"], name)
 
 
 def test_a_diverged_configuration_stops_and_the_others_go_on(tmp_path, capsys):

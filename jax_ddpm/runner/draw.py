@@ -1,6 +1,6 @@
 """Drawing samples from a run's models: one model with the config's sampler (`draw_samples`), every
 seed's chains (`sample_states`), large draws in chunks (`sample_points`), and K models at once
-(`sample_models`: the raw and EMA parameters of every seed, vmapped, each model's points exactly those
+(`sample_models`: the raw and EMA parameters of every seed in one program, each model's points exactly those
 `sample_points` draws for it, tests/test_batched_sampling.py).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Optional, Sequence
 
 import flax.struct
 import jax
@@ -144,7 +144,7 @@ def _to_data(samples: chains.Samples, shift: np.ndarray, scale: float) -> chains
 
 
 def _draw(params, schedule, config, key, n, x_T, trajectory, guide=None) -> chains.Samples:
-    sampling_config = _sampling_part(config)
+    sampling_config = sampling_part(config)
     if config.sampler == "tutorial" and guide is not None:
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (n, 2)) if x_T is None else x_T
         x_T = jnp.asarray(x_T, jnp.float32)
@@ -162,7 +162,7 @@ def _draw(params, schedule, config, key, n, x_T, trajectory, guide=None) -> chai
     )
 
 
-def _sampling_part(config: Config) -> Config:
+def sampling_part(config: Config) -> Config:
     """The config with every field that does not change sampling reset, so that jit (which keys its
     cache on the static config) compiles one sampler program per sampling setup."""
     keep = (*SAMPLING_FIELDS, "prediction", "loss", "num_steps", "zero_terminal_snr", "method", "conditional")
@@ -263,16 +263,27 @@ def models_at_once(config: Config, n: int) -> int:
     return max(config.seeds, budget // one)
 
 
-def sample_models(params, schedule: Schedule, config: Config, keys, n: int, chunk: Optional[int] = None):
+def sample_models(
+    params, schedule: Schedule, config: Config, keys, n: int, chunk: Optional[int] = None, keep: Sequence[int] = (0,)
+):
     """Final samples (K, n, 2), NFE (K,) (the last chunk's, as `sample_points` reports it) and the
-    first chunk's chains (K, S + 1, min(n, chunk), 2) of K models: params with a leading model axis,
-    one Schedule for all or one per model (leading axis), keys (K,) as `sample_keys` gives them;
-    `chunk` points per chain (SAMPLE_CHUNK unless given: give n for `sample_states`' single chain)."""
+    first chunk's chains (len(keep), S + 1, min(n, chunk), 2) of the models in `keep`, of K models: params
+    with a leading model axis, one Schedule for all or one per model (leading axis), keys (K,) as
+    `sample_keys` gives them; `chunk` points per chain (SAMPLE_CHUNK unless given: give n for
+    `sample_states`' single chain). Models go in blocks whose chains fit the memory (`models_at_once`)."""
     keys, chunk = list(keys), chunk or SAMPLE_CHUNK
     at_once = models_at_once(config, min(n, chunk))
     parts = [
-        _sample_block(_take(params, start, at_once), _block_schedule(schedule, start, at_once), config, block, n, chunk)
-        for start, block in ((s, keys[s : s + at_once]) for s in range(0, len(keys), at_once))
+        _sample_block(
+            _take(params, start, at_once),
+            _block_schedule(schedule, start, at_once),
+            config,
+            keys[start : start + at_once],
+            n,
+            chunk,
+            [k - start for k in keep if start <= k < start + at_once],
+        )
+        for start in range(0, len(keys), at_once)
     ]
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
@@ -295,24 +306,45 @@ def _per_model(schedule: Schedule) -> bool:
     return jnp.ndim(schedule.betas) == 2
 
 
-def _sample_block(params, schedule: Schedule, config: Config, keys: list, n: int, chunk: int):
+def _sample_block(params, schedule: Schedule, config: Config, keys: list, n: int, chunk: int, keep: list):
     out, nfe, first = np.empty((len(keys), n, 2), np.float32), None, None
     schedule_axis = 0 if _per_model(schedule) else None
     for c, start in enumerate(range(0, n, chunk)):
         size = min(chunk, n - start)
         chunk_keys = jnp.stack([jax.random.fold_in(k, c) if c else k for k in keys])
-
-        def chain(p, s, k, size=size):  # with its states, as sample_states: the same program
-            drawn = draw_samples(p, s, config, k, size, trajectory=True)
-            return drawn.trajectory, drawn.nfe
-
-        states, chunk_nfe = jax.vmap(chain, in_axes=(0, schedule_axis, 0))(params, schedule, chunk_keys)
+        states, chunk_nfe = _model_chains(params, schedule, config, chunk_keys, size, schedule_axis)
         states = np.asarray(states)
         out[:, start : start + size] = states[:, -1]
         nfe = np.asarray(chunk_nfe)  # the last chunk's, as sample_points reports it
-        first = states if first is None else first
+        first = states[keep] if first is None else first
         del states  # before the next chunk's chains are made
     return out, nfe, first
+
+
+# Whether the models of a block are sampled vmapped (one batched program), per backend. On XLA:CPU a vmapped
+# chain's batched matmuls ran ~1.7x slower per model than one model's own chain (docs/speed.md), so the CPU runs
+# each model's own compiled chain, one after another (dispatched without waiting; the same program for all); a
+# GPU vmaps them. Either way each model's points are bit for bit its own (tests/test_batched_sampling.py).
+VMAP_MODELS = {"cpu": False, "gpu": True, "tpu": True}
+
+
+def _model_chains(params, schedule: Schedule, config: Config, keys, size: int, schedule_axis: Optional[int]):
+    """(states (K, S + 1, size, 2), NFE (K,)) of K models' chains of `size` points (`draw_samples` with its
+    states, as `sample_states` draws them): params and keys (K,) with a leading model axis, the schedule too
+    when schedule_axis is 0."""
+
+    def chain(p, s, k):
+        drawn = draw_samples(p, s, config, k, size, trajectory=True)
+        return drawn.trajectory, drawn.nfe
+
+    if VMAP_MODELS.get(jax.default_backend(), True):
+        return jax.vmap(chain, in_axes=(0, schedule_axis, 0))(params, schedule, keys)
+    model = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree)  # noqa: E731
+    own = [
+        chain(model(params, i), model(schedule, i) if schedule_axis == 0 else schedule, keys[i])
+        for i in range(len(keys))
+    ]
+    return tuple(np.stack([np.asarray(part[j]) for part in own]) for j in range(2))
 
 
 def split_models(samples: np.ndarray, names: tuple, seeds: int) -> dict:

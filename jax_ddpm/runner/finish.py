@@ -1,10 +1,11 @@
 """Evaluate and finish: the quality of samples (`sample_quality`: every model scored in one program on
 the device, `scoring.score`), of a state's raw and EMA parameters (`evaluate_state`), and a trained run's
-last phase (`finish`: sample with both parameters in one program (`draw.sample_models`), evaluate, draw
-the pictures, write the summary)."""
+last phase (`finish`: sample with both parameters in one call (`draw.sample_models`), evaluate, draw
+the pictures, write the summary), and that of runs trained together, as one batch (`finish_runs`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_harness.config import Config, SamplerOptions
-from ddpm_harness.data import held_out_for
+from ddpm_harness.data import data_transform, held_out_for
 from ddpm_harness.metrics import calibration
 from ddpm_harness.pictures import ClassPictures, Pictures
 from ddpm_harness.runs import (
@@ -33,6 +34,7 @@ from jax_ddpm.runner.draw import (
     guide_for,
     sample_keys,
     sample_models,
+    sampling_part,
     split_models,
     stack_models,
 )
@@ -81,36 +83,133 @@ def start_pictures(run: Run) -> Pictures:
 def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> dict:
     """Sample with the chosen parameters and evaluate those --n-samples samples (and as many with
     the other parameters) against the floor and ceiling at that n; finish the pictures (drawn while
-    the evaluation runs), write summary.json and config.json."""
-    config = run.config
+    the evaluation runs), write samples.npy, summary.json and config.json (`finish_runs` of one run)."""
+    return finish_runs([run], trained, pictures)[0]
+
+
+@dataclasses.dataclass
+class Finals:
+    """One run's final samples: {"raw", "ema"}: (n, 2) or (seeds, n, 2); the sampler's NFE; the first
+    seed's chain of its first chunk of points (S + 1, chunk, 2), for the pictures."""
+
+    samples: dict
+    nfe: int
+    x_seq: np.ndarray
+
+
+FINISH_BYTES = 1 << 30
+"""About how much the final samples of the runs finished together may hold (`finish_runs` takes runs in
+parts that fit): 2 x seeds x n points per run, 4 bytes a coordinate."""
+
+
+def finish_runs(runs: list[Run], trained: Trained, pictures: Optional[Pictures] = None) -> list[dict]:
+    """Finish runs trained together (a run, or the configurations of a sweep's group), as a batch: every
+    run's samples with both parameters (`draw_finals`: one `sample_models` call per sampling setup), all
+    scored in one program (`score_finals`), the pictures (`pictures`, one run's started by the caller, drawn
+    while the scoring runs; without it, each run's that has plots after the scoring, one at a time: pyplot
+    is not thread-safe), then each run's samples.npy,
+    summary.json and config.json. Runs are taken in parts whose samples fit FINISH_BYTES. Each summary's
+    timings hold its share of the part's sampling, evaluation and writing times. Returns the summaries."""
+    per_run = 2 * runs[0].config.seeds * runs[0].config.n_samples * 2 * 4
+    size = max(1, FINISH_BYTES // per_run)
+    return [
+        s for start in range(0, len(runs), size) for s in _finish_part(runs[start : start + size], trained, pictures)
+    ]
+
+
+def _finish_part(runs: list[Run], trained: Trained, pictures: Optional[Pictures]) -> list[dict]:
+    times = {}
     start = time.perf_counter()
-    names = (config.sample_with, "ema" if config.sample_with == "raw" else "raw")  # both in one program
-    params = {"raw": run.state.params, "ema": run.state.ema_params}
-    both, nfes, first_chains = sample_models(
-        stack_models([params[name] for name in names], config.seeds),
-        run.schedule,
-        config,
-        sample_keys(config) * 2,
-        config.n_samples,
-    )
-    samples, nfe = split_models(both, names, config.seeds), int(np.max(nfes[: config.seeds]))
-    x_seq = first_chains[0]  # the first seed's chain of its first chunk of points, for the pictures
-    del first_chains
-    if run.writes:
-        save_samples(run.run_dir, samples[config.sample_with])
-    run.timings["sampling"] = time.perf_counter() - start
+    finals = draw_finals(runs)
+    times["sampling"] = time.perf_counter() - start
     if pictures is not None:
-        classes = class_pictures(run, params[config.sample_with], x_seq.shape[1]) if config.conditional else None
-        pictures.draw_results(x_seq, run.records, state_steps(config), classes)
+        draw_results(pictures, runs[0], finals[0])
     start = time.perf_counter()
-    reference = held_out_for(config, config.n_samples)
-    evaluation = sample_qualities({name: samples[name] for name in ("raw", "ema")}, reference)
-    calibrated = calibration(config.dataset, config.n_samples, config.data_noise, config.seed, config.conditional)
-    run.timings["final_evaluation"] = time.perf_counter() - start
-    if pictures is not None:
+    evaluations = score_finals(runs, finals)
+    calibrations = [
+        calibration(c.dataset, c.n_samples, c.data_noise, c.seed, c.conditional) for c in (run.config for run in runs)
+    ]
+    times["final_evaluation"] = time.perf_counter() - start
+    later = [] if pictures is not None else [i for i, run in enumerate(runs) if run.writes and not run.config.no_plots]
+    if pictures is not None or later:
         start = time.perf_counter()
-        pictures.wait()
-        run.timings["pictures"] = time.perf_counter() - start  # what drawing added after the evaluation
+        if pictures is not None:
+            pictures.wait()
+        for i in later:
+            draw_pictures(runs[i], finals[i])
+        times["pictures"] = time.perf_counter() - start  # what drawing added after the evaluation
+    start = time.perf_counter()
+    for run, drawn in zip(runs, finals):
+        if run.writes:
+            save_samples(run.run_dir, drawn.samples[run.config.sample_with])
+    times["writing"] = time.perf_counter() - start
+    summaries = []
+    for run, drawn, evaluation, calibrated in zip(runs, finals, evaluations, calibrations):
+        run.timings.update({k: v / len(runs) for k, v in times.items()})  # each run's share
+        summaries.append(_write_finished(run, trained, drawn, evaluation, calibrated))
+    return summaries
+
+
+def draw_finals(runs: list[Run]) -> list[Finals]:
+    """Every run's final samples with its raw and EMA parameters: the runs that sample alike (the same
+    sampler, options and data units) in one `sample_models` call, each run's models in the order
+    (sample_with, the other) x seeds, with its own schedule; each model's points bit for bit its own
+    (tests/test_batched_sampling.py)."""
+    finals: list[Optional[Finals]] = [None] * len(runs)
+    for part in _sampling_setups(runs):
+        config = runs[part[0]].config
+        names = [_names(runs[i].config) for i in part]
+        params = [_params(runs[i])[name] for i, run_names in zip(part, names) for name in run_names]
+        keys = [key for i in part for key in sample_keys(runs[i].config) * 2]
+        schedules = [runs[i].schedule for i in part]
+        same = all(_same_schedule(schedules[0], s) for s in schedules[1:])
+        schedule = schedules[0] if same else _stack([s for s in schedules for _ in range(2 * config.seeds)])
+        out, nfes, chains = sample_models(
+            stack_models(params, config.seeds),
+            schedule,
+            config,
+            keys,
+            config.n_samples,
+            keep=range(0, len(keys), 2 * config.seeds),
+        )
+        for j, (i, run_names) in enumerate(zip(part, names)):
+            models = slice(2 * config.seeds * j, 2 * config.seeds * (j + 1))
+            samples = split_models(out[models], run_names, config.seeds)
+            finals[i] = Finals(samples, int(np.max(nfes[models][: config.seeds])), chains[j])
+    return finals
+
+
+def score_finals(runs: list[Run], finals: list[Finals]) -> list[dict]:
+    """Each run's {"raw": {metric: value or per-seed list}, "ema": {...}} of its final samples against the
+    held-out reference at --n-samples: every run sharing a reference scored in one program (`sample_qualities`)."""
+    references = [held_out_for(run.config, run.config.n_samples) for run in runs]
+    evaluations: list[Optional[dict]] = [None] * len(runs)
+    for part in _partition(range(len(runs)), lambda i, j: np.array_equal(references[i], references[j])):
+        samples = {(i, name): finals[i].samples[name] for i in part for name in ("raw", "ema")}
+        scored = sample_qualities(samples, references[part[0]])
+        for i in part:
+            evaluations[i] = {name: scored[(i, name)] for name in ("raw", "ema")}
+    return evaluations
+
+
+def draw_pictures(run: Run, finals: Finals) -> None:
+    """A run's pictures, drawn now (data, forward process, reverse chain, loss, GIF)."""
+    pictures = start_pictures(run)
+    draw_results(pictures, run, finals)
+    pictures.wait()
+
+
+def draw_results(pictures: Pictures, run: Run, finals: Finals) -> None:
+    """Start the pictures of a trained run on `pictures`' thread: its chain, loss and GIF, and a
+    --conditional run's classes and guidance.png."""
+    config = run.config
+    params = _params(run)[config.sample_with]
+    classes = class_pictures(run, params, finals.x_seq.shape[1]) if config.conditional else None
+    pictures.draw_results(finals.x_seq, run.records, state_steps(config), classes)
+
+
+def _write_finished(run: Run, trained: Trained, finals: Finals, evaluation: dict, calibrated: dict) -> dict:
+    config = run.config
     summary = summarize(
         run.records,
         framework="jax",
@@ -122,7 +221,7 @@ def finish(run: Run, trained: Trained, pictures: Optional[Pictures] = None) -> d
         evaluation=evaluation,
         timings=run.timings,
         calibration=dict(n=config.n_samples, **calibrated),
-        sampling=sampling_record(config, nfe),
+        sampling=sampling_record(config, finals.nfe),
     )
     if run.writes:
         write_summary(run.run_dir, summary)
@@ -151,6 +250,43 @@ def class_pictures(run: Run, params, n_chain: int) -> ClassPictures:
         rows[w] = (np.asarray(drawn.x_0), np.asarray(guide.labels))
     sample_labels = class_labels(config, "all", n_chain)  # the first chunk's guide (draw.sample_models)
     return ClassPictures(Path(config.dataset).stem, run.labels, sample_labels, rows)
+
+
+def _names(config: Config) -> tuple[str, str]:
+    """The parameters sampled, the chosen ones first (the pictures' chain is theirs)."""
+    return (config.sample_with, "ema" if config.sample_with == "raw" else "raw")
+
+
+def _params(run: Run) -> dict:
+    return {"raw": run.state.params, "ema": run.state.ema_params}
+
+
+def _sampling_setups(runs: list[Run]) -> list[list[int]]:
+    """The runs' indices, in parts that draw with the same program: the same sampling options, seeds,
+    --n-samples and data units (configurations of a sweep's group may differ in the sampling options)."""
+
+    def setup(config: Config):
+        shift, scale = data_transform(config)
+        return (sampling_part(config), config.seeds, config.n_samples, config.seed, tuple(np.ravel(shift)), scale)
+
+    return _partition(range(len(runs)), lambda i, j: setup(runs[i].config) == setup(runs[j].config))
+
+
+def _partition(items, same) -> list[list]:
+    """Items in parts of items `same` to the part's first, in order."""
+    parts: list[list] = []
+    for item in items:
+        part = next((p for p in parts if same(p[0], item)), None)
+        part.append(item) if part is not None else parts.append([item])
+    return parts
+
+
+def _same_schedule(a: Schedule, b: Schedule) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def _stack(trees: list):
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
 
 
 def state_steps(config: Config) -> Optional[list[int]]:

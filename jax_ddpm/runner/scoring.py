@@ -10,8 +10,9 @@ float32 (numpy adds its float32 row sums in float64), in another order, with XLA
 and their differences are taken in float64 on the host, as numpy does. The numpy version stays the
 oracle (tests/test_device_metrics.py).
 
-Memory stays bounded: the models go through `lax.map` a few at a time (vmapped), and each pair of
-sets is summed BLOCK_ROWS rows at a time (`lax.scan`), ~block x m floats per model in flight.
+Memory stays bounded: the models go through `lax.map` one at a time on a CPU, a few at a time (vmapped)
+on a GPU (`VMAP_MODELS`), and each pair of sets is summed BLOCK_ROWS rows at a time (`lax.scan`), ~block x m
+floats per model in flight.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ BLOCK_ROWS = 64
 """Rows of a set whose pair terms are summed at once: on XLA:CPU a 64 x 10^4 block stays in cache,
 numpy's 256 rows were ~3x slower."""
 METRICS = ("sliced_w2", "mmd2", "energy", "bandwidth")
+VMAP_MODELS = {"cpu": False, "gpu": True, "tpu": True}
+"""Whether models are scored vmapped, several per `lax.map` step (`models_at_once`), per backend. On XLA:CPU
+one model at a time was faster (0.75 against 1.10 s a model at n = m = 10^4, docs/speed.md) and gives each
+model the same program whatever K, so its scores do not depend on the models scored beside it (a sweep's
+configuration scores bit for bit as its single run)."""
 
 
 def score(samples, reference, block_rows: int = BLOCK_ROWS) -> dict[str, np.ndarray]:
@@ -43,7 +49,8 @@ def score(samples, reference, block_rows: int = BLOCK_ROWS) -> dict[str, np.ndar
     safe = np.where(finite[:, None, None], samples, np.float32(0))  # a diverged model is scored as zeros, then dropped
     n, m = samples.shape[1], reference.shape[0]
     widths, x_index, y_index = metrics.quantile_grid(n, m)
-    program = _program(n, m, block_rows, models_at_once(n, m, block_rows))
+    at_once = models_at_once(n, m, block_rows) if VMAP_MODELS.get(jax.default_backend(), True) else 1
+    program = _program(n, m, block_rows, at_once)
     out = program(safe, reference, metrics.projection_directions(), widths.astype(np.float32), x_index, y_index)
     sliced, bandwidth, dist_xx, kern_xx, dist_xy, kern_xy, kern_yy, dist_yy = (np.asarray(v, np.float64) for v in out)
     # the means and differences in float64, as numpy takes them (a collapsed set gives exactly 0)
@@ -69,7 +76,7 @@ def _program(n: int, m: int, block_rows: int, at_once: int):
 def _score_models(samples, reference, directions, widths, x_index, y_index, *, block_rows, at_once):
     """Per model (K,): sliced W2, bandwidth, and the pair sums sum|x - x'|, sum k(x, x'), sum|x - y|,
     sum k(x, y), sum k(y, y') (kernel at the model's bandwidth); and sum|y - y'| (a scalar)."""
-    y_sorted = jnp.sort(reference @ directions.T, axis=0)  # (m, P), shared by every model
+    y_sorted = _sorted_projections(reference, directions)  # (P, m), shared by every model
     dist_yy, _ = _pair_sums(reference, reference, 1.0, block_rows)
 
     def one(x):
@@ -80,14 +87,20 @@ def _score_models(samples, reference, directions, widths, x_index, y_index, *, b
         sliced = _sliced_w2(x, y_sorted, directions, widths, x_index, y_index)
         return sliced, bandwidth, dist_xx, kern_xx, dist_xy, kern_xy, kern_yy
 
-    return (*jax.lax.map(one, samples, batch_size=at_once), dist_yy)
+    return (*jax.lax.map(one, samples, batch_size=None if at_once == 1 else at_once), dist_yy)
 
 
 def _sliced_w2(x, y_sorted, directions, widths, x_index, y_index):
     """sqrt(mean_theta W2^2(theta . x, theta . y)) with the exact 1D W2^2 of `metrics.quantile_grid`."""
-    x_sorted = jnp.sort(x @ directions.T, axis=0)  # (n, P)
-    per_direction = widths @ jnp.square(x_sorted[x_index] - y_sorted[y_index])  # (P,)
+    x_sorted = _sorted_projections(x, directions)  # (P, n)
+    per_direction = jnp.square(x_sorted[:, x_index] - y_sorted[:, y_index]) @ widths  # (P,)
     return jnp.sqrt(jnp.mean(per_direction))
+
+
+def _sorted_projections(points, directions):
+    """The points' projections on each direction, sorted: (P, n). Sorted along the minor axis, which XLA:CPU
+    sorts ~2x faster than along the major one (0.11 against 0.22 s for 64 x 10^4, docs/speed.md)."""
+    return jnp.sort((points @ directions.T).T, axis=1)
 
 
 def _median_bandwidth(x, y):

@@ -55,7 +55,7 @@ from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.objectives.step import EmaRate, pure_train_step
 from jax_ddpm.runner import distributed
 from jax_ddpm.runner.chunk import make_mesh, run_optimizer, train_epoch
-from jax_ddpm.runner.finish import finish, start_pictures
+from jax_ddpm.runner.finish import finish_runs
 from jax_ddpm.runner.loop import Group, GroupProgress, Program, Trained, train
 from jax_ddpm.runner.setup import RunWriteError, release, restore_at, set_up
 from jax_ddpm.schedule import Schedule
@@ -242,25 +242,25 @@ def set_up_group(group: list[Configuration], args: SweepArgs, mesh) -> Optional[
 # ---- finish every configuration of a group -------------------------------------------------------
 
 
-def finish_group(group: Group, trained: Trained) -> None:
-    """Finish each configuration as `python -m jax_ddpm.train` finishes a run (samples, pictures,
-    summary.json, config.json); a diverged one gets a summary.json saying where it diverged. Prints the
-    group's time breakdown; each summary's timings hold the group's compile, training and evaluation times."""
-    for i, run in enumerate(group.runs):
-        if i in group.diverged_at:
-            write_summary(run.run_dir, _diverged_summary(run, group.diverged_at[i]))
-            continue
+def finish_group(group: Group, trained: Trained) -> dict:
+    """Finish the group's configurations as a batch (`finish.finish_runs`: every model's samples, raw and
+    EMA, drawn together and scored in one program; then each configuration's folder as `python -m
+    jax_ddpm.train` writes it: samples, pictures, summary.json, config.json); a diverged one gets a
+    summary.json saying where it diverged. Prints and returns the group's time breakdown; each summary's
+    timings hold the group's compile and training times and its share of the finish."""
+    live = [run for i, run in enumerate(group.runs) if i not in group.diverged_at]
+    for i, epoch in group.diverged_at.items():
+        write_summary(group.runs[i].run_dir, _diverged_summary(group.runs[i], epoch))
+    for run in live:
         run.timings.update(trained.timings())
+    if live:
         with contextlib.redirect_stdout(io.StringIO()):
-            pictures = None if run.config.no_plots else start_pictures(run)
-            try:
-                finish(run, trained, pictures)
-            finally:
-                if pictures is not None:
-                    pictures.join()
-    phases = ("set_up", "sampling", "final_evaluation", "pictures")
-    totals = {k: sum(run.timings.get(k, 0.0) for run in group.runs) for k in phases}
-    print(f"{len(group.runs)} configuration(s): " + time_breakdown({**totals, **trained.timings()}))
+            finish_runs(live, trained)
+    phases = ("set_up", "sampling", "final_evaluation", "pictures", "writing")
+    totals = {k: sum(run.timings[k] for run in group.runs if k in run.timings) for k in phases}
+    timings = {**{k: v for k, v in totals.items() if v or k != "pictures"}, **trained.timings()}
+    print(f"{len(group.runs)} configuration(s): " + time_breakdown(timings))
+    return timings
 
 
 def _diverged_summary(run, epoch: int) -> dict:
@@ -299,22 +299,27 @@ def run_sweep(args: SweepArgs, process_id: int = 0, num_processes: int = 1, comm
         + (f"; this process trains {len(mine)}" if num_processes > 1 else "")
         + (f"; {finished} already finished" if finished else "")
     )
-    grid = groups(mine)
+    grid, timings = groups(mine), {}
     for n, group in enumerate(grid):
-        _train_group(group, f"group {n + 1}/{len(grid)} ({len(group)} configurations x {args.seeds} seeds)", args, mesh)
+        label = f"group {n + 1}/{len(grid)} ({len(group)} configurations x {args.seeds} seeds)"
+        for key, value in _train_group(group, label, args, mesh).items():
+            timings[key] = timings.get(key, 0.0) + value
     if num_processes != 1:
         return None  # the processes' rows are merged by `merge_sweep` once all have finished
-    return merge_sweep(args, command)
+    rows = merge_sweep(args, command, timings)
+    print(f"sweep: {time_breakdown(timings)}")
+    return rows
 
 
-def _train_group(configs: list[Configuration], label: str, args: SweepArgs, mesh) -> None:
-    """Set up, train (the run's chunk loop) and finish one group; its folders released whatever happens."""
+def _train_group(configs: list[Configuration], label: str, args: SweepArgs, mesh) -> dict:
+    """Set up, train (the run's chunk loop) and finish one group; its folders released whatever happens.
+    Its time breakdown (`finish_group`; empty when it had finished earlier)."""
     group = set_up_group(configs, args, mesh)
     if group is None:
         print(f"{label}: finished earlier")
-        return
+        return {}
     try:
-        finish_group(group, train(group, GroupProgress(label)))
+        return finish_group(group, train(group, GroupProgress(label)))
     except OSError as err:
         raise RunWriteError(
             f"writing the sweep {args.out_dir} failed ({err.strerror or err}); "
@@ -326,12 +331,12 @@ def _train_group(configs: list[Configuration], label: str, args: SweepArgs, mesh
             release(run)
 
 
-def merge_sweep(args: SweepArgs, command: str = "") -> list[dict]:
+def merge_sweep(args: SweepArgs, command: str = "", timings: Optional[dict] = None) -> list[dict]:
     """The merge step: the leaderboard of the sweep in --out-dir from every configuration's folder
-    (whichever process trained it); the ranked rows."""
+    (whichever process trained it), with the sweep's time breakdown `timings` when given; the ranked rows."""
     sweep_dir = Path(args.out_dir)
     configs = configurations(args, sweep_dir)
-    rows = merge(args, sweep_dir, configs, command)
+    rows = merge(args, sweep_dir, configs, command, timings)
     best = rows[0]
     print(
         f"best of {len(rows)}: {best['name']} ({args.rank_by} {best['score']:.4g}); leaderboard in "
