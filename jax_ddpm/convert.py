@@ -281,16 +281,7 @@ def _imported_config(args: ImportArgs, metadata: dict[str, str], n_steps: int, n
     if (n_outputs == 2) != (loss == "noise"):
         want = "--loss noise" if n_outputs == 2 else "--loss variational or --loss hybrid"
         raise ConfigError(f"the model has {n_outputs} outputs but the loss is {loss!r}; give {want}")
-    method = option("method", str)
-    if method not in ("diffusion", "flow"):
-        raise ConfigError(f"the file's metadata says method {method!r}; give --method diffusion or flow")
-    if method == "flow" and n_outputs != 2:
-        raise ConfigError(
-            f"the model has {n_outputs} outputs, but a flow model predicts a 2-D velocity: leave out --method flow"
-        )
-    sampler = base.sampler
-    if method == "flow" and sampler not in FLOW_SAMPLERS:
-        sampler = "euler"  # a velocity model: the flow samplers only
+    method, sampler = _imported_method(option("method", str), n_outputs, base.sampler)
     return dataclasses.replace(
         base,
         method=method,
@@ -304,6 +295,18 @@ def _imported_config(args: ImportArgs, metadata: dict[str, str], n_steps: int, n
         devices=1,
         resume=False,
     )
+
+
+def _imported_method(method: str, n_outputs: int, sampler: str) -> tuple[str, str]:
+    """(method, sampler) of an imported model: a flow model (2 outputs, a velocity) samples with a flow
+    sampler, euler unless its config names one."""
+    if method not in ("diffusion", "flow"):
+        raise ConfigError(f"the file's metadata says method {method!r}; give --method diffusion or flow")
+    if method == "flow" and n_outputs != 2:
+        raise ConfigError(
+            f"the model has {n_outputs} outputs, but a flow model predicts a 2-D velocity: leave out --method flow"
+        )
+    return method, sampler if method == "diffusion" or sampler in FLOW_SAMPLERS else "euler"
 
 
 def _unflatten(flat: dict[tuple[str, ...], object]) -> dict:
