@@ -184,7 +184,7 @@ def verdict(results: list[dict]) -> list[str]:
     return lines
 
 
-def report(results: list[dict], base: Config, n: int, seconds: float) -> str:
+def report(results: list[dict], base: Config, n: int, seconds: float, name: str = "methods") -> str:
     """methods.md: one table per dataset, x floor per method and NFE, the NLL and training time; who wins."""
     lines = [
         "# DDPM against flow matching: same model, data and budget",
@@ -192,7 +192,7 @@ def report(results: list[dict], base: Config, n: int, seconds: float) -> str:
         f"`python -m benchmarks.methods`: {base.epochs} epochs, batch {base.batch_size}, {base.seeds} seeds, "
         f"n = {n:,} samples per seed; sliced W2 as a multiple of its floor (two draws of the data at the same n), "
         f"mean over seeds; the best sampler of each method at each NFE. {seconds:.0f} s in all. "
-        "Chart: [methods.png](methods.png).",
+        f"Chart: [{name}.png]({name}.png).",
     ]
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
@@ -230,7 +230,7 @@ def chart(results: list[dict], path: Path) -> None:
 
 
 def write_report(results: list[dict], base: Config, n: int, seconds: float, out: Path, name: str) -> None:
-    (out / f"{name}.md").write_text(report(results, base, n, seconds))
+    (out / f"{name}.md").write_text(report(results, base, n, seconds, name))
     chart(results, out / f"{name}.png")
 
 
