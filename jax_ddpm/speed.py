@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.optimize
 from flax import nnx
 
 from ddpm_harness.cpu_isa import vector_isa
@@ -138,6 +137,8 @@ def linear_assignment(cost: jax.Array, where: Optional[str] = None) -> jax.Array
 
 def _host_assignment(cost: np.ndarray) -> np.ndarray:
     """scipy's exact assignment of each square matrix of cost (..., B, B): its column per row (int32)."""
+    import scipy.optimize  # here, not at the top: 0.3 s of every run's start-up, for --coupling ot only
+
     costs = np.asarray(cost)
     flat = costs.reshape(-1, *costs.shape[-2:])
     perms = [scipy.optimize.linear_sum_assignment(c)[1] for c in flat]
