@@ -206,7 +206,7 @@ def clip_pairs(p: Precision, max_norm: float, program: str = "run") -> tuple[Pai
 
 def _train_twin(params: dict, batches_ans, clip_norm: float, sched_ans):
     """jax_ddpm.training.train_step (the NNX twin) over batches from `params`: the per-step losses and
-    the final (params, EMA params, Adam's mu, Adam's nu) as nested dicts."""
+    the final (params, EMA params, Adam's mu, Adam's nu), each flat as `flat_params` gives it."""
     model = model_of(params)
     optimizer = training.make_optimizer(model, LR)
     ema = jax_ema.EMA(EMA_DECAY)
@@ -216,11 +216,13 @@ def _train_twin(params: dict, batches_ans, clip_norm: float, sched_ans):
         for x_0, t, e in batches_ans
     ]
     adam = nnx.to_pure_dict(nnx.state(optimizer))["opt_state"][0]
-    shadow = {}
-    for name, value in ema.shadow.items():  # "lin1.lin.kernel" -> shadow["lin1"]["lin"]["kernel"]
-        *path, leaf = name.split(".")
-        functools.reduce(lambda tree, key: tree.setdefault(key, {}), path, shadow)[leaf] = value[...]
-    return losses_ans, (nnx.to_pure_dict(nnx.state(model, nnx.Param)), shadow, adam["mu"], adam["nu"])
+    params_ans = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return losses_ans, (flat_params(params_ans), flat_shadow(ema), flat_params(adam["mu"]), flat_params(adam["nu"]))
+
+
+def flat_shadow(ema: jax_ema.EMA) -> dict[str, np.ndarray]:
+    """The twin EMA's shadow, keyed by parameter name ("lin1.lin.kernel") as `flat_params` keys it."""
+    return {name: to_numpy(variable[...]) for name, variable in ema.shadow.items()}
 
 
 def _train_run(params: dict, batches_ans, clip_norm: float, sched_ans):
@@ -246,7 +248,7 @@ def _train_run(params: dict, batches_ans, clip_norm: float, sched_ans):
         state, loss = train_step(state, batch_x=x_0, t=t, e=e)
         losses_ans.append(to_numpy(loss))
     adam = (optax.tree.get(state.opt_state, "mu"), optax.tree.get(state.opt_state, "nu"))
-    return losses_ans, (state.params, state.ema_params, *adam)
+    return losses_ans, tuple(flat_params(tree) for tree in (state.params, state.ema_params, *adam))
 
 
 def _train_both(p: Precision, batches, clip_norm: float, program: str = "run") -> tuple[Pairs, list[float]]:
@@ -276,12 +278,12 @@ def _train_both(p: Precision, batches, clip_norm: float, program: str = "run") -
     losses_ans, (params_ans, ema_ans, mu_ans, nu_ans) = train_ans(params, batches_ans, clip_norm, sched_ans)
     named = dict(model.named_parameters())
     pairs = {"loss": (np.stack(losses_ref), np.stack(losses_ans))}
-    pairs |= tree_pairs(flat_torch(model.state_dict()), flat_params(params_ans), "params.")
-    pairs |= tree_pairs(flat_torch(ema.shadow), flat_params(ema_ans), "ema.")
+    pairs |= tree_pairs(flat_torch(model.state_dict()), params_ans, "params.")
+    pairs |= tree_pairs(flat_torch(ema.shadow), ema_ans, "ema.")
     for moment_ref, moment_ans, name in (("exp_avg", mu_ans, "mu"), ("exp_avg_sq", nu_ans, "nu")):
         pairs |= tree_pairs(
             flat_torch({n: optimizer_ref.state[q][moment_ref] for n, q in named.items()}),
-            flat_params(moment_ans),
+            moment_ans,
             f"adam_{name}.",
         )
     return pairs, norms
@@ -306,7 +308,7 @@ def ema_pairs(p: Precision, program: str = "twin") -> Pairs:
         ema_ans = jax_ema.EMA(EMA_DECAY)
         ema_ans.register(model_of(params_0))
         ema_ans.update(model_of(params_1))
-        shadow = {name: to_numpy(v[...]) for name, v in ema_ans.shadow.items()}
+        shadow = flat_shadow(ema_ans)
     else:
         shadow = flat_params(step.EmaRate.of(EMA_DECAY).update(params_0, params_1))
     return tree_pairs(flat_torch(ema.shadow), shadow)
