@@ -106,13 +106,17 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
                 f"--resume: {str(run_dir)!r} holds no run (no {CONFIG_FILE}); "
                 "give the --out-dir of an earlier run, or drop --resume"
             )
-    elif run_dir.exists() and not (run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}):
+    elif run_dir.exists() and not (run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= BEFORE_CONFIG):
         raise RunDirError(
             f"{str(run_dir)!r} already exists and is not empty; add --resume to continue that run, "
             "or choose another --out-dir (earlier results are never overwritten)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
 
+
+# All a run folder can hold before its config.json lands: a run writes config.json first (after taking the
+# lock), so a folder holding no more than this was left by a run killed before it began, and holds no results.
+BEFORE_CONFIG = {LOCK_FILE, CONFIG_FILE + ".tmp"}
 
 _LOCKS: dict[Path, int] = {}
 

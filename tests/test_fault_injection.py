@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import pytest
 
 from ddpm_harness.config import Config, ConfigError
 from ddpm_harness.memory import SAMPLE_CHUNK, chain_bytes, check_chain_fits
-from ddpm_harness.runs import CONFIG_FILE
+from ddpm_harness.runs import CONFIG_FILE, LOCK_FILE
 from ddpm_harness.sweeps import SWEEP_FILE
 from jax_ddpm.runner.checkpoint import restore_run
 from tests.conftest import assert_same_run, snapshot, tiny_argv, train_main
@@ -98,6 +99,39 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         Path(report).write_text(
             json.dumps(dict(kills=KILLS, runs=len(folders), all_equal=True, seconds_per_run=round(duration, 1)))
         )
+
+
+def test_a_run_writes_its_config_before_anything_else(tmp_path, monkeypatch):
+    """A kill between the folder's first file and config.json once left a folder that neither a new run (not
+    empty) nor --resume (no config.json) would take (CI, 2026-12-05): config.json now comes first."""
+    from jax_ddpm.runner import distributed
+
+    seen = []
+    monkeypatch.setattr(distributed, "Checkpointer", lambda run_dir: seen.append(sorted(os.listdir(run_dir))))
+    run_dir = distributed.open_outputs(Config(out_dir=str(tmp_path / "run")))[0]
+    distributed.release_run_dir(run_dir)
+    assert seen == [sorted([CONFIG_FILE, LOCK_FILE])]
+
+
+@pytest.mark.parametrize("left", [[LOCK_FILE], [LOCK_FILE, CONFIG_FILE + ".tmp"]])
+def test_a_run_killed_before_its_config_landed_is_started_again(tmp_path, left):
+    """What a kill before config.json's rename leaves holds no results: the same command starts the run."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in left:
+        (run_dir / name).write_text("{" if name.endswith(".tmp") else "")
+    assert train_main(tiny_argv(run_dir, "--no-plots", "--epochs", "10")) == 0
+    assert (run_dir / "summary.json").is_file()
+
+
+def test_a_run_killed_right_after_its_config_is_resumed_from_the_beginning(tmp_path):
+    """config.json alone (killed before any checkpoint): --resume trains from epoch 0 to the same end."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert train_main(tiny_argv(whole, "--no-plots", "--epochs", "10")) == 0
+    killed.mkdir()
+    shutil.copy(whole / CONFIG_FILE, killed / CONFIG_FILE)
+    assert train_main(tiny_argv(killed, "--no-plots", "--epochs", "10", "--resume")) == 0
+    assert_same_run(killed, whole)
 
 
 def test_resume_with_another_chunk_length_equals_an_uninterrupted_run(tmp_path):

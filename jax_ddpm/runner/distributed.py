@@ -53,7 +53,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ddpm_harness.config import Config, ConfigError
-from ddpm_harness.runs import MetricsLog, default_run_dir, open_run_dir, release_run_dir
+from ddpm_harness.runs import MetricsLog, default_run_dir, open_run_dir, release_run_dir, write_config
 from jax_ddpm.runner.checkpoint import Checkpointer, CheckpointError
 
 T = TypeVar("T")
@@ -337,6 +337,9 @@ def open_outputs(config: Config) -> tuple[Path, object, object, bool]:
         return run_dir, NoCheckpointer(Path(run_dir) / "checkpoints"), NoMetricsLog(), False
     run_dir = open_run_dir(config)
     try:
+        if not config.resume:  # first of all, so a folder without it holds no results (runs.BEFORE_CONFIG);
+            # a resumed run's config.json is replaced only once it has succeeded (finish)
+            write_config(run_dir, config, framework="jax")
         checkpointer = (ProcessZeroCheckpointer if jax.process_count() > 1 else Checkpointer)(run_dir)
     except BaseException:
         release_run_dir(run_dir)

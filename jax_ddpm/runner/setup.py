@@ -14,7 +14,7 @@ import numpy as np
 
 from ddpm_harness.config import Config, ConfigError
 from ddpm_harness.data import data_transform, dataset_for, file_sha256, labels_for
-from ddpm_harness.runs import MetricsLog, describe_setup, release_run_dir, write_config
+from ddpm_harness.runs import MetricsLog, describe_setup, release_run_dir
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import distributed
 from jax_ddpm.runner.checkpoint import Checkpointer, IncompatibleCheckpointError, changed_options
@@ -84,8 +84,6 @@ def set_up(config: Config) -> Run:
         if config.resume and run.checkpointer.latest_epoch() is not None:
             _restore(run)
         run.records = run.metrics.truncate_after(run.start_epoch)  # drop what a killed run logged past its checkpoint
-        if not config.resume and writes:  # a resumed run's config.json is replaced only once it has succeeded
-            write_config(run_dir, config, framework="jax")
     except BaseException:
         release_run_dir(run_dir)
         raise
