@@ -8,7 +8,7 @@ mean +- std over seeds.
 
 - ddpm (tutorial): the tutorial's settings, DPM-Solver++(2M) with K = NFE steps, "trailing" spacing
   (benchmarks/quality_nfe.py's choice), and the tutorial's own sampler at NFE = T;
-- ddpm (preset): `--preset recommended` (v prediction, normalized data, sigmoid 1e-5..0.2, EMA), the
+- ddpm (preset): `--preset recommended-diffusion` (v prediction, normalized data, sigmoid 1e-5..0.2, EMA), the
   same samplers;
 - flow (independent), flow (ot): `--method flow` with each coupling and the preset's recipe where it is not
   diffusion's own (`--normalize`, EMA 0.9995, sampled with the EMA: `FLOW_RECIPE`), Euler with K = NFE steps
@@ -63,7 +63,7 @@ def methods(base: Config) -> dict[str, Config]:
     flow = dataclasses.replace(base, method="flow", sampler="euler", **FLOW_RECIPE)
     return {
         "ddpm (tutorial)": base,
-        "ddpm (preset)": resolve_preset(dataclasses.replace(base, preset="recommended")),
+        "ddpm (preset)": resolve_preset(dataclasses.replace(base, preset="recommended-diffusion")),
         "flow (independent)": flow,
         "flow (ot)": dataclasses.replace(flow, coupling="ot"),
     }

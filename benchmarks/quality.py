@@ -12,9 +12,9 @@ Writes benchmarks/results/quality.md (tables) and its pictures:
 3. the variational bound: 4-output models trained with --loss variational and --loss hybrid, their
    negative ELBO in bits/dim and their sample metrics (JAX);
 4. quality against cost (benchmarks/quality_nfe.py): every sampler at NFE 5, 10, 20, 50, 100 on the
-   tutorial's config and on `--preset recommended`, NLL and bound per config, quality_nfe.png (sliced
+   tutorial's config and on `--preset recommended-diffusion`, NLL and bound per config, quality_nfe.png (sliced
    W2 against NFE) and quality_nfe_grid.png (the samples);
-5. `--preset recommended` on moons, swiss_roll and s_curve against each floor;
+5. `--preset recommended-diffusion` on moons, swiss_roll and s_curve against each floor;
 6. the log of `python -m benchmarks.recipe_search`, which found the preset.
 `--sections` runs a subset (the report then holds only those sections).
 
@@ -224,7 +224,7 @@ def parity_lines(base: Config, calib: dict, runs: dict, elbos: dict) -> list[str
 def recipe_lines(recipe_runs: dict) -> list[str]:
     """Section 5: the recommended preset on the tutorial's three datasets, against each floor."""
     lines = [
-        "## 5. `--preset recommended` on the tutorial's three datasets",
+        "## 5. `--preset recommended-diffusion` on the tutorial's three datasets",
         "",
         "The preset at the tutorial's budget, its own sampler and parameters, "
         "n = 10,000 samples per seed against a held-out draw of 10,000; x floor = sliced W2 / its floor.",
@@ -283,7 +283,7 @@ def search_section(log_path: Path) -> list[str]:
     from benchmarks import recipe_search
 
     return [
-        "## 6. How the recommended recipe was found",
+        "## 6. How the diffusion recipe was found",
         "",
         f"`python -m benchmarks.recipe_search` (log: `{log_path.name}`): each candidate trained at the "
         "tutorial's budget (1000 epochs, 10,000 points, batch 128, 3 seeds), with EMA decays 0.999, "
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
         "--sections",
         default=",".join(SECTIONS),
         help="comma-separated sections to run: parity (1-3, with the PyTorch reference), nfe (4: "
-        "samplers against NFE), recipe (5: --preset recommended on three datasets), search "
+        "samplers against NFE), recipe (5: --preset recommended-diffusion on three datasets), search "
         "(6: the recipe search's log)",
     )
     parser.add_argument("--search-log", type=Path, default=RESULTS / "recipe_search.jsonl")
@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
     base = Config(epochs=args.epochs, seeds=args.seeds, n_points=args.n_points, n_samples=args.n_points)
-    recommended = resolve_preset(dataclasses.replace(base, preset="recommended"))
+    recommended = resolve_preset(dataclasses.replace(base, preset="recommended-diffusion"))
     data = dataset_for(base)
     reference = held_out_for(base, base.n_samples)
     calib = metrics.calibration(base.dataset, base.n_samples, base.data_noise, base.seed)
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
         tutorial = runs.get("tutorial") or run_jax("jax tutorial", base, data, reference, n, log)
         configs = {
             "the tutorial's config (moons)": (base, tutorial["params"]),
-            "--preset recommended (moons)": (recommended, recipe_runs["moons"][0]["params"]),
+            "--preset recommended-diffusion (moons)": (recommended, recipe_runs["moons"][0]["params"]),
         }
         sections["nfe"] = nfe_section(configs, n, args.out, log)
     if "recipe" in wanted:

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.recipe_search`: the measured search behind `--preset recommended`.
+"""`python -m benchmarks.recipe_search`: the measured search behind `--preset recommended-diffusion`.
 
 Trains each candidate setting at the tutorial's budget (1000 epochs of 10,000 points, batch 128; seeds
 vmapped), tracking several EMA decays in the same run (the EMA never feeds back into training, so one

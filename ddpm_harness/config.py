@@ -153,11 +153,12 @@ class Config:
     """Points sampled (with the raw and with the EMA parameters) for each sample-quality evaluation."""
     no_plots: bool = False
     """Skip the pictures and the GIF."""
-    preset: Literal["tutorial", "recommended"] = "tutorial"
-    """Defaults to start from: the tutorial's, or the recipe measured in
-    benchmarks/results/quality.md and docs/samplers.md (ddpm_harness.config.PRESETS: v prediction on
-    the normalized data, sigmoid 1e-5..0.2, EMA 0.9995, DPM-Solver++ with 20 steps). Options given on
-    the command line override the preset."""
+    preset: Literal["tutorial", "recommended", "recommended-diffusion"] = "tutorial"
+    """Defaults to start from (ddpm_harness.config.PRESETS): the tutorial's; recommended, the best recipe
+    measured (benchmarks/results/methods_1000.md): OT-CFM flow matching on the normalized data, EMA 0.9995,
+    Euler with 20 steps; or recommended-diffusion, the best diffusion recipe (docs/samplers.md): v
+    prediction on the normalized data, sigmoid 1e-5..0.2, EMA 0.9995, DPM-Solver++ with 20 steps. Options
+    given on the command line override the preset."""
     conditional: bool = False
     """Train a class-conditional model (docs/guidance.md): the tutorial's model with a learned per-class
     scale, on a built-in dataset's classes (moons, circles, checkerboard, eight_gaussians) or a data
@@ -465,15 +466,30 @@ def _check_flow_training(config) -> None:
 # preset's value; a field counts as set when it was named on the command line or differs from the
 # tutorial's default. So `--preset recommended --ema-decay 0.99` keeps 0.99, and so does
 # `--preset recommended --sample-with raw` (named, though it is the tutorial's default).
-# "recommended" is the candidate norm-sigmoid-0.2-v of `python -m benchmarks.recipe_search`, the only
-# one of the three measured on s_curve (benchmarks/results/recipe_search.jsonl) within 3x its floor:
-# without --normalize a schedule meets s_curve's std of 0.1 at a tenth of the scale it was made for.
-# Its sampler is the cheapest of the best on moons (DPM-Solver++, 20 evaluations) and its EMA decay
-# the best there. The preset itself, trained and scored on the three datasets, is section 5 of
-# benchmarks/results/quality.md; docs/samplers.md says which targets it meets.
+# "recommended" is OT-CFM (flow matching with minibatch exact optimal transport) on the normalized
+# data, sampled with the EMA by Euler in 20 steps: at the tutorial's budget (1000 epochs, 3 seeds,
+# n = 10,000) it had the lower sliced W2 than the diffusion recipe at every NFE from 1 to 20 on moons,
+# swiss roll and s-curve (benchmarks/results/methods_1000.md; Euler at 20: 1.91x / 1.65x / 2.59x the
+# floor against 2.65x / 2.26x / 2.87x). Its cost: an exact assignment per batch (docs/flow.md).
+# "recommended-diffusion" is the best diffusion recipe, the candidate norm-sigmoid-0.2-v of
+# `python -m benchmarks.recipe_search`, the only one of the three measured on s_curve
+# (benchmarks/results/recipe_search.jsonl) within 3x its floor: without --normalize a schedule meets
+# s_curve's std of 0.1 at a tenth of the scale it was made for. Its sampler is the cheapest of the best
+# on moons (DPM-Solver++, 20 evaluations) and its EMA decay the best there. Trained and scored on the
+# three datasets: section 5 of benchmarks/results/quality.md; docs/samplers.md says which targets it meets.
 PRESETS: dict[str, dict[str, object]] = {
     "tutorial": {},
     "recommended": dict(
+        method="flow",
+        coupling="ot",
+        normalize=True,
+        ema_decay=0.9995,
+        sample_with="ema",
+        sampler="euler",
+        sample_steps=20,
+    ),
+    "recommended-diffusion": dict(
+        method="diffusion",
         schedule="sigmoid",
         beta_start=1e-5,
         beta_end=0.2,
@@ -484,6 +500,20 @@ PRESETS: dict[str, dict[str, object]] = {
         sampler="dpm-solver++",  # K = 20, its default: not set here, so --sampler ddpm alone gives K = T
     ),
 }
+
+
+def check_preset_method(preset: str, method, given: set[str]) -> None:
+    """Refuse a --method named on the command line that is not its --preset's (a flow recipe's options
+    make no diffusion model, and the reverse): name the preset of that method instead."""
+    wanted = PRESETS[preset].get("method")
+    methods = method if isinstance(method, tuple) else (method,)  # a sweep's list
+    if wanted is None or "method" not in given or methods == (wanted,):
+        return
+    other = [name for name, values in PRESETS.items() if values and values.get("method", "diffusion") != wanted]
+    raise ConfigError(
+        f"--preset {preset} is a --method {wanted} recipe; for --method {', '.join(methods)} use "
+        f"--preset {' or '.join(other)}, or leave --method out."
+    )
 
 
 def given_fields(argv: Sequence[str] | None) -> set[str]:
@@ -508,6 +538,7 @@ def resolve_preset(config: Config, argv: Sequence[str] | None = None) -> Config:
     if config.preset not in PRESETS:
         raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
     defaults, given = Config(), given_fields(argv)
+    check_preset_method(config.preset, config.method, given)
     values = {
         name: value
         for name, value in PRESETS[config.preset].items()

@@ -56,7 +56,8 @@ def describe_setup(config: Config, data: np.ndarray, schedule) -> list[str]:
         lines.append(
             f"warning: alpha_bar_T = {alpha_bar_T:.3f} > {ALPHA_BAR_T_WARNING}: the forward process ends "
             "far from N(0, I): samples start from a distribution the model never saw; "
-            "consider --preset recommended, --schedule cosine or a larger --beta-end"
+            "consider --preset recommended (flow matching) or recommended-diffusion, --schedule cosine or a larger "
+            "--beta-end"
         )
     return lines
 

@@ -33,7 +33,16 @@ from typing import Annotated, Literal, Optional, Sequence
 import numpy as np
 import tyro
 
-from ddpm_harness.config import FLOW_SAMPLERS, PRESETS, SAMPLING_FIELDS, Config, ConfigError, given_fields, validate
+from ddpm_harness.config import (
+    FLOW_SAMPLERS,
+    PRESETS,
+    SAMPLING_FIELDS,
+    Config,
+    ConfigError,
+    check_preset_method,
+    given_fields,
+    validate,
+)
 from ddpm_harness.data import get_dataset, is_builtin
 from ddpm_harness.memory import (
     DATA_BYTES_PER_POINT,
@@ -48,15 +57,13 @@ LEADERBOARD_MD = "leaderboard.md"
 LEADERBOARD_JSON = "leaderboard.json"
 GRID_PNG = "grid.png"
 
-# Config fields a sweep does not take: a process of many (issue 10's many hosts), the run's own folder flags, and
-# --normalize (the sweep's groups train on the data as drawn).
+# Config fields a sweep does not take: a process of many (issue 10's many hosts) and the run's own folder flags.
 NOT_SWEPT = (
     "coordinator_address",
     "num_processes",
     "process_id",
     "distributed_timeout",
     "no_plots",
-    "normalize",
 )
 # Config fields a sweep takes once, as they are, for every configuration (the others, but for SweepOnly's, it
 # takes as lists and sweeps).
@@ -69,6 +76,7 @@ SINGLE_CONFIG = (
     "preset",
     "compile_cache",
     "conditional",  # one model kind for the whole sweep; its --cond-drop is a list
+    "normalize",  # every group trains on its data in the same units (a --preset recommended sets it)
 )
 
 
@@ -184,10 +192,13 @@ def resolve_sweep_preset(args: SweepArgs, argv: Optional[Sequence[str]] = None) 
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     given = given_fields(argv)
+    check_preset_method(args.preset, args.method, given)
+    single = set(SINGLE_CONFIG)  # taken once, as in Config; the others are lists
     values = {
-        name: (value,)
+        name: value if name in single else (value,)
         for name, value in PRESETS[args.preset].items()
-        if name not in given and getattr(args, name) == (getattr(Config, name),)
+        if name not in given
+        and getattr(args, name) == (getattr(Config, name) if name in single else (getattr(Config, name),))
     }
     return dataclasses.replace(args, **values)
 
@@ -281,6 +292,7 @@ def configurations(args: SweepArgs, sweep_dir: Path) -> list[Configuration]:
             preset=args.preset,
             compile_cache=args.compile_cache,
             conditional=args.conditional,
+            normalize=args.normalize,
         )
         try:
             validate(config)

@@ -60,7 +60,7 @@ def test_the_link_checker_finds_what_is_broken():
     page = " ".join(
         [
             "[a](nowhere.md) [b](samplers.md#no-such-heading) ![c](../docs/samplers.md#quality-against-cost)",
-            "[d](https://arxiv.org/abs/2006.11239) [e](samplers.md#--preset-recommended)",
+            "[d](https://arxiv.org/abs/2006.11239) [e](samplers.md#--preset-recommended-diffusion)",
             "[f](samplers.md#samplers---sampler) [g](../notebooks/tutorial.ipynb)",
         ]
     )

@@ -581,7 +581,7 @@ def bad_sweep_tokens(draw) -> list[str]:
                     ("devices", ["1", "1"]),
                     ("out-dir", ["a", "b"]),
                     ("rank-by", ["mmd2", "energy"]),
-                    ("preset", ["tutorial", "recommended"]),
+                    ("preset", ["tutorial", "recommended", "recommended-diffusion"]),
                     ("n-samples", ["16", "32"]),
                     ("merge-timeout", ["1", "2"]),
                 ]
@@ -597,7 +597,11 @@ def bad_sweep_tokens(draw) -> list[str]:
         elif name == "merge-timeout":
             bad = draw(st.one_of(bad_float, st.just("0")))
         else:
-            bad = draw(words.filter(lambda s: s.strip() not in ("tutorial", "recommended", "sliced_w2", "mmd2")))
+            bad = draw(
+                words.filter(
+                    lambda s: s.strip() not in ("tutorial", "recommended", "recommended-diffusion", "sliced_w2", "mmd2")
+                )
+            )
         return _option(name, bad, draw(st.booleans()))
     if kind == "processes":  # an index outside 0 .. n - 1 (a half-given pair: the examples below)
         n = draw(st.integers(-1, 3))

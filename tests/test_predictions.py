@@ -16,6 +16,7 @@ import pytest
 
 from ddpm_harness.config import PRESETS, Config, ConfigError, given_fields, resolve_preset, validate
 from ddpm_harness.data import data_transform, dataset_for
+from ddpm_harness.sweeps import SweepArgs, resolve_sweep_preset
 from jax_ddpm import losses
 from jax_ddpm.evaluate import to_data_units
 from jax_ddpm.model import apply_model, init_params, model_of
@@ -160,6 +161,34 @@ def test_preset_sets_what_the_user_did_not():
         Config(preset="recommended"), **PRESETS["recommended"]
     )
     assert resolve_preset(Config(), ["--epochs", "5"]) == Config()  # the tutorial preset changes nothing
+
+
+def test_the_presets_are_a_flow_recipe_and_a_diffusion_recipe_and_refuse_the_other_method():
+    flow = validate(resolve_preset(Config(preset="recommended"), ["--preset", "recommended"]))
+    assert (flow.method, flow.coupling, flow.normalize, flow.sampler, flow.sample_steps) == (
+        "flow",
+        "ot",
+        True,
+        "euler",
+        20,
+    )
+    diffusion = validate(resolve_preset(Config(preset="recommended-diffusion")))
+    assert (diffusion.method, diffusion.prediction, diffusion.schedule, diffusion.sampler) == (
+        "diffusion",
+        "v",
+        "sigmoid",
+        "dpm-solver++",
+    )
+    with pytest.raises(ConfigError, match="^--preset recommended is a --method flow recipe; .*recommended-diffusion"):
+        resolve_preset(Config(preset="recommended"), ["--preset", "recommended", "--method", "diffusion"])
+    with pytest.raises(
+        ConfigError, match="recommended-diffusion is a --method diffusion recipe; .*--preset recommended,"
+    ):
+        resolve_preset(Config(preset="recommended-diffusion", method="flow"), ["--method", "flow"])
+    # The preset's own method, named, is no conflict; a sweep's list is checked as a run's value.
+    assert resolve_preset(Config(preset="recommended", method="flow"), ["--method", "flow"]).coupling == "ot"
+    with pytest.raises(ConfigError, match="for --method diffusion, flow use"):
+        resolve_sweep_preset(SweepArgs(preset="recommended", method=("diffusion", "flow")), ["--method", "x", "y"])
 
 
 def test_sampling_options_may_change_on_resume_training_options_may_not(tmp_path):

@@ -139,6 +139,19 @@ def test_seeds_and_groups_equal_single_runs(tmp_path):
         assert_same_run(folder(out, lr=3e-3, loss=loss), single, exact=exact)
 
 
+@pytest.mark.parametrize("preset", ["recommended", "recommended-diffusion"])
+def test_a_presets_sweep_equals_its_single_runs(tmp_path, preset):
+    """--preset in a sweep sets what it sets in a run, --normalize included (the sweep once had no
+    --normalize, and `sweep --preset recommended` stopped with an AttributeError)."""
+    out = tmp_path / "sweep"
+    assert sweep_main(tiny_argv(out, "--preset", preset, "--lr", "1e-3", "3e-3", **SIZES)) == 0
+    single = tmp_path / "single"
+    assert train_main(train_argv(single, "--preset", preset, "--lr", "3e-3")) == 0
+    config = json.loads((single / "config.json").read_text())
+    assert config["normalize"] and config["method"] == ("flow" if preset == "recommended" else "diffusion")
+    assert_same_run(folder(out, lr=3e-3), single)
+
+
 def test_batched_finish_equals_each_configurations_single_finish(tmp_path, monkeypatch):
     """A group's finish is one batch (finish.finish_runs): every model's samples drawn together, the runs of
     each sampling setup in one call (here two: --sampler tutorial and ddim in one group), all scored in one
