@@ -280,10 +280,11 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         lines += ["", "## End to end (subprocesses, `--no-plots`)", "", "| command | wall s | note |", "|---|---|---|"]
         for name, r in results["end_to_end"].items():
             lines.append(f"| `{name}` | {r['wall_s']:.1f} | {r['note']} |")
-    if results.get("sweep_finish"):
-        r = results["sweep_finish"]
+    sweeps = [results[k] for k in ("sweep_finish", "sweep_finish_run_n") if results.get(k)]
+    if sweeps:
         lines += ["", "| sweep | models | wall s | breakdown |", "|---|---|---|---|"]
-        lines.append(f"| `{r['command']}` | {r['models']} | {r['wall_s']:.1f} | {time_breakdown(r['timings'])} |")
+        for r in sweeps:
+            lines.append(f"| `{r['command']}` | {r['models']} | {r['wall_s']:.1f} | {time_breakdown(r['timings'])} |")
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in results["targets"]:
         met = "not measured" if t["met"] is None else "yes" if t["met"] else "NO"

@@ -215,7 +215,9 @@ def end_to_end(out_tmp: Path) -> dict:
 
 SWEEP_64 = "--lr 1e-3 3e-3 --ema-decay 0.9 0.999 --seeds 16 --epochs 2 --n-points 2000 --no-plots"
 """The 64-model sweep of issue 17's finish target (4 configurations x 16 seeds, trained for seconds: the
-finish, sampling and scoring 128 sets of 10,000 points, is what it measures)."""
+finish, sampling and scoring 128 sets of the sweep's --n-samples points, is what it measures). Measured
+twice: at the sweep's default n (2,000) and at a run's (10,000)."""
+RUN_SAMPLES = "--n-samples 10000"
 SWEEP_TINY = "--lr 1e-3 3e-3 --seeds 2 --epochs 1 --n-points 200 --n-samples 500 --no-plots"
 
 
@@ -587,13 +589,18 @@ def sweep_finish_section(ctx: Context) -> dict:
     in a quick or dry run."""
     if ctx.on_gpu:
         return {}
-    options = SWEEP_TINY if ctx.args.quick or ctx.args.dry_run else SWEEP_64
-    with tempfile.TemporaryDirectory() as tmp:
-        r = ctx.bench.attempt("sweep finish", lambda: sweep_finish(Path(tmp) / "sweep", options), optional=True)
-    if not r:
-        return {}
-    ctx.log(f"sweep of {r['models']} models: {r['wall_s']:.1f} s wall; {time_breakdown(r['timings'])}")
-    return dict(sweep_finish=r)
+    small = ctx.args.quick or ctx.args.dry_run
+    runs = {"sweep_finish": SWEEP_TINY if small else SWEEP_64}
+    if not small:
+        runs["sweep_finish_run_n"] = f"{SWEEP_64} {RUN_SAMPLES}"
+    out = {}
+    for key, options in runs.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            r = ctx.bench.attempt(key, lambda: sweep_finish(Path(tmp) / "sweep", options), optional=True)
+        if r:
+            ctx.log(f"sweep of {r['models']} models: {r['wall_s']:.1f} s wall; {time_breakdown(r['timings'])}")
+            out[key] = r
+    return out
 
 
 def cuda_graph_section(ctx: Context) -> dict:
@@ -880,7 +887,13 @@ def targets(results: dict, kind: str) -> list[dict]:
     sweep = results.get("sweep_finish")
     if sweep and sweep["models"] == 64 and kind == "cpu":
         measured = f"{sweep['wall_s']:.1f} s wall; {time_breakdown(sweep['timings'])}"
-        out.append(target("64-model sweep finished <= 30 s", sweep["wall_s"] <= 30, measured))
+        out.append(
+            target(
+                "64-model sweep finished <= 30 s (the sweep's default --n-samples 2000)",
+                sweep["wall_s"] <= 30,
+                measured,
+            )
+        )
     return out
 
 
@@ -979,9 +992,9 @@ def miss_reason(name: str, results: dict, kind: str) -> str:
         )
     if name.startswith("64-model sweep"):
         return (
-            "the finish samples 128 chains (raw and EMA of 64 models) of 10,000 points x 100 steps, ~8.5 TFLOP of "
+            "the finish samples 128 chains (raw and EMA of 64 models) of 2,000 points x 100 steps, ~1.7 TFLOP of "
             f"matmuls: at this run's roofline ({roof['peak_gflops']:.0f} GFLOP/s) the sampling alone takes "
-            f"{8.5e3 / roof['peak_gflops']:.0f} s; then 128 scorings of 10,000 x 10,000 pairs (docs/sweep.md)."
+            f"{1.7e3 / roof['peak_gflops']:.0f} s; then 128 scorings of 2,000 x 2,000 pairs (docs/sweep.md)."
         )
     if name.startswith("default run's"):
         return "the run's time breakdown is in the measured column; docs/speed.md says what each phase spends."

@@ -72,12 +72,18 @@ SINGLE_CONFIG = (
     "log_every",
     "eval_every",
     "n_eval",
-    "n_samples",
     "preset",
     "compile_cache",
     "conditional",  # one model kind for the whole sweep; its --cond-drop is a list
     "normalize",  # every group trains on its data in the same units (a --preset recommended sets it)
 )
+
+
+# A sweep's --n-samples: 2,000 points per model rank configurations whose sliced W2 differ by more than its
+# floor at that n (0.012 on moons, against 0.0058 at a run's 10,000), in a fifth of the sampling time and a
+# 25th of the MMD's: a 64-model sweep took 34 s on 2 cores, 126 s at 10,000 (docs/sweep.md, "What a sweep's
+# finish costs").
+SWEEP_SAMPLES = 2_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +116,10 @@ class SweepOnly:
     EMA parameters, or for raw_ / ema_ ones."""
     plots: bool = False
     """Also draw every configuration's run pictures and GIF (slow; grid.png is always drawn)."""
+    n_samples: int = SWEEP_SAMPLES
+    """Points sampled per model (with the raw and with the EMA parameters) at the end of training, to score
+    and rank it; each configuration's folder keeps them, as a run's does. Fewer than a run's 10,000: sampling
+    every model of a sweep is most of its time (docs/sweep.md); give 10000 for the run's precision."""
     num_processes: Optional[int] = None
     """Processes that split the grid (each trains every num_processes-th configuration into the shared
     --out-dir; process 0 then merges the leaderboard). Under srun / mpirun their variables are read when
