@@ -502,7 +502,18 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-def check_preset_method(preset: str, method, given: set[str]) -> None:
+def preset_values(preset: str, method, argv: Sequence[str] | None) -> tuple[dict[str, object], set[str]]:
+    """(the values of `preset`, the fields named in argv) once the preset is known and agrees with a --method
+    named there (`_check_preset_method`; a sweep's `method` is a tuple): what a run's and a sweep's
+    resolution start from."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    given = given_fields(argv)
+    _check_preset_method(preset, method, given)
+    return PRESETS[preset], given
+
+
+def _check_preset_method(preset: str, method, given: set[str]) -> None:
     """Refuse a --method named on the command line that is not its --preset's (a flow recipe's options
     make no diffusion model, and the reverse): name the preset of that method instead."""
     wanted = PRESETS[preset].get("method")
@@ -535,13 +546,11 @@ def resolve_preset(config: Config, argv: Sequence[str] | None = None) -> Config:
     """`config` with its preset's values for the fields the user did not set (see PRESETS): those
     not named in argv (the command line it was parsed from; None: none named) that still hold the
     tutorial's default."""
-    if config.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
-    defaults, given = Config(), given_fields(argv)
-    check_preset_method(config.preset, config.method, given)
+    preset, given = preset_values(config.preset, config.method, argv)
+    defaults = Config()
     values = {
         name: value
-        for name, value in PRESETS[config.preset].items()
+        for name, value in preset.items()
         if name not in given and getattr(config, name) == getattr(defaults, name)
     }
     return dataclasses.replace(config, **values)

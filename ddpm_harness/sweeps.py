@@ -35,12 +35,10 @@ import tyro
 
 from ddpm_harness.config import (
     FLOW_SAMPLERS,
-    PRESETS,
     SAMPLING_FIELDS,
     Config,
     ConfigError,
-    check_preset_method,
-    given_fields,
+    preset_values,
     validate,
 )
 from ddpm_harness.data import get_dataset, is_builtin
@@ -199,16 +197,13 @@ METRICS = ("sliced_w2", "mmd2", "energy")
 def resolve_sweep_preset(args: SweepArgs, argv: Optional[Sequence[str]] = None) -> SweepArgs:
     """`args` with its --preset's values (ddpm_harness.config.PRESETS) for the options the command
     line did not name and that still hold the tutorial's default, as `config.resolve_preset` does."""
-    if args.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    given = given_fields(argv)
-    check_preset_method(args.preset, args.method, given)
-    single = set(SINGLE_CONFIG)  # taken once, as in Config; the others are lists
+    preset, given = preset_values(args.preset, args.method, argv)
+    single = set(SINGLE_CONFIG)
+    as_arg = lambda name, value: value if name in single else (value,)  # noqa: E731  (once, or a list of one)
     values = {
-        name: value if name in single else (value,)
-        for name, value in PRESETS[args.preset].items()
-        if name not in given
-        and getattr(args, name) == (getattr(Config, name) if name in single else (getattr(Config, name),))
+        name: as_arg(name, value)
+        for name, value in preset.items()
+        if name not in given and getattr(args, name) == as_arg(name, getattr(Config, name))
     }
     return dataclasses.replace(args, **values)
 
@@ -293,16 +288,9 @@ def configurations(args: SweepArgs, sweep_dir: Path) -> list[Configuration]:
             devices=1,
             out_dir=str(Path(sweep_dir) / name),
             resume=False,
-            checkpoint_every=args.checkpoint_every,
-            log_every=args.log_every,
-            eval_every=args.eval_every,
-            n_eval=args.n_eval,
-            n_samples=args.n_samples,
             no_plots=not args.plots,
-            preset=args.preset,
-            compile_cache=args.compile_cache,
-            conditional=args.conditional,
-            normalize=args.normalize,
+            n_samples=args.n_samples,
+            **{name: getattr(args, name) for name in SINGLE_CONFIG},  # the options a sweep takes once
         )
         try:
             validate(config)
