@@ -10,11 +10,17 @@ relative error of ~1e-7..1e-6, and MMD^2 and the energy distance are differences
 (measured up to 7.5e-7 at n = m = 10^4), so ATOL_PAIRS = 3e-6. The sliced W2 and the bandwidth are
 sorts and sums of ~10^4 float32 terms (numpy casts to float64 first): measured relative errors below
 5e-7 and 6e-8, so RTOL_SLICED = 5e-6 and RTOL_BANDWIDTH = 1e-6 (the median itself is exact: the
-bisection finds the same order statistic, only the distance's last bit may differ).
+search finds the same order statistic, only the distance's last bit may differ).
+
+The order statistic behind the bandwidth (`scoring._kth_pair`) is checked on its own against np.sort of the
+same float32 distances, on sets made to defeat its interpolating search (ties, gaps, heavy tails, a collapse),
+to 1 ulp: XLA may fuse the distance's multiply and add into one rounding where numpy rounds twice.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -135,3 +141,48 @@ def test_bad_shapes_are_refused():
         scoring.score(np.zeros((5, 2), np.float32), np.zeros((5, 2), np.float32))
     with pytest.raises(ValueError, match="reference"):
         scoring.score(np.zeros((1, 5, 2), np.float32), np.full((5, 2), np.nan, np.float32))
+
+
+def hard_sets(rng) -> dict:
+    """Point sets whose pair distances are far from the smooth distribution `_kth_pair`'s guesses expect."""
+    return {
+        "moons": moons_like(rng, 600),
+        "ties at zero": np.concatenate([np.zeros((380, 2)), gaussian(rng, 220, [0, 0], 1.0)]),
+        "two points": np.repeat(gaussian(rng, 2, [0, 0], 1.0), 300, axis=0),
+        "grid (many ties)": np.stack(np.meshgrid(np.arange(20), np.arange(30)), -1).reshape(-1, 2),
+        "two far clusters (a gap)": np.concatenate(
+            [gaussian(rng, 300, [0, 0], 1e-3), gaussian(rng, 300, [1e3, 1e3], 1)]
+        ),
+        "heavy tails": rng.standard_cauchy((600, 2)),
+        "a diverging half": np.concatenate([moons_like(rng, 300), gaussian(rng, 300, [0, 0], 1e6)]),
+        "collapsed": np.ones((600, 2)),
+        "three points": gaussian(rng, 3, [0, 0], 1.0),
+    }
+
+
+def test_kth_pair_is_the_order_statistic_of_the_pair_distances(rng):
+    kth = jax.jit(scoring._kth_pair, static_argnums=1)
+    for name, points in hard_sets(rng).items():
+        points = np.asarray(points, np.float32)
+        p = points.shape[0]
+        i, j = np.triu_indices(p, k=1)
+        ordered = np.sort(np.square(points[i, 0] - points[j, 0]) + np.square(points[i, 1] - points[j, 1]))
+        for k in sorted({0, 1, len(ordered) // 10, (len(ordered) - 1) // 2, len(ordered) // 2, len(ordered) - 1}):
+            found = np.asarray(kth(jnp.asarray(points), k))
+            ulps = np.abs(found.view(np.int32).astype(np.int64) - ordered[k].view(np.int32))
+            assert ulps <= 1, (name, k, found, ordered[k])
+
+
+def test_sort_floats_gives_jnp_sort_values(rng):
+    values = np.concatenate([rng.standard_normal(500), [0.0, -0.0, 0.0, -0.0, np.inf, -np.inf, 3.0, 3.0, -3.0]])
+    rows = np.stack([rng.permutation(values) for _ in range(4)]).astype(np.float32)
+    ours = np.asarray(scoring.sort_floats(jnp.asarray(rows)))
+    np.testing.assert_array_equal(ours, np.asarray(jnp.sort(rows, axis=1)))  # -0.0 == 0.0 here
+    for row in ours:
+        zeros = np.signbit(row[row == 0])
+        assert zeros.tolist() == [True, True, False, False]  # -0.0 before 0.0
+    # denormals: XLA:CPU's float comparison takes them for zeros (jnp.sort leaves them among the zeros);
+    # the integer keys order them by value, as numpy does
+    tiny = np.float32(1e-45)
+    row = rng.permutation(np.array([tiny, -tiny, 0.0, 2 * tiny, -1.0, 1.0, -2 * tiny], np.float32))
+    np.testing.assert_array_equal(np.asarray(scoring.sort_floats(jnp.asarray(row))), np.sort(row))
