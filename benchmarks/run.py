@@ -746,13 +746,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def options_comparison(config, sizes: Sizes, log) -> dict:
-    """Each program (training chunk, sampling chain) with every option set some ISA uses and with
-    none, measured in turn (jax_ddpm.speed.OPTIONS_BY_ISA); which one this CPU's ISA chose."""
+    """Each program (training chunk; sampling chain of the benchmark's points, and of a sweep's when fewer) with
+    every option set some ISA uses and with none, measured in turn (jax_ddpm.speed.OPTIONS_BY_ISA); which one
+    this CPU's ISA chose."""
     from benchmarks import jax_bench
+    from ddpm_harness.sweeps import SWEEP_SAMPLES
     from jax_ddpm import speed
 
+    programs = {"training": ("training", None), "sampling": ("sampling", sizes.sampling_points)}
+    if SWEEP_SAMPLES < sizes.sampling_points:
+        programs[f"sampling ({SWEEP_SAMPLES:,} points, a sweep's)"] = ("sampling", SWEEP_SAMPLES)
     out = {}
-    for program, chosen in (("training", speed.TRAINING), ("sampling", speed.SAMPLING)):
+    for name, (program, points) in programs.items():
+        chosen = speed.TRAINING if program == "training" else speed.SAMPLING
         sets = {"none": {}}
         for chosen_by in speed.OPTIONS_BY_ISA.values():
             if chosen_by[program]:
@@ -762,10 +768,10 @@ def options_comparison(config, sizes: Sizes, log) -> dict:
             if program == "training":
                 runs[label], works[label] = jax_bench.chunk_runner(config, sizes.epochs, options=options)
             else:
-                runs[label], works[label] = jax_bench.sampling_runner(sizes.sampling_points, options=options)
+                runs[label], works[label] = jax_bench.sampling_runner(points, options=options)
         timings = measure_interleaved(runs, sizes.repeats)
         none = timings["none"].median_s
-        out[program] = {
+        out[name] = {
             label: dict(
                 median_s=t.median_s,
                 best_s=t.min_s,
@@ -777,7 +783,7 @@ def options_comparison(config, sizes: Sizes, log) -> dict:
             )
             for label, t in timings.items()
         }
-        log(f"options for {program}: " + ", ".join(f"{k}: {v['x_none']:.2f}x" for k, v in out[program].items()))
+        log(f"options for {name}: " + ", ".join(f"{k}: {v['x_none']:.2f}x" for k, v in out[name].items()))
     return out
 
 

@@ -43,7 +43,7 @@ def test_vector_isa_from_cpuinfo_text(text, isa):
 def test_the_options_follow_the_isa():
     training, sampling = speed.options_for(cpu_isa.vector_isa(AVX512))
     assert training == {"xla_cpu_prefer_vector_width": 512}
-    assert sampling == {"xla_cpu_experimental_ynn_fusion_type": "2"}
+    assert sampling == {"xla_cpu_experimental_ynn_fusion_type": "1,2"}
     training, sampling = speed.options_for(cpu_isa.vector_isa(AVX2))
     assert training == {} and sampling == {"xla_cpu_experimental_ynn_fusion_type": "2"}
     for text in (ARM, OLD_X86, ""):  # nothing was measured there: no options
