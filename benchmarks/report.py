@@ -279,7 +279,8 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
     if results.get("end_to_end"):
         lines += ["", "## End to end (subprocesses, `--no-plots`)", "", "| command | wall s | note |", "|---|---|---|"]
         for name, r in results["end_to_end"].items():
-            lines.append(f"| `{name}` | {r['wall_s']:.1f} | {r['note']} |")
+            breakdown = f"; {time_breakdown(r['timings'])}" if r.get("timings") else ""
+            lines.append(f"| `{name}` | {r['wall_s']:.1f} | {r['note']}{breakdown} |")
     sweeps = [results[k] for k in ("sweep_finish", "sweep_finish_run_n") if results.get(k)]
     if sweeps:
         lines += ["", "| sweep | models | wall s | breakdown |", "|---|---|---|---|"]
