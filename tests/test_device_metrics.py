@@ -102,9 +102,12 @@ def test_batched_score_equals_single_scores(rng):
 
 
 def test_models_scored_a_few_at_a_time_within_the_memory_budget(monkeypatch, rng):
-    """A budget that fits one model at a time gives the same scores as all at once."""
+    """A budget that fits one model at a time gives the same scores as all at once, vmapped as on a GPU
+    (the search of the median's order statistic, a while loop, then runs for all models at once)."""
+    monkeypatch.setitem(scoring.VMAP_MODELS, "cpu", True)
     y = gaussian(rng, 800, [0, 0], 1.0)
-    xs = np.stack([gaussian(rng, 600, [m, 0], 1.0) for m in (0.0, 0.5, 1.0)])
+    xs = np.stack([gaussian(rng, 600, [m, 0], s) for m, s in ((0.0, 1.0), (0.5, 1.0), (1.0, 1e-3))])
+    xs[2, :400] = 0.0  # ties at zero: its search takes other steps than the others'
     assert scoring.models_at_once(600, 800, scoring.BLOCK_ROWS) >= 3
     together = scoring.score(xs, y)
     monkeypatch.setattr(scoring, "MEMORY_BYTES", 1)
@@ -112,6 +115,8 @@ def test_models_scored_a_few_at_a_time_within_the_memory_budget(monkeypatch, rng
     apart = scoring.score(xs, y)
     for name in scoring.METRICS:
         np.testing.assert_allclose(apart[name], together[name], rtol=1e-6, atol=1e-7)
+    for k, x in enumerate(xs):
+        assert_matches_numpy(one(together, k), metrics.evaluate(x, y))
 
 
 def test_diverged_model_scores_none_and_the_others_are_unchanged(rng):
