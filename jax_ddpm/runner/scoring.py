@@ -162,7 +162,8 @@ def _kth_pair(pooled, k: int):
     bits between the bounds, which crosses any gap in at most 31 halvings; so is every guess after
     SEARCH_GUESSES. The search stops when one bound pins the answer: exactly k + 1 pairs at or below hi (the
     answer is the largest of them), k at or below lo (the smallest above it), or adjacent floats.
-    About 10 passes for the data and samples tried (tests/test_device_metrics.py), where bisection takes 31."""
+    About 10 passes on moons-, swiss-roll- and s-curve-like sets (docs/speed.md), where bisection takes 31; sets
+    made to defeat the guesses (ties, gaps, heavy tails: tests/test_device_metrics.py) take up to ~35."""
     p = pooled.shape[0]
     rank = k + 1  # pairs at or below the answer, at least
     sample = pooled[:: max(1, p // SEARCH_SAMPLE)]
