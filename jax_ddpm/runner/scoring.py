@@ -125,19 +125,33 @@ def _median_bandwidth(x, y):
     p = pooled.shape[0]
     pairs = p * (p - 1) // 2
     low = _kth_pair(pooled, (pairs - 1) // 2)
-    # the next order statistic; each reduction recomputes the distances, which XLA fuses into it (a
-    # materialised p x p matrix, read three times, cost more than the search)
-    above = jnp.min(jnp.where(_squared_distances(pooled, pooled) > low, _squared_distances(pooled, pooled), jnp.inf))
-    high = jnp.where(_pairs_at_most(_squared_distances(pooled, pooled), low) >= pairs // 2 + 1, low, above)
+    # the next order statistic: low again when it is tied, else the smallest distance above it
+    high = jnp.where(_pairs_at_most(pooled, low) >= pairs // 2 + 1, low, _smallest_above(pooled, low))
     median = 0.5 * (jnp.sqrt(low) + jnp.sqrt(high))
     mean = lambda: 0.5 * jnp.sum(jnp.sqrt(_squared_distances(pooled, pooled))) / pairs  # noqa: E731
     fallback = lambda: jnp.where(mean() > 0, mean(), 1.0)  # noqa: E731 (a pass, only for a collapsed set)
     return jax.lax.cond(median > 0, lambda: median, fallback)
 
 
-def _pairs_at_most(d2, threshold):
-    """How many pairs i < j of a symmetric (p, p) matrix with a zero diagonal are <= threshold >= 0."""
-    return (jnp.sum(d2 <= threshold, dtype=jnp.int32) - d2.shape[0]) // 2
+# Passes over the pairs of pooled (p, 2): each recomputes the distances, which XLA fuses into its reduction (a
+# materialised p x p matrix, read pass after pass, cost more than recomputing it).
+
+
+def _pairs_at_most(pooled, threshold):
+    """How many pairs i < j of pooled are at most threshold >= 0 apart (squared)."""
+    return (jnp.sum(_squared_distances(pooled, pooled) <= threshold, dtype=jnp.int32) - pooled.shape[0]) // 2
+
+
+def _smallest_above(pooled, threshold):
+    """The smallest squared pair distance above threshold >= 0 (inf when none is)."""
+    d2 = _squared_distances(pooled, pooled)
+    return jnp.min(jnp.where(d2 > threshold, d2, jnp.inf))
+
+
+def _largest_at_most(pooled, threshold):
+    """The largest squared pair distance at most threshold >= 0 (0 when none is: the diagonal's)."""
+    d2 = _squared_distances(pooled, pooled)
+    return jnp.max(jnp.where(d2 <= threshold, d2, 0.0))
 
 
 SEARCH_SAMPLE = 32
@@ -172,18 +186,11 @@ def _kth_pair(pooled, k: int):
     value = lambda i: jax.lax.bitcast_convert_type(i, jnp.float32)  # noqa: E731
 
     def pin(state):  # one bound pins the answer: a last pass finds it
-        lo, hi, count_lo, count_hi = state[:4]
-
-        def largest_at_most_hi():
-            d2 = _squared_distances(pooled, pooled)
-            return jnp.max(jnp.where(d2 <= value(hi), d2, 0.0))
-
-        def smallest_above_lo():
-            d2 = _squared_distances(pooled, pooled)
-            return jnp.min(jnp.where(d2 > value(lo), d2, jnp.inf))
-
-        answer = bits(jax.lax.cond(count_hi == rank, largest_at_most_hi, smallest_above_lo))
-        return (answer - 1, answer, *state[2:])
+        lo, hi, _, count_hi = state[:4]
+        answer = jax.lax.cond(
+            count_hi == rank, lambda: _largest_at_most(pooled, value(hi)), lambda: _smallest_above(pooled, value(lo))
+        )
+        return (bits(answer) - 1, bits(answer), *state[2:])
 
     def guess(state):
         lo, hi, count_lo, count_hi, miss, halve, guesses = state
@@ -198,7 +205,7 @@ def _kth_pair(pooled, k: int):
         at = jnp.where(g_hi - g_lo >= 2, in_guide, jnp.where(hi < _INF_BITS, linear, halfway))
         at = jnp.where(halve | (guesses >= SEARCH_GUESSES), halfway, at)
         mid = jnp.clip(bits(at), lo + 1, hi - 1)
-        count = _pairs_at_most(_squared_distances(pooled, pooled), value(mid))
+        count = _pairs_at_most(pooled, value(mid))
         enough = count >= rank
         gap = (count == count_lo) | (count == count_hi)
         return (
