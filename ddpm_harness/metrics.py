@@ -27,6 +27,7 @@ import functools
 import json
 import os
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -172,13 +173,17 @@ def exact_w2(x, y, max_iter: int = 1_000_000) -> float:
     return float(np.sqrt(max(ot.emd2(a, b, cost, numItermax=max_iter), 0.0)))
 
 
-def calibrate(dataset, n_points: int = 10_000, noise: float = 0.1, seed: int = 0) -> dict[str, dict[str, float]]:
+def calibrate(
+    dataset, n_points: int = 10_000, noise: float = 0.1, seed: int = 0, score_sets: Optional[Callable] = None
+) -> dict[str, dict[str, float]]:
     """The scale to read `evaluate` against, for a dataset name or a point array (N, 2).
 
     floor: an independent draw of the data scored against the held-out reference a run is scored
     against (`data.held_out_points`, draws 1 and 0; for a file or an array, the two halves of its
     shuffled points): what a perfect model scores at this sample size.
     ceiling: N(0, I) against the same reference: what a model that learned nothing scores.
+    `score_sets(sets (2, n, 2), reference) -> {metric: (2,)}` scores floor and ceiling together instead of
+    `evaluate` (jax_ddpm's device program: its runs read their scores against floors scored the same way).
     """
     from ddpm_harness.data import get_dataset, held_out_points, is_builtin
 
@@ -192,21 +197,31 @@ def calibrate(dataset, n_points: int = 10_000, noise: float = 0.1, seed: int = 0
         half = points.shape[0] // 2
         first, second = points[:half], points[half : 2 * half]
     gaussian = rng.standard_normal(first.shape).astype(np.float32)
-    return dict(floor=evaluate(first, second), ceiling=evaluate(gaussian, second))
+    if score_sets is None:
+        return dict(floor=evaluate(first, second), ceiling=evaluate(gaussian, second))
+    scores = score_sets(np.stack([first, gaussian]), second)
+    return {name: {k: float(v[i]) for k, v in scores.items()} for i, name in enumerate(("floor", "ceiling"))}
 
 
 def calibration(
-    dataset: str, n_points: int, noise: float = 0.1, seed: int = 0, labelled: bool = False
+    dataset: str,
+    n_points: int,
+    noise: float = 0.1,
+    seed: int = 0,
+    labelled: bool = False,
+    score_sets: Optional[Callable] = None,
+    scorer: str = "numpy",
 ) -> dict[str, dict[str, float]]:
-    """`calibrate` of a dataset name or file, computed once per (dataset, n, noise, seed) in a process
-    and, for a built-in dataset, once per machine (`cache_root()/calibration/`: the values are a
-    deterministic function of those four, and at n = 10,000 they cost seconds): the floor and ceiling
-    every metric is printed with. `labelled`: a --conditional run's, whose file holds (N, 3) labelled points."""
+    """`calibrate` of a dataset name or file, computed once per (dataset, n, noise, seed, scorer) in a
+    process and, for a built-in dataset, once per machine (`cache_root()/calibration/`: the values are a
+    deterministic function of those five, and at n = 10,000 they cost seconds): the floor and ceiling
+    every metric is printed with. `labelled`: a --conditional run's, whose file holds (N, 3) labelled points.
+    `score_sets`: `calibrate`'s, named by `scorer` in the cache (scorers differ by round-off)."""
     from ddpm_harness.data import is_builtin, load_labelled_points
 
     if labelled and not is_builtin(dataset):
-        return calibrate(load_labelled_points(dataset)[0], n_points, noise, seed)
-    return copy.deepcopy(_cached_calibration(dataset, int(n_points), float(noise), int(seed)))
+        return calibrate(load_labelled_points(dataset)[0], n_points, noise, seed, score_sets)
+    return copy.deepcopy(_cached_calibration(dataset, int(n_points), float(noise), int(seed), score_sets, scorer))
 
 
 CALIBRATION_VERSION = 1  # bump when calibrate or the metrics change what they compute
@@ -219,18 +234,26 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jax_ddpm"
 
 
+def calibration_path(dataset: str, n_points: int, noise: float, seed: int, scorer: str = "numpy") -> Path:
+    """Where a built-in dataset's calibration by `scorer` is kept (numpy's under the name it always had)."""
+    by = "" if scorer == "numpy" else f"-{scorer}"
+    return cache_root() / "calibration" / f"{dataset}-{n_points}-{noise!r}-{seed}{by}-v{CALIBRATION_VERSION}.json"
+
+
 @functools.lru_cache(maxsize=64)
-def _cached_calibration(dataset: str, n_points: int, noise: float, seed: int) -> dict:
+def _cached_calibration(
+    dataset: str, n_points: int, noise: float, seed: int, score_sets: Optional[Callable], scorer: str
+) -> dict:
     from ddpm_harness.data import is_builtin
 
     if not is_builtin(dataset):  # a file's content may change: computed afresh
-        return calibrate(dataset, n_points, noise, seed)
-    path = cache_root() / "calibration" / f"{dataset}-{n_points}-{noise!r}-{seed}-v{CALIBRATION_VERSION}.json"
+        return calibrate(dataset, n_points, noise, seed, score_sets)
+    path = calibration_path(dataset, n_points, noise, seed, scorer)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):  # absent or unreadable: computed, and stored when the folder allows
         pass
-    values = calibrate(dataset, n_points, noise, seed)
+    values = calibrate(dataset, n_points, noise, seed, score_sets)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

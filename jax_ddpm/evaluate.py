@@ -31,7 +31,6 @@ import numpy as np
 from ddpm_harness.cli import run
 from ddpm_harness.config import ConfigError
 from ddpm_harness.data import data_transform, held_out_for
-from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import METRICS, RunDirError, format_against, format_metric, write_json
 from jax_ddpm.model import apply_model
 from jax_ddpm.objectives import predictions, variance
@@ -39,7 +38,7 @@ from jax_ddpm.objectives.conditional import class_params_at, n_classes_of
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner.checkpoint import CheckpointError, IncompatibleCheckpointError, restore_run, run_config
 from jax_ddpm.runner.draw import sample_states
-from jax_ddpm.runner.evaluation import sample_quality
+from jax_ddpm.runner.evaluation import calibration, sample_quality
 from jax_ddpm.runner.finish import sampling_record
 from jax_ddpm.sample import RunSampling, sampling_config
 from jax_ddpm.samplers import chains, flow, likelihood
@@ -146,7 +145,7 @@ def evaluate_run(args: EvaluateArgs) -> dict:
 
     states, nfe = sample_states(params, schedule, config, n)
     quality = sample_quality(states[..., -1, :, :], held_out_for(config, n))
-    calibrated = calibration(config.dataset, n, config.data_noise, config.seed, config.conditional)
+    calibrated = calibration(config, n)
     points = held_out_for(config, args.n_likelihood)[: args.n_likelihood]
     models = per_seed(params, config.seeds)
     if config.conditional:  # the likelihood of the unconditional model: the null class

@@ -19,12 +19,15 @@ to 1 ulp: XLA may fuse the distance's multiply and add into one rounding where n
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ddpm_harness import metrics
+from ddpm_harness.config import Config
 from jax_ddpm.runner import evaluation, scoring
 
 ATOL_PAIRS = 3e-6
@@ -49,6 +52,16 @@ def assert_matches_numpy(out_ans: dict, out_ref: dict) -> None:
     np.testing.assert_allclose(out_ans["bandwidth"], out_ref["bandwidth"], rtol=RTOL_BANDWIDTH)
     np.testing.assert_allclose(out_ans["mmd2"], out_ref["mmd2"], rtol=0, atol=ATOL_PAIRS)
     np.testing.assert_allclose(out_ans["energy"], out_ref["energy"], rtol=0, atol=ATOL_PAIRS)
+
+
+def assert_calibration_matches_numpy(calibrated: dict, dataset: str, n: int, noise: float = 0.1, seed: int = 0) -> None:
+    """A jax_ddpm floor and ceiling (scored by the device program) against numpy's `metrics.calibrate` of the
+    same sets, within the device metrics' tolerances."""
+    oracle = metrics.calibrate(dataset, n, noise, seed)
+    assert set(calibrated) == {"floor", "ceiling"}
+    for name in ("floor", "ceiling"):
+        assert set(calibrated[name]) == set(oracle[name])
+        assert_matches_numpy(calibrated[name], oracle[name])
 
 
 def one(scores: dict, k: int = 0) -> dict:
@@ -139,6 +152,29 @@ def test_sample_qualities_splits_one_program_back_by_name(rng):
     assert_matches_numpy(out["raw"], metrics.evaluate(raw, y))
     assert_matches_numpy({k: v[0] for k, v in out["ema"].items()}, metrics.evaluate(ema[0], y))
     assert all(v[1] is None for v in out["ema"].values())
+
+
+def test_calibration_is_scored_by_the_device_and_kept_per_backend(monkeypatch, tmp_path):
+    """A run's floor and ceiling come from the device program (both sets in one call), equal numpy's within
+    the device tolerances, and are kept in the calibration cache under the backend's name, apart from
+    numpy's: a second process reads them instead of scoring again."""
+    monkeypatch.setenv("JAX_DDPM_CACHE_DIR", str(tmp_path))
+    metrics._cached_calibration.cache_clear()
+    config = Config(dataset="moons", seed=3)
+    calls = []
+    score = scoring.score
+    monkeypatch.setattr(scoring, "score", lambda sets, reference: calls.append(sets.shape) or score(sets, reference))
+    calibrated = evaluation.calibration(config, 500)
+    assert calls == [(2, 500, 2)]
+    assert_calibration_matches_numpy(calibrated, "moons", 500, seed=3)
+    # the same sets as numpy's, scored as samples are
+    assert calibrated == metrics.calibrate("moons", 500, 0.1, 3, score_sets=score)
+    stored = metrics.calibration_path("moons", 500, 0.1, 3, scorer=f"jax-{jax.default_backend()}")
+    assert json.loads(stored.read_text()) == calibrated
+    assert not metrics.calibration_path("moons", 500, 0.1, 3).exists()  # numpy's file is another
+    metrics._cached_calibration.cache_clear()  # as a new process: read from the file, not scored again
+    assert evaluation.calibration(config, 500) == calibrated and len(calls) == 1
+    metrics._cached_calibration.cache_clear()
 
 
 def test_bad_shapes_are_refused():

@@ -16,7 +16,6 @@ import numpy as np
 
 from ddpm_harness.config import Config, SamplerOptions
 from ddpm_harness.data import data_transform, held_out_for
-from ddpm_harness.metrics import calibration
 from ddpm_harness.pictures import ClassPictures, Pictures
 from ddpm_harness.runs import (
     picture_noise,
@@ -38,7 +37,7 @@ from jax_ddpm.runner.draw import (
     split_models,
     stack_models,
 )
-from jax_ddpm.runner.evaluation import sample_qualities
+from jax_ddpm.runner.evaluation import calibration, sample_qualities
 from jax_ddpm.schedule import Schedule, q_sample
 
 if TYPE_CHECKING:
@@ -126,9 +125,7 @@ def _finish_part(runs: list[Run], trained: Trained, pictures: Optional[Pictures]
         draw_results(pictures, runs[0], finals[0])
     start = time.perf_counter()
     evaluations = score_finals(runs, finals)
-    calibrations = [
-        calibration(c.dataset, c.n_samples, c.data_noise, c.seed, c.conditional) for c in (run.config for run in runs)
-    ]
+    calibrations = [calibration(run.config, run.config.n_samples) for run in runs]
     times["final_evaluation"] = time.perf_counter() - start
     later = [] if pictures is not None else [i for i, run in enumerate(runs) if run.writes and not run.config.no_plots]
     if pictures is not None or later:

@@ -30,12 +30,11 @@ from tqdm import tqdm
 
 from ddpm_harness.config import Config
 from ddpm_harness.data import data_transform, dataset_for, held_out_for, labels_for
-from ddpm_harness.metrics import calibration
 from ddpm_harness.runs import epoch_record, format_against
 from jax_ddpm.objectives.schedules import run_schedule
 from jax_ddpm.runner import distributed
 from jax_ddpm.runner.chunk import init_states, make_train_chunk, optimizer_for
-from jax_ddpm.runner.evaluation import evaluate_state, flat_evaluation
+from jax_ddpm.runner.evaluation import calibration, evaluate_state, flat_evaluation
 from jax_ddpm.runner.setup import Run
 
 # A chunk holds at most this many optimizer steps (summed over models), so the progress bar moves
@@ -239,7 +238,7 @@ class RunProgress:
     def __enter__(self) -> RunProgress:
         config = self.run.config
         if config.eval_every:  # the floor the bar's metric is shown against
-            self.floor = calibration(config.dataset, config.n_eval, config.data_noise, config.seed, config.conditional)
+            self.floor = calibration(config, config.n_eval)
         self.bar = tqdm(
             total=config.epochs, initial=self.run.start_epoch, unit="epoch", file=sys.stdout, dynamic_ncols=True
         )
