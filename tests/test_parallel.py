@@ -25,7 +25,7 @@ import pytest
 from ddpm_harness.config import Config, ConfigError, validate
 from ddpm_harness.data import dataset_for
 from jax_ddpm.objectives.schedules import run_schedule
-from jax_ddpm.runner.chunk import init_states, make_mesh, make_train_chunk, optimizer_for
+from jax_ddpm.runner.chunk import init_states, init_train_state, make_mesh, make_train_chunk, optimizer_for
 
 # 100 points in batches of 16: 6 full batches and a short one of 4 per epoch.
 TINY = Config(n_points=100, batch_size=16, epochs=3, seed=5)
@@ -79,6 +79,38 @@ def test_each_seed_equals_a_separate_single_seed_run():
     # Different seeds really are different models.
     first = np.asarray(stacked.params["lin2"]["lin"]["kernel"])
     assert not np.allclose(first[0], first[1], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(seeds=1),
+        dict(seeds=3),
+        dict(seed=4_000_000_000),
+        dict(seeds=2, conditional=True, dataset="eight_gaussians"),
+    ],
+    ids=["one seed", "three seeds", "a seed past 2**31", "conditional"],
+)
+def test_initial_states_are_each_seeds_eager_state_bit_for_bit(options):
+    """init_states makes every seed's state in one compiled program (vmapped over uint32 seeds): the
+    same bits as each seed's eager init_train_state, stacked, with the same structure and dtypes."""
+    config = dataclasses.replace(TINY, **options)
+    optimizer = optimizer_for(config)
+    n_classes = 8 if config.conditional else None
+    eager = [
+        init_train_state(config.seed + i, config.num_steps, config.n_outputs, optimizer, n_classes)
+        for i in range(config.seeds)
+    ]
+    expected = eager[0] if config.seeds == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *eager)
+    actual = init_states(config, optimizer)
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+
+    def raw(x):
+        return np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        assert raw(a).dtype == raw(e).dtype and raw(a).shape == raw(e).shape
+        np.testing.assert_array_equal(raw(a), raw(e))
 
 
 def test_seeds_split_across_devices_must_divide():

@@ -88,19 +88,40 @@ def init_train_state(
 ) -> TrainState:
     """Fresh state for one seed: reference-distributed weights, EMA registered as a copy; with
     `n_classes`, the class-conditional model's (the same weights, class scales at one)."""
+    return _state_of(*_fresh_model(seed, n_steps, n_outputs, n_classes), optimizer)
+
+
+def _fresh_model(seed, n_steps: int, n_outputs: int, n_classes: Optional[int]) -> tuple[dict, jax.Array, jax.Array]:
+    """(initial parameters, order key, noise key) of one seed (a Python int, or traced uint32)."""
     keys = run_keys(seed)
     if n_classes is None:
         params = init_params(keys["init"], n_steps, n_outputs)
     else:
         params = init_class_params(keys["init"], n_steps, n_classes, n_outputs)
+    return params, keys["order"], keys["noise"]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _fresh_models(seeds: jax.Array, n_steps: int, n_outputs: int, n_classes: Optional[int]):
+    """`_fresh_model` of each of seeds (K,) uint32, stacked: one compiled program for any K seeds. Eager
+    initialisation dispatches ~30 small programs, each compiled on a fresh machine (1.1 s of the CPU's 1.7 s
+    cold set-up, docs/speed.md), and seed after seed for --seeds K; the values are the same bit for bit
+    (tests/test_parallel.py)."""
+    return jax.vmap(lambda seed: _fresh_model(seed, n_steps, n_outputs, n_classes))(seeds)
+
+
+def _state_of(params: dict, order_key, noise_key, optimizer: optax.GradientTransformation, models: int = 0):
+    """The TrainState of fresh parameters; `models` > 0: stacked along a leading axis of that many."""
+    shape = (models,) if models else ()
+    init = jax.vmap(optimizer.init) if models else optimizer.init
     return TrainState(
-        opt_step=jnp.zeros((), jnp.int32),
-        epoch=jnp.zeros((), jnp.int32),
+        opt_step=jnp.zeros(shape, jnp.int32),
+        epoch=jnp.zeros(shape, jnp.int32),
         params=params,
         ema_params=jax.tree_util.tree_map(jnp.array, params),
-        opt_state=optimizer.init(params),
-        order_key=keys["order"],
-        noise_key=keys["noise"],
+        opt_state=init(params),
+        order_key=order_key,
+        noise_key=noise_key,
     )
 
 
@@ -238,14 +259,12 @@ def init_states(config: Config, optimizer: optax.GradientTransformation, mesh: O
     """The initial state of a run: one seed, or `config.seeds` stacked on a leading axis; placed
     on `mesh` as `make_train_chunk` uses it when one is given."""
     n_classes = n_classes_for(config) if config.conditional else None
+    seeds = np.arange(config.seed, config.seed + config.seeds, dtype=np.uint32)  # config: seeds < 2**32
+    fresh = _fresh_models(seeds, config.num_steps, config.n_outputs, n_classes)
     if config.seeds == 1:
-        state = init_train_state(config.seed, config.num_steps, config.n_outputs, optimizer, n_classes)
+        state = _state_of(*jax.tree_util.tree_map(lambda x: x[0], fresh), optimizer)
     else:
-        states = [
-            init_train_state(config.seed + i, config.num_steps, config.n_outputs, optimizer, n_classes)
-            for i in range(config.seeds)
-        ]
-        state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+        state = _state_of(*fresh, optimizer, models=config.seeds)
     return state if mesh is None else jax.device_put(state, state_sharding(config, mesh))
 
 
