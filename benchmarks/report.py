@@ -281,11 +281,14 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         for name, r in results["end_to_end"].items():
             breakdown = f"; {time_breakdown(r['timings'])}" if r.get("timings") else ""
             lines.append(f"| `{name}` | {r['wall_s']:.1f} | {r['note']}{breakdown} |")
-    sweeps = [results[k] for k in ("sweep_finish", "sweep_finish_run_n") if results.get(k)]
+    sweeps = [results[k] for k in ("sweep_finish_cold", "sweep_finish", "sweep_finish_run_n") if results.get(k)]
     if sweeps:
-        lines += ["", "| sweep | models | wall s | breakdown |", "|---|---|---|---|"]
+        lines += ["", "| sweep | models | wall s | note | breakdown |", "|---|---|---|---|---|"]
         for r in sweeps:
-            lines.append(f"| `{r['command']}` | {r['models']} | {r['wall_s']:.1f} | {time_breakdown(r['timings'])} |")
+            lines.append(
+                f"| `{r['command']}` | {r['models']} | {r['wall_s']:.1f} | {r.get('note', '')} | "
+                f"{time_breakdown(r['timings'])} |"
+            )
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in results["targets"]:
         met = "not measured" if t["met"] is None else "yes" if t["met"] else "NO"
