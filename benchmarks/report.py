@@ -286,7 +286,7 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         lines += ["", "| sweep | models | wall s | note | breakdown |", "|---|---|---|---|---|"]
         for r in sweeps:
             lines.append(
-                f"| `{r['command']}` | {r['models']} | {r['wall_s']:.1f} | {r.get('note', '')} | "
+                f"| `{r['command']}` | {r['models']} | {r['wall_s']:.1f} | {r['note']} | "
                 f"{time_breakdown(r['timings'])} |"
             )
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]

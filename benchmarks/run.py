@@ -191,27 +191,28 @@ compiled by the first), so that the fixed costs are the run's own and not a comp
 COLD_RUN = "python -m jax_ddpm.train (empty compile cache)"
 
 
+def timed_module(args: list[str], cache_dir: Optional[Path] = None) -> float:
+    """Wall seconds of `python -m <args>` as a subprocess (output captured, a failure raises), compiling into
+    the compile cache `cache_dir` when one is given."""
+    from jax_ddpm.runner.compile_cache import CACHE_DIR_ENV
+
+    env = {**os.environ, **({CACHE_DIR_ENV: str(cache_dir)} if cache_dir is not None else {})}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", *args], check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
 def end_to_end(out_tmp: Path) -> dict:
     """The default CLIs as subprocesses (wall time, --no-plots): the default run twice into a new compile
     cache, cold then warm. The reference's 1000 epochs take minutes, so it runs 50 and 100 epochs and the
     line through them is extrapolated."""
-    from jax_ddpm.runner.compile_cache import CACHE_DIR_ENV
 
-    cache = {CACHE_DIR_ENV: str(out_tmp / "compile_cache")}
-
-    def wall(cmd: list[str], env: Optional[dict] = None) -> float:
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", *cmd, "--no-plots"],
-            check=True,
-            capture_output=True,
-            env={**os.environ, **(env or {})},
-        )
-        return time.perf_counter() - start
+    def wall(cmd: list[str], cache_dir: Optional[Path] = None) -> float:
+        return timed_module([*cmd, "--no-plots"], cache_dir)
 
     def jax_run(name: str, note: str) -> dict:
         out_dir = out_tmp / name
-        wall_s = wall(["jax_ddpm.train", "--out-dir", str(out_dir)], cache)
+        wall_s = wall(["jax_ddpm.train", "--out-dir", str(out_dir)], out_tmp / "compile_cache")
         return dict(wall_s=wall_s, note=note, timings=json.loads((out_dir / "summary.json").read_text())["timings"])
 
     results = {COLD_RUN: jax_run("jax_cold", "defaults, the first run: every program compiled into the empty cache")}
@@ -231,7 +232,8 @@ def end_to_end(out_tmp: Path) -> dict:
 SWEEP_64 = "--lr 1e-3 3e-3 --ema-decay 0.9 0.999 --seeds 16 --epochs 2 --n-points 2000 --no-plots"
 """The 64-model sweep of issue 17's finish target (4 configurations x 16 seeds, trained for seconds: the
 finish, sampling and scoring 128 sets of the sweep's --n-samples points, is what it measures). Measured
-twice: at the sweep's default n (2,000) and at a run's (10,000)."""
+three times into one new compile cache: at the sweep's default n (2,000) cold, then warm, then at a run's
+(10,000)."""
 RUN_SAMPLES = "--n-samples 10000"
 SWEEP_TINY = "--lr 1e-3 3e-3 --seeds 2 --epochs 1 --n-points 200 --n-samples 500 --no-plots"
 
@@ -239,12 +241,7 @@ SWEEP_TINY = "--lr 1e-3 3e-3 --seeds 2 --epochs 1 --n-points 200 --n-samples 500
 def sweep_finish(out_dir: Path, options: str, cache_dir: Path, note: str) -> dict:
     """`python -m jax_ddpm.sweep <options>` as a subprocess compiling into `cache_dir`: wall time, models, and
     its time breakdown (leaderboard.json's timings)."""
-    from jax_ddpm.runner.compile_cache import CACHE_DIR_ENV
-
-    cmd = [sys.executable, "-m", "jax_ddpm.sweep", *options.split(), "--out-dir", str(out_dir)]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, CACHE_DIR_ENV: str(cache_dir)})
-    wall_s = time.perf_counter() - start
+    wall_s = timed_module(["jax_ddpm.sweep", *options.split(), "--out-dir", str(out_dir)], cache_dir)
     board = json.loads((out_dir / "leaderboard.json").read_text())
     models = len(board["rows"]) * board["seeds"]
     return dict(

@@ -128,8 +128,11 @@ def _median_bandwidth(x, y):
     # the next order statistic: low again when it is tied, else the smallest distance above it
     high = jnp.where(_pairs_at_most(pooled, low) >= pairs // 2 + 1, low, _smallest_above(pooled, low))
     median = 0.5 * (jnp.sqrt(low) + jnp.sqrt(high))
-    mean = lambda: 0.5 * jnp.sum(jnp.sqrt(_squared_distances(pooled, pooled))) / pairs  # noqa: E731
-    fallback = lambda: jnp.where(mean() > 0, mean(), 1.0)  # noqa: E731 (a pass, only for a collapsed set)
+
+    def fallback():  # a pass over the pairs, only for a set whose median distance is zero
+        mean = 0.5 * jnp.sum(jnp.sqrt(_squared_distances(pooled, pooled))) / pairs
+        return jnp.where(mean > 0, mean, 1.0)
+
     return jax.lax.cond(median > 0, lambda: median, fallback)
 
 
